@@ -1,0 +1,122 @@
+"""Local losses of decoupled training, as pure ``jnp`` functions.
+
+The DeInfoReg local loss (SPEC section 3) acts on a block's projector output
+``z`` of shape ``[B, D]``.  Every term is computed on the L2-normalised rows
+``ẑ_i = z_i / max(‖z_i‖, 1e-12)``:
+
+* invariance  ``(1/B²) Σ_ij (S(ẑ)_ij − S(Y)_ij)²`` with ``S`` the row-correlation
+  similarity matrix and ``Y`` the one-hot labels;
+* variance    ``(1/B)·(1/D) Σ_d max(0, 1 − sqrt(Var_b(ẑ_·d) + 1e-7))`` (unbiased
+  variance; the leading ``1/B`` is the reference code's and can be turned off);
+* covariance  ``(1/D) Σ_{d≠d'} Cov_dd'²`` with ``Cov = Z_cᵀ Z_c / B``.
+
+All reductions are over the whole array, so under ``jax.jit`` with the batch
+sharded over a mesh the statistics cover the global batch.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+_NORMALIZE_EPS = 1e-12
+_SIMILARITY_EPS = 1e-8
+_VARIANCE_EPS = 1e-7
+
+
+def _row_norm(x: jax.Array) -> jax.Array:
+  """``‖x_i‖₂`` as ``[B, 1]``, with gradient 0 (not NaN) at a zero row, as torch."""
+  squared = jnp.sum(jnp.square(x), axis=-1, keepdims=True)
+  positive = squared > 0
+  return jnp.where(positive, jnp.sqrt(jnp.where(positive, squared, 1.0)), 0.0)
+
+
+def l2_normalize(x: jax.Array, eps: float = _NORMALIZE_EPS) -> jax.Array:
+  """Rows divided by ``max(‖x_i‖₂, eps)``.  ``x``: ``[B, D]`` -> ``[B, D]``."""
+  return x / jnp.maximum(_row_norm(x), eps)
+
+
+def similarity_matrix(x: jax.Array) -> jax.Array:
+  """Pearson correlation between rows, clamped to ``[-1, 1]``.
+
+  Each row is centred over its own features and divided by ``1e-8 + ‖·‖₂``;
+  the result is the Gram matrix of those rows.  ``x``: ``[B, D]`` -> ``[B, B]``.
+  """
+  centred = x - jnp.mean(x, axis=-1, keepdims=True)
+  unit = centred / (_SIMILARITY_EPS + _row_norm(centred))
+  gram = jnp.matmul(unit, unit.T, precision=jax.lax.Precision.HIGHEST)
+  return jnp.clip(gram, -1.0, 1.0)
+
+
+def invariance_loss(z_hat: jax.Array, one_hot: jax.Array) -> jax.Array:
+  """``mean_ij (S(ẑ)_ij − S(Y)_ij)²`` over all ``B²`` entries."""
+  return jnp.mean(jnp.square(similarity_matrix(z_hat) - similarity_matrix(one_hot)))
+
+
+def variance_loss(z_hat: jax.Array, batch_scaling: bool = True) -> jax.Array:
+  """Hinge at 1 on the per-dimension std, averaged over dimensions.
+
+  ``σ_d = sqrt(Var_b(ẑ_·d) + 1e-7)`` with the unbiased variance; the result is
+  ``mean_d relu(1 − σ_d)``, divided by ``B`` when ``batch_scaling`` (reference).
+  """
+  batch = z_hat.shape[0]
+  std = jnp.sqrt(jnp.var(z_hat, axis=0, ddof=1) + _VARIANCE_EPS)
+  loss = jnp.mean(jax.nn.relu(1.0 - std))
+  return loss / batch if batch_scaling else loss
+
+
+def covariance_loss(z_hat: jax.Array) -> jax.Array:
+  """``(1/D) Σ_{d≠d'} Cov_dd'²`` with the ``1/B`` batch covariance."""
+  batch, dim = z_hat.shape
+  centred = z_hat - jnp.mean(z_hat, axis=0, keepdims=True)
+  cov = jnp.matmul(centred.T, centred, precision=jax.lax.Precision.HIGHEST) / batch
+  off_diagonal = jnp.sum(jnp.square(cov)) - jnp.sum(jnp.square(jnp.diagonal(cov)))
+  return off_diagonal / dim
+
+
+def deinforeg_loss(
+    z: jax.Array,
+    labels: jax.Array,
+    num_classes: int,
+    *,
+    weights: tuple[float, float, float] = (1.0, 1.0, 1.0),
+    variance_batch_scaling: bool = True,
+) -> tuple[jax.Array, dict[str, jax.Array]]:
+  """The DeInfoReg information-regularisation loss of one block (SPEC 3.1-3.5).
+
+  Args:
+    z: ``[B, D]`` projector output (un-normalised).
+    labels: ``[B]`` integer class ids in ``[0, num_classes)``.
+    num_classes: ``C``, the width of the one-hot label matrix.
+    weights: ``(w_inv, w_var, w_cov)``.
+    variance_batch_scaling: keep the reference's extra ``1/B`` on the variance.
+
+  Returns:
+    ``(total, terms)``: ``total = w_inv·inv + w_var·var + w_cov·cov`` and the
+    unweighted ``terms`` ``{"invariance", "variance", "covariance"}``.
+
+  >>> labels = jnp.array([0, 1, 1, 2])
+  >>> z = 3.0 * jax.nn.one_hot(labels, 3)  # reproduces the label similarity
+  >>> total, terms = deinforeg_loss(z, labels, 3)
+  >>> float(terms["invariance"]) < 1e-6
+  True
+  """
+  z = z.astype(jnp.float32)
+  z_hat = l2_normalize(z)
+  one_hot = jax.nn.one_hot(labels, num_classes, dtype=z.dtype)
+  terms = {
+      "invariance": invariance_loss(z_hat, one_hot),
+      "variance": variance_loss(z_hat, variance_batch_scaling),
+      "covariance": covariance_loss(z_hat),
+  }
+  w_inv, w_var, w_cov = weights
+  total = (w_inv * terms["invariance"] + w_var * terms["variance"]
+           + w_cov * terms["covariance"])
+  return total, terms
+
+
+def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
+  """Mean softmax cross-entropy.  ``logits``: ``[B, C]``, ``labels``: ``[B]``."""
+  log_probs = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+  picked = jnp.take_along_axis(log_probs, labels[:, None].astype(jnp.int32), axis=-1)
+  return -jnp.mean(picked)

@@ -1,0 +1,144 @@
+"""Vision encoders as pure Flax linen modules (SPEC section 4).
+
+All convolutions are 3x3, stride 1 unless stated, 'SAME' padding, no bias,
+followed by BatchNorm (PyTorch defaults: momentum 0.1, i.e. Flax ``0.9``,
+epsilon 1e-5).  Inputs are NHWC.  A ``width`` multiplier scales every channel
+count so that tests and small configs use the same code as the paper's models.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence, Union
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+# VGG block configurations: ints are conv-BN-ReLU widths, "M" is 2x2 max-pool.
+VGG_SPEC_BLOCKS: tuple[tuple[Union[int, str], ...], ...] = (
+    (128, 128, 128, 256, "M"),
+    (256, 512, "M"),
+    (512, 512, "M"),
+    (512, "M"),
+)
+# ResNet stage depths (BasicBlock for 18/34, Bottleneck for 50).
+RESNET_DEPTHS = {18: (2, 2, 2, 2), 34: (3, 4, 6, 3), 50: (3, 4, 6, 3)}
+RESNET_WIDTHS = (64, 128, 256, 512)
+
+
+def scale_width(channels: int, width: float) -> int:
+  """``max(1, round(channels * width))``."""
+  return max(1, int(round(channels * width)))
+
+
+def batch_norm(train: bool, name: str | None = None) -> nn.BatchNorm:
+  """BatchNorm with PyTorch's defaults; batch statistics in training."""
+  return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, name=name)
+
+
+class ConvBNReLU(nn.Module):
+  """3x3 conv (no bias) -> BatchNorm -> ReLU.  ``[B,H,W,Cin]`` -> ``[B,H/s,W/s,features]``."""
+
+  features: int
+  strides: int = 1
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+    x = nn.Conv(self.features, (3, 3), strides=self.strides, padding=1, use_bias=False)(x)
+    return nn.relu(batch_norm(train)(x))
+
+
+class VGGStage(nn.Module):
+  """A run of conv-BN-ReLU layers and max-pools, e.g. ``(128, 128, 256, "M")``."""
+
+  layers: Sequence[Union[int, str]]
+  width: float = 1.0
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+    for layer in self.layers:
+      if layer == "M":
+        x = nn.max_pool(x, (2, 2), strides=(2, 2))
+      else:
+        x = ConvBNReLU(scale_width(int(layer), self.width))(x, train)
+    return x
+
+
+class CifarStem(nn.Module):
+  """ResNet CIFAR stem: conv3x3 (stride 1) -> BN -> ReLU, no max-pool."""
+
+  features: int = 64
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+    return ConvBNReLU(self.features)(x, train)
+
+
+class BasicBlock(nn.Module):
+  """conv-BN-ReLU, conv-BN, plus identity or 1x1-conv-BN shortcut, then ReLU."""
+
+  features: int
+  strides: int = 1
+  expansion = 1
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+    y = ConvBNReLU(self.features, self.strides)(x, train)
+    y = nn.Conv(self.features, (3, 3), padding=1, use_bias=False)(y)
+    y = batch_norm(train)(y)
+    return nn.relu(y + _shortcut(x, self.features, self.strides, train))
+
+
+class Bottleneck(nn.Module):
+  """1x1 reduce, 3x3 (strided), 1x1 expand (x4), each with BN, plus shortcut, ReLU."""
+
+  features: int
+  strides: int = 1
+  expansion = 4
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+    y = nn.Conv(self.features, (1, 1), use_bias=False)(x)
+    y = nn.relu(batch_norm(train)(y))
+    y = ConvBNReLU(self.features, self.strides)(y, train)
+    out_features = self.features * self.expansion
+    y = nn.Conv(out_features, (1, 1), use_bias=False)(y)
+    y = batch_norm(train)(y)
+    return nn.relu(y + _shortcut(x, out_features, self.strides, train))
+
+
+def _shortcut(x: jax.Array, features: int, strides: int, train: bool) -> jax.Array:
+  """Identity, or 1x1 conv + BN when the stride or the width changes (inside a compact scope)."""
+  if strides == 1 and x.shape[-1] == features:
+    return x
+  x = nn.Conv(features, (1, 1), strides=strides, use_bias=False, name="shortcut_conv")(x)
+  return batch_norm(train, name="shortcut_bn")(x)
+
+
+class ResNetStage(nn.Module):
+  """One ResNet stage: ``num_units`` residual units, the first with ``strides``.
+
+  With ``stem=True`` the CIFAR stem runs first (ResNet block 1 trains the stem).
+  """
+
+  features: int
+  num_units: int
+  strides: int = 1
+  unit: str = "basic"
+  stem: bool = False
+  width: float = 1.0
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+    if self.stem:
+      x = CifarStem(scale_width(64, self.width))(x, train)
+    unit_cls = {"basic": BasicBlock, "bottleneck": Bottleneck}[self.unit]
+    features = scale_width(self.features, self.width)
+    for i in range(self.num_units):
+      x = unit_cls(features, self.strides if i == 0 else 1)(x, train)
+    return x
+
+
+def flatten(h: jax.Array) -> jax.Array:
+  """``[B, ...]`` -> ``[B, prod(...)]``: the vision block's pooled vector (no pooling)."""
+  return jnp.reshape(h, (h.shape[0], -1))

@@ -1,0 +1,116 @@
+"""Console progress, JSON-lines metrics and ``results.json`` for one run.
+
+Files written in the workdir:
+
+* ``metrics.jsonl`` - one JSON object per epoch (per-block train loss terms and
+  accuracy, per-block test accuracy, learning rate);
+* ``results.json`` - the final summary (``rule``, ``best_test_accuracy``,
+  ``per_block_test_accuracy``, ``best_block``, ``wall_time_s``, ``steps_per_s``...).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+
+class ProgressBar:
+  """A tqdm bar over one epoch showing the summed loss and steps/s."""
+
+  def __init__(self, total: int, description: str, refresh_every: int = 10):
+    self._bar = tqdm(total=total, desc=description, unit="step", leave=False, file=sys.stderr,
+                     dynamic_ncols=True, disable=None)
+    self._refresh_every = refresh_every
+    self._count = 0
+
+  def update(self, metrics: dict[str, Any]) -> None:
+    self._count += 1
+    if self._count % self._refresh_every == 0:  # reading the loss waits for the device
+      self._bar.set_postfix(loss=f"{float(metrics['total_loss']):.4f}", refresh=False)
+    self._bar.update(1)
+
+  def close(self) -> None:
+    self._bar.close()
+
+
+class NonFiniteLossError(FloatingPointError):
+  """Raised when a training loss becomes NaN or Inf."""
+
+
+def _to_json(value: Any) -> Any:
+  if isinstance(value, np.ndarray):
+    return value.tolist()
+  if isinstance(value, (np.floating, np.integer)):
+    return value.item()
+  return value
+
+
+class RunLog:
+  """Prints epoch summaries and writes ``metrics.jsonl`` / ``results.json``."""
+
+  def __init__(self, workdir: str, config):
+    os.makedirs(workdir, exist_ok=True)
+    self.workdir = workdir
+    self.config = config
+    self._start = time.perf_counter()
+    self._metrics_path = os.path.join(workdir, "metrics.jsonl")
+    self._best_epoch_accuracy = 0.0
+
+  def info(self, message: str) -> None:
+    print(message, flush=True)
+
+  def check_finite(self, summary: dict[str, np.ndarray], epoch: int) -> dict[str, np.ndarray]:
+    """Stop with a clear message if any loss in ``summary`` is NaN or Inf."""
+    bad = {k: v for k, v in summary.items() if not np.all(np.isfinite(v))}
+    if bad:
+      raise NonFiniteLossError(
+          f"non-finite training metrics in epoch {epoch + 1}: "
+          + ", ".join(f"{k}={np.round(v, 6).tolist()}" for k, v in bad.items())
+          + ". Lower config.optim.base_lr, check the input data, or change the optimizer; "
+          "nothing was written for this epoch.")
+    return summary
+
+  def epoch(self, epoch: int, step: int, train: dict[str, np.ndarray], test_accuracy: np.ndarray,
+            learning_rate: float) -> None:
+    """Print per-block train/test accuracy and append one JSON line."""
+    self._best_epoch_accuracy = max(self._best_epoch_accuracy, float(np.max(test_accuracy)))
+    record = {"epoch": epoch + 1, "step": step, "learning_rate": float(learning_rate),
+              "test_accuracy": test_accuracy}
+    record.update({f"train_{k}": v for k, v in train.items()})
+    with open(self._metrics_path, "a") as f:
+      f.write(json.dumps({k: _to_json(v) for k, v in record.items()}) + "\n")
+    blocks = " ".join(f"[{k}] {tr:.3f}/{te:.3f}" for k, (tr, te) in
+                      enumerate(zip(np.atleast_1d(train["accuracy"]), test_accuracy)))
+    self.info(f"epoch {epoch + 1}: loss {float(train['total_loss']):.4f}  "
+              f"train/test accuracy per block {blocks}")
+
+  def finish(self, test_accuracy: np.ndarray, train_time_s: float, steps: int, info) -> dict:
+    """Write and return ``results.json``."""
+    best_block = int(np.argmax(test_accuracy))
+    results = {
+        "rule": self.config.rule,
+        "dataset": info.name,
+        "best_test_accuracy": float(test_accuracy[best_block]),
+        "per_block_test_accuracy": [float(a) for a in test_accuracy],
+        "best_block": best_block,
+        # The reference's protocol: the maximum over epochs and blocks (model selection on test).
+        "best_epoch_test_accuracy": self._best_epoch_accuracy,
+        "steps": steps,
+        "wall_time_s": time.perf_counter() - self._start,
+        "train_time_s": train_time_s,
+        "steps_per_s": steps / train_time_s if train_time_s > 0 else math.nan,
+        "config": self.config.to_dict(),
+    }
+    with open(os.path.join(self.workdir, "results.json"), "w") as f:
+      json.dump(results, f, indent=2, default=_to_json)
+    self.info(f"best block {best_block}: test accuracy {results['best_test_accuracy']:.4f} "
+              f"({results['wall_time_s']:.1f} s, {results['steps_per_s']:.2f} steps/s); "
+              f"results in {os.path.join(self.workdir, 'results.json')}")
+    return results

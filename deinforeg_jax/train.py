@@ -1,0 +1,168 @@
+"""Train state, the one-program train step, the eval step and the training loop.
+
+``make_train_step`` sums every block's local loss and takes one
+``jax.value_and_grad`` inside one ``jax.jit``, so XLA compiles all blocks into a
+single program and schedules them together.  Because the stack cuts gradients
+at block boundaries this is the same update as training the blocks one after
+another.  Under a data mesh the batch is sharded over ``data`` and the state is
+replicated (see ``parallel``); the loss statistics cover the global batch.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+from typing import Any, Callable
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from deinforeg_jax import optim, parallel, rules, stack
+from deinforeg_jax.configuration import validate_config
+from deinforeg_jax.data import eval_batches, steps_per_epoch, train_batches
+from deinforeg_jax.data.registry import load_dataset
+from deinforeg_jax.reporting import ProgressBar, RunLog
+
+Batch = dict[str, jax.Array]
+
+
+@flax.struct.dataclass
+class TrainState:
+  """Everything that changes during training; a pytree."""
+
+  step: jax.Array
+  params: Any
+  batch_stats: Any
+  opt_state: optax.OptState
+
+
+def create_train_state(model: nn.Module, tx: optax.GradientTransformation, rng: jax.Array,
+                       input_shape: tuple[int, ...]) -> TrainState:
+  """Initialise parameters with a dummy ``[2, *input_shape]`` batch."""
+  variables = model.init(rng, jnp.zeros((2, *input_shape), jnp.float32), train=False)
+  params = variables["params"]
+  return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                    batch_stats=variables.get("batch_stats", {}), opt_state=tx.init(params))
+
+
+def make_train_step(model: nn.Module, objective: rules.Objective, tx: optax.GradientTransformation,
+                    num_classes: int, loss_cfg) -> Callable[[TrainState, Batch], tuple[TrainState, dict]]:
+  """``(state, {"image", "label"}) -> (state, metrics)``; metrics are ``[num_exits]`` arrays."""
+
+  def train_step(state: TrainState, batch: Batch):
+
+    def loss_fn(params):
+      outputs, updated = model.apply({"params": params, "batch_stats": state.batch_stats},
+                                     batch["image"], train=True, mutable=["batch_stats"])
+      total, metrics = objective(outputs, batch["label"], num_classes, loss_cfg)
+      return total, (metrics, updated["batch_stats"])
+
+    (total, (metrics, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    metrics["total_loss"] = total
+    new_state = state.replace(step=state.step + 1, params=params, batch_stats=batch_stats,
+                              opt_state=opt_state)
+    return new_state, metrics
+
+  return train_step
+
+
+def make_eval_step(model: nn.Module) -> Callable[[TrainState, Batch], dict[str, jax.Array]]:
+  """``(state, {"image", "label", "mask"}) -> {"predictions": [K, B], "correct": [K]}``.
+
+  ``correct`` counts masked-in examples whose prediction equals the label.
+  """
+
+  def eval_step(state: TrainState, batch: Batch):
+    outputs = model.apply({"params": state.params, "batch_stats": state.batch_stats},
+                          batch["image"], train=False)
+    predictions = jnp.stack([jnp.argmax(logits, axis=-1) for logits in outputs["logits"]])
+    hits = (predictions == batch["label"][None]).astype(jnp.float32) * batch["mask"][None]
+    return {"predictions": predictions.astype(jnp.int32), "correct": jnp.sum(hits, axis=1)}
+
+  return eval_step
+
+
+def compile_steps(model, objective, tx, num_classes, loss_cfg, mesh):
+  """Jitted train and eval steps: state replicated, batch sharded over ``data``."""
+  state_sharding = parallel.replicated(mesh)
+  data_sharding = parallel.batch_sharding(mesh)
+  train_step = jax.jit(make_train_step(model, objective, tx, num_classes, loss_cfg),
+                       in_shardings=(state_sharding, data_sharding),
+                       out_shardings=(state_sharding, state_sharding), donate_argnums=0)
+  eval_step = jax.jit(make_eval_step(model), in_shardings=(state_sharding, data_sharding),
+                      out_shardings=state_sharding)
+  return train_step, eval_step
+
+
+def evaluate(eval_step, state: TrainState, batches, mesh) -> np.ndarray:
+  """Per-exit accuracy over every example the iterator yields (``[K]`` fractions)."""
+  correct, count = None, 0.0
+  for batch in batches:
+    out = eval_step(state, parallel.shard_batch(batch, mesh))
+    correct = out["correct"] if correct is None else correct + out["correct"]
+    count += float(np.sum(batch["mask"]))
+  return np.asarray(correct) / max(count, 1.0)
+
+
+def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
+  """Train ``config`` and write metrics and ``results.json`` to ``workdir``.
+
+  Returns the results dict (also written to ``<workdir>/results.json``).
+  """
+  validate_config(config)
+  train_split, test_split, info = load_dataset(config.data)
+  mesh = parallel.make_data_mesh(config.parallel.num_devices)
+  parallel.check_batch_divisible(config.data.batch_size, mesh, "data.batch_size")
+  parallel.check_batch_divisible(config.data.eval_batch_size, mesh, "data.eval_batch_size")
+
+  model = stack.build_model(config, info.num_classes)
+  objective = rules.get_objective(config.rule)
+  steps = steps_per_epoch(info.num_train, config.data.batch_size)
+  total_steps = steps * config.train.num_epochs
+  schedule = optim.make_schedule(config.optim, total_steps, steps)
+  tx = optim.make_optimizer(config.optim, schedule)
+
+  init = functools.partial(create_train_state, model, tx, input_shape=info.input_shape)
+  state = jax.jit(init, out_shardings=parallel.replicated(mesh))(jax.random.key(config.seed))
+  train_step, eval_step = compile_steps(model, objective, tx, info.num_classes, config.loss, mesh)
+
+  log = RunLog(workdir, config)
+  log.info(f"{config.rule} on {info.name}: {info.num_train} train / {info.num_test} test, "
+           f"input {info.input_shape}, {info.num_classes} classes, "
+           f"{parameter_count(state.params):,} parameters, {mesh.shape[parallel.DATA_AXIS]} device(s)")
+  train_time, test_accuracy = 0.0, None
+  for epoch in range(config.train.num_epochs):
+    bar = ProgressBar(steps, f"epoch {epoch + 1}/{config.train.num_epochs}")
+    epoch_metrics = []
+    start = time.perf_counter()
+    for batch in train_batches(train_split, info, global_batch_size=config.data.batch_size,
+                               seed=config.seed, epoch=epoch):
+      state, metrics = train_step(state, parallel.shard_batch(batch, mesh))
+      epoch_metrics.append(metrics)
+      bar.update(metrics)
+    jax.block_until_ready(state)
+    train_time += time.perf_counter() - start
+    bar.close()
+    summary = log.check_finite(_mean_metrics(epoch_metrics), epoch)
+    test_accuracy = evaluate(eval_step, state, eval_batches(
+        test_split, info, global_batch_size=config.data.eval_batch_size), mesh)
+    log.epoch(epoch, int(state.step), summary, test_accuracy, schedule(int(state.step)))
+
+  return log.finish(test_accuracy, train_time, int(state.step), info)
+
+
+def _mean_metrics(metrics: list[dict[str, jax.Array]]) -> dict[str, np.ndarray]:
+  """Average a list of per-step metric dicts on the host."""
+  stacked = jax.device_get(metrics)
+  return {k: np.mean([m[k] for m in stacked], axis=0) for k in stacked[0]}
+
+
+def parameter_count(params) -> int:
+  """Total number of scalars in a parameter tree."""
+  return int(sum(np.prod(p.shape) for p in jax.tree.leaves(params)))

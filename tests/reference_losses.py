@@ -1,0 +1,118 @@
+"""Independent float64 NumPy reference for the DeInfoReg local loss (SPEC section 3.1-3.5).
+
+Written directly from the text of ``SPEC.md`` section 3, with explicit loops where that
+makes the formula easier to check by eye. Speed is irrelevant here. This module must not
+import ``deinforeg_jax``: it is the yardstick the JAX implementation is tested against.
+
+SPEC section 3, in short (z is the B x D projector output, y the labels, C classes):
+
+* 3.1  zhat_i = z_i / max(||z_i||_2, 1e-12)                    (all three terms use zhat)
+* 3.2  S(A): centre each row over its features, divide by (1e-8 + ||row||_2),
+       Gram matrix, clamp to [-1, 1].
+       L_inv = (1 / B^2) * sum_{i,j} (S(zhat)_ij - S(onehot(y))_ij)^2
+* 3.3  sigma_d = sqrt(unbiased Var_b(zhat[:, d]) + 1e-7)
+       L_var = (1 / B) * (1 / D) * sum_d max(0, 1 - sigma_d)   (the 1/B factor is optional)
+* 3.4  Zc = zhat - mean_b(zhat);  Cov = Zc^T Zc / B
+       L_cov = (1 / D) * sum_{d != d'} Cov_{dd'}^2
+* 3.5  L = w_inv * L_inv + w_var * L_var + w_cov * L_cov  (SPEC default: all weights 1)
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+NORMALIZE_EPS = 1e-12  # SPEC 3.1 (F.normalize default)
+SIM_EPS = 1e-8  # SPEC 3.2
+VAR_EPS = 1e-7  # SPEC 3.3
+
+
+def ref_l2_normalize(x, eps: float = NORMALIZE_EPS) -> np.ndarray:
+  """SPEC 3.1: divide each row by max(its L2 norm, eps)."""
+  x = np.asarray(x, dtype=np.float64)
+  out = np.empty_like(x)
+  for i in range(x.shape[0]):
+    norm = np.sqrt(np.sum(x[i] ** 2))
+    out[i] = x[i] / max(norm, eps)
+  return out
+
+
+def ref_similarity_matrix(a) -> np.ndarray:
+  """SPEC 3.2: row-centred, row-normalised Gram matrix clamped to [-1, 1] (B x B)."""
+  a = np.asarray(a, dtype=np.float64)
+  b = a.shape[0]
+  rows = []
+  for i in range(b):
+    centred = a[i] - np.mean(a[i])
+    rows.append(centred / (SIM_EPS + np.sqrt(np.sum(centred ** 2))))
+  s = np.empty((b, b), dtype=np.float64)
+  for i in range(b):
+    for j in range(b):
+      s[i, j] = np.sum(rows[i] * rows[j])
+  return np.clip(s, -1.0, 1.0)
+
+
+def ref_one_hot(labels, num_classes: int) -> np.ndarray:
+  labels = np.asarray(labels)
+  out = np.zeros((labels.shape[0], num_classes), dtype=np.float64)
+  for i, c in enumerate(labels):
+    out[i, int(c)] = 1.0
+  return out
+
+
+def ref_label_similarity(num_classes: int, same: bool) -> float:
+  """Closed form of S(onehot)_ij (SPEC 3.2 [inf]): 1 if same class else -1/(C-1)."""
+  return 1.0 if same else -1.0 / (num_classes - 1)
+
+
+def ref_invariance(z, labels, num_classes: int) -> float:
+  zhat = ref_l2_normalize(z)
+  s_z = ref_similarity_matrix(zhat)
+  s_y = ref_similarity_matrix(ref_one_hot(labels, num_classes))
+  b = zhat.shape[0]
+  total = 0.0
+  for i in range(b):
+    for j in range(b):
+      total += (s_z[i, j] - s_y[i, j]) ** 2
+  return total / (b * b)
+
+
+def ref_variance(z, batch_scaling: bool = True) -> float:
+  zhat = ref_l2_normalize(z)
+  b, d = zhat.shape
+  total = 0.0
+  for k in range(d):
+    col = zhat[:, k]
+    var_unbiased = np.sum((col - np.mean(col)) ** 2) / (b - 1)
+    sigma = np.sqrt(var_unbiased + VAR_EPS)
+    total += max(0.0, 1.0 - sigma)
+  loss = total / d
+  if batch_scaling:
+    loss /= b
+  return loss
+
+
+def ref_covariance(z) -> float:
+  zhat = ref_l2_normalize(z)
+  b, d = zhat.shape
+  zc = zhat - np.mean(zhat, axis=0, keepdims=True)
+  cov = np.zeros((d, d), dtype=np.float64)
+  for i in range(b):
+    cov += np.outer(zc[i], zc[i])
+  cov /= b
+  total = 0.0
+  for p in range(d):
+    for q in range(d):
+      if p != q:
+        total += cov[p, q] ** 2
+  return total / d
+
+
+def ref_deinforeg_loss(z, labels, num_classes: int, weights=(1.0, 1.0, 1.0),
+                       variance_batch_scaling: bool = True):
+  """SPEC 3.5. Returns (total, {"invariance", "variance", "covariance"}) as Python floats."""
+  inv = ref_invariance(z, labels, num_classes)
+  var = ref_variance(z, variance_batch_scaling)
+  cov = ref_covariance(z)
+  w_inv, w_var, w_cov = weights
+  total = w_inv * inv + w_var * var + w_cov * cov
+  return total, {"invariance": inv, "variance": var, "covariance": cov}
