@@ -1,0 +1,11 @@
+"""cifar10 x vgg with the SPEC settings; the rule is chosen by ``--config.rule``.
+
+  python -m launch.train --config=launch/configs/cifar10_vgg.py --workdir=W \
+      --config.data.data_dir=DIR [--config.rule=bp]
+"""
+
+from launch.configs.spec_vision import spec_vision_config
+
+
+def get_config():
+  return spec_vision_config("cifar10", "vgg")
