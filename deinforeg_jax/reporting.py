@@ -24,9 +24,9 @@ from tqdm import tqdm
 class ProgressBar:
   """A tqdm bar over one epoch showing the summed loss and steps/s."""
 
-  def __init__(self, total: int, description: str, refresh_every: int = 10):
-    self._bar = tqdm(total=total, desc=description, unit="step", leave=False, file=sys.stderr,
-                     dynamic_ncols=True, disable=None)
+  def __init__(self, total: int, description: str, initial: int = 0, refresh_every: int = 10):
+    self._bar = tqdm(total=total, initial=initial, desc=description, unit="step", leave=False,
+                     file=sys.stderr, dynamic_ncols=True, disable=None)
     self._refresh_every = refresh_every
     self._count = 0
 
@@ -62,6 +62,26 @@ class RunLog:
     self._start = time.perf_counter()
     self._metrics_path = os.path.join(workdir, "metrics.jsonl")
     self._best_epoch_accuracy = 0.0
+    self._train_time_s = 0.0
+
+  def resume(self, saved: dict[str, Any]) -> None:
+    """Continue from a checkpoint's metadata; drop metric lines written after it."""
+    self._best_epoch_accuracy = saved.get("best_epoch_test_accuracy", 0.0)
+    self._train_time_s = saved.get("train_time_s", 0.0)
+    if os.path.exists(self._metrics_path):
+      with open(self._metrics_path) as f:
+        kept = [line for line in f if json.loads(line)["step"] <= saved["step"]]
+      with open(self._metrics_path, "w") as f:
+        f.writelines(kept)
+    self.info(f"resuming from the checkpoint at step {saved['step']}")
+
+  def add_train_time(self, seconds: float) -> None:
+    self._train_time_s += seconds
+
+  def bookkeeping(self) -> dict[str, float]:
+    """What a checkpoint must carry for the final results to survive a restart."""
+    return {"best_epoch_test_accuracy": self._best_epoch_accuracy,
+            "train_time_s": self._train_time_s}
 
   def info(self, message: str) -> None:
     print(message, flush=True)
@@ -73,8 +93,8 @@ class RunLog:
       raise NonFiniteLossError(
           f"non-finite training metrics in epoch {epoch + 1}: "
           + ", ".join(f"{k}={np.round(v, 6).tolist()}" for k, v in bad.items())
-          + ". Lower config.optim.base_lr, check the input data, or change the optimizer; "
-          "nothing was written for this epoch.")
+          + ". Lower config.optim.base_lr, check the input data, or change the optimizer. "
+          "Nothing was saved after the last finite step: the last checkpoint is intact.")
     return summary
 
   def epoch(self, epoch: int, step: int, train: dict[str, np.ndarray], test_accuracy: np.ndarray,
@@ -91,8 +111,9 @@ class RunLog:
     self.info(f"epoch {epoch + 1}: loss {float(train['total_loss']):.4f}  "
               f"train/test accuracy per block {blocks}")
 
-  def finish(self, test_accuracy: np.ndarray, train_time_s: float, steps: int, info) -> dict:
-    """Write and return ``results.json``."""
+  def finish(self, test_accuracy: np.ndarray, steps: int, info) -> dict:
+    """Write and return ``results.json`` (``train_time_s`` summed over restarts)."""
+    train_time_s = self._train_time_s
     best_block = int(np.argmax(test_accuracy))
     results = {
         "rule": self.config.rule,

@@ -24,7 +24,7 @@ import jax.numpy as jnp
 
 from deinforeg_jax.modules import heads, vision
 
-EncoderFactory = Callable[[], nn.Module]
+EncoderFactory = Callable[..., nn.Module]  # called with ``name=`` only
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,7 +47,7 @@ class Block(nn.Module):
 
   @nn.compact
   def __call__(self, x: Any, train: bool) -> tuple[Any, jax.Array, jax.Array]:
-    h = self.spec.encoder()(x, train)  # pylint: disable=not-callable
+    h = self.spec.encoder(name="encoder")(x, train)
     u = self.spec.pool(h)
     z = heads.MLP(self.spec.projector, name="projector")(u, train)
     classifier_input = z if self.spec.classifier_mode == "merge" else jax.lax.stop_gradient(u)
@@ -91,7 +91,7 @@ class BackpropNet(nn.Module):
   def __call__(self, x: Any, train: bool) -> dict[str, list[jax.Array]]:
     for k, make_encoder in enumerate(self.encoders):
       x = _Encoded(make_encoder, name=block_name(k))(x, train)
-    return {"logits": [self.head()(x, train)]}  # pylint: disable=not-callable
+    return {"logits": [self.head(name="head")(x, train)]}
 
 
 class _Encoded(nn.Module):
@@ -101,7 +101,7 @@ class _Encoded(nn.Module):
 
   @nn.compact
   def __call__(self, x: Any, train: bool) -> Any:
-    return self.make_encoder()(x, train)
+    return self.make_encoder(name="encoder")(x, train)
 
 
 class VGGHead(nn.Module):

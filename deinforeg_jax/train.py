@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from deinforeg_jax import optim, parallel, rules, stack
+from deinforeg_jax import checkpoint, optim, parallel, rules, stack
 from deinforeg_jax.configuration import validate_config
 from deinforeg_jax.data import eval_batches, steps_per_epoch, train_batches
 from deinforeg_jax.data.registry import load_dataset
@@ -111,9 +111,11 @@ def evaluate(eval_step, state: TrainState, batches, mesh) -> np.ndarray:
 
 
 def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
-  """Train ``config`` and write metrics and ``results.json`` to ``workdir``.
+  """Train ``config``, checkpointing to ``workdir``; resume if it holds a checkpoint.
 
-  Returns the results dict (also written to ``<workdir>/results.json``).
+  Writes ``metrics.jsonl``, ``checkpoints/`` and ``results.json`` to ``workdir``
+  and returns the results dict.  A run interrupted at any point and started
+  again with the same command continues exactly where its last checkpoint was.
   """
   validate_config(config)
   train_split, test_split, info = load_dataset(config.data)
@@ -133,28 +135,57 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
   train_step, eval_step = compile_steps(model, objective, tx, info.num_classes, config.loss, mesh)
 
   log = RunLog(workdir, config)
-  log.info(f"{config.rule} on {info.name}: {info.num_train} train / {info.num_test} test, "
-           f"input {info.input_shape}, {info.num_classes} classes, "
-           f"{parameter_count(state.params):,} parameters, {mesh.shape[parallel.DATA_AXIS]} device(s)")
-  train_time, test_accuracy = 0.0, None
-  for epoch in range(config.train.num_epochs):
-    bar = ProgressBar(steps, f"epoch {epoch + 1}/{config.train.num_epochs}")
+  checkpointer = checkpoint.RunCheckpointer(workdir, keep=config.checkpoint.keep,
+                                            use_async=config.checkpoint.use_async)
+  try:
+    if checkpointer.latest_step() is not None:
+      state, saved = checkpointer.restore(state, checkpoint.make_metadata(config, state, info))
+      log.resume(saved)
+    log.info(f"{config.rule} on {info.name}: {info.num_train} train / {info.num_test} test, "
+             f"input {info.input_shape}, {info.num_classes} classes, "
+             f"{parameter_count(state.params):,} parameters, "
+             f"{mesh.shape[parallel.DATA_AXIS]} device(s), from step {int(state.step)}")
+    state, test_accuracy = _train_epochs(config, state, train_step, eval_step, schedule, log,
+                                         checkpointer, mesh, train_split, test_split, info, steps)
+    checkpointer.wait()
+  finally:
+    checkpointer.close()
+  return log.finish(test_accuracy, int(state.step), info)
+
+
+def _train_epochs(config, state, train_step, eval_step, schedule, log, checkpointer, mesh,
+                  train_split, test_split, info, steps):
+  """The epoch loop from ``state.step`` on; returns the final state and test accuracy."""
+  step = int(state.step)
+  every = config.checkpoint.every_steps
+  test_accuracy = None
+  if step == steps * config.train.num_epochs:  # finished before: evaluate only
+    test_accuracy = evaluate(eval_step, state, eval_batches(
+        test_split, info, global_batch_size=config.data.eval_batch_size), mesh)
+  for epoch in range(step // steps, config.train.num_epochs):
+    bar = ProgressBar(steps, f"epoch {epoch + 1}/{config.train.num_epochs}", initial=step % steps)
     epoch_metrics = []
     start = time.perf_counter()
     for batch in train_batches(train_split, info, global_batch_size=config.data.batch_size,
-                               seed=config.seed, epoch=epoch):
+                               seed=config.seed, epoch=epoch, start_step=step % steps):
       state, metrics = train_step(state, parallel.shard_batch(batch, mesh))
+      step += 1
       epoch_metrics.append(metrics)
       bar.update(metrics)
-    jax.block_until_ready(state)
-    train_time += time.perf_counter() - start
+      if every and step % every == 0 and step % steps:
+        log.check_finite(_mean_metrics(epoch_metrics), epoch)  # never save a NaN state
+        log.add_train_time(time.perf_counter() - start)
+        start = time.perf_counter()
+        checkpointer.save(state, checkpoint.make_metadata(config, state, info, **log.bookkeeping()))
     bar.close()
     summary = log.check_finite(_mean_metrics(epoch_metrics), epoch)
+    jax.block_until_ready(state)
+    log.add_train_time(time.perf_counter() - start)
     test_accuracy = evaluate(eval_step, state, eval_batches(
         test_split, info, global_batch_size=config.data.eval_batch_size), mesh)
-    log.epoch(epoch, int(state.step), summary, test_accuracy, schedule(int(state.step)))
-
-  return log.finish(test_accuracy, train_time, int(state.step), info)
+    log.epoch(epoch, step, summary, test_accuracy, schedule(step))
+    checkpointer.save(state, checkpoint.make_metadata(config, state, info, **log.bookkeeping()))
+  return state, test_accuracy
 
 
 def _mean_metrics(metrics: list[dict[str, jax.Array]]) -> dict[str, np.ndarray]:

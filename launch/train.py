@@ -6,7 +6,7 @@
 
 import os
 
-from absl import app, flags
+from absl import app, flags, logging
 from ml_collections import config_flags
 
 from deinforeg_jax.train import train_and_evaluate
@@ -21,6 +21,8 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for metrics.jsonl and
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  if not flags.FLAGS["verbosity"].present:
+    logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO
   train_and_evaluate(flags.FLAGS.config, _WORKDIR.value)
 
 

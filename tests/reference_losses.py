@@ -59,11 +59,6 @@ def ref_one_hot(labels, num_classes: int) -> np.ndarray:
   return out
 
 
-def ref_label_similarity(num_classes: int, same: bool) -> float:
-  """Closed form of S(onehot)_ij (SPEC 3.2 [inf]): 1 if same class else -1/(C-1)."""
-  return 1.0 if same else -1.0 / (num_classes - 1)
-
-
 def ref_invariance(z, labels, num_classes: int) -> float:
   zhat = ref_l2_normalize(z)
   s_z = ref_similarity_matrix(zhat)

@@ -50,7 +50,10 @@ def _random_batch(seed: int, batch: int, dim: int, num_classes: int):
   return z.astype(np.float32), labels.astype(np.int32)
 
 
+@functools.lru_cache(maxsize=None)
 def _loss_fn(num_classes, weights=(1.0, 1.0, 1.0), variance_batch_scaling=True):
+  # Cached so that every test asking for the same configuration gets the same function
+  # object, and jax.jit reuses its compilation (keeps the file fast).
   return functools.partial(
       losses.deinforeg_loss,
       num_classes=num_classes,
@@ -109,9 +112,18 @@ class DeinforegLossReferenceTest(chex.TestCase):
           total, sum(w * terms[k] for w, k in zip(weights, TERMS)), rtol=1e-6,
           err_msg=msg)
 
-  @chex.variants(with_jit=True, without_jit=True)
+  # Full shape grid under jit; eager (op-by-op, compiled per shape) on two corners
+  # only, to keep the file fast.
+  @chex.variants(with_jit=True)
   @parameterized.product(batch=(8, 33), dim=(16, 64), num_classes=(2, 10))
   def test_matches_reference(self, batch, dim, num_classes):
+    fn = self.variant(_loss_fn(num_classes))
+    self._check_against_reference(fn, batch, dim, num_classes, (1.0, 1.0, 1.0),
+                                  True, seeds=range(3))
+
+  @chex.variants(without_jit=True)
+  @parameterized.parameters((8, 16, 2), (33, 64, 10))
+  def test_matches_reference_eager(self, batch, dim, num_classes):
     fn = self.variant(_loss_fn(num_classes))
     self._check_against_reference(fn, batch, dim, num_classes, (1.0, 1.0, 1.0),
                                   True, seeds=range(3))
@@ -160,7 +172,7 @@ class SimilarityMatrixTest(chex.TestCase):
   """SPEC 3.2: S(A) is the clamped row-Pearson-correlation matrix."""
 
   @chex.variants(with_jit=True, without_jit=True)
-  @parameterized.product(batch=(8, 33), dim=(16, 64))
+  @parameterized.parameters((8, 16), (33, 64))
   def test_matches_reference_and_properties(self, batch, dim):
     fn = self.variant(losses.similarity_matrix)
     for seed in range(3):
@@ -179,11 +191,13 @@ class SimilarityMatrixTest(chex.TestCase):
     # Identical / opposite rows: exact correlation +-1, float32 may overshoot before
     # the clamp; afterwards every entry must be inside [-1, 1].
     rng = np.random.default_rng(3)
-    row = rng.normal(size=(1, 48)).astype(np.float32) * 123.0
-    x = np.concatenate([row, row, -row, 7.0 * row, row + 5.0], axis=0)
+    row = rng.normal(size=(1, 16)).astype(np.float32) * 123.0
+    x = np.concatenate([row, row, -row, 7.0 * row, row + 5.0, 0.01 * row,
+                        -3.0 * row + 2.0, row], axis=0)
     s = np.asarray(self.variant(losses.similarity_matrix)(jnp.asarray(x)))
     self.assertTrue(np.all(np.abs(s) <= 1.0))
-    expected = np.outer([1, 1, -1, 1, 1], [1, 1, -1, 1, 1]).astype(np.float64)
+    signs = np.array([1, 1, -1, 1, 1, 1, -1, 1], dtype=np.float64)
+    expected = np.outer(signs, signs)
     np.testing.assert_allclose(s, expected, atol=1e-6)
 
   @chex.variants(with_jit=True, without_jit=True)
@@ -196,11 +210,11 @@ class SimilarityMatrixTest(chex.TestCase):
     np.testing.assert_allclose(s, ref.ref_similarity_matrix(x), atol=1e-6)
 
   @chex.variants(with_jit=True, without_jit=True)
-  @parameterized.parameters(2, 3, 10)
+  @parameterized.parameters(2, 10)
   def test_one_hot_similarity_closed_form(self, num_classes):
     rng = np.random.default_rng(num_classes)
     labels = np.concatenate([np.arange(num_classes),
-                             rng.integers(0, num_classes, size=15)])
+                             rng.integers(0, num_classes, size=33 - num_classes)])
     one_hot = jax.nn.one_hot(jnp.asarray(labels), num_classes)
     s = np.asarray(self.variant(losses.similarity_matrix)(one_hot))
     same = labels[:, None] == labels[None, :]
@@ -209,9 +223,6 @@ class SimilarityMatrixTest(chex.TestCase):
     np.testing.assert_allclose(
         s, ref.ref_similarity_matrix(ref.ref_one_hot(labels, num_classes)),
         atol=1e-6)
-    # The reference's closed form agrees with its own matrix (reference self-check).
-    self.assertAlmostEqual(ref.ref_label_similarity(num_classes, False),
-                           expected[~same][0] if (~same).any() else -1.0)
 
 
 class L2NormalizeTest(chex.TestCase):
@@ -219,15 +230,15 @@ class L2NormalizeTest(chex.TestCase):
 
   @chex.variants(with_jit=True, without_jit=True)
   def test_l2_normalize(self):
-    x, _ = _random_batch(2, 9, 20, 2)
+    x, _ = _random_batch(2, 8, 16, 2)
     x[4] = 0.0
     x[6] = 0.0
     x[6, 0] = 1e-13  # norm below eps: divided by eps, not by the norm
     out = np.asarray(self.variant(losses.l2_normalize)(jnp.asarray(x)))
     np.testing.assert_allclose(out, ref.ref_l2_normalize(x), rtol=RTOL, atol=1e-7)
     norms = np.linalg.norm(out, axis=1)
-    np.testing.assert_allclose(np.delete(norms, [4, 6]), np.ones(7), rtol=1e-6)
-    np.testing.assert_array_equal(out[4], np.zeros(20))
+    np.testing.assert_allclose(np.delete(norms, [4, 6]), np.ones(6), rtol=1e-6)
+    np.testing.assert_array_equal(out[4], np.zeros(16))
     np.testing.assert_allclose(out[6, 0], 0.1, rtol=1e-5)
 
 
@@ -235,10 +246,9 @@ class InvarianceStructureTest(chex.TestCase):
   """The invariance term vanishes when S(zhat) reproduces S(onehot)."""
 
   @chex.variants(with_jit=True, without_jit=True)
-  @parameterized.parameters((2, 16), (10, 64))
-  def test_invariance_zero_for_label_structure(self, num_classes, dim):
+  @parameterized.parameters((8, 16, 2), (33, 64, 10))
+  def test_invariance_zero_for_label_structure(self, batch, dim, num_classes):
     rng = np.random.default_rng(num_classes * 100 + dim)
-    batch = 33
     labels = np.concatenate([np.arange(num_classes),
                              rng.integers(0, num_classes,
                                           size=batch - num_classes)]).astype(np.int32)
@@ -302,20 +312,23 @@ class InvarianceUnderTransformsTest(chex.TestCase):
                                    atol=ATOL, err_msg=name)
 
 
+@functools.lru_cache(maxsize=None)
+def _value_and_grad(loss_fn):
+  return jax.value_and_grad(lambda z, labels: loss_fn(z, labels)[0])
+
+
 class GradientTest(chex.TestCase):
   """Gradients are finite in the degenerate cases that occur in training."""
 
   def _check_grad(self, fn, z, labels):
-    value_and_grad = self.variant(jax.value_and_grad(
-        lambda zz, ll: fn(zz, ll)[0]))
+    value_and_grad = self.variant(_value_and_grad(fn))
     value, grad = value_and_grad(jnp.asarray(z), jnp.asarray(labels))
     grad = np.asarray(grad)
     self.assertEqual(grad.shape, z.shape)
     self.assertEqual(grad.dtype, np.float32)
     self.assertTrue(np.isfinite(float(value)))
     self.assertTrue(np.all(np.isfinite(grad)), f"non-finite grad: {grad}")
-    # Some gradient must reach the well-behaved rows.
-    self.assertGreater(float(np.abs(grad).max()), 0.0)
+    self.assertGreater(float(np.abs(grad).max()), 0.0)  # the loss does depend on z
     return float(value), grad
 
   @chex.variants(with_jit=True, without_jit=True)
@@ -347,8 +360,8 @@ class GradientTest(chex.TestCase):
   def test_gradient_matches_finite_differences(self):
     # Directional derivative vs central differences of the float64 reference.
     z, labels = _random_batch(6, 8, 16, 10)
-    grad_fn = self.variant(jax.grad(lambda zz, ll: _loss_fn(10)(zz, ll)[0]))
-    grad = np.asarray(grad_fn(jnp.asarray(z), jnp.asarray(labels)), np.float64)
+    grad_fn = self.variant(_value_and_grad(_loss_fn(10)))
+    grad = np.asarray(grad_fn(jnp.asarray(z), jnp.asarray(labels))[1], np.float64)
     direction = np.random.default_rng(0).normal(size=z.shape)
     h = 1e-5
     z64 = z.astype(np.float64)

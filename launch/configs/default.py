@@ -50,6 +50,11 @@ def get_config() -> ml_collections.ConfigDict:
   config.train = ml_collections.ConfigDict()
   config.train.num_epochs = 20
 
+  config.checkpoint = ml_collections.ConfigDict()
+  config.checkpoint.every_steps = 0  # also save every N steps inside an epoch (0: epoch ends only)
+  config.checkpoint.keep = 2  # checkpoints kept in <workdir>/checkpoints
+  config.checkpoint.use_async = True
+
   config.parallel = ml_collections.ConfigDict()
   config.parallel.num_devices = 0  # 0: every visible device on the data axis
   return config

@@ -1,0 +1,223 @@
+"""Train-step time of DeInfoReg vs end-to-end BP on the same backbone.
+
+  python -m benchmarks.step_time --models=vgg,resnet18 --steps=5 --warmup=2 --devices=1
+
+Prints one JSON line per (model, rule) with the median step time, then a
+``step_time_ratio`` line per model (DeInfoReg median / BP median).  The rules'
+steps are interleaved (one step of each in turn) so that load from other
+processes on a shared host affects both alike.  Batches are synthetic (fixed
+seed) 32x32x3 images with 10 classes; the optimizer is the default config's
+LARS.  ``--devices=N`` splits the batch over N fake CPU devices (``XLA_FLAGS``
+is set before JAX is imported).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import statistics
+import sys
+import time
+
+
+def _parser() -> argparse.ArgumentParser:
+  parser = argparse.ArgumentParser(prog="python -m benchmarks.step_time", description=__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument("--models", default="vgg,resnet18", help="comma list: vgg, resnet18")
+  parser.add_argument("--rules", default="deinforeg,bp", help="comma list: deinforeg, bp")
+  parser.add_argument("--batch_size", type=int, default=128, help="global batch size")
+  parser.add_argument("--width", type=float, default=1.0, help="channel multiplier")
+  parser.add_argument("--projector", default="2048-2048-2048", help="DeInfoReg projector widths")
+  parser.add_argument("--steps", type=int, default=5, help="timed steps per measurement")
+  parser.add_argument("--warmup", type=int, default=2, help="untimed steps after compiling")
+  parser.add_argument("--devices", type=int, default=1, help="fake CPU devices on the data axis")
+  parser.add_argument("--seed", type=int, default=0)
+  parser.add_argument("--matmul_peak", action="store_true",
+                      help="also measure the fp32 matmul GFLOP/s of one device")
+  return parser
+
+
+def _force_host_devices(count: int) -> None:
+  """Ask XLA:CPU for ``count`` devices; must run before JAX is imported."""
+  if "jax" in sys.modules:
+    raise RuntimeError("--devices must be applied before jax is imported.")
+  flags = re.sub(r"--xla_force_host_platform_device_count=\S+", "",
+                 os.environ.get("XLA_FLAGS", ""))
+  os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={count}".strip()
+
+
+if __name__ == "__main__":
+  _force_host_devices(_parser().parse_known_args()[0].devices)
+
+# pylint: disable=wrong-import-position
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from deinforeg_jax import optim, parallel, rules, stack, train
+from deinforeg_jax.configuration import validate_config
+from launch.configs import default
+
+INPUT_SHAPE = (32, 32, 3)
+NUM_CLASSES = 10
+MODEL_OVERRIDES = {
+    "vgg": {"arch": "vgg", "vgg_blocks": "spec", "num_blocks": 4, "bp_head_hidden": 2048},
+    "resnet18": {"arch": "resnet18", "num_blocks": 4},
+}
+
+
+def make_config(model: str, rule: str, args: argparse.Namespace):
+  """The default config with the SPEC backbone ``model`` and the benchmark's sizes."""
+  if model not in MODEL_OVERRIDES:
+    raise ValueError(f"--models: {model!r} is unknown; choose from {sorted(MODEL_OVERRIDES)}.")
+  config = default.get_config()
+  config.rule = rule
+  config.seed = args.seed
+  config.data.batch_size = args.batch_size
+  config.data.eval_batch_size = args.batch_size
+  config.parallel.num_devices = args.devices
+  config.model.update(MODEL_OVERRIDES[model])
+  config.model.width = args.width
+  config.model.projector = args.projector
+  validate_config(config)
+  return config
+
+
+def synthetic_batches(count: int, batch_size: int, seed: int) -> list[dict[str, np.ndarray]]:
+  """``count`` host batches of standard-normal images and uniform labels."""
+  rng = np.random.default_rng(seed)
+  return [{"image": rng.standard_normal((batch_size, *INPUT_SHAPE), np.float32),
+           "label": rng.integers(0, NUM_CLASSES, batch_size, dtype=np.int32)}
+          for _ in range(count)]
+
+
+def compiled_flops(compiled) -> float:
+  """FLOPs of one call of a compiled executable (per device under SPMD)."""
+  cost = compiled.cost_analysis()
+  if isinstance(cost, (list, tuple)):  # older JAX: one dict per executable
+    return float(sum(c.get("flops", 0.0) for c in cost))
+  return float(cost.get("flops", 0.0))
+
+
+class StepRunner:
+  """One rule's compiled train step and its (donated, updated) train state."""
+
+  def __init__(self, config, total_steps: int, mesh, example_batch):
+    model = stack.build_model(config, NUM_CLASSES)
+    schedule = optim.make_schedule(config.optim, total_steps, total_steps)
+    tx = optim.make_optimizer(config.optim, schedule)
+    init = jax.jit(lambda rng: train.create_train_state(model, tx, rng, INPUT_SHAPE),
+                   out_shardings=parallel.replicated(mesh))
+    self.name = f"{config.model.arch}/{config.rule}"
+    self.state = init(jax.random.key(config.seed))
+    self.params = train.parameter_count(self.state.params)
+    self.metrics = None
+    train_step, _ = train.compile_steps(model, rules.get_objective(config.rule), tx, NUM_CLASSES,
+                                        config.loss, mesh)
+    start = time.perf_counter()
+    self.step = train_step.lower(self.state, example_batch).compile()
+    self.compile_s = time.perf_counter() - start
+    self.flops = compiled_flops(self.step) * mesh.shape[parallel.DATA_AXIS]
+
+  def timed_step(self, batch) -> float:
+    """Run one train step to completion; its wall time in seconds."""
+    start = time.perf_counter()
+    self.state, self.metrics = self.step(self.state, batch)
+    jax.block_until_ready((self.state, self.metrics))
+    return time.perf_counter() - start
+
+  def check_finite(self) -> None:
+    """Fail if the last step's loss is NaN or infinite."""
+    if not np.isfinite(float(self.metrics["total_loss"])):
+      raise FloatingPointError(f"{self.name}: non-finite loss after the benchmark steps.")
+
+
+def measure_model(model: str, rule_names: list[str], args: argparse.Namespace,
+                  mesh) -> dict[str, dict]:
+  """Result row per rule; the rules' steps are interleaved so host load hits them alike."""
+  total_steps = args.warmup + args.steps
+  batches = [parallel.shard_batch(b, mesh)
+             for b in synthetic_batches(total_steps, args.batch_size, args.seed)]
+  runners = {rule: StepRunner(make_config(model, rule, args), total_steps, mesh, batches[0])
+             for rule in rule_names}
+  times = {rule: [] for rule in rule_names}
+  for i, batch in enumerate(batches):
+    for rule, runner in runners.items():
+      elapsed = runner.timed_step(batch)
+      if i >= args.warmup:
+        times[rule].append(elapsed)
+  rows = {}
+  for rule, runner in runners.items():
+    runner.check_finite()
+    median = statistics.median(times[rule])
+    rows[rule] = {
+        "params": runner.params,
+        "median_step_s": median,
+        "min_step_s": min(times[rule]),
+        "max_step_s": max(times[rule]),
+        "spread_rel": (max(times[rule]) - min(times[rule])) / median,
+        "steps": len(times[rule]),
+        "flops_per_step": runner.flops,
+        "achieved_gflops_per_s": runner.flops / median / 1e9,
+        "compile_s": runner.compile_s,
+        "host_load_1m": os.getloadavg()[0],
+    }
+  return rows
+
+
+def matmul_peak(n: int = 2048, trials: int = 10) -> dict:
+  """fp32 ``n x n`` matmul GFLOP/s on the default device: best and median of ``trials`` calls.
+
+  One matmul per call: a ``fori_loop`` chain of matmuls ran ~40% slower on XLA:CPU here.
+  """
+  a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
+  b = jax.random.normal(jax.random.key(1), (n, n), jnp.float32)
+  matmul = jax.jit(jnp.matmul)
+  jax.block_until_ready(matmul(a, b))
+  times = []
+  for _ in range(trials):
+    start = time.perf_counter()
+    jax.block_until_ready(matmul(a, b))
+    times.append(time.perf_counter() - start)
+  flops = 2 * n**3
+  return {"benchmark": "matmul_peak", "n": n, "trials": trials,
+          "gflops_per_s": flops / min(times) / 1e9,
+          "median_gflops_per_s": flops / statistics.median(times) / 1e9}
+
+
+def _emit(row: dict) -> None:
+  print(json.dumps(row), flush=True)
+
+
+def main(argv: list[str] | None = None) -> None:
+  parser = _parser()
+  args = parser.parse_args(argv)
+  if args.steps < 1 or args.warmup < 0:
+    parser.error("--steps must be >= 1 and --warmup >= 0.")
+  mesh = parallel.make_data_mesh(args.devices)
+  peak = None
+  if args.matmul_peak:
+    peak = matmul_peak()
+    _emit(peak)
+  rule_names = args.rules.split(",")
+  for model in args.models.split(","):
+    common = {"model": model, "batch_size": args.batch_size, "devices": args.devices,
+              "width": args.width, "projector": args.projector}
+    rows = measure_model(model, rule_names, args, mesh)
+    for rule, row in rows.items():
+      if peak:
+        row["fraction_of_matmul_peak"] = row["achieved_gflops_per_s"] / peak["gflops_per_s"]
+      _emit({"benchmark": "step_time", **common, "rule": rule, **row})
+    if {"deinforeg", "bp"} <= rows.keys():
+      deinforeg, bp = rows["deinforeg"], rows["bp"]
+      _emit({"benchmark": "step_time_ratio", **common,
+             "deinforeg_over_bp": deinforeg["median_step_s"] / bp["median_step_s"],
+             "flops_deinforeg_over_bp": deinforeg["flops_per_step"] / bp["flops_per_step"],
+             "deinforeg_median_step_s": deinforeg["median_step_s"],
+             "bp_median_step_s": bp["median_step_s"]})
+
+
+if __name__ == "__main__":
+  main()

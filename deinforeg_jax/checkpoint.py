@@ -1,0 +1,117 @@
+"""Orbax checkpoints of a run: save, keep K, resume exactly, refuse mismatches.
+
+Layout: ``<workdir>/checkpoints/<step>/{state, metadata}``.  ``state`` is the
+``TrainState`` as a nested dict (``flax.serialization.to_state_dict``) saved
+with ``PyTreeSave``; ``metadata`` is JSON: the config, the dataset name and
+sizes, the step, the block count, every parameter's shape, and the run's
+bookkeeping (best epoch accuracy, training time).
+
+Training is a pure function of ``(config, state.step)``: the data order and the
+augmentation are seeded by ``(seed, epoch, position)`` and the step fixes the
+epoch and the position inside it, so restoring the state continues exactly as
+an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import flax
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+
+
+class CheckpointMismatchError(ValueError):
+  """The checkpoint in the workdir does not fit the model or data being trained."""
+
+
+def parameter_shapes(params) -> dict[str, list[int]]:
+  """``{"block_00/encoder/Conv_0/kernel": [3, 3, 1, 32], ...}`` in tree order."""
+  flat = flax.traverse_util.flatten_dict(flax.core.unfreeze(params), sep="/")
+  return {path: list(np.shape(value)) for path, value in flat.items()}
+
+
+def make_metadata(config, state, info, **bookkeeping) -> dict[str, Any]:
+  """JSON-able description of a checkpoint (see the module docstring)."""
+  shapes = parameter_shapes(state.params)
+  blocks = sorted({path.split("/")[0] for path in shapes if path.startswith("block_")})
+  return {
+      "step": int(state.step),
+      "rule": config.rule,
+      "num_blocks": len(blocks),
+      "parameter_shapes": shapes,
+      "dataset": {"name": info.name, "num_train": info.num_train, "num_test": info.num_test,
+                  "input_shape": list(info.input_shape), "num_classes": info.num_classes},
+      "config": config.to_dict(),
+      **bookkeeping,
+  }
+
+
+def check_compatible(saved: dict[str, Any], expected: dict[str, Any], directory: str) -> None:
+  """Raise ``CheckpointMismatchError`` naming the first block/shape or dataset field that differs."""
+  hint = (f"The checkpoint in {directory} was written by a different model or dataset. Use a new "
+          "--workdir, or restore the config that wrote it (its config is in the checkpoint's "
+          "metadata).")
+  if saved["rule"] != expected["rule"]:
+    raise CheckpointMismatchError(
+        f"checkpoint rule {saved['rule']!r} != config.rule {expected['rule']!r}. {hint}")
+  for field in ("name", "num_train", "num_classes", "input_shape"):
+    if saved["dataset"][field] != expected["dataset"][field]:
+      raise CheckpointMismatchError(
+          f"checkpoint dataset {field} {saved['dataset'][field]!r} != current "
+          f"{expected['dataset'][field]!r}. {hint}")
+  old, new = saved["parameter_shapes"], expected["parameter_shapes"]
+  for path in sorted(set(old) | set(new)):
+    if old.get(path) != new.get(path):
+      block = path.split("/")[0]
+      raise CheckpointMismatchError(
+          f"block {block!r} does not match the checkpoint: parameter {path!r} has shape "
+          f"{old.get(path, 'absent')} in the checkpoint but {new.get(path, 'absent')} in the model "
+          f"(checkpoint: {saved['num_blocks']} blocks, model: {expected['num_blocks']}). {hint}")
+
+
+class RunCheckpointer:
+  """A ``CheckpointManager`` in ``<workdir>/checkpoints`` that keeps ``keep`` steps."""
+
+  def __init__(self, workdir: str, *, keep: int = 2, use_async: bool = True):
+    self.directory = os.path.abspath(os.path.join(workdir, "checkpoints"))
+    options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
+                                           enable_async_checkpointing=use_async)
+    self._manager = ocp.CheckpointManager(self.directory, options=options)
+
+  def latest_step(self) -> int | None:
+    return self._manager.latest_step()
+
+  def save(self, state, metadata: dict[str, Any]) -> None:
+    """Save ``state`` at ``metadata["step"]`` (asynchronously when enabled)."""
+    self._manager.save(
+        metadata["step"], force=True,
+        args=ocp.args.Composite(state=ocp.args.PyTreeSave(flax.serialization.to_state_dict(state)),
+                                metadata=ocp.args.JsonSave(metadata)))
+
+  def restore(self, state, expected_metadata: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+    """The latest checkpoint restored into ``state``'s structure and shardings.
+
+    Raises:
+      CheckpointMismatchError: the saved model/dataset differs from ``expected_metadata``.
+    """
+    step = self._manager.latest_step()
+    saved = self._manager.restore(step, args=ocp.args.Composite(metadata=ocp.args.JsonRestore()))
+    metadata = saved["metadata"]
+    check_compatible(metadata, expected_metadata, self.directory)
+    target = flax.serialization.to_state_dict(state)
+    abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
+                            target)
+    restored = self._manager.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
+        item=abstract, restore_args=ocp.checkpoint_utils.construct_restore_args(abstract))))
+    return flax.serialization.from_state_dict(state, restored["state"]), metadata
+
+  def wait(self) -> None:
+    """Block until pending asynchronous saves are on disk."""
+    self._manager.wait_until_finished()
+
+  def close(self) -> None:
+    self._manager.close()
+

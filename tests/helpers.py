@@ -1,0 +1,94 @@
+"""Tiny configs, batches and tree utilities shared by the stack/train/config tests.
+
+Widths are tiny (``model.width=0.125``, projector ``"32-32"``) so every model
+compiles and runs in well under a second on 2 CPU cores.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from launch.configs import default
+
+NUM_CLASSES = 10
+DIGITS_SHAPE = (8, 8, 1)
+RGB_SHAPE = (16, 16, 3)
+
+
+def tiny_config(arch: str = "vgg", rule: str = "deinforeg", **model_overrides: Any):
+  """The default config shrunk to a few thousand parameters."""
+  config = default.get_config()
+  config.rule = rule
+  config.model.arch = arch
+  config.model.width = 0.125
+  config.model.projector = "32-32"
+  config.model.bp_head_hidden = 64
+  for name, value in model_overrides.items():
+    config.model[name] = value
+  return config
+
+
+def random_batch(batch_size: int, input_shape=DIGITS_SHAPE, seed: int = 0,
+                 num_classes: int = NUM_CLASSES) -> dict[str, np.ndarray]:
+  """``{"image": float32 [B, *input_shape], "label": int32 [B]}``; every class appears."""
+  rng = np.random.default_rng(seed)
+  image = rng.normal(size=(batch_size, *input_shape)).astype(np.float32)
+  label = (np.arange(batch_size) % num_classes).astype(np.int32)
+  rng.shuffle(label)
+  return {"image": image, "label": label}
+
+
+def init_variables(model, input_shape, seed: int = 0) -> dict[str, Any]:
+  """Host (numpy) variables with ``model.init``'s structure, filled by NumPy.
+
+  XLA:CPU takes ~0.5 s to compile each random initializer (15-20 s for a tiny
+  4-block stack), so tests take only the *shapes* from ``jax.eval_shape`` and
+  draw the values here: kernels ``N(0, 1/fan_in)``, biases and BatchNorm
+  offsets ``0.1·N(0, 1)``, BatchNorm scales ``1 + 0.1·N(0, 1)``, running means
+  ``0.1·N(0, 1)`` and running variances ``1 + 0.1·|N(0, 1)|``.  Nonzero biases
+  and offsets keep every parameter's gradient generically nonzero.
+  """
+  shapes = jax.eval_shape(
+      lambda: model.init(jax.random.key(0), jnp.zeros((2, *input_shape), jnp.float32),
+                         train=False))
+  rng = np.random.default_rng(seed)
+
+  def fill(path, leaf):
+    name = jax.tree_util.keystr(path[-1:])
+    noise = rng.normal(size=leaf.shape)
+    if "kernel" in name:
+      value = noise / np.sqrt(np.prod(leaf.shape[:-1]))
+    elif "scale" in name:
+      value = 1.0 + 0.1 * noise
+    elif "var" in name:
+      value = 1.0 + 0.1 * np.abs(noise)
+    else:  # bias, mean
+      value = 0.1 * noise
+    return value.astype(leaf.dtype)
+
+  return jax.tree_util.tree_map_with_path(fill, shapes)
+
+
+def block_names(params) -> list[str]:
+  return sorted(k for k in params if k.startswith("block_"))
+
+
+def global_norm(tree) -> float:
+  leaves = jax.tree.leaves(tree)
+  if not leaves:
+    return 0.0
+  return float(np.sqrt(sum(np.sum(np.square(np.asarray(x, np.float64))) for x in leaves)))
+
+
+def max_abs(tree) -> float:
+  leaves = jax.tree.leaves(tree)
+  return max((float(np.max(np.abs(np.asarray(x)))) for x in leaves), default=0.0)
+
+
+def to_host(tree):
+  """A host (numpy) copy, safe to reuse after the device copy is donated."""
+  return jax.tree.map(lambda x: np.array(x), jax.device_get(tree))

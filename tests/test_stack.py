@@ -1,0 +1,219 @@
+"""Tests of ``deinforeg_jax.stack``: gradient isolation, output shapes, classifier modes.
+
+The central contract (DESIGN 3, SPEC 2.1): block ``k+1`` sees ``stop_gradient(h_k)``,
+so the gradient of block ``k``'s local loss with respect to any other block's
+parameters is exactly zero, while BP (no cuts) sends its gradient into every block.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import chex
+import jax
+import numpy as np
+import pytest
+
+from deinforeg_jax import rules, stack
+from helpers import (DIGITS_SHAPE, NUM_CLASSES, RGB_SHAPE, block_names, global_norm,
+                     init_variables, random_batch, tiny_config)
+
+HEAD_NAMES = ("projector", "classifier")
+
+# (arch, input shape): VGG on digits-sized inputs, ResNet-18 on a small RGB image.
+ARCHS = (("vgg", DIGITS_SHAPE), ("resnet18", RGB_SHAPE))
+
+
+def _encoder_name(block_params) -> str:
+  (name,) = [k for k in block_params if k not in HEAD_NAMES]
+  return name
+
+
+def _setup(arch, input_shape, batch_size=16, rule="deinforeg", **model_overrides):
+  config = tiny_config(arch, rule, **model_overrides)
+  model = stack.build_model(config, NUM_CLASSES)
+  variables = init_variables(model, input_shape)
+  batch = random_batch(batch_size, input_shape)
+  return config, model, variables, batch
+
+
+def _metric_jacobian(model, variables, batch, loss_cfg, metric, scale=1.0):
+  """``d(scale * metrics[metric][k]) / d params`` for every exit ``k`` (leading axis k)."""
+
+  def per_exit(params):
+    outputs, _ = model.apply({"params": params, "batch_stats": variables["batch_stats"]},
+                             batch["image"], train=True, mutable=["batch_stats"])
+    _, metrics = rules.deinforeg_objective(outputs, batch["label"], NUM_CLASSES, loss_cfg)
+    return scale * metrics[metric]
+
+  return jax.device_get(jax.jit(jax.jacrev(per_exit))(variables["params"]))
+
+
+def _row(jacobian, k):
+  return jax.tree.map(lambda x: x[k], jacobian)
+
+
+# ---------------------------------------------------------------- gradient isolation
+
+
+@pytest.mark.parametrize("arch,input_shape", ARCHS)
+def test_block_loss_gradient_reaches_only_its_own_block(arch, input_shape):
+  config, model, variables, batch = _setup(arch, input_shape)
+  names = block_names(variables["params"])
+  assert names == ["block_00", "block_01", "block_02", "block_03"]
+  jacobian = _metric_jacobian(model, variables, batch, config.loss, "loss")
+
+  for k, own in enumerate(names):
+    grads = _row(jacobian, k)
+    for other in names:
+      if other == own:
+        continue
+      leaves = jax.tree_util.tree_leaves_with_path(grads[other])
+      nonzero = [jax.tree_util.keystr(p) for p, g in leaves if np.any(g != 0)]
+      assert not nonzero, f"loss of {own} leaks into {other}: {nonzero}"
+    # Block k's own encoder, projector and classifier are all trained by its loss.
+    own_grads = grads[own]
+    encoder = _encoder_name(own_grads)
+    for part in (encoder, *HEAD_NAMES):
+      assert global_norm(own_grads[part]) > 0, f"{own}/{part} gets no gradient from its loss"
+      assert np.all(np.isfinite(np.concatenate(
+          [np.ravel(g) for g in jax.tree.leaves(own_grads[part])])))
+
+
+def test_block_isolation_holds_in_unmerge_mode():
+  config, model, variables, batch = _setup("vgg", DIGITS_SHAPE, classifier_mode="unmerge")
+  jacobian = _metric_jacobian(model, variables, batch, config.loss, "loss")
+  names = block_names(variables["params"])
+  for k, own in enumerate(names):
+    grads = _row(jacobian, k)
+    leak = {other: global_norm(grads[other]) for other in names if other != own}
+    assert all(v == 0.0 for v in leak.values()), (own, leak)
+    assert global_norm(grads[own]) > 0
+
+
+@pytest.mark.parametrize("arch,input_shape", ARCHS)
+def test_backprop_cross_entropy_reaches_every_block(arch, input_shape):
+  config, model, variables, batch = _setup(arch, input_shape, rule="bp")
+  params = variables["params"]
+  names = block_names(params)
+  assert names == ["block_00", "block_01", "block_02", "block_03"]
+  (head,) = [k for k in params if not k.startswith("block_")]
+
+  def ce(params):
+    outputs, _ = model.apply({"params": params, "batch_stats": variables["batch_stats"]},
+                             batch["image"], train=True, mutable=["batch_stats"])
+    loss, metrics = rules.bp_objective(outputs, batch["label"], NUM_CLASSES, config.loss)
+    return loss, metrics
+
+  (loss, metrics), grads = jax.jit(jax.value_and_grad(ce, has_aux=True))(params)
+  np.testing.assert_allclose(metrics["loss"], [loss])
+  for name in (*names, head):
+    assert global_norm(grads[name]) > 0, f"BP gradient does not reach {name}"
+    # Every block's encoder (its only content under BP) receives gradient.
+  for name in names:
+    assert set(grads[name]) == {_encoder_name(grads[name])}
+
+
+@pytest.mark.parametrize("arch,input_shape", ARCHS)
+def test_backprop_encoders_share_names_and_shapes_with_the_stack(arch, input_shape):
+  """A BP encoder's parameters sit where the decoupled stack keeps that block's encoder."""
+  _, _, decoupled, _ = _setup(arch, input_shape)
+  _, _, backprop, _ = _setup(arch, input_shape, rule="bp")
+  shapes = lambda tree: jax.tree.map(lambda x: x.shape, tree)
+  for name in block_names(decoupled["params"]):
+    block = decoupled["params"][name]
+    encoder = _encoder_name(block)
+    assert set(backprop["params"][name]) == {encoder}
+    chex.assert_trees_all_equal_shapes(block[encoder], backprop["params"][name][encoder])
+    assert shapes(block[encoder]) == shapes(backprop["params"][name][encoder])
+
+
+# ---------------------------------------------------------------- outputs and heads
+
+
+@pytest.mark.parametrize("arch,input_shape,num_blocks", [
+    ("vgg", DIGITS_SHAPE, 4), ("vgg", DIGITS_SHAPE, 2), ("resnet18", RGB_SHAPE, 4)])
+def test_stack_output_shapes(arch, input_shape, num_blocks):
+  _, model, variables, batch = _setup(arch, input_shape, batch_size=12, num_blocks=num_blocks)
+  assert len(block_names(variables["params"])) == num_blocks
+  outputs = jax.jit(functools.partial(model.apply, train=False))(variables, batch["image"])
+  assert set(outputs) == {"z", "logits"}
+  assert len(outputs["z"]) == len(outputs["logits"]) == num_blocks
+  for z, logits in zip(outputs["z"], outputs["logits"]):
+    chex.assert_shape(z, (12, 32))
+    chex.assert_shape(logits, (12, NUM_CLASSES))
+    chex.assert_tree_all_finite((z, logits))
+
+
+def test_backprop_net_has_one_exit():
+  _, model, variables, batch = _setup("vgg", DIGITS_SHAPE, batch_size=12, rule="bp")
+  outputs = jax.jit(functools.partial(model.apply, train=False))(variables, batch["image"])
+  assert set(outputs) == {"logits"}
+  (logits,) = outputs["logits"]
+  chex.assert_shape(logits, (12, NUM_CLASSES))
+
+
+def test_projector_and_classifier_shapes_follow_the_spec():
+  """Projector ``flatten(h) -> 32 -> 32``; merge classifier BN-ReLU-Dense(C) on z;
+  unmerge classifier an MLP ``flatten(h) -> 32 -> C`` (SPEC 3.6)."""
+  _, _, merge, _ = _setup("vgg", DIGITS_SHAPE)
+  _, _, unmerge, _ = _setup("vgg", DIGITS_SHAPE, classifier_mode="unmerge")
+  # Default vgg_blocks "32,32,M;64,M;128,M;128" at width 1/8 on 8x8: block 0 -> 4x4x4.
+  flat = 4 * 4 * 4
+  projector = merge["params"]["block_00"]["projector"]
+  assert projector["Dense_0"]["kernel"].shape == (flat, 32)
+  assert projector["Dense_1"]["kernel"].shape == (32, 32)
+  classifier = merge["params"]["block_00"]["classifier"]
+  assert classifier["BatchNorm_0"]["scale"].shape == (32,)
+  assert classifier["Dense_0"]["kernel"].shape == (32, NUM_CLASSES)
+  mlp = unmerge["params"]["block_00"]["classifier"]["MLP_0"]
+  assert mlp["Dense_0"]["kernel"].shape == (flat, 32)
+  assert mlp["Dense_1"]["kernel"].shape == (32, NUM_CLASSES)
+
+
+@pytest.mark.parametrize("mode", ["merge", "unmerge"])
+def test_classifier_cross_entropy_gradient_by_mode(mode):
+  """'unmerge' detaches the classifier input: CE trains only the classifier.
+  'merge' feeds the attached z: ce_weight * CE reaches projector and encoder."""
+  config, model, variables, batch = _setup("vgg", DIGITS_SHAPE, classifier_mode=mode)
+  jacobian = _metric_jacobian(model, variables, batch, config.loss, "ce",
+                              scale=config.loss.ce_weight)
+  for k, own in enumerate(block_names(variables["params"])):
+    grads = _row(jacobian, k)[own]
+    encoder = _encoder_name(grads)
+    assert global_norm(grads["classifier"]) > 0
+    if mode == "unmerge":
+      assert global_norm(grads["projector"]) == 0.0, own
+      assert global_norm(grads[encoder]) == 0.0, own
+    else:
+      assert global_norm(grads["projector"]) > 0, own
+      assert global_norm(grads[encoder]) > 0, own
+
+
+# ---------------------------------------------------------------- batch permutation
+
+
+@pytest.mark.parametrize("arch,input_shape", ARCHS)
+def test_train_mode_outputs_and_losses_are_batch_permutation_equivariant(arch, input_shape):
+  """BatchNorm uses batch statistics and every loss term is symmetric in the samples,
+  so permuting the batch permutes z/logits and leaves losses and BN statistics unchanged."""
+  config, model, variables, batch = _setup(arch, input_shape, batch_size=32)
+  perm = np.random.default_rng(1).permutation(32)
+
+  @jax.jit
+  def run(image, label):
+    outputs, updated = model.apply(variables, image, train=True, mutable=["batch_stats"])
+    _, metrics = rules.deinforeg_objective(outputs, label, NUM_CLASSES, config.loss)
+    return outputs, metrics, updated["batch_stats"]
+
+  outputs, metrics, stats = run(batch["image"], batch["label"])
+  outputs_p, metrics_p, stats_p = run(batch["image"][perm], batch["label"][perm])
+  for key in ("z", "logits"):
+    for a, b in zip(outputs[key], outputs_p[key]):
+      np.testing.assert_allclose(np.asarray(b), np.asarray(a)[perm], rtol=1e-5, atol=1e-5)
+  for name in ("loss", "invariance", "variance", "covariance", "ce", "accuracy"):
+    np.testing.assert_allclose(metrics_p[name], metrics[name], rtol=1e-5, atol=1e-7,
+                               err_msg=name)
+  chex.assert_trees_all_close(stats_p, stats, rtol=1e-5, atol=1e-6)
+  # The permutation is not the identity and the outputs are not constant.
+  assert not np.allclose(np.asarray(outputs["z"][0])[perm], np.asarray(outputs["z"][0]))
