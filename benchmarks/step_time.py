@@ -134,15 +134,14 @@ class StepRunner:
       raise FloatingPointError(f"{self.name}: non-finite loss after the benchmark steps.")
 
 
-def measure_model(model: str, rule_names: list[str], args: argparse.Namespace,
-                  mesh) -> dict[str, dict]:
-  """Result row per rule; the rules' steps are interleaved so host load hits them alike."""
+def measure_model(configs: dict, args: argparse.Namespace, mesh) -> dict[str, dict]:
+  """Result row per rule of ``configs`` (rule -> config), stepping the rules in turn."""
   total_steps = args.warmup + args.steps
   batches = [parallel.shard_batch(b, mesh)
              for b in synthetic_batches(total_steps, args.batch_size, args.seed)]
-  runners = {rule: StepRunner(make_config(model, rule, args), total_steps, mesh, batches[0])
-             for rule in rule_names}
-  times = {rule: [] for rule in rule_names}
+  runners = {rule: StepRunner(config, total_steps, mesh, batches[0])
+             for rule, config in configs.items()}
+  times = {rule: [] for rule in configs}
   for i, batch in enumerate(batches):
     for rule, runner in runners.items():
       elapsed = runner.timed_step(batch)
@@ -196,16 +195,18 @@ def main(argv: list[str] | None = None) -> None:
   args = parser.parse_args(argv)
   if args.steps < 1 or args.warmup < 0:
     parser.error("--steps must be >= 1 and --warmup >= 0.")
+  configs = {model: {rule: make_config(model, rule, args) for rule in args.rules.split(",")}
+             for model in args.models.split(",")}
   mesh = parallel.make_data_mesh(args.devices)
+  parallel.check_batch_divisible(args.batch_size, mesh, "data.batch_size (--batch_size)")
   peak = None
   if args.matmul_peak:
     peak = matmul_peak()
     _emit(peak)
-  rule_names = args.rules.split(",")
-  for model in args.models.split(","):
+  for model, model_configs in configs.items():
     common = {"model": model, "batch_size": args.batch_size, "devices": args.devices,
               "width": args.width, "projector": args.projector}
-    rows = measure_model(model, rule_names, args, mesh)
+    rows = measure_model(model_configs, args, mesh)
     for rule, row in rows.items():
       if peak:
         row["fraction_of_matmul_peak"] = row["achieved_gflops_per_s"] / peak["gflops_per_s"]

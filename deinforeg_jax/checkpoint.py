@@ -27,10 +27,14 @@ class CheckpointMismatchError(ValueError):
   """The checkpoint in the workdir does not fit the model or data being trained."""
 
 
-def parameter_shapes(params) -> dict[str, list[int]]:
-  """``{"block_00/encoder/Conv_0/kernel": [3, 3, 1, 32], ...}`` in tree order."""
-  flat = flax.traverse_util.flatten_dict(flax.core.unfreeze(params), sep="/")
+def _shapes(tree) -> dict[str, list[int]]:
+  flat = flax.traverse_util.flatten_dict(flax.core.unfreeze(tree), sep="/")
   return {path: list(np.shape(value)) for path, value in flat.items()}
+
+
+def parameter_shapes(params) -> dict[str, list[int]]:
+  """``{"block_00/encoder/VGGStage_0/.../kernel": [3, 3, 1, 32], ...}``."""
+  return _shapes(params)
 
 
 def make_metadata(config, state, info, **bookkeeping) -> dict[str, Any]:
@@ -42,6 +46,8 @@ def make_metadata(config, state, info, **bookkeeping) -> dict[str, Any]:
       "rule": config.rule,
       "num_blocks": len(blocks),
       "parameter_shapes": shapes,
+      "optimizer": config.optim.name,
+      "optimizer_state_shapes": _shapes(flax.serialization.to_state_dict(state.opt_state)),
       "dataset": {"name": info.name, "num_train": info.num_train, "num_test": info.num_test,
                   "input_shape": list(info.input_shape), "num_classes": info.num_classes},
       "config": config.to_dict(),
@@ -70,6 +76,11 @@ def check_compatible(saved: dict[str, Any], expected: dict[str, Any], directory:
           f"block {block!r} does not match the checkpoint: parameter {path!r} has shape "
           f"{old.get(path, 'absent')} in the checkpoint but {new.get(path, 'absent')} in the model "
           f"(checkpoint: {saved['num_blocks']} blocks, model: {expected['num_blocks']}). {hint}")
+  if (saved["optimizer"] != expected["optimizer"]
+      or saved["optimizer_state_shapes"] != expected["optimizer_state_shapes"]):
+    raise CheckpointMismatchError(
+        f"the optimizer state does not match the checkpoint (checkpoint optimizer "
+        f"{saved['optimizer']!r}, config.optim.name {expected['optimizer']!r}). {hint}")
 
 
 class RunCheckpointer:
@@ -77,8 +88,9 @@ class RunCheckpointer:
 
   def __init__(self, workdir: str, *, keep: int = 2, use_async: bool = True):
     self.directory = os.path.abspath(os.path.join(workdir, "checkpoints"))
-    options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
-                                           enable_async_checkpointing=use_async)
+    options = ocp.CheckpointManagerOptions(
+        max_to_keep=keep, create=True, cleanup_tmp_directories=True,
+        enable_async_checkpointing=use_async)
     self._manager = ocp.CheckpointManager(self.directory, options=options)
 
   def latest_step(self) -> int | None:
@@ -114,4 +126,3 @@ class RunCheckpointer:
 
   def close(self) -> None:
     self._manager.close()
-

@@ -50,10 +50,16 @@ def _random_batch(seed: int, batch: int, dim: int, num_classes: int):
   return z.astype(np.float32), labels.astype(np.int32)
 
 
-@functools.lru_cache(maxsize=None)
 def _loss_fn(num_classes, weights=(1.0, 1.0, 1.0), variance_batch_scaling=True):
-  # Cached so that every test asking for the same configuration gets the same function
-  # object, and jax.jit reuses its compilation (keeps the file fast).
+  """``deinforeg_loss`` with its static arguments bound, as a function of (z, labels)."""
+  return _cached_loss_fn(int(num_classes), tuple(float(w) for w in weights),
+                         bool(variance_batch_scaling))
+
+
+@functools.lru_cache(maxsize=None)
+def _cached_loss_fn(num_classes, weights, variance_batch_scaling):
+  # Every test asking for the same configuration gets the same function object, so
+  # jax.jit reuses its compilation across tests (keeps the file fast).
   return functools.partial(
       losses.deinforeg_loss,
       num_classes=num_classes,

@@ -37,34 +37,44 @@ def _setup(arch, input_shape, batch_size=16, rule="deinforeg", **model_overrides
   return config, model, variables, batch
 
 
-def _metric_jacobian(model, variables, batch, loss_cfg, metric, scale=1.0):
-  """``d(scale * metrics[metric][k]) / d params`` for every exit ``k`` (leading axis k)."""
+@functools.lru_cache(maxsize=None)
+def _decoupled(arch, input_shape, mode="merge"):
+  """A tiny stack, its variables, a batch and one jitted gradient function (built once).
 
-  def per_exit(params):
+  ``grad(params, k, a, b)`` is the gradient of ``a·loss[k] + b·ce_weight·ce[k]``: with
+  ``(a, b) = (1, 0)`` block ``k``'s local loss, with ``(0, 1)`` its weighted classifier
+  CE.  ``k``, ``a`` and ``b`` are traced, so one compilation serves every block.
+  """
+  config, model, variables, batch = _setup(arch, input_shape, classifier_mode=mode)
+
+  def selected(params, k, a, b):
     outputs, _ = model.apply({"params": params, "batch_stats": variables["batch_stats"]},
                              batch["image"], train=True, mutable=["batch_stats"])
-    _, metrics = rules.deinforeg_objective(outputs, batch["label"], NUM_CLASSES, loss_cfg)
-    return scale * metrics[metric]
+    _, metrics = rules.deinforeg_objective(outputs, batch["label"], NUM_CLASSES, config.loss)
+    return a * metrics["loss"][k] + b * config.loss.ce_weight * metrics["ce"][k]
 
-  return jax.device_get(jax.jit(jax.jacrev(per_exit))(variables["params"]))
+  grad = jax.jit(jax.grad(selected))
 
+  def block_grads(k, metric):
+    a, b = (1.0, 0.0) if metric == "loss" else (0.0, 1.0)
+    return jax.device_get(grad(variables["params"], k, a, b))
 
-def _row(jacobian, k):
-  return jax.tree.map(lambda x: x[k], jacobian)
+  return variables, block_grads
 
 
 # ---------------------------------------------------------------- gradient isolation
 
 
-@pytest.mark.parametrize("arch,input_shape", ARCHS)
-def test_block_loss_gradient_reaches_only_its_own_block(arch, input_shape):
-  config, model, variables, batch = _setup(arch, input_shape)
+@pytest.mark.parametrize("arch,input_shape,mode", [
+    ("vgg", DIGITS_SHAPE, "merge"), ("resnet18", RGB_SHAPE, "merge"),
+    ("vgg", DIGITS_SHAPE, "unmerge")])
+def test_block_loss_gradient_reaches_only_its_own_block(arch, input_shape, mode):
+  variables, block_grads = _decoupled(arch, input_shape, mode)
   names = block_names(variables["params"])
   assert names == ["block_00", "block_01", "block_02", "block_03"]
-  jacobian = _metric_jacobian(model, variables, batch, config.loss, "loss")
 
   for k, own in enumerate(names):
-    grads = _row(jacobian, k)
+    grads = block_grads(k, "loss")
     for other in names:
       if other == own:
         continue
@@ -73,22 +83,9 @@ def test_block_loss_gradient_reaches_only_its_own_block(arch, input_shape):
       assert not nonzero, f"loss of {own} leaks into {other}: {nonzero}"
     # Block k's own encoder, projector and classifier are all trained by its loss.
     own_grads = grads[own]
-    encoder = _encoder_name(own_grads)
-    for part in (encoder, *HEAD_NAMES):
+    for part in (_encoder_name(own_grads), *HEAD_NAMES):
       assert global_norm(own_grads[part]) > 0, f"{own}/{part} gets no gradient from its loss"
-      assert np.all(np.isfinite(np.concatenate(
-          [np.ravel(g) for g in jax.tree.leaves(own_grads[part])])))
-
-
-def test_block_isolation_holds_in_unmerge_mode():
-  config, model, variables, batch = _setup("vgg", DIGITS_SHAPE, classifier_mode="unmerge")
-  jacobian = _metric_jacobian(model, variables, batch, config.loss, "loss")
-  names = block_names(variables["params"])
-  for k, own in enumerate(names):
-    grads = _row(jacobian, k)
-    leak = {other: global_norm(grads[other]) for other in names if other != own}
-    assert all(v == 0.0 for v in leak.values()), (own, leak)
-    assert global_norm(grads[own]) > 0
+    chex.assert_tree_all_finite(own_grads)
 
 
 @pytest.mark.parametrize("arch,input_shape", ARCHS)
@@ -102,16 +99,18 @@ def test_backprop_cross_entropy_reaches_every_block(arch, input_shape):
   def ce(params):
     outputs, _ = model.apply({"params": params, "batch_stats": variables["batch_stats"]},
                              batch["image"], train=True, mutable=["batch_stats"])
-    loss, metrics = rules.bp_objective(outputs, batch["label"], NUM_CLASSES, config.loss)
-    return loss, metrics
+    return rules.bp_objective(outputs, batch["label"], NUM_CLASSES, config.loss)
 
   (loss, metrics), grads = jax.jit(jax.value_and_grad(ce, has_aux=True))(params)
   np.testing.assert_allclose(metrics["loss"], [loss])
+  assert 0.5 < float(loss) < 10.0  # a cross-entropy over 10 classes near initialisation
   for name in (*names, head):
     assert global_norm(grads[name]) > 0, f"BP gradient does not reach {name}"
-    # Every block's encoder (its only content under BP) receives gradient.
-  for name in names:
-    assert set(grads[name]) == {_encoder_name(grads[name])}
+  for name in names:  # each BP block holds only its encoder, and every part of it learns
+    (encoder,) = grads[name]
+    for path, leaf in jax.tree_util.tree_leaves_with_path(grads[name][encoder]):
+      if "kernel" in jax.tree_util.keystr(path):
+        assert np.any(leaf != 0), f"{name}{jax.tree_util.keystr(path)} gets no BP gradient"
 
 
 @pytest.mark.parametrize("arch,input_shape", ARCHS)
@@ -119,13 +118,11 @@ def test_backprop_encoders_share_names_and_shapes_with_the_stack(arch, input_sha
   """A BP encoder's parameters sit where the decoupled stack keeps that block's encoder."""
   _, _, decoupled, _ = _setup(arch, input_shape)
   _, _, backprop, _ = _setup(arch, input_shape, rule="bp")
-  shapes = lambda tree: jax.tree.map(lambda x: x.shape, tree)
   for name in block_names(decoupled["params"]):
     block = decoupled["params"][name]
     encoder = _encoder_name(block)
     assert set(backprop["params"][name]) == {encoder}
     chex.assert_trees_all_equal_shapes(block[encoder], backprop["params"][name][encoder])
-    assert shapes(block[encoder]) == shapes(backprop["params"][name][encoder])
 
 
 # ---------------------------------------------------------------- outputs and heads
@@ -175,11 +172,11 @@ def test_projector_and_classifier_shapes_follow_the_spec():
 def test_classifier_cross_entropy_gradient_by_mode(mode):
   """'unmerge' detaches the classifier input: CE trains only the classifier.
   'merge' feeds the attached z: ce_weight * CE reaches projector and encoder."""
-  config, model, variables, batch = _setup("vgg", DIGITS_SHAPE, classifier_mode=mode)
-  jacobian = _metric_jacobian(model, variables, batch, config.loss, "ce",
-                              scale=config.loss.ce_weight)
+  variables, block_grads = _decoupled("vgg", DIGITS_SHAPE, mode)
   for k, own in enumerate(block_names(variables["params"])):
-    grads = _row(jacobian, k)[own]
+    all_grads = block_grads(k, "ce")
+    assert all(global_norm(all_grads[other]) == 0.0 for other in all_grads if other != own)
+    grads = all_grads[own]
     encoder = _encoder_name(grads)
     assert global_norm(grads["classifier"]) > 0
     if mode == "unmerge":

@@ -31,5 +31,7 @@ def load_digits(
         num_test=len(test_y),
         mean=(float(train_x.mean()),),
         std=(float(train_x.std()),),
+        pixel_max=1.0,
+        class_names=tuple(str(d) for d in range(10)),
     )
     return ArraySplit(train_x, train_y), ArraySplit(test_x, test_y), info

@@ -25,7 +25,9 @@ class DatasetInfo:
     """Static description of a dataset.
 
     ``mean``/``std`` are per-channel constants, in the units of the raw stored pixel
-    values, that the loader applies as ``(image - mean) / std``.
+    values, that the loader applies as ``(image - mean) / std``. ``pixel_max`` is the
+    largest raw pixel value (255 for uint8 images, 1 for [0, 1] floats); augmentation
+    clips colour changes to ``[0, pixel_max]``. ``class_names`` is empty when unknown.
     """
 
     name: str
@@ -35,6 +37,8 @@ class DatasetInfo:
     num_test: int
     mean: tuple[float, ...]
     std: tuple[float, ...]
+    pixel_max: float = 255.0
+    class_names: tuple[str, ...] = ()
 
     def __post_init__(self):
         channels = self.input_shape[-1]
@@ -42,6 +46,11 @@ class DatasetInfo:
             raise ValueError(
                 f"{self.name}: mean/std need one value per channel ({channels}), "
                 f"got mean={self.mean}, std={self.std}"
+            )
+        if self.class_names and len(self.class_names) != self.num_classes:
+            raise ValueError(
+                f"{self.name}: {len(self.class_names)} class names for "
+                f"{self.num_classes} classes"
             )
 
 

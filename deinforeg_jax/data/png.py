@@ -104,13 +104,14 @@ def png_header(data: bytes) -> tuple[int, int, int]:
 
 def _paeth_row(line: np.ndarray, prior: np.ndarray, bpp: int) -> np.ndarray:
     out = bytearray(len(line))
+    up = prior.tolist()
     for i, value in enumerate(line.tolist()):
-        a = out[i - bpp] if i >= bpp else 0
-        b = int(prior[i])
-        c = int(prior[i - bpp]) if i >= bpp else 0
-        p = a + b - c
-        pa, pb, pc = abs(p - a), abs(p - b), abs(p - c)
-        pred = a if pa <= pb and pa <= pc else (b if pb <= pc else c)
+        if i >= bpp:
+            a, b, c = out[i - bpp], up[i], up[i - bpp]
+            pa, pb, pc = abs(b - c), abs(a - c), abs(a + b - 2 * c)
+            pred = a if pa <= pb and pa <= pc else (b if pb <= pc else c)
+        else:
+            pred = up[i]  # a = c = 0
         out[i] = (value + pred) & 0xFF
     return np.frombuffer(bytes(out), np.uint8)
 

@@ -1,21 +1,114 @@
-"""Dataset names of ``config.data.name`` -> in-memory splits and their ``DatasetInfo``."""
+"""``config.data`` -> train/test sources, ``DatasetInfo`` and the label-noise summary.
+
+``config.data.name``:
+  - ``"digits"``: the embedded default (scikit-learn's bundled 8x8 digits, no files).
+  - anything else: a TFDS image-classification dataset prepared (array_record) in
+    ``config.data.data_dir`` ("" = TFDS's default ``~/tensorflow_datasets``), either a
+    TFDS catalogue dataset (``cifar10``, ``cifar100``, ``mnist``...) or local data
+    converted by ``python -m launch.prepare_data``. With ``config.data.download=True``
+    TFDS downloads and prepares a catalogue dataset first.
+
+Other fields (missing ones take the defaults shown): ``split_seed`` (digits only, 0),
+``download`` (False), ``augment`` ("none"; used with ``augment.make_augment``) and
+``label_noise`` (``kind`` "none" | "symmetric" | "asymmetric", ``rate`` in percent,
+``seed``; training labels only, see ``label_noise``).
+"""
 
 from __future__ import annotations
 
+import dataclasses
+from typing import Any
+
+import numpy as np
+
+from deinforeg_jax.data import augment as augment_lib
 from deinforeg_jax.data.digits import load_digits
-from deinforeg_jax.data.loader import ArraySplit, DatasetInfo, validate_labels
+from deinforeg_jax.data.label_noise import RelabeledSource, apply_label_noise
+from deinforeg_jax.data.loader import ArraySplit, DatasetInfo, RecordSource, validate_labels
 
 EMBEDDED = {"digits": load_digits}
 
 
-def load_dataset(data_cfg) -> tuple[ArraySplit, ArraySplit, DatasetInfo]:
-  """Train split, test split and info for ``config.data`` (labels are range-checked)."""
-  if data_cfg.name not in EMBEDDED:
-    raise ValueError(
-        f"config.data.name={data_cfg.name!r} is not available: this version reads the embedded "
-        f"datasets {sorted(EMBEDDED)}; TFDS datasets from a prepared config.data.data_dir come "
-        "with the data-pipeline release (see README, 'Data').")
-  train, test, info = EMBEDDED[data_cfg.name](seed=data_cfg.split_seed)
-  validate_labels(train.labels, info.num_classes, split_name=f"{info.name}/train")
-  validate_labels(test.labels, info.num_classes, split_name=f"{info.name}/test")
-  return train, test, info
+@dataclasses.dataclass(frozen=True)
+class LoadedData:
+    """A dataset ready for ``loader.train_batches`` / ``loader.eval_batches``.
+
+    ``train`` yields the (possibly noisy) training labels; ``test`` is always clean.
+    ``label_noise`` is ``{"kind", "rate", "seed", "num_changed", "changed_fraction"}``,
+    or None when ``label_noise.kind == "none"``.
+    """
+
+    train: ArraySplit | RecordSource
+    test: ArraySplit | RecordSource
+    info: DatasetInfo
+    label_noise: dict[str, Any] | None = None
+
+    def __iter__(self):
+        """``train, test, info = load_dataset(cfg)`` still works (the former return value)."""
+        return iter((self.train, self.test, self.info))
+
+
+def _field(cfg, name: str, default: Any) -> Any:
+    """``cfg.name`` for a ConfigDict or a mapping, ``default`` when absent."""
+    if cfg is None:
+        return default
+    if isinstance(cfg, dict):
+        return cfg.get(name, default)
+    return getattr(cfg, name, default)
+
+
+def split_labels(split: ArraySplit | RecordSource) -> np.ndarray:
+    """Every label of ``split`` as an array (TFDS splits read them without decoding images)."""
+    if isinstance(split, ArraySplit):
+        return np.asarray(split.labels)
+    if hasattr(split, "labels") and callable(split.labels):
+        return np.asarray(split.labels())
+    records = (split[i] for i in range(len(split)))
+    return np.asarray([r["label"] if isinstance(r, dict) else r[1] for r in records])
+
+
+def load_dataset(data_cfg) -> LoadedData:
+    """Loads ``config.data``: sources, info, and the label noise applied to ``train``.
+
+    Labels of both splits are range-checked against ``info.num_classes``.
+    """
+    name = _field(data_cfg, "name", "digits")
+    augment = _field(data_cfg, "augment", "none")
+    if augment not in augment_lib.KINDS:  # fail before reading any data
+        raise ValueError(f"data.augment={augment!r} must be one of {augment_lib.KINDS}")
+    if name in EMBEDDED:
+        train, test, info = EMBEDDED[name](seed=_field(data_cfg, "split_seed", 0))
+    else:
+        from deinforeg_jax.data.tfds_source import load_tfds  # pylint: disable=import-outside-toplevel
+
+        train, test, info = load_tfds(
+            name,
+            _field(data_cfg, "data_dir", "") or "",
+            download=bool(_field(data_cfg, "download", False)),
+        )
+    train_labels = split_labels(train)
+    validate_labels(train_labels, info.num_classes, split_name=f"{info.name}/train")
+    validate_labels(split_labels(test), info.num_classes, split_name=f"{info.name}/test")
+
+    noise_cfg = _field(data_cfg, "label_noise", None)
+    kind = _field(noise_cfg, "kind", "none")
+    noise = None
+    if kind != "none":
+        noisy, noise = apply_label_noise(
+            train_labels,
+            info.num_classes,
+            kind=kind,
+            rate=_field(noise_cfg, "rate", 0),
+            seed=_field(noise_cfg, "seed", 0),
+            class_names=info.class_names,
+        )
+        if isinstance(train, ArraySplit):
+            train = ArraySplit(train.images, noisy)
+        else:
+            train = RelabeledSource(train, noisy)
+    elif _field(noise_cfg, "rate", 0):
+        raise ValueError(
+            f"data.label_noise.rate={_field(noise_cfg, 'rate', 0)} with kind='none'; set "
+            "data.label_noise.kind to 'symmetric' or 'asymmetric' (or the rate to 0)"
+        )
+    return LoadedData(train=train, test=test, info=info, label_noise=noise)

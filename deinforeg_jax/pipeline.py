@@ -1,0 +1,650 @@
+"""Pipeline-parallel decoupled training: groups of consecutive blocks on their own devices.
+
+A *stage* is a run of consecutive blocks ``[start, stop)`` placed on one device
+with its own parameters, BatchNorm statistics and optimizer state (the subtrees
+``params["block_XX"]`` of the one-program ``TrainState``).  At every tick each
+stage runs forward, its local losses, its backward pass and its optimizer
+update on the input the previous stage sent at the previous tick, then sends
+the detached activation ``stop_gradient(h)`` and the labels on to the next
+stage.  No message ever flows backwards (SPEC 10).
+
+Schedules (``config.parallel.pipeline_schedule``):
+
+* ``"pipelined"``: at tick ``t`` stage ``k`` trains on batch ``t - k``; the
+  pipeline fills at the start of each epoch and drains at its end, so every
+  batch trains every stage exactly once per epoch (``T + K - 1`` ticks for
+  ``T`` batches and ``K`` stages).
+* ``"synchronous"``: at tick ``t`` all stages train on batch ``t`` one after
+  another and wait for each other (a barrier per tick): no overlap.
+
+**Staleness.**  In the pipelined schedule stage ``k`` at tick ``t`` reads an
+activation made ``1`` tick earlier by stage ``k - 1`` with parameters that are
+``k`` ticks older than the ones stage ``0`` holds at tick ``t`` (wall-clock
+staleness ``k``).  Measured in *batches* the staleness is zero: stage ``j``
+processed batch ``t - k`` with the parameters it had after ``t - k`` updates,
+which are exactly the parameters the one-program step
+(``train.make_train_step``) uses for batch ``t - k``, and the forward pass that
+made the activation is the same one whose loss stage ``j`` then minimised (the
+pre-update parameters, as in the one-program step).  Because the decoupled
+blocks exchange no gradients, pipelining only reorders independent work in
+time: **both schedules reproduce the one-program trajectory** (up to floating
+point reassociation; ``tests/test_pipeline.py`` checks both at ``rtol=1e-5``).
+This holds for per-parameter optimizers (LARS, Adam, SGD in ``optim``); a
+transform coupling all parameters (e.g. global-norm clipping) would differ.
+
+**MPMD, not SPMD.**  Each stage is its own jitted program committed to its
+device (MPMD).  An SPMD pipeline (``jax.shard_map`` over a ``stage`` axis with
+``jax.lax.ppermute``) needs one program whose per-device state and
+activations have one shape; the blocks of a VGG/ResNet stack differ in
+activation shape (``32x32x128`` ... ``2x2x512``), parameter count and code, so
+SPMD needs every stage's state and activation raveled into padded buffers and a
+``lax.switch`` over the stage index.  ``benchmarks/pipeline.py --spmd``
+measures such a prototype; the numbers are in ``benchmarks/README.md``
+(pipeline section): the padding and per-tick re-ravelling cost memory traffic,
+while MPMD keeps each stage's native layout, lets stages hold unequal work
+(balancing by FLOPs), and compiles each stage separately.  Overlap: on
+GPU/TPU asynchronous dispatch from one host thread overlaps the devices
+(``dispatch="ticks"``); on XLA:CPU work dispatched from one thread runs one
+computation after another, so the pipelined schedule runs one host thread per
+stage with bounded queues between them (``dispatch="threads"``, the default on
+CPU).  Both dispatch modes run the same per-stage updates in the same order.
+
+Stage balancing assigns blocks to stages by contiguous min-max partition of
+per-block costs: XLA's FLOP estimate of a one-block train step
+(``Lowered.cost_analysis()``), measured step time, or a uniform cost.
+``StagePlan.ideal_speedup`` is ``total cost / max stage cost``.
+
+Entry point for the launcher (``config.parallel.mode == "pipeline"``):
+``train_pipelined(config, workdir)``, which returns the same results dict as
+``train.train_and_evaluate`` plus a ``"pipeline"`` entry.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import os
+import queue
+import threading
+import time
+from typing import Any, Callable, Iterable, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.sharding import AxisType, Mesh, SingleDeviceSharding
+
+from deinforeg_jax import optim, parallel, rules, stack, train
+from deinforeg_jax.configuration import validate_config
+from deinforeg_jax.data import eval_batches, steps_per_epoch, train_batches
+from deinforeg_jax.data.registry import load_dataset
+from deinforeg_jax.reporting import ProgressBar, RunLog
+
+SCHEDULES = ("pipelined", "synchronous")
+DISPATCH_MODES = ("auto", "threads", "ticks")
+BALANCE_METHODS = ("flops", "time", "uniform")
+LOCAL_RULES = ("deinforeg",)  # rules whose loss is a sum of per-block local losses
+
+
+class StageStack(nn.Module):
+  """Blocks ``first_block ...`` of a ``DecoupledStack``, named ``block_XX`` as in the full stack.
+
+  Returns ``({"z": [...], "logits": [...]}, stop_gradient(h_last))``.
+  """
+
+  blocks: Sequence[stack.BlockSpec]
+  num_classes: int
+  first_block: int = 0
+
+  @nn.compact
+  def __call__(self, x: Any, train: bool) -> tuple[dict[str, list[jax.Array]], Any]:
+    outputs: dict[str, list[jax.Array]] = {"z": [], "logits": []}
+    for i, spec in enumerate(self.blocks):
+      block = stack.Block(spec, self.num_classes, name=stack.block_name(self.first_block + i))
+      h, z, logits = block(x, train)
+      outputs["z"].append(z)
+      outputs["logits"].append(logits)
+      x = jax.lax.stop_gradient(h)
+    return outputs, x
+
+
+# ------------------------------------------------------------------ stage balancing
+
+
+def partition_blocks(costs: Sequence[float], num_stages: int) -> tuple[tuple[int, int], ...]:
+  """Contiguous ``[start, stop)`` ranges, one per stage, minimising the largest stage cost.
+
+  Exact dynamic programme over split points (ties go to the earliest split).
+
+  >>> partition_blocks([4.0, 3.0, 2.0, 1.0], 2)
+  ((0, 1), (1, 4))
+  """
+  n = len(costs)
+  if not 1 <= num_stages <= n:
+    raise ValueError(f"cannot split {n} blocks into {num_stages} stages: use 1..{n} stages.")
+  prefix = np.concatenate([[0.0], np.cumsum(costs)])
+  # best[s][i]: minimal max-stage cost of blocks [0, i) in s stages; cut[s][i]: last split.
+  best = np.full((num_stages + 1, n + 1), np.inf)
+  cut = np.zeros((num_stages + 1, n + 1), int)
+  best[0][0] = 0.0
+  for s in range(1, num_stages + 1):
+    for i in range(s, n + 1):
+      for j in range(s - 1, i):
+        value = max(best[s - 1][j], prefix[i] - prefix[j])
+        if value < best[s][i]:
+          best[s][i], cut[s][i] = value, j
+  bounds, stop = [], n
+  for s in range(num_stages, 0, -1):
+    start = int(cut[s][stop])
+    bounds.append((start, stop))
+    stop = start
+  return tuple(reversed(bounds))
+
+
+@dataclasses.dataclass(frozen=True)
+class StagePlan:
+  """Block ranges per stage and the per-block costs they were chosen from."""
+
+  bounds: tuple[tuple[int, int], ...]
+  block_costs: tuple[float, ...]
+  cost_kind: str  # "flops" | "time" | "uniform"
+
+  @property
+  def stage_costs(self) -> tuple[float, ...]:
+    return tuple(float(sum(self.block_costs[a:b])) for a, b in self.bounds)
+
+  @property
+  def ideal_speedup(self) -> float:
+    """Steady-state bound ``total cost / max stage cost`` (transfers ignored)."""
+    return float(sum(self.block_costs) / max(self.stage_costs))
+
+  def ideal_epoch_speedup(self, num_batches: int) -> float:
+    """The bound with fill and drain: ``T·Σc / (Σc + (T − 1)·max c)``."""
+    total, worst = sum(self.block_costs), max(self.stage_costs)
+    return float(num_batches * total / (total + (num_batches - 1) * worst))
+
+  def as_dict(self) -> dict[str, Any]:
+    return {"stage_blocks": [list(range(a, b)) for a, b in self.bounds],
+            "cost_kind": self.cost_kind, "block_costs": list(self.block_costs),
+            "stage_costs": list(self.stage_costs), "ideal_speedup": self.ideal_speedup}
+
+
+# ------------------------------------------------------------------ per-stage programs
+
+
+def make_stage_train_step(stage: StageStack, objective: rules.Objective,
+                          tx: optax.GradientTransformation, num_classes: int, loss_cfg):
+  """``(state, x, labels) -> (state, stop_gradient(h), metrics)``; metrics ``[blocks]`` + ``total``."""
+
+  def step(state: train.TrainState, x, labels):
+
+    def loss_fn(params):
+      (outputs, h), updated = stage.apply({"params": params, "batch_stats": state.batch_stats},
+                                          x, train=True, mutable=["batch_stats"])
+      total, metrics = objective(outputs, labels, num_classes, loss_cfg)
+      return total, (metrics, updated["batch_stats"], h)
+
+    (total, (metrics, batch_stats, h)), grads = jax.value_and_grad(
+        loss_fn, has_aux=True)(state.params)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    metrics["total"] = total
+    new_state = state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
+                              batch_stats=batch_stats, opt_state=opt_state)
+    return new_state, h, metrics
+
+  return step
+
+
+def make_stage_eval_step(stage: StageStack):
+  """``(state, x, labels, mask) -> (h, correct [blocks])``."""
+
+  def step(state: train.TrainState, x, labels, mask):
+    outputs, h = stage.apply({"params": state.params, "batch_stats": state.batch_stats}, x,
+                             train=False)
+    predictions = jnp.stack([jnp.argmax(logits, axis=-1) for logits in outputs["logits"]])
+    hits = (predictions == labels[None]).astype(jnp.float32) * mask[None]
+    return h, jnp.sum(hits, axis=1)
+
+  return step
+
+
+@dataclasses.dataclass
+class EpochRecord:
+  """What one epoch did, per stage and per batch (host values)."""
+
+  batch_ids: list[list[int]]  # per stage, in the order the stage trained on them
+  updates: list[int]  # per stage: optimizer updates applied (``state.step`` delta)
+  busy_s: list[float | None]  # per stage: seconds from dequeue to result ready (None: "ticks")
+  wall_s: float
+  metrics: list[dict[str, np.ndarray]]  # per batch: per-block arrays + "total_loss"
+  schedule: str
+  dispatch: str
+
+
+class _Stop(Exception):
+  """Another stage failed; this one stops quietly."""
+
+
+_END = object()
+
+
+class Pipeline:
+  """Stage programs of a ``DecoupledStack`` over ``devices`` (one stage per device).
+
+  ``model`` is the full stack (``stack.build_model``); ``bounds`` the block range
+  of each stage (``partition_blocks``); ``input_shape`` one example's shape.
+  """
+
+  def __init__(self, model: stack.DecoupledStack, tx: optax.GradientTransformation,
+               objective: rules.Objective, loss_cfg, input_shape: tuple[int, ...],
+               bounds: Sequence[tuple[int, int]], devices: Sequence[jax.Device]):
+    if not isinstance(model, stack.DecoupledStack):
+      raise ValueError("pipeline training needs a DecoupledStack (a local-loss rule such as "
+                       f"{LOCAL_RULES}); got {type(model).__name__}.")
+    if len(devices) < len(bounds):
+      raise ValueError(f"{len(bounds)} stages need {len(bounds)} devices, got {len(devices)}.")
+    if [b for _, b in bounds][:-1] != [a for a, _ in bounds][1:] or bounds[0][0] != 0 \
+        or bounds[-1][1] != len(model.blocks):
+      raise ValueError(f"stage ranges {bounds} must cover blocks 0..{len(model.blocks) - 1} "
+                       "contiguously.")
+    self.model, self.tx, self.bounds = model, tx, tuple(bounds)
+    self.devices = list(devices[:len(bounds)])
+    self.num_classes = model.num_classes
+    self.stages = [StageStack(tuple(model.blocks[a:b]), model.num_classes, a) for a, b in bounds]
+    self.input_shapes = stage_input_shapes(self.stages, input_shape)
+    self._train_steps = [
+        jax.jit(make_stage_train_step(s, objective, tx, model.num_classes, loss_cfg),
+                donate_argnums=0) for s in self.stages]
+    self._eval_steps = [jax.jit(make_stage_eval_step(s)) for s in self.stages]
+
+  @property
+  def num_stages(self) -> int:
+    return len(self.stages)
+
+  # ---------------------------------------------------------------- state
+
+  def init(self, rng: jax.Array) -> list[train.TrainState]:
+    """Per-stage states, each created on its device; equal to the full stack's init at ``rng``."""
+    states = []
+    for stage, shape, device in zip(self.stages, self.input_shapes, self.devices):
+      init = functools.partial(train.create_train_state, stage, self.tx, input_shape=shape)
+      states.append(jax.jit(init, out_shardings=SingleDeviceSharding(device))(rng))
+    return states
+
+  def to_train_state(self, states: Sequence[train.TrainState]) -> train.TrainState:
+    """The one-program ``TrainState`` (host arrays) holding every stage's subtrees."""
+    states = jax.device_get(list(states))
+    params = {k: v for s in states for k, v in s.params.items()}
+    batch_stats = {k: v for s in states for k, v in s.batch_stats.items()}
+    flat, treedef = jax.tree_util.tree_flatten_with_path(jax.eval_shape(self.tx.init, params))
+    leaves = [dict(jax.tree_util.tree_flatten_with_path(s.opt_state)[0]) for s in states]
+    opt_state = jax.tree_util.tree_unflatten(
+        treedef, [leaves[self._owner(path)][path] for path, _ in flat])
+    return train.TrainState(step=states[0].step, params=params, batch_stats=batch_stats,
+                            opt_state=opt_state)
+
+  def from_train_state(self, state: train.TrainState) -> list[train.TrainState]:
+    """Split a one-program ``TrainState`` into per-stage states on the stage devices."""
+    state = jax.device_get(state)
+    full = dict(jax.tree_util.tree_flatten_with_path(state.opt_state)[0])
+    out = []
+    for stage, (a, b), device in zip(self.stages, self.bounds, self.devices):
+      names = [stack.block_name(i) for i in range(a, b)]
+      params = {n: state.params[n] for n in names}
+      template = jax.eval_shape(self.tx.init, params)
+      flat, treedef = jax.tree_util.tree_flatten_with_path(template)
+      opt_state = jax.tree_util.tree_unflatten(treedef, [full[path] for path, _ in flat])
+      out.append(jax.device_put(train.TrainState(
+          step=state.step, params=params,
+          batch_stats={n: state.batch_stats[n] for n in names if n in state.batch_stats},
+          opt_state=opt_state), device))
+    return out
+
+  def _owner(self, path) -> int:
+    """The stage owning an opt-state leaf: by its ``block_XX`` key, else stage 0 (counters)."""
+    for key in path:
+      name = getattr(key, "key", None)
+      if isinstance(name, str) and name.startswith("block_"):
+        index = int(name.removeprefix("block_"))
+        return next(k for k, (a, b) in enumerate(self.bounds) if a <= index < b)
+    return 0
+
+  # ---------------------------------------------------------------- training
+
+  def train_epoch(self, states: list[train.TrainState], batches: Iterable[dict[str, np.ndarray]],
+                  schedule: str = "pipelined", dispatch: str = "auto",
+                  on_batch: Callable[[int, dict[str, Any]], None] | None = None,
+                  queue_size: int = 1) -> tuple[list[train.TrainState], EpochRecord]:
+    """Train every stage once on every batch (fill and drain included).
+
+    ``on_batch(batch_id, {"total_loss": ...})`` is called once a batch has left
+    the last stage.  Returns the new states and an ``EpochRecord``.
+    """
+    if schedule not in SCHEDULES:
+      raise ValueError(f"config.parallel.pipeline_schedule={schedule!r} is unknown; choose "
+                       f"one of {SCHEDULES}.")
+    if dispatch not in DISPATCH_MODES:
+      raise ValueError(f"config.parallel.pipeline_dispatch={dispatch!r} is unknown; choose one "
+                       f"of {DISPATCH_MODES}.")
+    if schedule == "synchronous":
+      dispatch = "synchronous"
+    elif dispatch == "auto":
+      dispatch = "threads" if self.devices[0].platform == "cpu" else "ticks"
+    run = {"synchronous": self._run_synchronous, "threads": self._run_threads,
+           "ticks": self._run_ticks}[dispatch]
+    start_steps = [int(s.step) for s in states]
+    ctx = _EpochContext(self.num_stages, on_batch, self.devices[-1])
+    start = time.perf_counter()
+    states = run(list(states), batches, ctx, queue_size)
+    jax.block_until_ready(states)
+    wall = time.perf_counter() - start
+    record = EpochRecord(
+        batch_ids=ctx.batch_ids, updates=[int(s.step) - n for s, n in zip(states, start_steps)],
+        busy_s=ctx.busy if dispatch != "ticks" else [None] * self.num_stages, wall_s=wall,
+        metrics=ctx.merged_metrics(), schedule=schedule, dispatch=dispatch)
+    return states, record
+
+  def _stage(self, k: int, state, x, labels):
+    x, labels = jax.device_put((x, labels), self.devices[k])
+    return self._train_steps[k](state, x, labels) + (labels,)
+
+  def _run_synchronous(self, states, batches, ctx, queue_size):
+    del queue_size
+    for t, batch in enumerate(batches):
+      x, labels = batch["image"], batch["label"]
+      for k in range(self.num_stages):
+        start = time.perf_counter()
+        states[k], x, metrics, labels = self._stage(k, states[k], x, labels)
+        jax.block_until_ready(x)
+        ctx.done(k, t, metrics, time.perf_counter() - start)
+    return states
+
+  def _run_ticks(self, states, batches, ctx, queue_size):
+    del queue_size
+    iterator, pending, tick = enumerate(batches), [None] * self.num_stages, 0
+    exhausted = False
+    while not exhausted or any(p is not None for p in pending):
+      if not exhausted:
+        t, batch = next(iterator, (None, None))
+        exhausted = t is None
+        if not exhausted:
+          pending[0] = (t, batch["image"], batch["label"])
+      for k in reversed(range(self.num_stages)):  # stage k+1 consumes before stage k produces
+        if pending[k] is None:
+          continue
+        (t, x, labels), pending[k] = pending[k], None
+        states[k], h, metrics, labels = self._stage(k, states[k], x, labels)
+        ctx.done(k, t, metrics, None)
+        if k + 1 < self.num_stages:
+          pending[k + 1] = (t, h, labels)
+      tick += 1
+    return states
+
+  def _run_threads(self, states, batches, ctx, queue_size):
+    queues = [queue.Queue(maxsize=queue_size) for _ in range(self.num_stages)]
+    failed = threading.Event()
+    errors: list[BaseException] = []
+
+    def put(q, item):
+      while not failed.is_set():
+        try:
+          q.put(item, timeout=0.05)
+          return
+        except queue.Full:
+          pass
+      raise _Stop
+
+    def get(q):
+      while not failed.is_set():
+        try:
+          return q.get(timeout=0.05)
+        except queue.Empty:
+          pass
+      raise _Stop
+
+    def worker(k):
+      try:
+        while (item := get(queues[k])) is not _END:
+          t, x, labels = item
+          start = time.perf_counter()
+          states[k], h, metrics, labels = self._stage(k, states[k], x, labels)
+          if k + 1 < self.num_stages:
+            put(queues[k + 1], (t, h, labels))
+          jax.block_until_ready(metrics)
+          ctx.done(k, t, metrics, time.perf_counter() - start)
+        if k + 1 < self.num_stages:
+          put(queues[k + 1], _END)
+      except _Stop:
+        pass
+      except BaseException as e:  # pylint: disable=broad-except
+        errors.append(e)
+        failed.set()
+
+    threads = [threading.Thread(target=worker, args=(k,), name=f"pipeline-stage-{k}", daemon=True)
+               for k in range(self.num_stages)]
+    for thread in threads:
+      thread.start()
+    try:
+      for t, batch in enumerate(batches):
+        put(queues[0], (t, batch["image"], batch["label"]))
+      put(queues[0], _END)
+    except _Stop:
+      pass
+    except BaseException:
+      failed.set()
+      raise
+    finally:
+      for thread in threads:
+        thread.join()
+    if errors:
+      raise errors[0]
+    return states
+
+  # ---------------------------------------------------------------- evaluation
+
+  def eval_step(self, states: Sequence[train.TrainState], batch: dict[str, Any]) -> dict:
+    """``train.evaluate``-compatible: ``{"correct": [num_blocks]}`` through all stages."""
+    x, labels, mask = batch["image"], batch["label"], batch["mask"]
+    correct = []
+    for k, (state, device) in enumerate(zip(states, self.devices)):
+      x, labels, mask = jax.device_put((x, labels, mask), device)
+      x, hits = self._eval_steps[k](state, x, labels, mask)
+      correct.append(hits)
+    return {"correct": np.concatenate(jax.device_get(correct))}
+
+
+class _EpochContext:
+  """Thread-safe bookkeeping of one epoch: which batches each stage saw, metrics, busy time."""
+
+  def __init__(self, num_stages: int, on_batch, last_device):
+    self.batch_ids: list[list[int]] = [[] for _ in range(num_stages)]
+    self.busy: list[float] = [0.0] * num_stages
+    self._metrics: list[dict[int, dict]] = [{} for _ in range(num_stages)]
+    self._on_batch, self._last_device = on_batch, last_device
+
+  def done(self, k: int, t: int, metrics: dict, seconds: float | None) -> None:
+    # Each stage writes only its own lists; stage k's entry for batch t is written before
+    # batch t is handed to stage k+1 (queue hand-off orders the writes).
+    self.batch_ids[k].append(t)
+    self._metrics[k][t] = metrics
+    if seconds is not None:
+      self.busy[k] += seconds
+    if self._on_batch is not None and k == len(self._metrics) - 1:
+      totals = [jax.device_put(m[t]["total"], self._last_device) for m in self._metrics]
+      self._on_batch(t, {"total_loss": functools.reduce(jnp.add, totals)})
+
+  def merged_metrics(self) -> list[dict[str, np.ndarray]]:
+    """Per batch: per-block arrays concatenated over stages, ``total_loss`` summed."""
+    host = jax.device_get(self._metrics)
+    merged = []
+    for t in sorted(host[-1]):
+      per_stage = [stage_metrics[t] for stage_metrics in host]
+      row = {name: np.concatenate([np.atleast_1d(m[name]) for m in per_stage])
+             for name in per_stage[0] if name != "total"}
+      row["total_loss"] = np.float32(sum(m["total"] for m in per_stage))
+      merged.append(row)
+    return merged
+
+
+def stage_input_shapes(stages: Sequence[StageStack],
+                       input_shape: tuple[int, ...]) -> list[tuple[int, ...]]:
+  """One example's input shape for each stage (the previous stage's output shape)."""
+  shapes, shape = [], tuple(input_shape)
+  for stage in stages:
+    shapes.append(shape)
+    (_, h), _ = jax.eval_shape(functools.partial(stage.init_with_output, train=False),
+                               jax.random.key(0), jax.ShapeDtypeStruct((2, *shape), jnp.float32))
+    shape = tuple(h.shape[1:])
+  return shapes
+
+
+# ------------------------------------------------------------------ block costs
+
+
+def block_costs(model: stack.DecoupledStack, tx, objective, loss_cfg, input_shape, batch_size: int,
+                method: str = "flops", device: jax.Device | None = None,
+                repeats: int = 3) -> list[float]:
+  """Cost of one train step of each block alone at ``batch_size``.
+
+  ``"flops"``: XLA's estimate of the lowered step (no compilation, no memory);
+  ``"time"``: median seconds of ``repeats`` compiled steps on ``device``;
+  ``"uniform"``: 1 per block.
+  """
+  if method not in BALANCE_METHODS:
+    raise ValueError(f"config.parallel.pipeline_balance={method!r} is unknown; choose one of "
+                     f"{BALANCE_METHODS}.")
+  num_blocks = len(model.blocks)
+  if method == "uniform":
+    return [1.0] * num_blocks
+  singles = [StageStack((spec,), model.num_classes, i) for i, spec in enumerate(model.blocks)]
+  shapes = stage_input_shapes(singles, input_shape)
+  device = device or jax.devices()[0]
+  costs = []
+  for single, shape in zip(singles, shapes):
+    init = functools.partial(train.create_train_state, single, tx, input_shape=shape)
+    step = jax.jit(make_stage_train_step(single, objective, tx, model.num_classes, loss_cfg))
+    x = jax.ShapeDtypeStruct((batch_size, *shape), jnp.float32)
+    labels = jax.ShapeDtypeStruct((batch_size,), jnp.int32)
+    if method == "flops":
+      state = jax.eval_shape(init, jax.random.key(0))
+      cost = step.lower(state, x, labels).cost_analysis()
+      cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+      costs.append(float(cost["flops"]))
+      continue
+    state = jax.jit(init, out_shardings=SingleDeviceSharding(device))(jax.random.key(0))
+    rng = np.random.default_rng(0)
+    data = jax.device_put((rng.standard_normal(x.shape, np.float32),
+                           (np.arange(batch_size) % model.num_classes).astype(np.int32)), device)
+    compiled = step.lower(state, *data).compile()
+    jax.block_until_ready(compiled(state, *data))
+    times = []
+    for _ in range(repeats):
+      start = time.perf_counter()
+      jax.block_until_ready(compiled(state, *data))
+      times.append(time.perf_counter() - start)
+    costs.append(float(np.median(times)))
+  return costs
+
+
+def plan_stages(model, tx, objective, loss_cfg, input_shape, batch_size: int, num_stages: int,
+                method: str = "flops", device: jax.Device | None = None) -> StagePlan:
+  """Balance ``model``'s blocks over ``num_stages`` stages by ``method`` cost."""
+  costs = block_costs(model, tx, objective, loss_cfg, input_shape, batch_size, method, device)
+  return StagePlan(partition_blocks(costs, num_stages), tuple(costs), method)
+
+
+# ------------------------------------------------------------------ training loop
+
+
+def pipeline_settings(config, num_blocks: int) -> dict[str, Any]:
+  """Read and check ``config.parallel`` pipeline fields; a clear error names the bad field."""
+  par = config.parallel
+  settings = {"num_stages": par.get("num_stages", 0),
+              "schedule": par.get("pipeline_schedule", "pipelined"),
+              "balance": par.get("pipeline_balance", "flops"),
+              "dispatch": par.get("pipeline_dispatch", "auto")}
+  if config.rule not in LOCAL_RULES:
+    raise ValueError(
+        f"config.rule={config.rule!r} cannot be pipelined: its gradient crosses block "
+        f"boundaries, so stages cannot update independently. Use one of {LOCAL_RULES}, or "
+        "config.parallel.mode='data'.")
+  if jax.process_count() > 1:
+    raise ValueError("config.parallel.mode='pipeline' runs on the devices of one host; use "
+                     "config.parallel.mode='data' for multi-host jobs (docs/tpu_vm.md).")
+  devices = jax.local_devices()
+  stages = settings["num_stages"] or min(len(devices), num_blocks)
+  if not isinstance(stages, int) or not 1 <= stages <= min(len(devices), num_blocks):
+    raise ValueError(
+        f"config.parallel.num_stages={settings['num_stages']!r} must be 0 (auto) or 1..."
+        f"{min(len(devices), num_blocks)}: one stage per device ({len(devices)} visible) and at "
+        f"least one block per stage ({num_blocks} blocks). For fake CPU devices set XLA_FLAGS="
+        "--xla_force_host_platform_device_count=N before JAX starts.")
+  settings["num_stages"], settings["devices"] = stages, devices[:stages]
+  for field, allowed in (("schedule", SCHEDULES), ("balance", BALANCE_METHODS),
+                         ("dispatch", DISPATCH_MODES)):
+    if settings[field] not in allowed:
+      name = field if field == "num_stages" else f"pipeline_{field}"
+      raise ValueError(f"config.parallel.{name}={settings[field]!r} is unknown; choose one of "
+                       f"{allowed}.")
+  return settings
+
+
+def train_pipelined(config, workdir: str) -> dict[str, Any]:
+  """``train.train_and_evaluate`` with the stack split into pipelined stages.
+
+  Reads ``config.parallel.num_stages`` (0: one stage per device, at most one per
+  block), ``pipeline_schedule`` ("pipelined" | "synchronous"), ``pipeline_balance``
+  ("flops" | "time" | "uniform") and ``pipeline_dispatch`` ("auto" | "threads" |
+  "ticks").  Writes ``metrics.jsonl``, ``results.json`` and ``pipeline.json``;
+  returns the results dict with an extra ``"pipeline"`` entry.
+  """
+  validate_config(config)
+  train_split, test_split, info = load_dataset(config.data)
+  model = stack.build_model(config, info.num_classes)
+  settings = pipeline_settings(config, len(getattr(model, "blocks", ())))
+  objective = rules.get_objective(config.rule)
+  steps = steps_per_epoch(info.num_train, config.data.batch_size)
+  schedule = optim.make_schedule(config.optim, steps * config.train.num_epochs, steps)
+  tx = optim.make_optimizer(config.optim, schedule)
+
+  plan = plan_stages(model, tx, objective, config.loss, info.input_shape, config.data.batch_size,
+                     settings["num_stages"], settings["balance"], settings["devices"][0])
+  pipe = Pipeline(model, tx, objective, config.loss, info.input_shape, plan.bounds,
+                  settings["devices"])
+  states = pipe.init(jax.random.key(config.seed))
+  eval_mesh = Mesh(np.asarray(pipe.devices[:1]), (parallel.DATA_AXIS,),
+                   axis_types=(AxisType.Auto,))
+
+  log = RunLog(workdir, config)
+  log.info(f"{config.rule} on {info.name}: {info.num_train} train / {info.num_test} test, "
+           f"{pipe.num_stages} stage(s) {plan.as_dict()['stage_blocks']} on "
+           f"{[str(d) for d in pipe.devices]}, schedule {settings['schedule']}, {plan.cost_kind} "
+           f"costs per stage {[f'{c:.3g}' for c in plan.stage_costs]}, ideal speedup "
+           f"{plan.ideal_speedup:.2f}")
+  train_time, test_accuracy, busy = 0.0, None, np.zeros(pipe.num_stages)
+  for epoch in range(config.train.num_epochs):
+    bar = ProgressBar(steps, f"epoch {epoch + 1}/{config.train.num_epochs}")
+    batches = train_batches(train_split, info, global_batch_size=config.data.batch_size,
+                            seed=config.seed, epoch=epoch)
+    states, record = pipe.train_epoch(states, batches, settings["schedule"],
+                                      settings["dispatch"], on_batch=lambda t, m: bar.update(m))
+    bar.close()
+    train_time += record.wall_s
+    busy += [b or 0.0 for b in record.busy_s]
+    ms = record.metrics
+    summary = log.check_finite({k: np.mean([m[k] for m in ms], axis=0) for k in ms[0]}, epoch)
+    test_accuracy = train.evaluate(pipe.eval_step, states, eval_batches(
+        test_split, info, global_batch_size=config.data.eval_batch_size), eval_mesh)
+    step = int(states[0].step)
+    log.epoch(epoch, step, summary, test_accuracy, schedule(step))
+
+  results = log.finish(test_accuracy, train_time, int(states[0].step), info)
+  results["pipeline"] = {**plan.as_dict(), "devices": [str(d) for d in pipe.devices],
+                         "schedule": settings["schedule"], "dispatch": record.dispatch,
+                         "stage_busy_s": busy.tolist(), "train_time_s": train_time}
+  with open(os.path.join(workdir, "pipeline.json"), "w") as f:
+    json.dump(results["pipeline"], f, indent=2)
+  return results

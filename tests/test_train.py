@@ -1,0 +1,329 @@
+"""Tests of ``deinforeg_jax.train`` and ``deinforeg_jax.optim``.
+
+* One step on the summed loss equals K separate per-block updates (DESIGN 3).
+* Data parallelism over 8 fake CPU devices equals one device (global-batch semantics).
+* ``train_and_evaluate`` is deterministic for a seed.
+* LARS follows the reference update order under a varying learning rate (SPEC 5.1),
+  and the cosine schedules hit their endpoints.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from deinforeg_jax import optim, parallel, rules, stack, train
+from helpers import (DIGITS_SHAPE, NUM_CLASSES, block_names, init_variables, random_batch,
+                     tiny_config, to_host)
+
+
+def _model(config):
+  model = stack.build_model(config, NUM_CLASSES)
+  return model, init_variables(model, DIGITS_SHAPE)
+
+
+def _state(tx, variables) -> train.TrainState:
+  params = variables["params"]
+  return train.TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                          batch_stats=variables["batch_stats"], opt_state=tx.init(params))
+
+
+# ------------------------------------------------- summed loss == per-block updates
+
+OPTIMIZERS = {
+    # LARS with the SPEC hyper-parameters and a cosine LR that changes every step.
+    "lars": lambda: optim.lars(optim.cosine_schedule(0.2, 0.002, total_steps=3)),
+    "adam": lambda: optax.adam(optim.cosine_schedule(1e-3, 1e-4, total_steps=3)),
+}
+
+
+@pytest.mark.parametrize("optimizer", sorted(OPTIMIZERS))
+def test_summed_loss_step_equals_per_block_updates(optimizer):
+  """``make_train_step`` (one value_and_grad of Σ_k L_k) == K optimisers, optimiser k
+  fed only ∂L_k/∂θ_k and updating only block k, for two consecutive steps."""
+  config = tiny_config()
+  model, variables = _model(config)
+  tx = OPTIMIZERS[optimizer]()
+  batches = [random_batch(16, seed=s) for s in (0, 1)]
+
+  # (a) The library's one-program step.
+  step = jax.jit(train.make_train_step(model, rules.deinforeg_objective, tx, NUM_CLASSES,
+                                       config.loss))
+  state = _state(tx, variables)
+  summed_metrics = []
+  for batch in batches:
+    state, metrics = step(state, batch)
+    summed_metrics.append(jax.device_get(metrics))
+  summed = to_host(state)
+
+  # (b) Block after block: block k's own loss, own gradient, own optimiser state.
+  def block_loss(params, batch_stats, batch, k):
+    outputs, updated = model.apply({"params": params, "batch_stats": batch_stats},
+                                   batch["image"], train=True, mutable=["batch_stats"])
+    _, metrics = rules.deinforeg_objective(outputs, batch["label"], NUM_CLASSES, config.loss)
+    return metrics["loss"][k], updated["batch_stats"]
+
+  block_grad = jax.jit(jax.value_and_grad(block_loss, has_aux=True))
+  block_update = jax.jit(tx.update)
+  names = block_names(variables["params"])
+  params = dict(variables["params"])
+  batch_stats = variables["batch_stats"]
+  opt_states = {name: tx.init(params[name]) for name in names}
+  for t, batch in enumerate(batches):
+    start = dict(params)  # every block's forward sees the same pre-step parameters
+    for k, name in enumerate(names):
+      (loss_k, new_stats), grads = block_grad(start, batch_stats, batch, k)
+      np.testing.assert_allclose(loss_k, summed_metrics[t]["loss"][k], rtol=1e-5)
+      updates, opt_states[name] = block_update(grads[name], opt_states[name], start[name])
+      params[name] = optax.apply_updates(start[name], updates)
+    batch_stats = new_stats
+
+  assert int(summed.step) == len(batches)
+  chex.assert_trees_all_close(summed.params, to_host(params), rtol=1e-5, atol=1e-6)
+  chex.assert_trees_all_close(summed.batch_stats, to_host(batch_stats), rtol=1e-5, atol=1e-6)
+  # The steps did change every block (the comparison is not between two copies of θ0).
+  for name in names:
+    moved = jax.tree.map(lambda a, b: np.max(np.abs(a - b)), summed.params[name],
+                         variables["params"][name])
+    assert max(jax.tree.leaves(moved)) > 1e-5, name
+
+
+# ------------------------------------------------- data parallel: 1 vs 8 devices
+
+
+def test_eight_fake_devices(eight_devices):
+  assert jax.device_count() == 8
+  assert len(eight_devices) == 8
+  assert parallel.make_data_mesh(0).shape[parallel.DATA_AXIS] == 8
+
+
+def _run_on_mesh(num_devices, config, model, tx, variables, batches, eval_batch):
+  mesh = parallel.make_data_mesh(num_devices)
+  train_step, eval_step = train.compile_steps(model, rules.deinforeg_objective, tx,
+                                              NUM_CLASSES, config.loss, mesh)
+  state = parallel.replicate(_state(tx, variables), mesh)
+  history = []
+  for batch in batches:
+    sharded = parallel.shard_batch(batch, mesh)
+    assert len(sharded["image"].sharding.device_set) == num_devices
+    state, metrics = train_step(state, sharded)
+    history.append(jax.device_get(metrics))
+  evaluated = jax.device_get(eval_step(state, parallel.shard_batch(eval_batch, mesh)))
+  return to_host(state), history, evaluated
+
+
+def test_data_parallel_over_eight_devices_equals_one_device(eight_devices):
+  """Global-batch semantics: the B x B similarity, variance/covariance and BatchNorm
+  statistics are reductions over the whole batch whether it lives on 1 or 8 devices.
+
+  Tolerance: the only difference is the order of float32 sums (per-device partial
+  sums + all-reduce), ~1e-7 relative per reduction; after three LARS steps (relative
+  step size ≤ lr·eta ≈ 2e-4) the measured gaps are ~1e-7, so rtol=1e-5 / atol=1e-6
+  leaves margin while a per-device (local-batch) statistic would miss by ~1e-2.
+  """
+  del eight_devices
+  config = tiny_config()
+  model, variables = _model(config)
+  tx = optim.lars(optim.cosine_schedule(0.2, 0.002, total_steps=3))
+  batches = [random_batch(32, seed=s) for s in (0, 1, 2)]
+  eval_batch = dict(random_batch(32, seed=3), mask=(np.arange(32) < 27).astype(np.float32))
+
+  one = _run_on_mesh(1, config, model, tx, variables, batches, eval_batch)
+  eight = _run_on_mesh(8, config, model, tx, variables, batches, eval_batch)
+
+  (state_1, history_1, eval_1), (state_8, history_8, eval_8) = one, eight
+  for metrics_1, metrics_8 in zip(history_1, history_8):
+    chex.assert_trees_all_close(metrics_8, metrics_1, rtol=1e-5, atol=1e-6)
+  assert int(state_8.step) == int(state_1.step) == 3
+  chex.assert_trees_all_close(state_8.params, state_1.params, rtol=1e-5, atol=1e-6)
+  chex.assert_trees_all_close(state_8.batch_stats, state_1.batch_stats, rtol=1e-5, atol=1e-6)
+  chex.assert_trees_all_close(state_8.opt_state, state_1.opt_state, rtol=1e-5, atol=1e-6)
+  np.testing.assert_array_equal(eval_8["predictions"], eval_1["predictions"])
+  np.testing.assert_array_equal(eval_8["correct"], eval_1["correct"])
+  chex.assert_shape(eval_1["predictions"], (4, 32))
+  # correct counts only the 27 masked-in rows.
+  hits = (eval_1["predictions"] == eval_batch["label"][None])[:, :27].sum(axis=1)
+  np.testing.assert_array_equal(eval_1["correct"], hits)
+
+
+def test_local_batch_statistics_would_differ():
+  """Sanity check of the tolerance above: the loss of the 8 per-device sub-batches
+  (what a per-device statistic would compute) differs from the global-batch loss."""
+  config = tiny_config()
+  model, variables = _model(config)
+  batch = random_batch(32)
+
+  @jax.jit
+  def losses(image, label):
+    outputs, _ = model.apply(variables, image, train=True, mutable=["batch_stats"])
+    return rules.deinforeg_objective(outputs, label, NUM_CLASSES, config.loss)[1]["loss"]
+
+  whole = losses(batch["image"], batch["label"])
+  parts = np.mean([losses(batch["image"][i:i + 4], batch["label"][i:i + 4])
+                   for i in range(0, 32, 4)], axis=0)
+  assert np.max(np.abs(parts - whole) / np.abs(whole)) > 1e-2
+
+
+# ------------------------------------------------- determinism of a whole run
+
+
+def _capture_final_state(monkeypatch):
+  """Record (a host copy of) the state ``train.evaluate`` sees after each epoch."""
+  seen = []
+  original = train.evaluate
+
+  def recording(eval_step, state, batches, mesh):
+    seen.append(to_host(state))
+    return original(eval_step, state, batches, mesh)
+
+  monkeypatch.setattr(train, "evaluate", recording)
+  return seen
+
+
+def test_train_and_evaluate_is_deterministic(tmp_path, monkeypatch):
+  config = tiny_config(num_blocks=2)
+  config.train.num_epochs = 2
+  config.data.batch_size = 128
+  config.parallel.num_devices = 2
+  config.checkpoint.use_async = False
+  runs = []
+  for name in ("first", "second"):
+    states = _capture_final_state(monkeypatch)
+    results = train.train_and_evaluate(config, str(tmp_path / name))
+    with open(tmp_path / name / "metrics.jsonl") as f:
+      lines = [json.loads(line) for line in f]
+    runs.append((results, lines, states))
+
+  (results_a, lines_a, states_a), (results_b, lines_b, states_b) = runs
+  assert len(states_a) == len(states_b) == 2  # one evaluation per epoch
+  assert results_a["steps"] == results_b["steps"] == 2 * (1437 // 128)
+  assert results_a["per_block_test_accuracy"] == results_b["per_block_test_accuracy"]
+  assert len(results_a["per_block_test_accuracy"]) == 2
+  assert results_a["best_block"] == results_b["best_block"]
+  assert len(lines_a) == len(lines_b) == 2
+  for line_a, line_b in zip(lines_a, lines_b):
+    assert line_a == line_b  # every train loss term and test accuracy, bit for bit
+  chex.assert_trees_all_equal(states_a[-1].params, states_b[-1].params)
+  chex.assert_trees_all_equal(states_a[-1].batch_stats, states_b[-1].batch_stats)
+  chex.assert_trees_all_equal(states_a[-1].opt_state, states_b[-1].opt_state)
+  # Training moved the parameters between the two epochs.
+  gaps = jax.tree.map(lambda a, b: float(np.max(np.abs(a - b))), states_a[0].params,
+                      states_a[1].params)
+  assert max(jax.tree.leaves(gaps)) > 0
+
+
+# ------------------------------------------------- LARS and schedules (SPEC 5.1)
+
+
+def _reference_lars(params, grads_per_step, lrs, *, wd, momentum, eta):
+  """NumPy transcription of SPEC 5.1: g += wd·w; g *= eta·‖w‖/‖g‖; μ = m·μ + g; w -= lr·μ,
+  the first two skipped for 1-D parameters."""
+  params = {k: np.array(v, np.float64) for k, v in params.items()}
+  mu = {k: np.zeros_like(v) for k, v in params.items()}
+  for grads, lr in zip(grads_per_step, lrs):
+    for k, w in params.items():
+      g = np.array(grads[k], np.float64)
+      if w.ndim > 1:
+        g = g + wd * w
+        w_norm, g_norm = np.linalg.norm(w), np.linalg.norm(g)
+        if w_norm > 0 and g_norm > 0:
+          g = g * (eta * w_norm / g_norm)
+      mu[k] = momentum * mu[k] + g
+      params[k] = w - lr * mu[k]
+  return params
+
+
+@pytest.mark.parametrize("wd,momentum,eta", [(1e-4, 0.9, 1e-3), (0.05, 0.5, 0.3)])
+def test_lars_matches_reference_under_a_varying_learning_rate(wd, momentum, eta):
+  rng = np.random.default_rng(0)
+  params = {"kernel": rng.normal(size=(5, 3)).astype(np.float32),
+            "bias": rng.normal(size=(3,)).astype(np.float32)}
+  grads_per_step = [{k: rng.normal(size=v.shape).astype(np.float32) for k, v in params.items()}
+                    for _ in range(3)]
+  lrs = np.array([0.5, 0.2, 0.05], np.float32)
+  tx = optim.lars(lambda count: jnp.asarray(lrs)[count], weight_decay=wd, momentum=momentum,
+                  eta=eta)
+  update = jax.jit(tx.update)
+  state, current = tx.init(params), params
+  for grads in grads_per_step:
+    updates, state = update(grads, state, current)
+    current = optax.apply_updates(current, updates)
+
+  expected = _reference_lars(params, grads_per_step, lrs, wd=wd, momentum=momentum, eta=eta)
+  for k in params:
+    np.testing.assert_allclose(current[k], expected[k], rtol=1e-5, atol=1e-6, err_msg=k)
+
+  # The check can tell the orders apart: optax.lars scales by the LR *before* the
+  # momentum trace, which differs under a varying learning rate.
+  other = optax.lars(lambda count: jnp.asarray(lrs)[count], weight_decay=wd,
+                     weight_decay_mask=optim.matrix_mask, trust_coefficient=eta,
+                     trust_ratio_mask=optim.matrix_mask, momentum=momentum)
+  state, lr_first = other.init(params), params
+  for grads in grads_per_step:
+    updates, state = other.update(grads, state, lr_first)
+    lr_first = optax.apply_updates(lr_first, updates)
+  assert not np.allclose(lr_first["kernel"], expected["kernel"], rtol=1e-5, atol=1e-6)
+
+
+def test_lars_skips_decay_and_trust_ratio_for_vectors():
+  """A 1-D parameter gets plain momentum SGD; a 2-D one with zero gradient still
+  decays (wd·w), scaled to eta·‖w‖ by the trust ratio."""
+  tx = optim.lars(0.1, weight_decay=1e-2, momentum=0.9, eta=1e-3)
+  params = {"bias": np.array([1.0, -2.0], np.float32), "kernel": np.ones((2, 2), np.float32)}
+  grads = {"bias": np.array([0.5, 0.25], np.float32), "kernel": np.zeros((2, 2), np.float32)}
+  updates, _ = tx.update(grads, tx.init(params), params)
+  np.testing.assert_allclose(updates["bias"], -0.1 * grads["bias"], rtol=1e-6)
+  # g = wd·w = 0.01·1, ‖w‖ = 2, ‖g‖ = 0.02 -> g·eta·‖w‖/‖g‖ = 0.001 per entry.
+  np.testing.assert_allclose(updates["kernel"], np.full((2, 2), -0.1 * 1e-3), rtol=1e-5)
+
+
+def test_cosine_schedule_endpoints_and_midpoint():
+  schedule = optim.cosine_schedule(0.2, 0.002, total_steps=100)
+  np.testing.assert_allclose(schedule(0), 0.2, rtol=1e-6)
+  np.testing.assert_allclose(schedule(50), (0.2 + 0.002) / 2, rtol=1e-6)
+  np.testing.assert_allclose(schedule(100), 0.002, rtol=1e-5)
+  np.testing.assert_allclose(schedule(25), 0.002 + 0.198 * 0.5 * (1 + np.cos(np.pi / 4)),
+                             rtol=1e-6)
+  values = np.array([schedule(t) for t in range(101)])
+  assert np.all(np.diff(values) < 0)  # strictly decreasing step by step
+
+
+def test_per_epoch_cosine_schedule_is_piecewise_constant():
+  steps_per_epoch, epochs = 5, 4
+  total = steps_per_epoch * epochs
+  smooth = optim.cosine_schedule(0.2, 0.002, total)
+  stepped = optim.cosine_schedule(0.2, 0.002, total, steps_per_epoch=steps_per_epoch)
+  values = np.array([stepped(t) for t in range(total)]).reshape(epochs, steps_per_epoch)
+  # Constant within an epoch, equal to the smooth schedule at the epoch's first step.
+  np.testing.assert_array_equal(values, np.repeat(values[:, :1], steps_per_epoch, axis=1))
+  np.testing.assert_allclose(values[:, 0], [smooth(e * steps_per_epoch) for e in range(epochs)],
+                             rtol=1e-6)
+  assert np.all(np.diff(values[:, 0]) < 0)
+  np.testing.assert_allclose(values[0, 0], 0.2, rtol=1e-6)
+
+
+def test_make_schedule_and_optimizer_follow_the_config():
+  config = tiny_config().optim
+  config.schedule_per_epoch = True
+  schedule = optim.make_schedule(config, total_steps=20, steps_per_epoch=5)
+  assert float(schedule(3)) == float(schedule(0)) == pytest.approx(0.2)
+  assert float(schedule(5)) < float(schedule(4))
+  config.schedule = "constant"
+  constant = optim.make_schedule(config, total_steps=20, steps_per_epoch=5)
+  assert float(constant(0)) == float(constant(19)) == pytest.approx(0.2)
+  # make_optimizer("lars") is optim.lars with the config's hyper-parameters.
+  params = {"w": np.ones((3, 2), np.float32), "b": np.ones((2,), np.float32)}
+  grads = {"w": np.full((3, 2), 0.3, np.float32), "b": np.full((2,), 0.3, np.float32)}
+  built = optim.make_optimizer(config, constant)
+  direct = optim.lars(0.2, weight_decay=config.weight_decay, momentum=config.momentum,
+                      eta=config.eta)
+  chex.assert_trees_all_close(built.update(grads, built.init(params), params)[0],
+                              direct.update(grads, direct.init(params), params)[0], rtol=1e-6)
