@@ -63,6 +63,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import itertools
 import json
 import os
 import queue
@@ -77,7 +78,7 @@ import numpy as np
 import optax
 from jax.sharding import AxisType, Mesh, SingleDeviceSharding
 
-from deinforeg_jax import optim, parallel, rules, stack, train
+from deinforeg_jax import checkpoint, optim, parallel, rules, stack, train
 from deinforeg_jax.configuration import validate_config
 from deinforeg_jax.data import eval_batches, steps_per_epoch, train_batches
 from deinforeg_jax.data.registry import load_dataset
@@ -275,8 +276,8 @@ class Pipeline:
     return states
 
   def to_train_state(self, states: Sequence[train.TrainState]) -> train.TrainState:
-    """The one-program ``TrainState`` (host arrays) holding every stage's subtrees."""
-    states = jax.device_get(list(states))
+    """The one-program ``TrainState`` holding every stage's subtrees (arrays stay on their
+    stage's device; shared counters come from stage 0)."""
     params = {k: v for s in states for k, v in s.params.items()}
     batch_stats = {k: v for s in states for k, v in s.batch_stats.items()}
     flat, treedef = jax.tree_util.tree_flatten_with_path(jax.eval_shape(self.tx.init, params))
@@ -288,7 +289,6 @@ class Pipeline:
 
   def from_train_state(self, state: train.TrainState) -> list[train.TrainState]:
     """Split a one-program ``TrainState`` into per-stage states on the stage devices."""
-    state = jax.device_get(state)
     full = dict(jax.tree_util.tree_flatten_with_path(state.opt_state)[0])
     out = []
     for stage, (a, b), device in zip(self.stages, self.bounds, self.devices):
@@ -317,11 +317,14 @@ class Pipeline:
   def train_epoch(self, states: list[train.TrainState], batches: Iterable[dict[str, np.ndarray]],
                   schedule: str = "pipelined", dispatch: str = "auto",
                   on_batch: Callable[[int, dict[str, Any]], None] | None = None,
+                  first_batch: int = 0,
                   queue_size: int = 1) -> tuple[list[train.TrainState], EpochRecord]:
     """Train every stage once on every batch (fill and drain included).
 
-    ``on_batch(batch_id, {"total_loss": ...})`` is called once a batch has left
-    the last stage.  Returns the new states and an ``EpochRecord``.
+    Batches are numbered from ``first_batch``.  ``on_batch(batch_id, {"total_loss":
+    ...})`` is called once a batch has left the last stage.  ``queue_size``: how
+    many batches may wait between two stages ("threads").  Returns the new states
+    and an ``EpochRecord``.
     """
     if schedule not in SCHEDULES:
       raise ValueError(f"config.parallel.pipeline_schedule={schedule!r} is unknown; choose "
@@ -338,7 +341,7 @@ class Pipeline:
     start_steps = [int(s.step) for s in states]
     ctx = _EpochContext(self.num_stages, on_batch, self.devices[-1])
     start = time.perf_counter()
-    states = run(list(states), batches, ctx, queue_size)
+    states = run(list(states), enumerate(batches, first_batch), ctx, queue_size)
     jax.block_until_ready(states)
     wall = time.perf_counter() - start
     record = EpochRecord(
@@ -353,22 +356,23 @@ class Pipeline:
 
   def _run_synchronous(self, states, batches, ctx, queue_size):
     del queue_size
-    for t, batch in enumerate(batches):
+    for t, batch in batches:
       x, labels = batch["image"], batch["label"]
       for k in range(self.num_stages):
         start = time.perf_counter()
         states[k], x, metrics, labels = self._stage(k, states[k], x, labels)
         jax.block_until_ready(x)
-        ctx.done(k, t, metrics, time.perf_counter() - start)
+        ctx.busy[k] += time.perf_counter() - start
+        ctx.done(k, t, metrics)
     return states
 
   def _run_ticks(self, states, batches, ctx, queue_size):
     del queue_size
-    iterator, pending, tick = enumerate(batches), [None] * self.num_stages, 0
+    pending = [None] * self.num_stages
     exhausted = False
     while not exhausted or any(p is not None for p in pending):
       if not exhausted:
-        t, batch = next(iterator, (None, None))
+        t, batch = next(batches, (None, None))
         exhausted = t is None
         if not exhausted:
           pending[0] = (t, batch["image"], batch["label"])
@@ -377,10 +381,9 @@ class Pipeline:
           continue
         (t, x, labels), pending[k] = pending[k], None
         states[k], h, metrics, labels = self._stage(k, states[k], x, labels)
-        ctx.done(k, t, metrics, None)
+        ctx.done(k, t, metrics)
         if k + 1 < self.num_stages:
           pending[k + 1] = (t, h, labels)
-      tick += 1
     return states
 
   def _run_threads(self, states, batches, ctx, queue_size):
@@ -411,10 +414,11 @@ class Pipeline:
           t, x, labels = item
           start = time.perf_counter()
           states[k], h, metrics, labels = self._stage(k, states[k], x, labels)
+          ctx.done(k, t, metrics)  # before the hand-off, so stage k+1 finds it
           if k + 1 < self.num_stages:
             put(queues[k + 1], (t, h, labels))
           jax.block_until_ready(metrics)
-          ctx.done(k, t, metrics, time.perf_counter() - start)
+          ctx.busy[k] += time.perf_counter() - start
         if k + 1 < self.num_stages:
           put(queues[k + 1], _END)
       except _Stop:
@@ -428,7 +432,7 @@ class Pipeline:
     for thread in threads:
       thread.start()
     try:
-      for t, batch in enumerate(batches):
+      for t, batch in batches:
         put(queues[0], (t, batch["image"], batch["label"]))
       put(queues[0], _END)
     except _Stop:
@@ -465,13 +469,12 @@ class _EpochContext:
     self._metrics: list[dict[int, dict]] = [{} for _ in range(num_stages)]
     self._on_batch, self._last_device = on_batch, last_device
 
-  def done(self, k: int, t: int, metrics: dict, seconds: float | None) -> None:
-    # Each stage writes only its own lists; stage k's entry for batch t is written before
-    # batch t is handed to stage k+1 (queue hand-off orders the writes).
+  def done(self, k: int, t: int, metrics: dict) -> None:
+    """Stage ``k`` trained on batch ``t``; call before handing batch ``t`` to stage ``k+1``."""
+    # Each stage writes only its own entries, and the queue hand-off orders stage k's
+    # write before stage k+1 (the last stage) reads it.
     self.batch_ids[k].append(t)
     self._metrics[k][t] = metrics
-    if seconds is not None:
-      self.busy[k] += seconds
     if self._on_batch is not None and k == len(self._metrics) - 1:
       totals = [jax.device_put(m[t]["total"], self._last_device) for m in self._metrics]
       self._on_batch(t, {"total_loss": functools.reduce(jnp.add, totals)})
@@ -560,7 +563,7 @@ def plan_stages(model, tx, objective, loss_cfg, input_shape, batch_size: int, nu
 
 
 def pipeline_settings(config, num_blocks: int) -> dict[str, Any]:
-  """Read and check ``config.parallel`` pipeline fields; a clear error names the bad field."""
+  """Read and check ``config.parallel``'s pipeline fields; a clear error names the bad field."""
   par = config.parallel
   settings = {"num_stages": par.get("num_stages", 0),
               "schedule": par.get("pipeline_schedule", "pipelined"),
@@ -570,36 +573,39 @@ def pipeline_settings(config, num_blocks: int) -> dict[str, Any]:
     raise ValueError(
         f"config.rule={config.rule!r} cannot be pipelined: its gradient crosses block "
         f"boundaries, so stages cannot update independently. Use one of {LOCAL_RULES}, or "
-        "config.parallel.mode='data'.")
+        "data parallelism (config.parallel.mode='data').")
   if jax.process_count() > 1:
-    raise ValueError("config.parallel.mode='pipeline' runs on the devices of one host; use "
-                     "config.parallel.mode='data' for multi-host jobs (docs/tpu_vm.md).")
-  devices = jax.local_devices()
-  stages = settings["num_stages"] or min(len(devices), num_blocks)
-  if not isinstance(stages, int) or not 1 <= stages <= min(len(devices), num_blocks):
-    raise ValueError(
-        f"config.parallel.num_stages={settings['num_stages']!r} must be 0 (auto) or 1..."
-        f"{min(len(devices), num_blocks)}: one stage per device ({len(devices)} visible) and at "
-        f"least one block per stage ({num_blocks} blocks). For fake CPU devices set XLA_FLAGS="
-        "--xla_force_host_platform_device_count=N before JAX starts.")
-  settings["num_stages"], settings["devices"] = stages, devices[:stages]
+    raise ValueError("config.parallel.mode='pipeline' runs on the devices of one host; use data "
+                     "parallelism for multi-host jobs (docs/tpu_vm.md).")
   for field, allowed in (("schedule", SCHEDULES), ("balance", BALANCE_METHODS),
                          ("dispatch", DISPATCH_MODES)):
     if settings[field] not in allowed:
-      name = field if field == "num_stages" else f"pipeline_{field}"
-      raise ValueError(f"config.parallel.{name}={settings[field]!r} is unknown; choose one of "
-                       f"{allowed}.")
+      raise ValueError(f"config.parallel.pipeline_{field}={settings[field]!r} is unknown; "
+                       f"choose one of {allowed}.")
+  devices = jax.local_devices()
+  limit = min(len(devices), num_blocks)
+  stages = settings["num_stages"] or limit
+  if not isinstance(stages, int) or not 1 <= stages <= limit:
+    raise ValueError(
+        f"config.parallel.num_stages={settings['num_stages']!r} must be 0 (auto) or 1..{limit}: "
+        f"one device per stage ({len(devices)} visible) and at least one block per stage "
+        f"({num_blocks} blocks). For fake CPU devices set "
+        "XLA_FLAGS=--xla_force_host_platform_device_count=N before JAX starts.")
+  settings["num_stages"], settings["devices"] = stages, devices[:stages]
   return settings
 
 
 def train_pipelined(config, workdir: str) -> dict[str, Any]:
-  """``train.train_and_evaluate`` with the stack split into pipelined stages.
+  """``train.train_and_evaluate`` with the stack split into stages on their own devices.
 
   Reads ``config.parallel.num_stages`` (0: one stage per device, at most one per
   block), ``pipeline_schedule`` ("pipelined" | "synchronous"), ``pipeline_balance``
   ("flops" | "time" | "uniform") and ``pipeline_dispatch`` ("auto" | "threads" |
-  "ticks").  Writes ``metrics.jsonl``, ``results.json`` and ``pipeline.json``;
-  returns the results dict with an extra ``"pipeline"`` entry.
+  "ticks"); ``config.parallel.num_devices`` is not used.  Checkpoints are the
+  one-program ``TrainState`` (``Pipeline.to_train_state``) saved at the same
+  steps as ``train_and_evaluate``, so either trainer resumes the other's run.
+  Writes ``metrics.jsonl``, ``checkpoints/``, ``results.json`` and
+  ``pipeline.json``; returns the results dict plus a ``"pipeline"`` entry.
   """
   validate_config(config)
   train_split, test_split, info = load_dataset(config.data)
@@ -609,42 +615,86 @@ def train_pipelined(config, workdir: str) -> dict[str, Any]:
   steps = steps_per_epoch(info.num_train, config.data.batch_size)
   schedule = optim.make_schedule(config.optim, steps * config.train.num_epochs, steps)
   tx = optim.make_optimizer(config.optim, schedule)
-
   plan = plan_stages(model, tx, objective, config.loss, info.input_shape, config.data.batch_size,
                      settings["num_stages"], settings["balance"], settings["devices"][0])
   pipe = Pipeline(model, tx, objective, config.loss, info.input_shape, plan.bounds,
                   settings["devices"])
   states = pipe.init(jax.random.key(config.seed))
-  eval_mesh = Mesh(np.asarray(pipe.devices[:1]), (parallel.DATA_AXIS,),
-                   axis_types=(AxisType.Auto,))
 
   log = RunLog(workdir, config)
-  log.info(f"{config.rule} on {info.name}: {info.num_train} train / {info.num_test} test, "
-           f"{pipe.num_stages} stage(s) {plan.as_dict()['stage_blocks']} on "
-           f"{[str(d) for d in pipe.devices]}, schedule {settings['schedule']}, {plan.cost_kind} "
-           f"costs per stage {[f'{c:.3g}' for c in plan.stage_costs]}, ideal speedup "
-           f"{plan.ideal_speedup:.2f}")
-  train_time, test_accuracy, busy = 0.0, None, np.zeros(pipe.num_stages)
-  for epoch in range(config.train.num_epochs):
-    bar = ProgressBar(steps, f"epoch {epoch + 1}/{config.train.num_epochs}")
-    batches = train_batches(train_split, info, global_batch_size=config.data.batch_size,
-                            seed=config.seed, epoch=epoch)
-    states, record = pipe.train_epoch(states, batches, settings["schedule"],
-                                      settings["dispatch"], on_batch=lambda t, m: bar.update(m))
-    bar.close()
-    train_time += record.wall_s
-    busy += [b or 0.0 for b in record.busy_s]
-    ms = record.metrics
-    summary = log.check_finite({k: np.mean([m[k] for m in ms], axis=0) for k in ms[0]}, epoch)
-    test_accuracy = train.evaluate(pipe.eval_step, states, eval_batches(
-        test_split, info, global_batch_size=config.data.eval_batch_size), eval_mesh)
-    step = int(states[0].step)
-    log.epoch(epoch, step, summary, test_accuracy, schedule(step))
-
-  results = log.finish(test_accuracy, train_time, int(states[0].step), info)
+  checkpointer = checkpoint.RunCheckpointer(workdir, keep=config.checkpoint.keep,
+                                            use_async=config.checkpoint.use_async)
+  try:
+    if checkpointer.latest_step() is not None:
+      full = pipe.to_train_state(states)
+      full, saved = checkpointer.restore(full, checkpoint.make_metadata(config, full, info))
+      states = pipe.from_train_state(full)
+      log.resume(saved)
+    log.info(f"{config.rule} on {info.name}: {info.num_train} train / {info.num_test} test, "
+             f"{pipe.num_stages} stage(s) {plan.as_dict()['stage_blocks']} on "
+             f"{[str(d) for d in pipe.devices]}, {settings['schedule']} schedule; {plan.cost_kind} "
+             f"cost per stage {[f'{c:.3g}' for c in plan.stage_costs]}, ideal speedup "
+             f"{plan.ideal_speedup:.2f}; from step {int(states[0].step)}")
+    loop = _EpochLoop(config, pipe, settings, schedule, log, checkpointer, info, steps)
+    states, test_accuracy = loop.run(states, train_split, test_split)
+    checkpointer.wait()
+  finally:
+    checkpointer.close()
+  results = log.finish(test_accuracy, int(states[0].step), info)
   results["pipeline"] = {**plan.as_dict(), "devices": [str(d) for d in pipe.devices],
-                         "schedule": settings["schedule"], "dispatch": record.dispatch,
-                         "stage_busy_s": busy.tolist(), "train_time_s": train_time}
+                         "schedule": settings["schedule"], "dispatch": loop.dispatch,
+                         "stage_busy_s": loop.busy.tolist(), "pipeline_wall_s": loop.wall_s}
   with open(os.path.join(workdir, "pipeline.json"), "w") as f:
     json.dump(results["pipeline"], f, indent=2)
   return results
+
+
+class _EpochLoop:
+  """``train._train_epochs`` for a pipeline: drain at epoch ends and at checkpoint steps."""
+
+  def __init__(self, config, pipe, settings, schedule, log, checkpointer, info, steps):
+    self.config, self.pipe, self.settings, self.schedule = config, pipe, settings, schedule
+    self.log, self.checkpointer, self.info, self.steps = log, checkpointer, info, steps
+    self.busy, self.wall_s, self.dispatch = np.zeros(pipe.num_stages), 0.0, None
+    self.eval_mesh = Mesh(np.asarray(pipe.devices[:1]), (parallel.DATA_AXIS,),
+                          axis_types=(AxisType.Auto,))
+
+  def _save(self, states) -> None:
+    full = self.pipe.to_train_state(states)
+    self.checkpointer.save(full, checkpoint.make_metadata(self.config, full, self.info,
+                                                          **self.log.bookkeeping()))
+
+  def _test(self, states, test_split) -> np.ndarray:
+    return train.evaluate(self.pipe.eval_step, states, eval_batches(
+        test_split, self.info, global_batch_size=self.config.data.eval_batch_size),
+                          self.eval_mesh)
+
+  def run(self, states, train_split, test_split):
+    config, steps, every = self.config, self.steps, self.config.checkpoint.every_steps
+    step, num_epochs = int(states[0].step), config.train.num_epochs
+    test_accuracy = self._test(states, test_split) if step == steps * num_epochs else None
+    for epoch in range(step // steps, num_epochs):
+      bar = ProgressBar(steps, f"epoch {epoch + 1}/{num_epochs}", initial=step % steps)
+      batches = iter(train_batches(train_split, self.info, global_batch_size=config.data.batch_size,
+                                   seed=config.seed, epoch=epoch, start_step=step % steps))
+      metrics = []
+      while step < (epoch + 1) * steps:  # one drained segment per checkpoint interval
+        stop = min((epoch + 1) * steps, (step // every + 1) * every if every else steps * 10**9)
+        states, record = self.pipe.train_epoch(
+            states, itertools.islice(batches, stop - step), self.settings["schedule"],
+            self.settings["dispatch"], on_batch=lambda t, m: bar.update(m),
+            first_batch=step % steps)
+        step, metrics = stop, metrics + record.metrics
+        self.busy += [b or 0.0 for b in record.busy_s]
+        self.wall_s += record.wall_s
+        self.dispatch = record.dispatch
+        summary = self.log.check_finite(
+            {k: np.mean([m[k] for m in metrics], axis=0) for k in metrics[0]}, epoch)
+        self.log.add_train_time(record.wall_s)
+        if step % steps:
+          self._save(states)
+      bar.close()
+      test_accuracy = self._test(states, test_split)
+      self.log.epoch(epoch, step, summary, test_accuracy, self.schedule(step))
+      self._save(states)
+    return states, test_accuracy

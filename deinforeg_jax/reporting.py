@@ -63,6 +63,7 @@ class RunLog:
     self._metrics_path = os.path.join(workdir, "metrics.jsonl")
     self._best_epoch_accuracy = 0.0
     self._train_time_s = 0.0
+    self._label_noise = None
 
   def resume(self, saved: dict[str, Any]) -> None:
     """Continue from a checkpoint's metadata; drop metric lines written after it."""
@@ -74,6 +75,12 @@ class RunLog:
       with open(self._metrics_path, "w") as f:
         f.writelines(kept)
     self.info(f"resuming from the checkpoint at step {saved['step']}")
+
+  def set_label_noise(self, report: dict[str, Any]) -> None:
+    """Record (and print) the label noise applied to the training split."""
+    self._label_noise = report
+    self.info(f"label noise {report['kind']} {report['rate']}%: "
+              f"{report['changed_fraction']:.2%} of training labels changed")
 
   def add_train_time(self, seconds: float) -> None:
     self._train_time_s += seconds
@@ -123,6 +130,7 @@ class RunLog:
         "best_block": best_block,
         # The reference's protocol: the maximum over epochs and blocks (model selection on test).
         "best_epoch_test_accuracy": self._best_epoch_accuracy,
+        "label_noise": self._label_noise,
         "steps": steps,
         "wall_time_s": time.perf_counter() - self._start,
         "train_time_s": train_time_s,

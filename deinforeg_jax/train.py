@@ -23,8 +23,8 @@ import optax
 
 from deinforeg_jax import checkpoint, optim, parallel, rules, stack
 from deinforeg_jax.configuration import validate_config
-from deinforeg_jax.data import eval_batches, steps_per_epoch, train_batches
-from deinforeg_jax.data.registry import load_dataset
+from deinforeg_jax.data import (eval_batches, load_dataset, make_augment, steps_per_epoch,
+                                train_batches)
 from deinforeg_jax.reporting import ProgressBar, RunLog
 
 Batch = dict[str, jax.Array]
@@ -118,7 +118,9 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
   again with the same command continues exactly where its last checkpoint was.
   """
   validate_config(config)
-  train_split, test_split, info = load_dataset(config.data)
+  data = load_dataset(config.data)
+  train_split, test_split, info = data.train, data.test, data.info
+  augment = make_augment(config.data.augment, info)
   mesh = parallel.make_data_mesh(config.parallel.num_devices)
   parallel.check_batch_divisible(config.data.batch_size, mesh, "data.batch_size")
   parallel.check_batch_divisible(config.data.eval_batch_size, mesh, "data.eval_batch_size")
@@ -141,21 +143,24 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
     if checkpointer.latest_step() is not None:
       state, saved = checkpointer.restore(state, checkpoint.make_metadata(config, state, info))
       log.resume(saved)
+    if data.label_noise:
+      log.set_label_noise(data.label_noise)
     log.info(f"{config.rule} on {info.name}: {info.num_train} train / {info.num_test} test, "
              f"input {info.input_shape}, {info.num_classes} classes, "
              f"{parameter_count(state.params):,} parameters, "
              f"{mesh.shape[parallel.DATA_AXIS]} device(s), from step {int(state.step)}")
     state, test_accuracy = _train_epochs(config, state, train_step, eval_step, schedule, log,
-                                         checkpointer, mesh, train_split, test_split, info, steps)
+                                         checkpointer, mesh, data, augment, steps)
     checkpointer.wait()
   finally:
     checkpointer.close()
   return log.finish(test_accuracy, int(state.step), info)
 
 
-def _train_epochs(config, state, train_step, eval_step, schedule, log, checkpointer, mesh,
-                  train_split, test_split, info, steps):
+def _train_epochs(config, state, train_step, eval_step, schedule, log, checkpointer, mesh, data,
+                  augment, steps):
   """The epoch loop from ``state.step`` on; returns the final state and test accuracy."""
+  train_split, test_split, info = data.train, data.test, data.info
   step = int(state.step)
   every = config.checkpoint.every_steps
   test_accuracy = None
@@ -167,7 +172,8 @@ def _train_epochs(config, state, train_step, eval_step, schedule, log, checkpoin
     epoch_metrics = []
     start = time.perf_counter()
     for batch in train_batches(train_split, info, global_batch_size=config.data.batch_size,
-                               seed=config.seed, epoch=epoch, start_step=step % steps):
+                               seed=config.seed, epoch=epoch, start_step=step % steps,
+                               augment=augment):
       state, metrics = train_step(state, parallel.shard_batch(batch, mesh))
       step += 1
       epoch_metrics.append(metrics)

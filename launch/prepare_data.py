@@ -8,7 +8,11 @@
 Writes the array_record dataset ``<data_dir>/<name>/1.0.0`` and prints the command
 that trains on it. Labels must be 0-based class ids. The train split's per-channel
 pixel mean/std are stored with the dataset; ``--mean``/``--std`` (in [0, 1] units,
-as for torchvision's Normalize) replace them, e.g. with the SPEC CIFAR-10 constants.
+as for torchvision's Normalize) replace them, e.g. with the SPEC CIFAR-10 constants
+(which ``config.data.name=cifar10`` uses):
+  --mean=0.4914,0.4822,0.4465 --std=0.2023,0.1994,0.2010
+Names of TFDS catalogue datasets (cifar10, mnist, ...) are refused: TFDS would read
+them with its own builder; use e.g. cifar10_local.
 """
 
 import sys

@@ -226,7 +226,7 @@ def test_cli_prepares_and_a_fresh_process_reads_by_name(tmp_path):
     data_dir = tmp_path / "tfds"
     result = subprocess.run(
         [sys.executable, "-m", "launch.prepare_data", "--name=cli_npz", f"--data_dir={data_dir}",
-         f"--npz={npz}"],
+         f"--npz={npz}", "--mean=0.5,0.25,0.125", "--std=0.5,0.5,0.25"],
         cwd=REPO, env=dict(os.environ, PYTHONPATH=REPO), capture_output=True, text=True,
         timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
@@ -248,6 +248,9 @@ for name in ("cli_npz", "cli_folder"):
                      n=[data.info.num_train, data.info.num_test], mean=list(data.info.mean),
                      first_label=int(first["label"]), first_sum=int(np.sum(first["image"])))
 out["builder_module_imported"] = "deinforeg_jax.data.tfds_prepare" in sys.modules
+import tensorflow_datasets as tfds
+source = tfds.data_source("cli_npz", split="test", data_dir={str(data_dir)!r}, download=False)
+out["data_source"] = [len(source), int(source[0]["label"]), list(source[0]["image"].shape)]
 print(json.dumps(out))
 """
     result = run_python(code)
@@ -256,9 +259,11 @@ print(json.dumps(out))
     assert out["builder_module_imported"] is False
     assert out["cli_npz"]["shape"] == [8, 8, 3] and out["cli_npz"]["classes"] == 4
     assert out["cli_npz"]["n"] == [40, 20]
+    assert out["cli_npz"]["mean"] == [127.5, 63.75, 31.875]  # [0, 1] units -> raw uint8 units
     assert out["cli_npz"]["first_label"] == arrays["y_train"][0]
     assert out["cli_npz"]["first_sum"] == int(arrays["x_train"][0].sum())
     assert out["cli_folder"]["shape"] == [8, 8, 1] and out["cli_folder"]["n"] == [40, 20]
+    assert out["data_source"] == [20, arrays["y_test"][0], [8, 8, 3]]
 
 
 def test_cli_reports_label_errors(tmp_path):

@@ -42,9 +42,11 @@ def random_crop(image: np.ndarray, rng: np.random.Generator, padding: int = PADD
     out = np.zeros_like(image)
     # out[y, x] = image[y + top - padding, x + left - padding] where that is inside.
     dy, dx = int(top) - padding, int(left) - padding
-    out[max(0, -dy) : min(height, height - dy), max(0, -dx) : min(width, width - dx)] = image[
-        max(0, dy) : min(height, height + dy), max(0, dx) : min(width, width + dx)
-    ]
+    rows, cols = height - abs(dy), width - abs(dx)  # size of the part still inside
+    if rows > 0 and cols > 0:
+        out[max(0, -dy) : max(0, -dy) + rows, max(0, -dx) : max(0, -dx) + cols] = image[
+            max(0, dy) : max(0, dy) + rows, max(0, dx) : max(0, dx) + cols
+        ]
     return out
 
 

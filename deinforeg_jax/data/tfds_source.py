@@ -39,18 +39,32 @@ def default_data_dir() -> str:
     return os.fspath(tfds.core.constants.DATA_DIR)
 
 
+def _is_catalogue(name: str) -> bool:
+    import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
+
+    return name in tfds.list_builders(with_community_datasets=False)
+
+
 def _how_to_prepare(name: str, data_dir: str) -> str:
-    return (
-        f"To prepare it:\n"
-        f"  * from local arrays or images (no network needed):\n"
-        f"      python -m launch.prepare_data --name={name} --data_dir={data_dir} "
-        f"--npz=FILE.npz   (x_train, y_train, x_test, y_test)\n"
-        f"      python -m launch.prepare_data --name={name} --data_dir={data_dir} "
-        f"--image_folder=DIR   (DIR/train/<class>/*.png, DIR/test/<class>/*.png)\n"
-        f"  * or, for a TFDS catalogue dataset on a machine with network access, let TFDS "
-        f"download and prepare it: --config.data.download=True (TFDS's own builders "
-        f"generally need TensorFlow installed to prepare, not to read)."
+    catalogue = _is_catalogue(name)
+    # A catalogue name belongs to TFDS's own builder: local copies get their own name.
+    local = f"{name}_local" if catalogue else name
+    lines = [
+        "To prepare it:",
+        "  * from local arrays or images (no network needed):",
+        f"      python -m launch.prepare_data --name={local} --data_dir={data_dir} "
+        "--npz=FILE.npz   (x_train, y_train, x_test, y_test)",
+        f"      python -m launch.prepare_data --name={local} --data_dir={data_dir} "
+        "--image_folder=DIR   (DIR/train/<class>/*.png, DIR/test/<class>/*.png)",
+    ]
+    if catalogue:
+        lines.append(f"    then train with --config.data.name={local} --config.data.data_dir={data_dir}")
+    lines.append(
+        "  * or, for a TFDS catalogue dataset on a machine with network access, let TFDS "
+        "download and prepare it: --config.data.download=True (TFDS's own builders "
+        "generally need TensorFlow installed to prepare, not to read)."
     )
+    return "\n".join(lines)
 
 
 def _not_prepared(name: str, data_dir: str, detail: str) -> DatasetNotPreparedError:

@@ -15,8 +15,16 @@ def get_config() -> ml_collections.ConfigDict:
 
   config.data = ml_collections.ConfigDict()
   config.data.name = "digits"  # sklearn's bundled 8x8 digits, 1,437 train / 360 test
-  config.data.data_dir = ""
-  config.data.split_seed = 0
+  # Any other name is a TFDS dataset read from config.data.data_dir (array_record), e.g. one
+  # made by `python -m launch.prepare_data`; input shape and class count come from it.
+  config.data.data_dir = ""  # "": ~/tensorflow_datasets
+  config.data.download = False  # opt-in TFDS download_and_prepare; never implicit
+  config.data.split_seed = 0  # digits train/test split
+  config.data.augment = "none"  # "none" | "crop_flip" | "strong" (SPEC 5.1's default pipeline)
+  config.data.label_noise = ml_collections.ConfigDict()
+  config.data.label_noise.kind = "none"  # "none" | "symmetric" | "asymmetric" (SPEC 5.3)
+  config.data.label_noise.rate = 0  # percent of training samples relabelled
+  config.data.label_noise.seed = 0
   config.data.batch_size = 64
   config.data.eval_batch_size = 360
 

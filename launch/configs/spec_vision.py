@@ -17,6 +17,7 @@ def spec_vision_config(dataset: str, arch: str) -> ml_collections.ConfigDict:
   config.data.name = dataset
   config.data.batch_size = 128
   config.data.eval_batch_size = 1024
+  config.data.augment = "strong"  # crop(4) + flip + colour jitter + grayscale, as the reference
   config.model.arch = arch
   config.model.vgg_blocks = "spec"
   config.model.projector = "2048-2048-2048"
