@@ -219,6 +219,7 @@ class EpochRecord:
   batch_ids: list[list[int]]  # per stage, in the order the stage trained on them
   updates: list[int]  # per stage: optimizer updates applied (``state.step`` delta)
   busy_s: list[float | None]  # per stage: seconds from dequeue to result ready (None: "ticks")
+  ticks: list[list[int]] | None  # per stage: the tick of each batch (None: "threads")
   wall_s: float
   metrics: list[dict[str, np.ndarray]]  # per batch: per-block arrays + "total_loss"
   schedule: str
@@ -267,13 +268,20 @@ class Pipeline:
 
   # ---------------------------------------------------------------- state
 
-  def init(self, rng: jax.Array) -> list[train.TrainState]:
-    """Per-stage states, each created on its device; equal to the full stack's init at ``rng``."""
-    states = []
-    for stage, shape, device in zip(self.stages, self.input_shapes, self.devices):
-      init = functools.partial(train.create_train_state, stage, self.tx, input_shape=shape)
-      states.append(jax.jit(init, out_shardings=SingleDeviceSharding(device))(rng))
-    return states
+  def init(self, rng: jax.Array, device: jax.Device | None = None) -> list[train.TrainState]:
+    """Per-stage states on their devices, equal to the full stack's init at ``rng``.
+
+    All stages are initialised by one program on ``device`` (default: stage 0's;
+    one compilation instead of one per stage), then moved to their devices.
+    """
+
+    def init_all(key):
+      return [train.create_train_state(stage, self.tx, key, shape)
+              for stage, shape in zip(self.stages, self.input_shapes)]
+
+    device = device or self.devices[0]
+    states = jax.jit(init_all, out_shardings=SingleDeviceSharding(device))(rng)
+    return [jax.device_put(s, d) for s, d in zip(states, self.devices)]
 
   def to_train_state(self, states: Sequence[train.TrainState]) -> train.TrainState:
     """The one-program ``TrainState`` holding every stage's subtrees (arrays stay on their
@@ -346,7 +354,8 @@ class Pipeline:
     wall = time.perf_counter() - start
     record = EpochRecord(
         batch_ids=ctx.batch_ids, updates=[int(s.step) - n for s, n in zip(states, start_steps)],
-        busy_s=ctx.busy if dispatch != "ticks" else [None] * self.num_stages, wall_s=wall,
+        busy_s=ctx.busy if dispatch != "ticks" else [None] * self.num_stages,
+        ticks=ctx.ticks if dispatch != "threads" else None, wall_s=wall,
         metrics=ctx.merged_metrics(), schedule=schedule, dispatch=dispatch)
     return states, record
 
@@ -356,20 +365,19 @@ class Pipeline:
 
   def _run_synchronous(self, states, batches, ctx, queue_size):
     del queue_size
-    for t, batch in batches:
+    for tick, (t, batch) in enumerate(batches):
       x, labels = batch["image"], batch["label"]
       for k in range(self.num_stages):
         start = time.perf_counter()
         states[k], x, metrics, labels = self._stage(k, states[k], x, labels)
-        jax.block_until_ready(x)
+        jax.block_until_ready((x, metrics))  # stage k+1 waits for stage k: no overlap
         ctx.busy[k] += time.perf_counter() - start
-        ctx.done(k, t, metrics)
+        ctx.done(k, t, metrics, tick)
     return states
 
   def _run_ticks(self, states, batches, ctx, queue_size):
     del queue_size
-    pending = [None] * self.num_stages
-    exhausted = False
+    pending, exhausted, tick = [None] * self.num_stages, False, 0
     while not exhausted or any(p is not None for p in pending):
       if not exhausted:
         t, batch = next(batches, (None, None))
@@ -381,9 +389,10 @@ class Pipeline:
           continue
         (t, x, labels), pending[k] = pending[k], None
         states[k], h, metrics, labels = self._stage(k, states[k], x, labels)
-        ctx.done(k, t, metrics)
+        ctx.done(k, t, metrics, tick)
         if k + 1 < self.num_stages:
           pending[k + 1] = (t, h, labels)
+      tick += 1
     return states
 
   def _run_threads(self, states, batches, ctx, queue_size):
@@ -466,14 +475,16 @@ class _EpochContext:
   def __init__(self, num_stages: int, on_batch, last_device):
     self.batch_ids: list[list[int]] = [[] for _ in range(num_stages)]
     self.busy: list[float] = [0.0] * num_stages
+    self.ticks: list[list[int | None]] = [[] for _ in range(num_stages)]
     self._metrics: list[dict[int, dict]] = [{} for _ in range(num_stages)]
     self._on_batch, self._last_device = on_batch, last_device
 
-  def done(self, k: int, t: int, metrics: dict) -> None:
+  def done(self, k: int, t: int, metrics: dict, tick: int | None = None) -> None:
     """Stage ``k`` trained on batch ``t``; call before handing batch ``t`` to stage ``k+1``."""
     # Each stage writes only its own entries, and the queue hand-off orders stage k's
     # write before stage k+1 (the last stage) reads it.
     self.batch_ids[k].append(t)
+    self.ticks[k].append(tick)
     self._metrics[k][t] = metrics
     if self._on_batch is not None and k == len(self._metrics) - 1:
       totals = [jax.device_put(m[t]["total"], self._last_device) for m in self._metrics]

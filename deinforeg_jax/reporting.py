@@ -25,8 +25,10 @@ class ProgressBar:
   """A tqdm bar over one epoch showing the summed loss and steps/s."""
 
   def __init__(self, total: int, description: str, initial: int = 0, refresh_every: int = 10):
-    self._bar = tqdm(total=total, initial=initial, desc=description, unit="step", leave=False,
-                     file=sys.stderr, dynamic_ncols=True, disable=None)
+    interactive = sys.stderr.isatty()  # in a log file: a line every 30 s instead
+    self._bar = tqdm(total=total, initial=initial, desc=description, unit="step",
+                     leave=False, file=sys.stderr, dynamic_ncols=True,
+                     mininterval=0.1 if interactive else 30.0)
     self._refresh_every = refresh_every
     self._count = 0
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import re
 from typing import Any, Callable, Sequence
 
 import flax.linen as nn
@@ -148,7 +149,7 @@ def parse_vgg_blocks(text: str) -> tuple[tuple[int | str, ...], ...]:
       item = item.strip()
       if item.upper() == "M":
         layers.append("M")
-      elif item.isdigit() and int(item) > 0:
+      elif re.fullmatch(r"[0-9]+", item) and int(item) > 0:
         layers.append(int(item))
       else:
         raise ValueError(

@@ -96,8 +96,6 @@ def test_vgg_blocks_spec_parses_to_the_spec_table():
   assert stack.parse_vgg_blocks(" 8, m ;16,M") == ((8, "M"), (16, "M"))
 
 
-@pytest.mark.xfail(reason="stack.parse_vgg_blocks: str.isdigit() accepts '²', then int() "
-                          "raises a message without the field name", strict=True)
 def test_vgg_blocks_superscript_digit_names_the_field():
   with pytest.raises(ValueError, match=_field("model.vgg_blocks")):
     stack.parse_vgg_blocks("2²,M")
