@@ -23,8 +23,11 @@ from ml_collections import config_flags
 from deinforeg_jax.train import train_and_evaluate
 
 config_flags.DEFINE_config_file(
-    "config", os.path.join(os.path.dirname(__file__), "..", "launch", "configs", "default.py"),
-    "Base config; --config.rule is overridden per run.", lock_config=True)
+  "config",
+  os.path.join(os.path.dirname(__file__), "..", "launch", "configs", "default.py"),
+  "Base config; --config.rule is overridden per run.",
+  lock_config=True,
+)
 _RULES = flags.DEFINE_list("rules", ["deinforeg", "bp"], "Training rules to compare.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "One sub-directory per rule.", required=True)
 
@@ -32,20 +35,20 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "One sub-directory per rule.", r
 def summary_line(config, results: dict) -> dict:
   """The JSON line of one run."""
   return {
-      "benchmark": "accuracy_budget",
-      "rule": results["rule"],
-      "dataset": results["dataset"],
-      "arch": config.model.arch,
-      "width": config.model.width,
-      "projector": config.model.projector if results["rule"] != "bp" else None,
-      "epochs": config.train.num_epochs,
-      "batch_size": config.data.batch_size,
-      "seed": config.seed,
-      "per_block_test_accuracy": [round(a, 4) for a in results["per_block_test_accuracy"]],
-      "best_test_accuracy": round(results["best_test_accuracy"], 4),
-      "best_block": results["best_block"],
-      "wall_time_s": round(results["wall_time_s"], 1),
-      "steps_per_s": round(results["steps_per_s"], 3),
+    "benchmark": "accuracy_budget",
+    "rule": results["rule"],
+    "dataset": results["dataset"],
+    "arch": config.model.arch,
+    "width": config.model.width,
+    "projector": config.model.projector if results["rule"] != "bp" else None,
+    "epochs": config.train.num_epochs,
+    "batch_size": config.data.batch_size,
+    "seed": config.seed,
+    "per_block_test_accuracy": [round(a, 4) for a in results["per_block_test_accuracy"]],
+    "best_test_accuracy": round(results["best_test_accuracy"], 4),
+    "best_block": results["best_block"],
+    "wall_time_s": round(results["wall_time_s"], 1),
+    "steps_per_s": round(results["steps_per_s"], 3),
   }
 
 

@@ -23,8 +23,11 @@ import time
 
 
 def _parser() -> argparse.ArgumentParser:
-  parser = argparse.ArgumentParser(prog="python -m benchmarks.step_time", description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser = argparse.ArgumentParser(
+    prog="python -m benchmarks.step_time",
+    description=__doc__,
+    formatter_class=argparse.RawDescriptionHelpFormatter,
+  )
   parser.add_argument("--models", default="vgg,resnet18", help="comma list: vgg, resnet18")
   parser.add_argument("--rules", default="deinforeg,bp", help="comma list: deinforeg, bp")
   parser.add_argument("--batch_size", type=int, default=128, help="global batch size")
@@ -34,8 +37,9 @@ def _parser() -> argparse.ArgumentParser:
   parser.add_argument("--warmup", type=int, default=2, help="untimed steps after compiling")
   parser.add_argument("--devices", type=int, default=1, help="fake CPU devices on the data axis")
   parser.add_argument("--seed", type=int, default=0)
-  parser.add_argument("--matmul_peak", action="store_true",
-                      help="also measure the fp32 matmul GFLOP/s of one device")
+  parser.add_argument(
+    "--matmul_peak", action="store_true", help="also measure the fp32 matmul GFLOP/s of one device"
+  )
   return parser
 
 
@@ -43,8 +47,7 @@ def _force_host_devices(count: int) -> None:
   """Ask XLA:CPU for ``count`` devices; must run before JAX is imported."""
   if "jax" in sys.modules:
     raise RuntimeError("--devices must be applied before jax is imported.")
-  flags = re.sub(r"--xla_force_host_platform_device_count=\S+", "",
-                 os.environ.get("XLA_FLAGS", ""))
+  flags = re.sub(r"--xla_force_host_platform_device_count=\S+", "", os.environ.get("XLA_FLAGS", ""))
   os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={count}".strip()
 
 
@@ -63,8 +66,8 @@ from launch.configs import default
 INPUT_SHAPE = (32, 32, 3)
 NUM_CLASSES = 10
 MODEL_OVERRIDES = {
-    "vgg": {"arch": "vgg", "vgg_blocks": "spec", "num_blocks": 4, "bp_head_hidden": 2048},
-    "resnet18": {"arch": "resnet18", "num_blocks": 4},
+  "vgg": {"arch": "vgg", "vgg_blocks": "spec", "num_blocks": 4, "bp_head_hidden": 2048},
+  "resnet18": {"arch": "resnet18", "num_blocks": 4},
 }
 
 
@@ -88,9 +91,13 @@ def make_config(model: str, rule: str, args: argparse.Namespace):
 def synthetic_batches(count: int, batch_size: int, seed: int) -> list[dict[str, np.ndarray]]:
   """``count`` host batches of standard-normal images and uniform labels."""
   rng = np.random.default_rng(seed)
-  return [{"image": rng.standard_normal((batch_size, *INPUT_SHAPE), np.float32),
-           "label": rng.integers(0, NUM_CLASSES, batch_size, dtype=np.int32)}
-          for _ in range(count)]
+  return [
+    {
+      "image": rng.standard_normal((batch_size, *INPUT_SHAPE), np.float32),
+      "label": rng.integers(0, NUM_CLASSES, batch_size, dtype=np.int32),
+    }
+    for _ in range(count)
+  ]
 
 
 def compiled_flops(compiled) -> float:
@@ -108,14 +115,17 @@ class StepRunner:
     model = stack.build_model(config, NUM_CLASSES)
     schedule = optim.make_schedule(config.optim, total_steps, total_steps)
     tx = optim.make_optimizer(config.optim, schedule)
-    init = jax.jit(lambda rng: train.create_train_state(model, tx, rng, INPUT_SHAPE),
-                   out_shardings=parallel.replicated(mesh))
+    init = jax.jit(
+      lambda rng: train.create_train_state(model, tx, rng, INPUT_SHAPE),
+      out_shardings=parallel.replicated(mesh),
+    )
     self.name = f"{config.model.arch}/{config.rule}"
     self.state = init(jax.random.key(config.seed))
     self.params = train.parameter_count(self.state.params)
     self.metrics = None
-    train_step, _ = train.compile_steps(model, rules.get_objective(config.rule), tx, NUM_CLASSES,
-                                        config.loss, mesh)
+    train_step, _ = train.compile_steps(
+      model, rules.get_objective(config.rule), tx, NUM_CLASSES, config.loss, mesh
+    )
     start = time.perf_counter()
     self.step = train_step.lower(self.state, example_batch).compile()
     self.compile_s = time.perf_counter() - start
@@ -137,10 +147,13 @@ class StepRunner:
 def measure_model(configs: dict, args: argparse.Namespace, mesh) -> dict[str, dict]:
   """Result row per rule of ``configs`` (rule -> config), stepping the rules in turn."""
   total_steps = args.warmup + args.steps
-  batches = [parallel.shard_batch(b, mesh)
-             for b in synthetic_batches(total_steps, args.batch_size, args.seed)]
-  runners = {rule: StepRunner(config, total_steps, mesh, batches[0])
-             for rule, config in configs.items()}
+  batches = [
+    parallel.shard_batch(b, mesh)
+    for b in synthetic_batches(total_steps, args.batch_size, args.seed)
+  ]
+  runners = {
+    rule: StepRunner(config, total_steps, mesh, batches[0]) for rule, config in configs.items()
+  }
   times = {rule: [] for rule in configs}
   for i, batch in enumerate(batches):
     for rule, runner in runners.items():
@@ -152,16 +165,16 @@ def measure_model(configs: dict, args: argparse.Namespace, mesh) -> dict[str, di
     runner.check_finite()
     median = statistics.median(times[rule])
     rows[rule] = {
-        "params": runner.params,
-        "median_step_s": median,
-        "min_step_s": min(times[rule]),
-        "max_step_s": max(times[rule]),
-        "spread_rel": (max(times[rule]) - min(times[rule])) / median,
-        "steps": len(times[rule]),
-        "flops_per_step": runner.flops,
-        "achieved_gflops_per_s": runner.flops / median / 1e9,
-        "compile_s": runner.compile_s,
-        "host_load_1m": os.getloadavg()[0],
+      "params": runner.params,
+      "median_step_s": median,
+      "min_step_s": min(times[rule]),
+      "max_step_s": max(times[rule]),
+      "spread_rel": (max(times[rule]) - min(times[rule])) / median,
+      "steps": len(times[rule]),
+      "flops_per_step": runner.flops,
+      "achieved_gflops_per_s": runner.flops / median / 1e9,
+      "compile_s": runner.compile_s,
+      "host_load_1m": os.getloadavg()[0],
     }
   return rows
 
@@ -181,9 +194,13 @@ def matmul_peak(n: int = 2048, trials: int = 10) -> dict:
     jax.block_until_ready(matmul(a, b))
     times.append(time.perf_counter() - start)
   flops = 2 * n**3
-  return {"benchmark": "matmul_peak", "n": n, "trials": trials,
-          "gflops_per_s": flops / min(times) / 1e9,
-          "median_gflops_per_s": flops / statistics.median(times) / 1e9}
+  return {
+    "benchmark": "matmul_peak",
+    "n": n,
+    "trials": trials,
+    "gflops_per_s": flops / min(times) / 1e9,
+    "median_gflops_per_s": flops / statistics.median(times) / 1e9,
+  }
 
 
 def _emit(row: dict) -> None:
@@ -195,8 +212,10 @@ def main(argv: list[str] | None = None) -> None:
   args = parser.parse_args(argv)
   if args.steps < 1 or args.warmup < 0:
     parser.error("--steps must be >= 1 and --warmup >= 0.")
-  configs = {model: {rule: make_config(model, rule, args) for rule in args.rules.split(",")}
-             for model in args.models.split(",")}
+  configs = {
+    model: {rule: make_config(model, rule, args) for rule in args.rules.split(",")}
+    for model in args.models.split(",")
+  }
   mesh = parallel.make_data_mesh(args.devices)
   parallel.check_batch_divisible(args.batch_size, mesh, "data.batch_size (--batch_size)")
   peak = None
@@ -204,8 +223,13 @@ def main(argv: list[str] | None = None) -> None:
     peak = matmul_peak()
     _emit(peak)
   for model, model_configs in configs.items():
-    common = {"model": model, "batch_size": args.batch_size, "devices": args.devices,
-              "width": args.width, "projector": args.projector}
+    common = {
+      "model": model,
+      "batch_size": args.batch_size,
+      "devices": args.devices,
+      "width": args.width,
+      "projector": args.projector,
+    }
     rows = measure_model(model_configs, args, mesh)
     for rule, row in rows.items():
       if peak:
@@ -213,11 +237,16 @@ def main(argv: list[str] | None = None) -> None:
       _emit({"benchmark": "step_time", **common, "rule": rule, **row})
     if {"deinforeg", "bp"} <= rows.keys():
       deinforeg, bp = rows["deinforeg"], rows["bp"]
-      _emit({"benchmark": "step_time_ratio", **common,
-             "deinforeg_over_bp": deinforeg["median_step_s"] / bp["median_step_s"],
-             "flops_deinforeg_over_bp": deinforeg["flops_per_step"] / bp["flops_per_step"],
-             "deinforeg_median_step_s": deinforeg["median_step_s"],
-             "bp_median_step_s": bp["median_step_s"]})
+      _emit(
+        {
+          "benchmark": "step_time_ratio",
+          **common,
+          "deinforeg_over_bp": deinforeg["median_step_s"] / bp["median_step_s"],
+          "flops_deinforeg_over_bp": deinforeg["flops_per_step"] / bp["flops_per_step"],
+          "deinforeg_median_step_s": deinforeg["median_step_s"],
+          "bp_median_step_s": bp["median_step_s"],
+        }
+      )
 
 
 if __name__ == "__main__":

@@ -42,45 +42,58 @@ def make_metadata(config, state, info, **bookkeeping) -> dict[str, Any]:
   shapes = parameter_shapes(state.params)
   blocks = sorted({path.split("/")[0] for path in shapes if path.startswith("block_")})
   return {
-      "step": int(state.step),
-      "rule": config.rule,
-      "num_blocks": len(blocks),
-      "parameter_shapes": shapes,
-      "optimizer": config.optim.name,
-      "optimizer_state_shapes": _shapes(flax.serialization.to_state_dict(state.opt_state)),
-      "dataset": {"name": info.name, "num_train": info.num_train, "num_test": info.num_test,
-                  "input_shape": list(info.input_shape), "num_classes": info.num_classes},
-      "config": config.to_dict(),
-      **bookkeeping,
+    "step": int(state.step),
+    "rule": config.rule,
+    "num_blocks": len(blocks),
+    "parameter_shapes": shapes,
+    "optimizer": config.optim.name,
+    "optimizer_state_shapes": _shapes(flax.serialization.to_state_dict(state.opt_state)),
+    "dataset": {
+      "name": info.name,
+      "num_train": info.num_train,
+      "num_test": info.num_test,
+      "input_shape": list(info.input_shape),
+      "num_classes": info.num_classes,
+    },
+    "config": config.to_dict(),
+    **bookkeeping,
   }
 
 
 def check_compatible(saved: dict[str, Any], expected: dict[str, Any], directory: str) -> None:
   """Raise ``CheckpointMismatchError`` naming the first block/shape or dataset field that differs."""
-  hint = (f"The checkpoint in {directory} was written by a different model or dataset. Use a new "
-          "--workdir, or restore the config that wrote it (its config is in the checkpoint's "
-          "metadata).")
+  hint = (
+    f"The checkpoint in {directory} was written by a different model or dataset. Use a new "
+    "--workdir, or restore the config that wrote it (its config is in the checkpoint's "
+    "metadata)."
+  )
   if saved["rule"] != expected["rule"]:
     raise CheckpointMismatchError(
-        f"checkpoint rule {saved['rule']!r} != config.rule {expected['rule']!r}. {hint}")
+      f"checkpoint rule {saved['rule']!r} != config.rule {expected['rule']!r}. {hint}"
+    )
   for field in ("name", "num_train", "num_classes", "input_shape"):
     if saved["dataset"][field] != expected["dataset"][field]:
       raise CheckpointMismatchError(
-          f"checkpoint dataset {field} {saved['dataset'][field]!r} != current "
-          f"{expected['dataset'][field]!r}. {hint}")
+        f"checkpoint dataset {field} {saved['dataset'][field]!r} != current "
+        f"{expected['dataset'][field]!r}. {hint}"
+      )
   old, new = saved["parameter_shapes"], expected["parameter_shapes"]
   for path in sorted(set(old) | set(new)):
     if old.get(path) != new.get(path):
       block = path.split("/")[0]
       raise CheckpointMismatchError(
-          f"block {block!r} does not match the checkpoint: parameter {path!r} has shape "
-          f"{old.get(path, 'absent')} in the checkpoint but {new.get(path, 'absent')} in the model "
-          f"(checkpoint: {saved['num_blocks']} blocks, model: {expected['num_blocks']}). {hint}")
-  if (saved["optimizer"] != expected["optimizer"]
-      or saved["optimizer_state_shapes"] != expected["optimizer_state_shapes"]):
+        f"block {block!r} does not match the checkpoint: parameter {path!r} has shape "
+        f"{old.get(path, 'absent')} in the checkpoint but {new.get(path, 'absent')} in the model "
+        f"(checkpoint: {saved['num_blocks']} blocks, model: {expected['num_blocks']}). {hint}"
+      )
+  if (
+    saved["optimizer"] != expected["optimizer"]
+    or saved["optimizer_state_shapes"] != expected["optimizer_state_shapes"]
+  ):
     raise CheckpointMismatchError(
-        f"the optimizer state does not match the checkpoint (checkpoint optimizer "
-        f"{saved['optimizer']!r}, config.optim.name {expected['optimizer']!r}). {hint}")
+      f"the optimizer state does not match the checkpoint (checkpoint optimizer "
+      f"{saved['optimizer']!r}, config.optim.name {expected['optimizer']!r}). {hint}"
+    )
 
 
 class RunCheckpointer:
@@ -89,8 +102,11 @@ class RunCheckpointer:
   def __init__(self, workdir: str, *, keep: int = 2, use_async: bool = True):
     self.directory = os.path.abspath(os.path.join(workdir, "checkpoints"))
     options = ocp.CheckpointManagerOptions(
-        max_to_keep=keep, create=True, cleanup_tmp_directories=True,
-        enable_async_checkpointing=use_async)
+      max_to_keep=keep,
+      create=True,
+      cleanup_tmp_directories=True,
+      enable_async_checkpointing=use_async,
+    )
     self._manager = ocp.CheckpointManager(self.directory, options=options)
 
   def latest_step(self) -> int | None:
@@ -99,9 +115,13 @@ class RunCheckpointer:
   def save(self, state, metadata: dict[str, Any]) -> None:
     """Save ``state`` at ``metadata["step"]`` (asynchronously when enabled)."""
     self._manager.save(
-        metadata["step"], force=True,
-        args=ocp.args.Composite(state=ocp.args.PyTreeSave(flax.serialization.to_state_dict(state)),
-                                metadata=ocp.args.JsonSave(metadata)))
+      metadata["step"],
+      force=True,
+      args=ocp.args.Composite(
+        state=ocp.args.PyTreeSave(flax.serialization.to_state_dict(state)),
+        metadata=ocp.args.JsonSave(metadata),
+      ),
+    )
 
   def restore(self, state, expected_metadata: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
     """The latest checkpoint restored into ``state``'s structure and shardings.
@@ -114,10 +134,17 @@ class RunCheckpointer:
     metadata = saved["metadata"]
     check_compatible(metadata, expected_metadata, self.directory)
     target = flax.serialization.to_state_dict(state)
-    abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
-                            target)
-    restored = self._manager.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
-        item=abstract, restore_args=ocp.checkpoint_utils.construct_restore_args(abstract))))
+    abstract = jax.tree.map(
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), target
+    )
+    restored = self._manager.restore(
+      step,
+      args=ocp.args.Composite(
+        state=ocp.args.PyTreeRestore(
+          item=abstract, restore_args=ocp.checkpoint_utils.construct_restore_args(abstract)
+        )
+      ),
+    )
     return flax.serialization.from_state_dict(state, restored["state"]), metadata
 
   def wait(self) -> None:

@@ -20,11 +20,14 @@ def validate_config(config) -> None:
   stack.build_model(config, num_classes=2)  # checks arch, num_blocks, projector, classifier
   _require_positive(config.model.width, "model.width")
   if config.optim.name not in optim.OPTIMIZERS:
-    raise ValueError(f"config.optim.name={config.optim.name!r} is unknown; choose one of "
-                     f"{optim.OPTIMIZERS}.")
+    raise ValueError(
+      f"config.optim.name={config.optim.name!r} is unknown; choose one of {optim.OPTIMIZERS}."
+    )
   if config.optim.schedule not in optim.SCHEDULES:
-    raise ValueError(f"config.optim.schedule={config.optim.schedule!r} is unknown; choose one "
-                     f"of {optim.SCHEDULES}.")
+    raise ValueError(
+      f"config.optim.schedule={config.optim.schedule!r} is unknown; choose one "
+      f"of {optim.SCHEDULES}."
+    )
   _require_positive(config.optim.base_lr, "optim.base_lr")
   for field in ("data.batch_size", "data.eval_batch_size", "train.num_epochs"):
     section, name = field.split(".")

@@ -75,12 +75,12 @@ def covariance_loss(z_hat: jax.Array) -> jax.Array:
 
 
 def deinforeg_loss(
-    z: jax.Array,
-    labels: jax.Array,
-    num_classes: int,
-    *,
-    weights: tuple[float, float, float] = (1.0, 1.0, 1.0),
-    variance_batch_scaling: bool = True,
+  z: jax.Array,
+  labels: jax.Array,
+  num_classes: int,
+  *,
+  weights: tuple[float, float, float] = (1.0, 1.0, 1.0),
+  variance_batch_scaling: bool = True,
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
   """The DeInfoReg information-regularisation loss of one block (SPEC 3.1-3.5).
 
@@ -105,13 +105,12 @@ def deinforeg_loss(
   z_hat = l2_normalize(z)
   one_hot = jax.nn.one_hot(labels, num_classes, dtype=z.dtype)
   terms = {
-      "invariance": invariance_loss(z_hat, one_hot),
-      "variance": variance_loss(z_hat, variance_batch_scaling),
-      "covariance": covariance_loss(z_hat),
+    "invariance": invariance_loss(z_hat, one_hot),
+    "variance": variance_loss(z_hat, variance_batch_scaling),
+    "covariance": covariance_loss(z_hat),
   }
   w_inv, w_var, w_cov = weights
-  total = (w_inv * terms["invariance"] + w_var * terms["variance"]
-           + w_cov * terms["covariance"])
+  total = w_inv * terms["invariance"] + w_var * terms["variance"] + w_cov * terms["covariance"]
   return total, terms
 
 

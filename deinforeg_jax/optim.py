@@ -27,8 +27,9 @@ OPTIMIZERS = ("lars", "adam", "sgd")
 SCHEDULES = ("cosine", "constant")
 
 
-def cosine_schedule(base_lr: float, end_lr: float, total_steps: int,
-                    steps_per_epoch: int | None = None) -> optax.Schedule:
+def cosine_schedule(
+  base_lr: float, end_lr: float, total_steps: int, steps_per_epoch: int | None = None
+) -> optax.Schedule:
   """Cosine decay from ``base_lr`` to ``end_lr`` over ``total_steps``.
 
   With ``steps_per_epoch`` the step is rounded down to the epoch start.
@@ -49,14 +50,19 @@ def matrix_mask(params):
   return jax.tree.map(lambda p: p.ndim > 1, params)
 
 
-def lars(learning_rate: optax.ScalarOrSchedule, *, weight_decay: float = 1e-4,
-         momentum: float = 0.9, eta: float = 1e-3) -> optax.GradientTransformation:
+def lars(
+  learning_rate: optax.ScalarOrSchedule,
+  *,
+  weight_decay: float = 1e-4,
+  momentum: float = 0.9,
+  eta: float = 1e-3,
+) -> optax.GradientTransformation:
   """LARS in the reference update order (see the module docstring)."""
   return optax.chain(
-      optax.masked(optax.add_decayed_weights(weight_decay), matrix_mask),
-      optax.masked(optax.scale_by_trust_ratio(trust_coefficient=eta), matrix_mask),
-      optax.trace(decay=momentum),
-      optax.scale_by_learning_rate(learning_rate),
+    optax.masked(optax.add_decayed_weights(weight_decay), matrix_mask),
+    optax.masked(optax.scale_by_trust_ratio(trust_coefficient=eta), matrix_mask),
+    optax.trace(decay=momentum),
+    optax.scale_by_learning_rate(learning_rate),
   )
 
 
@@ -65,18 +71,24 @@ def make_schedule(optim_cfg, total_steps: int, steps_per_epoch: int) -> optax.Sc
   if optim_cfg.schedule == "constant":
     return optax.constant_schedule(optim_cfg.base_lr)
   if optim_cfg.schedule == "cosine":
-    return cosine_schedule(optim_cfg.base_lr, optim_cfg.end_lr, total_steps,
-                           steps_per_epoch if optim_cfg.schedule_per_epoch else None)
-  raise ValueError(f"config.optim.schedule={optim_cfg.schedule!r} is unknown; choose one of "
-                   f"{SCHEDULES}.")
+    return cosine_schedule(
+      optim_cfg.base_lr,
+      optim_cfg.end_lr,
+      total_steps,
+      steps_per_epoch if optim_cfg.schedule_per_epoch else None,
+    )
+  raise ValueError(
+    f"config.optim.schedule={optim_cfg.schedule!r} is unknown; choose one of {SCHEDULES}."
+  )
 
 
 def make_optimizer(optim_cfg, schedule: optax.Schedule) -> optax.GradientTransformation:
   """LARS, Adam or SGD from ``config.optim.name`` (Adam and SGD without weight decay)."""
   name = optim_cfg.name
   if name == "lars":
-    return lars(schedule, weight_decay=optim_cfg.weight_decay, momentum=optim_cfg.momentum,
-                eta=optim_cfg.eta)
+    return lars(
+      schedule, weight_decay=optim_cfg.weight_decay, momentum=optim_cfg.momentum, eta=optim_cfg.eta
+    )
   if name == "adam":
     return optax.adam(schedule)
   if name == "sgd":

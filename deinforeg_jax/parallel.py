@@ -29,9 +29,10 @@ def make_data_mesh(num_devices: int | None = None) -> Mesh:
   count = num_devices or len(devices)
   if not 1 <= count <= len(devices):
     raise ValueError(
-        f"config.parallel.num_devices={num_devices} but {len(devices)} device(s) are visible; "
-        "use 0 (all devices) or a number up to the device count. For fake CPU devices set "
-        "XLA_FLAGS=--xla_force_host_platform_device_count=N before JAX starts.")
+      f"config.parallel.num_devices={num_devices} but {len(devices)} device(s) are visible; "
+      "use 0 (all devices) or a number up to the device count. For fake CPU devices set "
+      "XLA_FLAGS=--xla_force_host_platform_device_count=N before JAX starts."
+    )
   return Mesh(np.asarray(devices[:count]), (DATA_AXIS,), axis_types=(AxisType.Auto,))
 
 
@@ -50,8 +51,9 @@ def check_batch_divisible(global_batch_size: int, mesh: Mesh, field: str) -> Non
   devices = mesh.shape[DATA_AXIS]
   if global_batch_size % devices:
     raise ValueError(
-        f"config.{field}={global_batch_size} is not divisible by the {devices} devices of the "
-        f"data mesh; use a multiple of {devices} or set config.parallel.num_devices.")
+      f"config.{field}={global_batch_size} is not divisible by the {devices} devices of the "
+      f"data mesh; use a multiple of {devices} or set config.parallel.num_devices."
+    )
 
 
 def shard_batch(batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:

@@ -17,37 +17,42 @@ Schedules (``config.parallel.pipeline_schedule``):
 * ``"synchronous"``: at tick ``t`` all stages train on batch ``t`` one after
   another and wait for each other (a barrier per tick): no overlap.
 
-**Staleness.**  In the pipelined schedule stage ``k`` at tick ``t`` reads an
-activation made ``1`` tick earlier by stage ``k - 1`` with parameters that are
-``k`` ticks older than the ones stage ``0`` holds at tick ``t`` (wall-clock
-staleness ``k``).  Measured in *batches* the staleness is zero: stage ``j``
-processed batch ``t - k`` with the parameters it had after ``t - k`` updates,
-which are exactly the parameters the one-program step
-(``train.make_train_step``) uses for batch ``t - k``, and the forward pass that
-made the activation is the same one whose loss stage ``j`` then minimised (the
-pre-update parameters, as in the one-program step).  Because the decoupled
-blocks exchange no gradients, pipelining only reorders independent work in
-time: **both schedules reproduce the one-program trajectory** (up to floating
-point reassociation; ``tests/test_pipeline.py`` checks both at ``rtol=1e-5``).
-This holds for per-parameter optimizers (LARS, Adam, SGD in ``optim``); a
-transform coupling all parameters (e.g. global-norm clipping) would differ.
+**Staleness.**  In the pipelined schedule stage ``k`` trains at tick ``t`` on
+batch ``t - k``, whose activation went through stages ``0 .. k-1`` during ticks
+``t - k .. t - 1``: with parameter versions up to ``k`` ticks older than the
+ones those stages hold at tick ``t`` (wall-clock staleness ``k``).  Measured in
+*batches* the staleness is zero: stage ``j`` processed batch ``s`` with the
+parameters it had after ``s`` updates, exactly the ones the one-program step
+(``train.make_train_step``) uses for batch ``s``, and the forward pass that
+made the activation is the one whose loss stage ``j`` then minimised (the
+pre-update parameters, as in the one-program step).  Because decoupled blocks
+exchange no gradients, pipelining only reorders independent work in time:
+**both schedules reproduce the one-program trajectory** (up to floating-point
+reassociation; ``tests/test_pipeline.py`` checks both at ``rtol=1e-5``, and on
+CPU they agree bit for bit).  This holds for per-parameter optimizers (LARS,
+Adam, SGD in ``optim``); a transform coupling all parameters (global-norm
+clipping) would differ, and so would evaluating mid-epoch without a drain.
 
 **MPMD, not SPMD.**  Each stage is its own jitted program committed to its
 device (MPMD).  An SPMD pipeline (``jax.shard_map`` over a ``stage`` axis with
-``jax.lax.ppermute``) needs one program whose per-device state and
-activations have one shape; the blocks of a VGG/ResNet stack differ in
-activation shape (``32x32x128`` ... ``2x2x512``), parameter count and code, so
-SPMD needs every stage's state and activation raveled into padded buffers and a
-``lax.switch`` over the stage index.  ``benchmarks/pipeline.py --spmd``
-measures such a prototype; the numbers are in ``benchmarks/README.md``
-(pipeline section): the padding and per-tick re-ravelling cost memory traffic,
-while MPMD keeps each stage's native layout, lets stages hold unequal work
-(balancing by FLOPs), and compiles each stage separately.  Overlap: on
-GPU/TPU asynchronous dispatch from one host thread overlaps the devices
-(``dispatch="ticks"``); on XLA:CPU work dispatched from one thread runs one
-computation after another, so the pipelined schedule runs one host thread per
-stage with bounded queues between them (``dispatch="threads"``, the default on
-CPU).  Both dispatch modes run the same per-stage updates in the same order.
+``jax.lax.ppermute``) needs one program whose per-device state and activations
+have one shape; the blocks of a VGG/ResNet stack differ in activation shape
+(``32x32x128`` ... ``2x2x512``), parameter count and code, so SPMD needs every
+stage's state and activation raveled into padded buffers and a ``lax.switch``
+on the stage index.  ``benchmarks/pipeline.py --spmd`` times such a prototype
+(it reproduces the MPMD updates): on XLA:CPU a stage step inside
+``lax.switch``/``lax.cond`` ran 20x slower than the same step on its own
+(1.83 s vs 0.089 s, SPEC VGG at width 1/8, batch 32), so a 2-stage epoch of 4
+batches took 15.1 s vs 0.57 s for MPMD, and compiled in 29 s vs 18 s.  Besides,
+padding costs ``K x`` the largest stage's state and the per-tick re-ravelling
+copies every stage's state.  MPMD keeps each stage's native layout and memory,
+allows stages of unequal shape and work (balanced by cost), and compiles each
+stage on its own.  Overlap: on GPU/TPU asynchronous dispatch from one host
+thread overlaps the devices (``dispatch="ticks"``); on XLA:CPU work dispatched
+from one thread runs one computation after another, so the pipelined schedule
+runs one host thread per stage with bounded queues between them
+(``dispatch="threads"``, the default on CPU).  Both dispatch modes run the same
+per-stage updates in the same order.
 
 Stage balancing assigns blocks to stages by contiguous min-max partition of
 per-block costs: XLA's FLOP estimate of a one-block train step
@@ -261,6 +266,7 @@ class Pipeline:
         jax.jit(make_stage_train_step(s, objective, tx, model.num_classes, loss_cfg),
                 donate_argnums=0) for s in self.stages]
     self._eval_steps = [jax.jit(make_stage_eval_step(s)) for s in self.stages]
+    self._inits: dict[jax.Device, Callable] = {}
 
   @property
   def num_stages(self) -> int:
@@ -275,12 +281,15 @@ class Pipeline:
     one compilation instead of one per stage), then moved to their devices.
     """
 
-    def init_all(key):
-      return [train.create_train_state(stage, self.tx, key, shape)
-              for stage, shape in zip(self.stages, self.input_shapes)]
-
     device = device or self.devices[0]
-    states = jax.jit(init_all, out_shardings=SingleDeviceSharding(device))(rng)
+    if device not in self._inits:
+
+      def init_all(key):
+        return [train.create_train_state(stage, self.tx, key, shape)
+                for stage, shape in zip(self.stages, self.input_shapes)]
+
+      self._inits[device] = jax.jit(init_all, out_shardings=SingleDeviceSharding(device))
+    states = self._inits[device](rng)
     return [jax.device_put(s, d) for s, d in zip(states, self.devices)]
 
   def to_train_state(self, states: Sequence[train.TrainState]) -> train.TrainState:

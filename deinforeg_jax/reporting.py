@@ -26,9 +26,16 @@ class ProgressBar:
 
   def __init__(self, total: int, description: str, initial: int = 0, refresh_every: int = 10):
     interactive = sys.stderr.isatty()  # in a log file: a line every 30 s instead
-    self._bar = tqdm(total=total, initial=initial, desc=description, unit="step",
-                     leave=False, file=sys.stderr, dynamic_ncols=True,
-                     mininterval=0.1 if interactive else 30.0)
+    self._bar = tqdm(
+      total=total,
+      initial=initial,
+      desc=description,
+      unit="step",
+      leave=False,
+      file=sys.stderr,
+      dynamic_ncols=True,
+      mininterval=0.1 if interactive else 30.0,
+    )
     self._refresh_every = refresh_every
     self._count = 0
 
@@ -81,16 +88,20 @@ class RunLog:
   def set_label_noise(self, report: dict[str, Any]) -> None:
     """Record (and print) the label noise applied to the training split."""
     self._label_noise = report
-    self.info(f"label noise {report['kind']} {report['rate']}%: "
-              f"{report['changed_fraction']:.2%} of training labels changed")
+    self.info(
+      f"label noise {report['kind']} {report['rate']}%: "
+      f"{report['changed_fraction']:.2%} of training labels changed"
+    )
 
   def add_train_time(self, seconds: float) -> None:
     self._train_time_s += seconds
 
   def bookkeeping(self) -> dict[str, float]:
     """What a checkpoint must carry for the final results to survive a restart."""
-    return {"best_epoch_test_accuracy": self._best_epoch_accuracy,
-            "train_time_s": self._train_time_s}
+    return {
+      "best_epoch_test_accuracy": self._best_epoch_accuracy,
+      "train_time_s": self._train_time_s,
+    }
 
   def info(self, message: str) -> None:
     print(message, flush=True)
@@ -100,48 +111,65 @@ class RunLog:
     bad = {k: v for k, v in summary.items() if not np.all(np.isfinite(v))}
     if bad:
       raise NonFiniteLossError(
-          f"non-finite training metrics in epoch {epoch + 1}: "
-          + ", ".join(f"{k}={np.round(v, 6).tolist()}" for k, v in bad.items())
-          + ". Lower config.optim.base_lr, check the input data, or change the optimizer. "
-          "Nothing was saved after the last finite step: the last checkpoint is intact.")
+        f"non-finite training metrics in epoch {epoch + 1}: "
+        + ", ".join(f"{k}={np.round(v, 6).tolist()}" for k, v in bad.items())
+        + ". Lower config.optim.base_lr, check the input data, or change the optimizer. "
+        "Nothing was saved after the last finite step: the last checkpoint is intact."
+      )
     return summary
 
-  def epoch(self, epoch: int, step: int, train: dict[str, np.ndarray], test_accuracy: np.ndarray,
-            learning_rate: float) -> None:
+  def epoch(
+    self,
+    epoch: int,
+    step: int,
+    train: dict[str, np.ndarray],
+    test_accuracy: np.ndarray,
+    learning_rate: float,
+  ) -> None:
     """Print per-block train/test accuracy and append one JSON line."""
     self._best_epoch_accuracy = max(self._best_epoch_accuracy, float(np.max(test_accuracy)))
-    record = {"epoch": epoch + 1, "step": step, "learning_rate": float(learning_rate),
-              "test_accuracy": test_accuracy}
+    record = {
+      "epoch": epoch + 1,
+      "step": step,
+      "learning_rate": float(learning_rate),
+      "test_accuracy": test_accuracy,
+    }
     record.update({f"train_{k}": v for k, v in train.items()})
     with open(self._metrics_path, "a") as f:
       f.write(json.dumps({k: _to_json(v) for k, v in record.items()}) + "\n")
-    blocks = " ".join(f"[{k}] {tr:.3f}/{te:.3f}" for k, (tr, te) in
-                      enumerate(zip(np.atleast_1d(train["accuracy"]), test_accuracy)))
-    self.info(f"epoch {epoch + 1}: loss {float(train['total_loss']):.4f}  "
-              f"train/test accuracy per block {blocks}")
+    blocks = " ".join(
+      f"[{k}] {tr:.3f}/{te:.3f}"
+      for k, (tr, te) in enumerate(zip(np.atleast_1d(train["accuracy"]), test_accuracy))
+    )
+    self.info(
+      f"epoch {epoch + 1}: loss {float(train['total_loss']):.4f}  "
+      f"train/test accuracy per block {blocks}"
+    )
 
   def finish(self, test_accuracy: np.ndarray, steps: int, info) -> dict:
     """Write and return ``results.json`` (``train_time_s`` summed over restarts)."""
     train_time_s = self._train_time_s
     best_block = int(np.argmax(test_accuracy))
     results = {
-        "rule": self.config.rule,
-        "dataset": info.name,
-        "best_test_accuracy": float(test_accuracy[best_block]),
-        "per_block_test_accuracy": [float(a) for a in test_accuracy],
-        "best_block": best_block,
-        # The reference's protocol: the maximum over epochs and blocks (model selection on test).
-        "best_epoch_test_accuracy": self._best_epoch_accuracy,
-        "label_noise": self._label_noise,
-        "steps": steps,
-        "wall_time_s": time.perf_counter() - self._start,
-        "train_time_s": train_time_s,
-        "steps_per_s": steps / train_time_s if train_time_s > 0 else math.nan,
-        "config": self.config.to_dict(),
+      "rule": self.config.rule,
+      "dataset": info.name,
+      "best_test_accuracy": float(test_accuracy[best_block]),
+      "per_block_test_accuracy": [float(a) for a in test_accuracy],
+      "best_block": best_block,
+      # The reference's protocol: the maximum over epochs and blocks (model selection on test).
+      "best_epoch_test_accuracy": self._best_epoch_accuracy,
+      "label_noise": self._label_noise,
+      "steps": steps,
+      "wall_time_s": time.perf_counter() - self._start,
+      "train_time_s": train_time_s,
+      "steps_per_s": steps / train_time_s if train_time_s > 0 else math.nan,
+      "config": self.config.to_dict(),
     }
     with open(os.path.join(self.workdir, "results.json"), "w") as f:
       json.dump(results, f, indent=2, default=_to_json)
-    self.info(f"best block {best_block}: test accuracy {results['best_test_accuracy']:.4f} "
-              f"({results['wall_time_s']:.1f} s, {results['steps_per_s']:.2f} steps/s); "
-              f"results in {os.path.join(self.workdir, 'results.json')}")
+    self.info(
+      f"best block {best_block}: test accuracy {results['best_test_accuracy']:.4f} "
+      f"({results['wall_time_s']:.1f} s, {results['steps_per_s']:.2f} steps/s); "
+      f"results in {os.path.join(self.workdir, 'results.json')}"
+    )
     return results

@@ -21,20 +21,31 @@ from deinforeg_jax import losses
 Objective = Callable[..., tuple[jax.Array, dict[str, jax.Array]]]
 
 
-def deinforeg_objective(outputs, labels, num_classes: int,
-                        loss_cfg) -> tuple[jax.Array, dict[str, jax.Array]]:
+def deinforeg_objective(
+  outputs, labels, num_classes: int, loss_cfg
+) -> tuple[jax.Array, dict[str, jax.Array]]:
   """``Σ_k [w·(inv, var, cov)(z_k) + ce_weight · CE(logits_k)]`` with per-block terms.
 
   ``loss_cfg`` is ``config.loss``: ``invariance_weight``, ``variance_weight``,
   ``covariance_weight``, ``ce_weight``, ``variance_batch_scaling``.
   """
   weights = (loss_cfg.invariance_weight, loss_cfg.variance_weight, loss_cfg.covariance_weight)
-  per_block = {"loss": [], "invariance": [], "variance": [], "covariance": [], "ce": [],
-               "accuracy": []}
+  per_block = {
+    "loss": [],
+    "invariance": [],
+    "variance": [],
+    "covariance": [],
+    "ce": [],
+    "accuracy": [],
+  }
   for z, logits in zip(outputs["z"], outputs["logits"]):
     info, terms = losses.deinforeg_loss(
-        z, labels, num_classes, weights=weights,
-        variance_batch_scaling=loss_cfg.variance_batch_scaling)
+      z,
+      labels,
+      num_classes,
+      weights=weights,
+      variance_batch_scaling=loss_cfg.variance_batch_scaling,
+    )
     ce = losses.cross_entropy(logits, labels)
     per_block["loss"].append(info + loss_cfg.ce_weight * ce)
     per_block["ce"].append(ce)
@@ -45,8 +56,9 @@ def deinforeg_objective(outputs, labels, num_classes: int,
   return jnp.sum(metrics["loss"]), metrics
 
 
-def bp_objective(outputs, labels, num_classes: int,
-                 loss_cfg) -> tuple[jax.Array, dict[str, jax.Array]]:
+def bp_objective(
+  outputs, labels, num_classes: int, loss_cfg
+) -> tuple[jax.Array, dict[str, jax.Array]]:
   """End-to-end cross-entropy of the single BP head."""
   del num_classes, loss_cfg
   (logits,) = outputs["logits"]
@@ -60,8 +72,8 @@ def _accuracy(logits: jax.Array, labels: jax.Array) -> jax.Array:
 
 
 RULES: dict[str, Objective] = {
-    "deinforeg": deinforeg_objective,
-    "bp": bp_objective,
+  "deinforeg": deinforeg_objective,
+  "bp": bp_objective,
 }
 
 

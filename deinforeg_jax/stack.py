@@ -53,8 +53,12 @@ class Block(nn.Module):
     z = heads.MLP(self.spec.projector, name="projector")(u, train)
     classifier_input = z if self.spec.classifier_mode == "merge" else jax.lax.stop_gradient(u)
     logits = heads.BlockClassifier(
-        self.num_classes, self.spec.classifier_mode, self.spec.classifier_style,
-        self.spec.classifier_hidden, name="classifier")(classifier_input, train)
+      self.num_classes,
+      self.spec.classifier_mode,
+      self.spec.classifier_style,
+      self.spec.classifier_hidden,
+      name="classifier",
+    )(classifier_input, train)
     return h, z, logits
 
 
@@ -153,9 +157,10 @@ def parse_vgg_blocks(text: str) -> tuple[tuple[int | str, ...], ...]:
         layers.append(int(item))
       else:
         raise ValueError(
-            f"config.model.vgg_blocks={text!r} does not parse at {item!r}: expected "
-            "blocks separated by ';', each a ','-separated list of conv widths and 'M' "
-            "(max-pool), e.g. '128,128,M;256,M', or 'spec' for the SPEC VGG.")
+          f"config.model.vgg_blocks={text!r} does not parse at {item!r}: expected "
+          "blocks separated by ';', each a ','-separated list of conv widths and 'M' "
+          "(max-pool), e.g. '128,128,M;256,M', or 'spec' for the SPEC VGG."
+        )
     blocks.append(tuple(layers))
   return tuple(blocks)
 
@@ -169,25 +174,27 @@ def _resnet_encoders(model_cfg) -> list[EncoderFactory]:
   depth = int(model_cfg.arch.removeprefix("resnet"))
   unit = "bottleneck" if depth >= 50 else "basic"
   return [
-      functools.partial(vision.ResNetStage, features, units, 1 if k == 0 else 2, unit,
-                        k == 0, model_cfg.width)
-      for k, (features, units) in enumerate(zip(vision.RESNET_WIDTHS, vision.RESNET_DEPTHS[depth]))
+    functools.partial(
+      vision.ResNetStage, features, units, 1 if k == 0 else 2, unit, k == 0, model_cfg.width
+    )
+    for k, (features, units) in enumerate(zip(vision.RESNET_WIDTHS, vision.RESNET_DEPTHS[depth]))
   ]
 
 
 ARCHITECTURES = {
-    "vgg": _vgg_encoders,
-    "resnet18": _resnet_encoders,
-    "resnet34": _resnet_encoders,
-    "resnet50": _resnet_encoders,
+  "vgg": _vgg_encoders,
+  "resnet18": _resnet_encoders,
+  "resnet34": _resnet_encoders,
+  "resnet50": _resnet_encoders,
 }
 
 
 def build_encoders(model_cfg) -> list[EncoderFactory]:
   """Encoder factories for ``config.model`` (``arch``, ``width``, ``vgg_blocks``)."""
   if model_cfg.arch not in ARCHITECTURES:
-    raise ValueError(f"config.model.arch={model_cfg.arch!r} is unknown; choose one of "
-                     f"{sorted(ARCHITECTURES)}.")
+    raise ValueError(
+      f"config.model.arch={model_cfg.arch!r} is unknown; choose one of {sorted(ARCHITECTURES)}."
+    )
   return ARCHITECTURES[model_cfg.arch](model_cfg)
 
 
@@ -198,23 +205,26 @@ def build_model(config, num_classes: int) -> nn.Module:
   num_blocks = model_cfg.num_blocks
   if not 1 <= num_blocks <= len(encoders):
     raise ValueError(
-        f"config.model.num_blocks={num_blocks} is out of range: architecture "
-        f"{model_cfg.arch!r} as configured has {len(encoders)} blocks, so use 1..{len(encoders)}.")
+      f"config.model.num_blocks={num_blocks} is out of range: architecture "
+      f"{model_cfg.arch!r} as configured has {len(encoders)} blocks, so use 1..{len(encoders)}."
+    )
   encoders = encoders[:num_blocks]
   if config.rule == "bp":
     if model_cfg.arch == "vgg":
-      head = functools.partial(VGGHead, vision.scale_width(model_cfg.bp_head_hidden, model_cfg.width),
-                               num_classes)
+      head = functools.partial(
+        VGGHead, vision.scale_width(model_cfg.bp_head_hidden, model_cfg.width), num_classes
+      )
     else:
       head = functools.partial(ResNetHead, num_classes)
     return BackpropNet(tuple(encoders), head)
   projector = heads.parse_layer_spec(model_cfg.projector, "model.projector")
   mode = model_cfg.classifier_mode
   if mode not in heads.CLASSIFIER_MODES:
-    raise ValueError(f"config.model.classifier_mode={mode!r} is unknown; choose one of "
-                     f"{heads.CLASSIFIER_MODES}.")
+    raise ValueError(
+      f"config.model.classifier_mode={mode!r} is unknown; choose one of {heads.CLASSIFIER_MODES}."
+    )
   specs = tuple(
-      BlockSpec(encoder=e, projector=projector, classifier_mode=mode,
-                classifier_hidden=projector)
-      for e in encoders)
+    BlockSpec(encoder=e, projector=projector, classifier_mode=mode, classifier_hidden=projector)
+    for e in encoders
+  )
   return DecoupledStack(specs, num_classes)

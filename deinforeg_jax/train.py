@@ -23,8 +23,13 @@ import optax
 
 from deinforeg_jax import checkpoint, optim, parallel, rules, stack
 from deinforeg_jax.configuration import validate_config
-from deinforeg_jax.data import (eval_batches, load_dataset, make_augment, steps_per_epoch,
-                                train_batches)
+from deinforeg_jax.data import (
+  eval_batches,
+  load_dataset,
+  make_augment,
+  steps_per_epoch,
+  train_batches,
+)
 from deinforeg_jax.reporting import ProgressBar, RunLog
 
 Batch = dict[str, jax.Array]
@@ -40,24 +45,38 @@ class TrainState:
   opt_state: optax.OptState
 
 
-def create_train_state(model: nn.Module, tx: optax.GradientTransformation, rng: jax.Array,
-                       input_shape: tuple[int, ...]) -> TrainState:
+def create_train_state(
+  model: nn.Module, tx: optax.GradientTransformation, rng: jax.Array, input_shape: tuple[int, ...]
+) -> TrainState:
   """Initialise parameters with a dummy ``[2, *input_shape]`` batch."""
   variables = model.init(rng, jnp.zeros((2, *input_shape), jnp.float32), train=False)
   params = variables["params"]
-  return TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                    batch_stats=variables.get("batch_stats", {}), opt_state=tx.init(params))
+  return TrainState(
+    step=jnp.zeros((), jnp.int32),
+    params=params,
+    batch_stats=variables.get("batch_stats", {}),
+    opt_state=tx.init(params),
+  )
 
 
-def make_train_step(model: nn.Module, objective: rules.Objective, tx: optax.GradientTransformation,
-                    num_classes: int, loss_cfg) -> Callable[[TrainState, Batch], tuple[TrainState, dict]]:
+def make_train_step(
+  model: nn.Module,
+  objective: rules.Objective,
+  tx: optax.GradientTransformation,
+  num_classes: int,
+  loss_cfg,
+) -> Callable[[TrainState, Batch], tuple[TrainState, dict]]:
   """``(state, {"image", "label"}) -> (state, metrics)``; metrics are ``[num_exits]`` arrays."""
 
   def train_step(state: TrainState, batch: Batch):
 
     def loss_fn(params):
-      outputs, updated = model.apply({"params": params, "batch_stats": state.batch_stats},
-                                     batch["image"], train=True, mutable=["batch_stats"])
+      outputs, updated = model.apply(
+        {"params": params, "batch_stats": state.batch_stats},
+        batch["image"],
+        train=True,
+        mutable=["batch_stats"],
+      )
       total, metrics = objective(outputs, batch["label"], num_classes, loss_cfg)
       return total, (metrics, updated["batch_stats"])
 
@@ -65,8 +84,9 @@ def make_train_step(model: nn.Module, objective: rules.Objective, tx: optax.Grad
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     metrics["total_loss"] = total
-    new_state = state.replace(step=state.step + 1, params=params, batch_stats=batch_stats,
-                              opt_state=opt_state)
+    new_state = state.replace(
+      step=state.step + 1, params=params, batch_stats=batch_stats, opt_state=opt_state
+    )
     return new_state, metrics
 
   return train_step
@@ -79,8 +99,9 @@ def make_eval_step(model: nn.Module) -> Callable[[TrainState, Batch], dict[str, 
   """
 
   def eval_step(state: TrainState, batch: Batch):
-    outputs = model.apply({"params": state.params, "batch_stats": state.batch_stats},
-                          batch["image"], train=False)
+    outputs = model.apply(
+      {"params": state.params, "batch_stats": state.batch_stats}, batch["image"], train=False
+    )
     predictions = jnp.stack([jnp.argmax(logits, axis=-1) for logits in outputs["logits"]])
     hits = (predictions == batch["label"][None]).astype(jnp.float32) * batch["mask"][None]
     return {"predictions": predictions.astype(jnp.int32), "correct": jnp.sum(hits, axis=1)}
@@ -92,11 +113,17 @@ def compile_steps(model, objective, tx, num_classes, loss_cfg, mesh):
   """Jitted train and eval steps: state replicated, batch sharded over ``data``."""
   state_sharding = parallel.replicated(mesh)
   data_sharding = parallel.batch_sharding(mesh)
-  train_step = jax.jit(make_train_step(model, objective, tx, num_classes, loss_cfg),
-                       in_shardings=(state_sharding, data_sharding),
-                       out_shardings=(state_sharding, state_sharding), donate_argnums=0)
-  eval_step = jax.jit(make_eval_step(model), in_shardings=(state_sharding, data_sharding),
-                      out_shardings=state_sharding)
+  train_step = jax.jit(
+    make_train_step(model, objective, tx, num_classes, loss_cfg),
+    in_shardings=(state_sharding, data_sharding),
+    out_shardings=(state_sharding, state_sharding),
+    donate_argnums=0,
+  )
+  eval_step = jax.jit(
+    make_eval_step(model),
+    in_shardings=(state_sharding, data_sharding),
+    out_shardings=state_sharding,
+  )
   return train_step, eval_step
 
 
@@ -119,7 +146,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
   """
   validate_config(config)
   data = load_dataset(config.data)
-  train_split, test_split, info = data.train, data.test, data.info
+  info = data.info
   augment = make_augment(config.data.augment, info)
   mesh = parallel.make_data_mesh(config.parallel.num_devices)
   parallel.check_batch_divisible(config.data.batch_size, mesh, "data.batch_size")
@@ -140,44 +167,59 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
   compile_s = time.perf_counter() - compile_start
 
   log = RunLog(workdir, config)
-  checkpointer = checkpoint.RunCheckpointer(workdir, keep=config.checkpoint.keep,
-                                            use_async=config.checkpoint.use_async)
+  checkpointer = checkpoint.RunCheckpointer(
+    workdir, keep=config.checkpoint.keep, use_async=config.checkpoint.use_async
+  )
   try:
     if checkpointer.latest_step() is not None:
       state, saved = checkpointer.restore(state, checkpoint.make_metadata(config, state, info))
       log.resume(saved)
     if data.label_noise:
       log.set_label_noise(data.label_noise)
-    log.info(f"{config.rule} on {info.name}: {info.num_train} train / {info.num_test} test, "
-             f"input {info.input_shape}, {info.num_classes} classes, "
-             f"{parameter_count(state.params):,} parameters, "
-             f"{mesh.shape[parallel.DATA_AXIS]} device(s), from step {int(state.step)}; "
-             f"train step compiled in {compile_s:.1f} s")
-    state, test_accuracy = _train_epochs(config, state, train_step, eval_step, schedule, log,
-                                         checkpointer, mesh, data, augment, steps)
+    log.info(
+      f"{config.rule} on {info.name}: {info.num_train} train / {info.num_test} test, "
+      f"input {info.input_shape}, {info.num_classes} classes, "
+      f"{parameter_count(state.params):,} parameters, "
+      f"{mesh.shape[parallel.DATA_AXIS]} device(s), from step {int(state.step)}; "
+      f"train step compiled in {compile_s:.1f} s"
+    )
+    state, test_accuracy = _train_epochs(
+      config, state, train_step, eval_step, schedule, log, checkpointer, mesh, data, augment, steps
+    )
     checkpointer.wait()
   finally:
     checkpointer.close()
   return log.finish(test_accuracy, int(state.step), info)
 
 
-def _train_epochs(config, state, train_step, eval_step, schedule, log, checkpointer, mesh, data,
-                  augment, steps):
+def _train_epochs(
+  config, state, train_step, eval_step, schedule, log, checkpointer, mesh, data, augment, steps
+):
   """The epoch loop from ``state.step`` on; returns the final state and test accuracy."""
   train_split, test_split, info = data.train, data.test, data.info
   step = int(state.step)
   every = config.checkpoint.every_steps
   test_accuracy = None
   if step == steps * config.train.num_epochs:  # finished before: evaluate only
-    test_accuracy = evaluate(eval_step, state, eval_batches(
-        test_split, info, global_batch_size=config.data.eval_batch_size), mesh)
+    test_accuracy = evaluate(
+      eval_step,
+      state,
+      eval_batches(test_split, info, global_batch_size=config.data.eval_batch_size),
+      mesh,
+    )
   for epoch in range(step // steps, config.train.num_epochs):
     bar = ProgressBar(steps, f"epoch {epoch + 1}/{config.train.num_epochs}", initial=step % steps)
     epoch_metrics = []
     start = time.perf_counter()
-    for batch in train_batches(train_split, info, global_batch_size=config.data.batch_size,
-                               seed=config.seed, epoch=epoch, start_step=step % steps,
-                               augment=augment):
+    for batch in train_batches(
+      train_split,
+      info,
+      global_batch_size=config.data.batch_size,
+      seed=config.seed,
+      epoch=epoch,
+      start_step=step % steps,
+      augment=augment,
+    ):
       state, metrics = train_step(state, parallel.shard_batch(batch, mesh))
       step += 1
       epoch_metrics.append(metrics)
@@ -191,8 +233,12 @@ def _train_epochs(config, state, train_step, eval_step, schedule, log, checkpoin
     summary = log.check_finite(_mean_metrics(epoch_metrics), epoch)
     jax.block_until_ready(state)
     log.add_train_time(time.perf_counter() - start)
-    test_accuracy = evaluate(eval_step, state, eval_batches(
-        test_split, info, global_batch_size=config.data.eval_batch_size), mesh)
+    test_accuracy = evaluate(
+      eval_step,
+      state,
+      eval_batches(test_split, info, global_batch_size=config.data.eval_batch_size),
+      mesh,
+    )
     log.epoch(epoch, step, summary, test_accuracy, schedule(step))
     checkpointer.save(state, checkpoint.make_metadata(config, state, info, **log.bookkeeping()))
   return state, test_accuracy
@@ -201,9 +247,12 @@ def _train_epochs(config, state, train_step, eval_step, schedule, log, checkpoin
 def _batch_spec(global_batch_size: int, info, mesh) -> dict[str, jax.ShapeDtypeStruct]:
   """Abstract sharded train batch, for compiling the step before the clock starts."""
   sharding = parallel.batch_sharding(mesh)
-  return {"image": jax.ShapeDtypeStruct((global_batch_size, *info.input_shape), jnp.float32,
-                                        sharding=sharding),
-          "label": jax.ShapeDtypeStruct((global_batch_size,), jnp.int32, sharding=sharding)}
+  return {
+    "image": jax.ShapeDtypeStruct(
+      (global_batch_size, *info.input_shape), jnp.float32, sharding=sharding
+    ),
+    "label": jax.ShapeDtypeStruct((global_batch_size,), jnp.int32, sharding=sharding),
+  }
 
 
 def _mean_metrics(metrics: list[dict[str, jax.Array]]) -> dict[str, np.ndarray]:

@@ -19,20 +19,27 @@ import sys
 
 from absl import app, flags
 
-_NAME = flags.DEFINE_string("name", None, "Dataset name (snake_case), e.g. cifar10_20k.",
-                            required=True)
-_DATA_DIR = flags.DEFINE_string("data_dir", None, "TFDS data directory to write to.",
-                                required=True)
-_NPZ = flags.DEFINE_string("npz", None, "An .npz with x_train, y_train, x_test, y_test "
-                           "(optional class_names).")
-_IMAGE_FOLDER = flags.DEFINE_string("image_folder", None, "A folder with train/<class>/* and "
-                                    "test/<class>/* images.")
-_NUM_CLASSES = flags.DEFINE_integer("num_classes", None, "Number of classes for --npz without "
-                                    "class_names (default: largest label + 1).")
-_MEAN = flags.DEFINE_list("mean", None, "Per-channel pixel mean in [0, 1] units (default: "
-                          "computed from the train split).")
-_STD = flags.DEFINE_list("std", None, "Per-channel pixel std in [0, 1] units (default: computed "
-                         "from the train split).")
+_NAME = flags.DEFINE_string(
+  "name", None, "Dataset name (snake_case), e.g. cifar10_20k.", required=True
+)
+_DATA_DIR = flags.DEFINE_string("data_dir", None, "TFDS data directory to write to.", required=True)
+_NPZ = flags.DEFINE_string(
+  "npz", None, "An .npz with x_train, y_train, x_test, y_test (optional class_names)."
+)
+_IMAGE_FOLDER = flags.DEFINE_string(
+  "image_folder", None, "A folder with train/<class>/* and test/<class>/* images."
+)
+_NUM_CLASSES = flags.DEFINE_integer(
+  "num_classes",
+  None,
+  "Number of classes for --npz without class_names (default: largest label + 1).",
+)
+_MEAN = flags.DEFINE_list(
+  "mean", None, "Per-channel pixel mean in [0, 1] units (default: computed from the train split)."
+)
+_STD = flags.DEFINE_list(
+  "std", None, "Per-channel pixel std in [0, 1] units (default: computed from the train split)."
+)
 _OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace an existing prepared dataset.")
 
 
@@ -52,36 +59,50 @@ def main(argv):
   stats = {}
   if _MEAN.value is not None:
     # [0, 1] units -> raw uint8 units (the loader normalises raw stored values).
-    stats = dict(mean=[255.0 * float(m) for m in _MEAN.value],
-                 std=[255.0 * float(s) for s in _STD.value], stats_source="given (--mean/--std)")
+    stats = dict(
+      mean=[255.0 * float(m) for m in _MEAN.value],
+      std=[255.0 * float(s) for s in _STD.value],
+      stats_source="given (--mean/--std)",
+    )
   try:
     if _NPZ.value is not None:
       if stats:
         import numpy as np  # pylint: disable=import-outside-toplevel
+
         with np.load(_NPZ.value) as data:
           if data["x_train"].dtype != np.uint8:  # float data: [0, 1] units are raw units
-            stats.update(mean=[m / 255.0 for m in stats["mean"]],
-                         std=[s / 255.0 for s in stats["std"]])
-      prepared = tfds_prepare.prepare_npz(_NAME.value, _DATA_DIR.value, _NPZ.value,
-                                          num_classes=_NUM_CLASSES.value,
-                                          overwrite=_OVERWRITE.value, **stats)
+            stats.update(
+              mean=[m / 255.0 for m in stats["mean"]], std=[s / 255.0 for s in stats["std"]]
+            )
+      prepared = tfds_prepare.prepare_npz(
+        _NAME.value,
+        _DATA_DIR.value,
+        _NPZ.value,
+        num_classes=_NUM_CLASSES.value,
+        overwrite=_OVERWRITE.value,
+        **stats,
+      )
     else:
-      prepared = tfds_prepare.prepare_image_folder(_NAME.value, _DATA_DIR.value,
-                                                   _IMAGE_FOLDER.value,
-                                                   overwrite=_OVERWRITE.value, **stats)
+      prepared = tfds_prepare.prepare_image_folder(
+        _NAME.value, _DATA_DIR.value, _IMAGE_FOLDER.value, overwrite=_OVERWRITE.value, **stats
+      )
   except (ValueError, FileExistsError) as error:
     print(f"prepare_data: error: {error}", file=sys.stderr)
     sys.exit(1)
 
   counts = ", ".join(f"{n} {split}" for split, n in prepared.num_examples.items())
   fmt = lambda values: "(" + ", ".join(f"{v:.2f}" for v in values) + ")"  # noqa: E731
-  print(f"Prepared {prepared.name} in {prepared.seconds:.1f} s: {counts} images of shape "
-        f"{prepared.image_shape}, {prepared.num_classes} classes, pixel mean {fmt(prepared.mean)} "
-        f"std {fmt(prepared.std)}\n  -> {prepared.dataset_dir}")
-  print("Train on it with:\n"
-        f"  python -m launch.train --config=launch/configs/default.py "
-        f"--config.data.name={prepared.name} --config.data.data_dir={prepared.data_dir} "
-        "--workdir=W")
+  print(
+    f"Prepared {prepared.name} in {prepared.seconds:.1f} s: {counts} images of shape "
+    f"{prepared.image_shape}, {prepared.num_classes} classes, pixel mean {fmt(prepared.mean)} "
+    f"std {fmt(prepared.std)}\n  -> {prepared.dataset_dir}"
+  )
+  print(
+    "Train on it with:\n"
+    f"  python -m launch.train --config=launch/configs/default.py "
+    f"--config.data.name={prepared.name} --config.data.data_dir={prepared.data_dir} "
+    "--workdir=W"
+  )
 
 
 if __name__ == "__main__":

@@ -30,6 +30,7 @@ def eight_devices():
   """The eight fake CPU devices; fails loudly if JAX started before the flag was set."""
   devices = jax.devices()
   assert jax.device_count() == NUM_FAKE_DEVICES, (
-      f"expected {NUM_FAKE_DEVICES} fake CPU devices, got {jax.device_count()}: JAX was "
-      "initialised before tests/conftest.py set XLA_FLAGS")
+    f"expected {NUM_FAKE_DEVICES} fake CPU devices, got {jax.device_count()}: JAX was "
+    "initialised before tests/conftest.py set XLA_FLAGS"
+  )
   return devices

@@ -32,8 +32,9 @@ def tiny_config(arch: str = "vgg", rule: str = "deinforeg", **model_overrides: A
   return config
 
 
-def random_batch(batch_size: int, input_shape=DIGITS_SHAPE, seed: int = 0,
-                 num_classes: int = NUM_CLASSES) -> dict[str, np.ndarray]:
+def random_batch(
+  batch_size: int, input_shape=DIGITS_SHAPE, seed: int = 0, num_classes: int = NUM_CLASSES
+) -> dict[str, np.ndarray]:
   """``{"image": float32 [B, *input_shape], "label": int32 [B]}``; every class appears."""
   rng = np.random.default_rng(seed)
   image = rng.normal(size=(batch_size, *input_shape)).astype(np.float32)
@@ -53,8 +54,8 @@ def init_variables(model, input_shape, seed: int = 0) -> dict[str, Any]:
   and offsets keep every parameter's gradient generically nonzero.
   """
   shapes = jax.eval_shape(
-      lambda: model.init(jax.random.key(0), jnp.zeros((2, *input_shape), jnp.float32),
-                         train=False))
+    lambda: model.init(jax.random.key(0), jnp.zeros((2, *input_shape), jnp.float32), train=False)
+  )
   rng = np.random.default_rng(seed)
 
   def fill(path, leaf):

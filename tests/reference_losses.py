@@ -43,7 +43,7 @@ def ref_similarity_matrix(a) -> np.ndarray:
   rows = []
   for i in range(b):
     centred = a[i] - np.mean(a[i])
-    rows.append(centred / (SIM_EPS + np.sqrt(np.sum(centred ** 2))))
+    rows.append(centred / (SIM_EPS + np.sqrt(np.sum(centred**2))))
   s = np.empty((b, b), dtype=np.float64)
   for i in range(b):
     for j in range(b):
@@ -102,8 +102,9 @@ def ref_covariance(z) -> float:
   return total / d
 
 
-def ref_deinforeg_loss(z, labels, num_classes: int, weights=(1.0, 1.0, 1.0),
-                       variance_batch_scaling: bool = True):
+def ref_deinforeg_loss(
+  z, labels, num_classes: int, weights=(1.0, 1.0, 1.0), variance_batch_scaling: bool = True
+):
   """SPEC 3.5. Returns (total, {"invariance", "variance", "covariance"}) as Python floats."""
   inv = ref_invariance(z, labels, num_classes)
   var = ref_variance(z, variance_batch_scaling)

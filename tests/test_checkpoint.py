@@ -18,8 +18,11 @@ from deinforeg_jax.train import train_and_evaluate
 from launch.configs import default
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY = ["--config.model.width=0.25", "--config.model.projector=32-32",
-        "--config.parallel.num_devices=1"]
+TINY = [
+  "--config.model.width=0.25",
+  "--config.model.projector=32-32",
+  "--config.parallel.num_devices=1",
+]
 
 
 def tiny_config(num_epochs: int = 1):
@@ -49,14 +52,24 @@ def assert_trees_equal(a, b):
 def run_launcher(workdir: str, *extra: str, **popen_kwargs):
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1")
   cmd = [sys.executable, "-m", "launch.train", f"--workdir={workdir}", *TINY, *extra]
-  return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE,
-                          stderr=subprocess.STDOUT, text=True, **popen_kwargs)
+  return subprocess.Popen(
+    cmd,
+    cwd=REPO,
+    env=env,
+    stdout=subprocess.PIPE,
+    stderr=subprocess.STDOUT,
+    text=True,
+    **popen_kwargs,
+  )
 
 
 def test_killed_run_resumes_to_the_uninterrupted_parameters(tmp_path):
   """kill -9 after a mid-epoch checkpoint; the same command finishes with identical state."""
-  args = ("--config.train.num_epochs=2", "--config.checkpoint.every_steps=5",
-          "--config.checkpoint.use_async=False")
+  args = (
+    "--config.train.num_epochs=2",
+    "--config.checkpoint.every_steps=5",
+    "--config.checkpoint.use_async=False",
+  )
   reference = run_launcher(str(tmp_path / "reference"), *args)
   interrupted_dir = str(tmp_path / "interrupted")
   victim = run_launcher(interrupted_dir, *args)
@@ -91,8 +104,10 @@ def test_checkpoint_from_a_different_model_is_refused(tmp_path):
   before, step = saved_state(workdir)
   grown = tiny_config(num_epochs=2)
   grown.model.projector = "32-16"
-  with pytest.raises(checkpoint.CheckpointMismatchError,
-                     match=r"block 'block_00'.*projector.*\[8, 32\].*\[32, 16\]|block 'block_00'"):
+  with pytest.raises(
+    checkpoint.CheckpointMismatchError,
+    match=r"block 'block_00'.*projector.*\[8, 32\].*\[32, 16\]|block 'block_00'",
+  ):
     train_and_evaluate(grown, workdir)
   fewer = tiny_config(num_epochs=2)
   fewer.model.num_blocks = 3

@@ -40,36 +40,39 @@ def test_valid_configs_pass(arch, rule):
 
 
 BAD_CONFIGS = [
-    # (overrides, field named in the message, a hint that must also appear)
-    ({"rule": "nope"}, "rule", "deinforeg"),
-    ({"model.num_blocks": 0}, "model.num_blocks", "1..4"),
-    ({"model.num_blocks": 5}, "model.num_blocks", "1..4"),
-    ({"model.num_blocks": -1}, "model.num_blocks", "1..4"),
-    ({"model.projector": "2048-abc"}, "model.projector", "dash-separated"),
-    ({"model.projector": "-"}, "model.projector", "dash-separated"),
-    ({"model.projector": "0-5"}, "model.projector", "positive"),
-    ({"model.projector": "32--32"}, "model.projector", "dash-separated"),
-    ({"model.arch": "alexnet"}, "model.arch", "resnet18"),
-    ({"optim.name": "rmsprop"}, "optim.name", "lars"),
-    ({"optim.schedule": "linear"}, "optim.schedule", "cosine"),
-    ({"optim.base_lr": 0.0}, "optim.base_lr", "positive"),
-    ({"model.classifier_mode": "both"}, "model.classifier_mode", "unmerge"),
-    ({"model.width": 0.0}, "model.width", "positive"),
-    ({"model.vgg_blocks": "128,,M"}, "model.vgg_blocks", "'M'"),
-    ({"model.vgg_blocks": "128;abc"}, "model.vgg_blocks", "'abc'"),
-    ({"model.vgg_blocks": ""}, "model.vgg_blocks", "'spec'"),
-    ({"model.vgg_blocks": "128,M;"}, "model.vgg_blocks", "';'"),
-    ({"model.vgg_blocks": "0,M"}, "model.vgg_blocks", "'0'"),
-    ({"model.vgg_blocks": "-3"}, "model.vgg_blocks", "'-3'"),
-    ({"data.batch_size": 0}, "data.batch_size", "positive integer"),
-    ({"data.eval_batch_size": -8}, "data.eval_batch_size", "positive integer"),
-    ({"train.num_epochs": 0}, "train.num_epochs", "positive integer"),
-    ({"loss.ce_weight": -0.001}, "loss.ce_weight", ">= 0"),
+  # (overrides, field named in the message, a hint that must also appear)
+  ({"rule": "nope"}, "rule", "deinforeg"),
+  ({"model.num_blocks": 0}, "model.num_blocks", "1..4"),
+  ({"model.num_blocks": 5}, "model.num_blocks", "1..4"),
+  ({"model.num_blocks": -1}, "model.num_blocks", "1..4"),
+  ({"model.projector": "2048-abc"}, "model.projector", "dash-separated"),
+  ({"model.projector": "-"}, "model.projector", "dash-separated"),
+  ({"model.projector": "0-5"}, "model.projector", "positive"),
+  ({"model.projector": "32--32"}, "model.projector", "dash-separated"),
+  ({"model.arch": "alexnet"}, "model.arch", "resnet18"),
+  ({"optim.name": "rmsprop"}, "optim.name", "lars"),
+  ({"optim.schedule": "linear"}, "optim.schedule", "cosine"),
+  ({"optim.base_lr": 0.0}, "optim.base_lr", "positive"),
+  ({"model.classifier_mode": "both"}, "model.classifier_mode", "unmerge"),
+  ({"model.width": 0.0}, "model.width", "positive"),
+  ({"model.vgg_blocks": "128,,M"}, "model.vgg_blocks", "'M'"),
+  ({"model.vgg_blocks": "128;abc"}, "model.vgg_blocks", "'abc'"),
+  ({"model.vgg_blocks": ""}, "model.vgg_blocks", "'spec'"),
+  ({"model.vgg_blocks": "128,M;"}, "model.vgg_blocks", "';'"),
+  ({"model.vgg_blocks": "0,M"}, "model.vgg_blocks", "'0'"),
+  ({"model.vgg_blocks": "-3"}, "model.vgg_blocks", "'-3'"),
+  ({"data.batch_size": 0}, "data.batch_size", "positive integer"),
+  ({"data.eval_batch_size": -8}, "data.eval_batch_size", "positive integer"),
+  ({"train.num_epochs": 0}, "train.num_epochs", "positive integer"),
+  ({"loss.ce_weight": -0.001}, "loss.ce_weight", ">= 0"),
 ]
 
 
-@pytest.mark.parametrize("overrides,field,hint", BAD_CONFIGS,
-                         ids=[f"{f}={list(o.values())[0]!r}" for o, f, _ in BAD_CONFIGS])
+@pytest.mark.parametrize(
+  "overrides,field,hint",
+  BAD_CONFIGS,
+  ids=[f"{f}={list(o.values())[0]!r}" for o, f, _ in BAD_CONFIGS],
+)
 def test_bad_config_names_the_field(overrides, field, hint):
   with pytest.raises(ValueError, match=_field(field)) as error:
     validate_config(_with(overrides))
@@ -92,7 +95,11 @@ def test_vgg_num_blocks_limit_follows_vgg_blocks():
 
 def test_vgg_blocks_spec_parses_to_the_spec_table():
   assert stack.parse_vgg_blocks("spec") == (
-      (128, 128, 128, 256, "M"), (256, 512, "M"), (512, 512, "M"), (512, "M"))
+    (128, 128, 128, 256, "M"),
+    (256, 512, "M"),
+    (512, 512, "M"),
+    (512, "M"),
+  )
   assert stack.parse_vgg_blocks(" 8, m ;16,M") == ((8, "M"), (16, "M"))
 
 
@@ -132,4 +139,3 @@ def test_train_and_evaluate_rejects_an_indivisible_batch_before_training(tmp_pat
 def test_too_many_devices_names_the_field():
   with pytest.raises(ValueError, match=_field("parallel.num_devices") + "9"):
     parallel.make_data_mesh(9)
-

@@ -20,20 +20,32 @@ def _launch(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
   env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
   env["PYTHONPATH"] = os.pathsep.join(filter(None, [REPO_ROOT, env.get("PYTHONPATH")]))
   env["JAX_PLATFORMS"] = "cpu"
-  return subprocess.run([sys.executable, "-m", "launch.train", *args], cwd=REPO_ROOT, env=env,
-                        capture_output=True, text=True, timeout=timeout, check=False)
+  return subprocess.run(
+    [sys.executable, "-m", "launch.train", *args],
+    cwd=REPO_ROOT,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=timeout,
+    check=False,
+  )
 
 
 def test_launch_train_writes_results_and_metrics(tmp_path):
   workdir = tmp_path / "run"
-  proc = _launch(f"--workdir={workdir}", "--config.train.num_epochs=1",
-                 "--config.model.width=0.25")
+  proc = _launch(f"--workdir={workdir}", "--config.train.num_epochs=1", "--config.model.width=0.25")
   assert proc.returncode == 0, proc.stderr[-3000:]
 
   with open(workdir / "results.json") as f:
     results = json.load(f)
-  for key in ("rule", "best_test_accuracy", "per_block_test_accuracy", "best_block",
-              "wall_time_s", "steps_per_s"):
+  for key in (
+    "rule",
+    "best_test_accuracy",
+    "per_block_test_accuracy",
+    "best_block",
+    "wall_time_s",
+    "steps_per_s",
+  ):
     assert key in results, key
   assert results["rule"] == "deinforeg"
   per_block = results["per_block_test_accuracy"]
@@ -43,8 +55,9 @@ def test_launch_train_writes_results_and_metrics(tmp_path):
   assert results["best_block"] == int(np.argmax(per_block))
   assert results["best_test_accuracy"] == max(per_block)
   # Accuracies are multiples of 1/360 (the digits test split).
-  np.testing.assert_allclose(np.asarray(per_block) * 360, np.round(np.asarray(per_block) * 360),
-                             atol=1e-3)
+  np.testing.assert_allclose(
+    np.asarray(per_block) * 360, np.round(np.asarray(per_block) * 360), atol=1e-3
+  )
   assert results["wall_time_s"] > 0
   assert results["steps_per_s"] > 0
   assert results["steps"] == 1437 // 64

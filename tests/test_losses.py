@@ -22,6 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from deinforeg_jax import losses
+
 try:  # tests/ is not a package: pytest's default import mode puts tests/ on sys.path.
   import reference_losses as ref
 except ImportError:  # pragma: no cover - e.g. --import-mode=importlib from the repo root
@@ -35,8 +36,8 @@ ATOL = 1e-7
 # Non-default (weights, variance_batch_scaling) configurations checked against the
 # reference (the default ((1, 1, 1), True) is checked on the full shape grid).
 LOSS_CONFIGS = (
-    ((0.5, 2.0, 3.0), True),
-    ((1.7, 0.3, 25.0), False),
+  ((0.5, 2.0, 3.0), True),
+  ((1.7, 0.3, 25.0), False),
 )
 
 
@@ -52,8 +53,9 @@ def _random_batch(seed: int, batch: int, dim: int, num_classes: int):
 
 def _loss_fn(num_classes, weights=(1.0, 1.0, 1.0), variance_batch_scaling=True):
   """``deinforeg_loss`` with its static arguments bound, as a function of (z, labels)."""
-  return _cached_loss_fn(int(num_classes), tuple(float(w) for w in weights),
-                         bool(variance_batch_scaling))
+  return _cached_loss_fn(
+    int(num_classes), tuple(float(w) for w in weights), bool(variance_batch_scaling)
+  )
 
 
 @functools.lru_cache(maxsize=None)
@@ -61,10 +63,10 @@ def _cached_loss_fn(num_classes, weights, variance_batch_scaling):
   # Every test asking for the same configuration gets the same function object, so
   # jax.jit reuses its compilation across tests (keeps the file fast).
   return functools.partial(
-      losses.deinforeg_loss,
-      num_classes=num_classes,
-      weights=weights,
-      variance_batch_scaling=variance_batch_scaling,
+    losses.deinforeg_loss,
+    num_classes=num_classes,
+    weights=weights,
+    variance_batch_scaling=variance_batch_scaling,
   )
 
 
@@ -83,8 +85,9 @@ def _pearson_structure(labels, num_classes, dim, seed):
   base = np.zeros((num_classes, dim))
   base[:, :num_classes] = np.eye(num_classes) - 1.0 / num_classes
   # Orthonormal basis whose first vector is 1/sqrt(dim); rotate only its complement.
-  basis, _ = np.linalg.qr(np.concatenate(
-      [np.ones((dim, 1)), rng.normal(size=(dim, dim - 1))], axis=1))
+  basis, _ = np.linalg.qr(
+    np.concatenate([np.ones((dim, 1)), rng.normal(size=(dim, dim - 1))], axis=1)
+  )
   inner, _ = np.linalg.qr(rng.normal(size=(dim - 1, dim - 1)))
   block = np.eye(dim)
   block[1:, 1:] = inner
@@ -96,27 +99,24 @@ def _pearson_structure(labels, num_classes, dim, seed):
 class DeinforegLossReferenceTest(chex.TestCase):
   """Total and every term equal the float64 reference (SPEC 3.1-3.5)."""
 
-  def _check_against_reference(self, fn, batch, dim, num_classes, weights,
-                                scaling, seeds):
+  def _check_against_reference(self, fn, batch, dim, num_classes, weights, scaling, seeds):
     for seed in seeds:
-      z, labels = _random_batch(1000 * seed + batch + dim + num_classes,
-                                batch, dim, num_classes)
+      z, labels = _random_batch(1000 * seed + batch + dim + num_classes, batch, dim, num_classes)
       total, terms = _as_floats(*fn(jnp.asarray(z), jnp.asarray(labels)))
       ref_total, ref_terms = ref.ref_deinforeg_loss(
-          z, labels, num_classes, weights=weights,
-          variance_batch_scaling=scaling)
-      msg = (f"seed={seed} B={batch} D={dim} C={num_classes} w={weights} "
-             f"scaling={scaling}")
+        z, labels, num_classes, weights=weights, variance_batch_scaling=scaling
+      )
+      msg = f"seed={seed} B={batch} D={dim} C={num_classes} w={weights} scaling={scaling}"
       for name in TERMS:
         self.assertGreater(ref_terms[name], 0.0, msg)  # non-vacuous comparison
-        np.testing.assert_allclose(terms[name], ref_terms[name], rtol=RTOL,
-                                   atol=ATOL, err_msg=f"{name}: {msg}")
-      np.testing.assert_allclose(total, ref_total, rtol=RTOL, atol=ATOL,
-                                 err_msg=f"total: {msg}")
+        np.testing.assert_allclose(
+          terms[name], ref_terms[name], rtol=RTOL, atol=ATOL, err_msg=f"{name}: {msg}"
+        )
+      np.testing.assert_allclose(total, ref_total, rtol=RTOL, atol=ATOL, err_msg=f"total: {msg}")
       # total is the weighted sum of the (unweighted) returned terms.
       np.testing.assert_allclose(
-          total, sum(w * terms[k] for w, k in zip(weights, TERMS)), rtol=1e-6,
-          err_msg=msg)
+        total, sum(w * terms[k] for w, k in zip(weights, TERMS)), rtol=1e-6, err_msg=msg
+      )
 
   # Full shape grid under jit; eager (op-by-op, compiled per shape) on two corners
   # only, to keep the file fast.
@@ -124,23 +124,24 @@ class DeinforegLossReferenceTest(chex.TestCase):
   @parameterized.product(batch=(8, 33), dim=(16, 64), num_classes=(2, 10))
   def test_matches_reference(self, batch, dim, num_classes):
     fn = self.variant(_loss_fn(num_classes))
-    self._check_against_reference(fn, batch, dim, num_classes, (1.0, 1.0, 1.0),
-                                  True, seeds=range(3))
+    self._check_against_reference(
+      fn, batch, dim, num_classes, (1.0, 1.0, 1.0), True, seeds=range(3)
+    )
 
   @chex.variants(without_jit=True)
   @parameterized.parameters((8, 16, 2), (33, 64, 10))
   def test_matches_reference_eager(self, batch, dim, num_classes):
     fn = self.variant(_loss_fn(num_classes))
-    self._check_against_reference(fn, batch, dim, num_classes, (1.0, 1.0, 1.0),
-                                  True, seeds=range(3))
+    self._check_against_reference(
+      fn, batch, dim, num_classes, (1.0, 1.0, 1.0), True, seeds=range(3)
+    )
 
   @chex.variants(with_jit=True, without_jit=True)
   @parameterized.parameters((8, 16, 2), (33, 64, 10))
   def test_weights_and_scaling_match_reference(self, batch, dim, num_classes):
     for weights, scaling in LOSS_CONFIGS:
       fn = self.variant(_loss_fn(num_classes, weights, scaling))
-      self._check_against_reference(fn, batch, dim, num_classes, weights,
-                                    scaling, seeds=range(2))
+      self._check_against_reference(fn, batch, dim, num_classes, weights, scaling, seeds=range(2))
 
   @chex.variants(with_jit=True, without_jit=True)
   def test_zero_row_matches_reference(self):
@@ -154,8 +155,7 @@ class DeinforegLossReferenceTest(chex.TestCase):
     total, terms = _as_floats(*fn(jnp.asarray(z), jnp.asarray(labels)))
     ref_total, ref_terms = ref.ref_deinforeg_loss(z, labels, 10)
     for name in TERMS:
-      np.testing.assert_allclose(terms[name], ref_terms[name], rtol=RTOL,
-                                 atol=ATOL, err_msg=name)
+      np.testing.assert_allclose(terms[name], ref_terms[name], rtol=RTOL, atol=ATOL, err_msg=name)
     np.testing.assert_allclose(total, ref_total, rtol=RTOL, atol=ATOL)
 
   @chex.variants(with_jit=True, without_jit=True)
@@ -165,8 +165,7 @@ class DeinforegLossReferenceTest(chex.TestCase):
     unscaled = self.variant(_loss_fn(10, variance_batch_scaling=False))
     _, terms_s = _as_floats(*scaled(jnp.asarray(z), jnp.asarray(labels)))
     _, terms_u = _as_floats(*unscaled(jnp.asarray(z), jnp.asarray(labels)))
-    np.testing.assert_allclose(terms_u["variance"], 33 * terms_s["variance"],
-                               rtol=1e-6)
+    np.testing.assert_allclose(terms_u["variance"], 33 * terms_s["variance"], rtol=1e-6)
     for name in ("invariance", "covariance"):
       np.testing.assert_allclose(terms_u[name], terms_s[name], rtol=1e-6)
     # Rows have unit norm, so sigma_d ~ 1/sqrt(D) and the hinge is active (SPEC 3.3).
@@ -186,8 +185,7 @@ class SimilarityMatrixTest(chex.TestCase):
       s = np.asarray(fn(jnp.asarray(x)))
       self.assertEqual(s.shape, (batch, batch))
       self.assertEqual(s.dtype, np.float32)
-      np.testing.assert_allclose(s, ref.ref_similarity_matrix(x), rtol=RTOL,
-                                 atol=1e-6)
+      np.testing.assert_allclose(s, ref.ref_similarity_matrix(x), rtol=RTOL, atol=1e-6)
       np.testing.assert_allclose(s, s.T, atol=1e-6)
       np.testing.assert_allclose(np.diag(s), np.ones(batch), atol=1e-6)
       self.assertTrue(np.all(s <= 1.0) and np.all(s >= -1.0))
@@ -198,8 +196,9 @@ class SimilarityMatrixTest(chex.TestCase):
     # the clamp; afterwards every entry must be inside [-1, 1].
     rng = np.random.default_rng(3)
     row = rng.normal(size=(1, 16)).astype(np.float32) * 123.0
-    x = np.concatenate([row, row, -row, 7.0 * row, row + 5.0, 0.01 * row,
-                        -3.0 * row + 2.0, row], axis=0)
+    x = np.concatenate(
+      [row, row, -row, 7.0 * row, row + 5.0, 0.01 * row, -3.0 * row + 2.0, row], axis=0
+    )
     s = np.asarray(self.variant(losses.similarity_matrix)(jnp.asarray(x)))
     self.assertTrue(np.all(np.abs(s) <= 1.0))
     signs = np.array([1, 1, -1, 1, 1, 1, -1, 1], dtype=np.float64)
@@ -219,16 +218,17 @@ class SimilarityMatrixTest(chex.TestCase):
   @parameterized.parameters(2, 10)
   def test_one_hot_similarity_closed_form(self, num_classes):
     rng = np.random.default_rng(num_classes)
-    labels = np.concatenate([np.arange(num_classes),
-                             rng.integers(0, num_classes, size=33 - num_classes)])
+    labels = np.concatenate(
+      [np.arange(num_classes), rng.integers(0, num_classes, size=33 - num_classes)]
+    )
     one_hot = jax.nn.one_hot(jnp.asarray(labels), num_classes)
     s = np.asarray(self.variant(losses.similarity_matrix)(one_hot))
     same = labels[:, None] == labels[None, :]
     expected = np.where(same, 1.0, -1.0 / (num_classes - 1))
     np.testing.assert_allclose(s, expected, atol=1e-6)
     np.testing.assert_allclose(
-        s, ref.ref_similarity_matrix(ref.ref_one_hot(labels, num_classes)),
-        atol=1e-6)
+      s, ref.ref_similarity_matrix(ref.ref_one_hot(labels, num_classes)), atol=1e-6
+    )
 
 
 class L2NormalizeTest(chex.TestCase):
@@ -255,9 +255,9 @@ class InvarianceStructureTest(chex.TestCase):
   @parameterized.parameters((8, 16, 2), (33, 64, 10))
   def test_invariance_zero_for_label_structure(self, batch, dim, num_classes):
     rng = np.random.default_rng(num_classes * 100 + dim)
-    labels = np.concatenate([np.arange(num_classes),
-                             rng.integers(0, num_classes,
-                                          size=batch - num_classes)]).astype(np.int32)
+    labels = np.concatenate(
+      [np.arange(num_classes), rng.integers(0, num_classes, size=batch - num_classes)]
+    ).astype(np.int32)
     fn = self.variant(_loss_fn(num_classes))
     onehot = np.eye(num_classes, dtype=np.float32)[labels]
     # Per-row positive scale a_i and per-row offset b_i: zhat_i is a positive multiple
@@ -266,10 +266,10 @@ class InvarianceStructureTest(chex.TestCase):
     b = rng.uniform(-2.0, 2.0, size=(batch, 1))
     structured = _pearson_structure(labels, num_classes, dim, seed=dim)
     candidates = {
-        "onehot": onehot,
-        "a*onehot+b": (3.0 * onehot + 0.7).astype(np.float32),
-        "per-row a_i*onehot+b_i": (a * onehot + b).astype(np.float32),
-        "rotated centred onehot": (a * structured + b).astype(np.float32),
+      "onehot": onehot,
+      "a*onehot+b": (3.0 * onehot + 0.7).astype(np.float32),
+      "per-row a_i*onehot+b_i": (a * onehot + b).astype(np.float32),
+      "rotated centred onehot": (a * structured + b).astype(np.float32),
     }
     for name, z in candidates.items():
       _, terms = fn(jnp.asarray(z), jnp.asarray(labels))
@@ -277,8 +277,7 @@ class InvarianceStructureTest(chex.TestCase):
       self.assertLess(ref.ref_invariance(z, labels, num_classes), 1e-12, name)
     # Non-vacuous: the same embeddings with shuffled labels do not match.
     shuffled = np.roll(labels, 1)
-    _, terms = fn(jnp.asarray(candidates["rotated centred onehot"]),
-                  jnp.asarray(shuffled))
+    _, terms = fn(jnp.asarray(candidates["rotated centred onehot"]), jnp.asarray(shuffled))
     self.assertGreater(float(terms["invariance"]), 1e-2)
 
 
@@ -293,12 +292,10 @@ class InvarianceUnderTransformsTest(chex.TestCase):
       z, labels = _random_batch(seed + 31, batch, dim, num_classes)
       perm = np.random.default_rng(seed).permutation(batch)
       total, terms = _as_floats(*fn(jnp.asarray(z), jnp.asarray(labels)))
-      total_p, terms_p = _as_floats(*fn(jnp.asarray(z[perm]),
-                                        jnp.asarray(labels[perm])))
+      total_p, terms_p = _as_floats(*fn(jnp.asarray(z[perm]), jnp.asarray(labels[perm])))
       np.testing.assert_allclose(total_p, total, rtol=RTOL)
       for name in TERMS:
-        np.testing.assert_allclose(terms_p[name], terms[name], rtol=RTOL,
-                                   atol=ATOL, err_msg=name)
+        np.testing.assert_allclose(terms_p[name], terms[name], rtol=RTOL, atol=ATOL, err_msg=name)
 
   @chex.variants(with_jit=True, without_jit=True)
   @parameterized.parameters((8, 16, 2), (33, 64, 10))
@@ -310,12 +307,12 @@ class InvarianceUnderTransformsTest(chex.TestCase):
       factors = np.exp(rng.uniform(np.log(0.1), np.log(10.0), size=(batch, 1)))
       factors[0], factors[-1] = 0.1, 10.0
       total, terms = _as_floats(*fn(jnp.asarray(z), jnp.asarray(labels)))
-      total_s, terms_s = _as_floats(*fn(jnp.asarray((z * factors).astype(np.float32)),
-                                        jnp.asarray(labels)))
+      total_s, terms_s = _as_floats(
+        *fn(jnp.asarray((z * factors).astype(np.float32)), jnp.asarray(labels))
+      )
       np.testing.assert_allclose(total_s, total, rtol=RTOL)
       for name in TERMS:
-        np.testing.assert_allclose(terms_s[name], terms[name], rtol=RTOL,
-                                   atol=ATOL, err_msg=name)
+        np.testing.assert_allclose(terms_s[name], terms[name], rtol=RTOL, atol=ATOL, err_msg=name)
 
 
 @functools.lru_cache(maxsize=None)
@@ -342,8 +339,7 @@ class GradientTest(chex.TestCase):
     z, labels = _random_batch(3, 8, 16, 10)
     z[4] = 0.0
     value, grad = self._check_grad(_loss_fn(10), z, labels)
-    np.testing.assert_allclose(value, ref.ref_deinforeg_loss(z, labels, 10)[0],
-                               rtol=RTOL)
+    np.testing.assert_allclose(value, ref.ref_deinforeg_loss(z, labels, 10)[0], rtol=RTOL)
     self.assertGreater(float(np.abs(np.delete(grad, 4, axis=0)).max()), 0.0)
 
   @chex.variants(with_jit=True, without_jit=True)
@@ -352,8 +348,7 @@ class GradientTest(chex.TestCase):
     labels = np.full((8,), 2, dtype=np.int32)
     value, _ = self._check_grad(_loss_fn(10), z, labels)
     # S(onehot) is all ones here.
-    np.testing.assert_allclose(value, ref.ref_deinforeg_loss(z, labels, 10)[0],
-                               rtol=RTOL)
+    np.testing.assert_allclose(value, ref.ref_deinforeg_loss(z, labels, 10)[0], rtol=RTOL)
 
   @chex.variants(with_jit=True, without_jit=True)
   def test_zero_row_and_all_labels_equal(self):
@@ -371,13 +366,14 @@ class GradientTest(chex.TestCase):
     direction = np.random.default_rng(0).normal(size=z.shape)
     h = 1e-5
     z64 = z.astype(np.float64)
-    numeric = (ref.ref_deinforeg_loss(z64 + h * direction, labels, 10)[0]
-               - ref.ref_deinforeg_loss(z64 - h * direction, labels, 10)[0]) / (2 * h)
+    numeric = (
+      ref.ref_deinforeg_loss(z64 + h * direction, labels, 10)[0]
+      - ref.ref_deinforeg_loss(z64 - h * direction, labels, 10)[0]
+    ) / (2 * h)
     np.testing.assert_allclose(np.sum(grad * direction), numeric, rtol=1e-3)
 
 
 class OutputTypeTest(chex.TestCase):
-
   @chex.variants(with_jit=True, without_jit=True)
   def test_float32_scalars(self):
     z, labels = _random_batch(8, 8, 16, 10)

@@ -27,216 +27,236 @@ HAS_DECODER = any(importlib.util.find_spec(m) for m in ("PIL", "cv2"))
 
 
 def tiny_arrays(channels: int | None = 3, seed: int = 0):
-    """40 train / 20 test 8x8 uint8 images (``channels=None``: [N, 8, 8]) and labels 0..3."""
-    rng = np.random.default_rng(seed)
-    shape = (8, 8) if channels is None else (8, 8, channels)
-    return {
-        "x_train": rng.integers(0, 256, (40, *shape), dtype=np.uint8),
-        "y_train": np.arange(40) % 4,
-        "x_test": rng.integers(0, 256, (20, *shape), dtype=np.uint8),
-        "y_test": (np.arange(20) * 3) % 4,
-    }
+  """40 train / 20 test 8x8 uint8 images (``channels=None``: [N, 8, 8]) and labels 0..3."""
+  rng = np.random.default_rng(seed)
+  shape = (8, 8) if channels is None else (8, 8, channels)
+  return {
+    "x_train": rng.integers(0, 256, (40, *shape), dtype=np.uint8),
+    "y_train": np.arange(40) % 4,
+    "x_test": rng.integers(0, 256, (20, *shape), dtype=np.uint8),
+    "y_test": (np.arange(20) * 3) % 4,
+  }
 
 
 def write_npz(path, arrays, class_names=CLASS_NAMES):
-    extra = {} if class_names is None else {"class_names": np.asarray(class_names)}
-    np.savez(path, **arrays, **extra)
-    return str(path)
+  extra = {} if class_names is None else {"class_names": np.asarray(class_names)}
+  np.savez(path, **arrays, **extra)
+  return str(path)
 
 
 def run_python(code: str, timeout: float = 120) -> subprocess.CompletedProcess:
-    env = dict(os.environ, PYTHONPATH=REPO)
-    return subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True,
-                          text=True, timeout=timeout)
+  env = dict(os.environ, PYTHONPATH=REPO)
+  return subprocess.run(
+    [sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout
+  )
 
 
 def data_cfg(name, data_dir, **extra):
-    return {"name": name, "data_dir": str(data_dir), "download": False, **extra}
+  return {"name": name, "data_dir": str(data_dir), "download": False, **extra}
 
 
 def all_records(source):
-    records = [source[i] for i in range(len(source))]
-    return np.stack([r["image"] for r in records]), np.asarray([r["label"] for r in records])
+  records = [source[i] for i in range(len(source))]
+  return np.stack([r["image"] for r in records]), np.asarray([r["label"] for r in records])
 
 
 # --- npz -------------------------------------------------------------------------------
 
 
 def test_npz_round_trip_keeps_order_pixels_labels_and_stats(tmp_path):
-    arrays = tiny_arrays()
-    npz = write_npz(tmp_path / "tiny.npz", arrays)
-    prepared = tfds_prepare.prepare_npz("tiny_rgb", str(tmp_path / "tfds"), npz)
-    assert prepared.dataset_dir == str(tmp_path / "tfds" / "tiny_rgb" / "1.0.0")
-    assert os.path.isfile(os.path.join(prepared.dataset_dir, "dataset_info.json"))
+  arrays = tiny_arrays()
+  npz = write_npz(tmp_path / "tiny.npz", arrays)
+  prepared = tfds_prepare.prepare_npz("tiny_rgb", str(tmp_path / "tfds"), npz)
+  assert prepared.dataset_dir == str(tmp_path / "tfds" / "tiny_rgb" / "1.0.0")
+  assert os.path.isfile(os.path.join(prepared.dataset_dir, "dataset_info.json"))
 
-    data = load_dataset(data_cfg("tiny_rgb", tmp_path / "tfds"))
-    info = data.info
-    assert (info.input_shape, info.num_classes, info.num_train, info.num_test) == (
-        (8, 8, 3), 4, 40, 20)
-    assert info.class_names == tuple(CLASS_NAMES) and info.pixel_max == 255.0
-    flat = arrays["x_train"].reshape(-1, 3).astype(np.float64)
-    np.testing.assert_allclose(info.mean, flat.mean(0), rtol=1e-9)
-    np.testing.assert_allclose(info.std, flat.std(0), rtol=1e-9)
-    for split, source in (("train", data.train), ("test", data.test)):
-        images, labels = all_records(source)
-        np.testing.assert_array_equal(images, arrays[f"x_{split}"])  # same order, exact
-        np.testing.assert_array_equal(labels, arrays[f"y_{split}"])
-    assert data.label_noise is None
+  data = load_dataset(data_cfg("tiny_rgb", tmp_path / "tfds"))
+  info = data.info
+  assert (info.input_shape, info.num_classes, info.num_train, info.num_test) == (
+    (8, 8, 3),
+    4,
+    40,
+    20,
+  )
+  assert info.class_names == tuple(CLASS_NAMES) and info.pixel_max == 255.0
+  flat = arrays["x_train"].reshape(-1, 3).astype(np.float64)
+  np.testing.assert_allclose(info.mean, flat.mean(0), rtol=1e-9)
+  np.testing.assert_allclose(info.std, flat.std(0), rtol=1e-9)
+  for split, source in (("train", data.train), ("test", data.test)):
+    images, labels = all_records(source)
+    np.testing.assert_array_equal(images, arrays[f"x_{split}"])  # same order, exact
+    np.testing.assert_array_equal(labels, arrays[f"y_{split}"])
+  assert data.label_noise is None
 
 
 def test_npz_greyscale_hw_arrays_become_hw1(tmp_path):
-    arrays = tiny_arrays(channels=None)
-    npz = write_npz(tmp_path / "grey.npz", arrays, class_names=None)
-    prepared = tfds_prepare.prepare_npz("tiny_grey", str(tmp_path), npz)
-    assert prepared.image_shape == (8, 8, 1) and prepared.num_classes == 4  # max label + 1
-    data = load_dataset(data_cfg("tiny_grey", tmp_path))
-    assert data.info.input_shape == (8, 8, 1) and len(data.info.mean) == 1
-    images, _ = all_records(data.test)
-    np.testing.assert_array_equal(images[..., 0], arrays["x_test"])
+  arrays = tiny_arrays(channels=None)
+  npz = write_npz(tmp_path / "grey.npz", arrays, class_names=None)
+  prepared = tfds_prepare.prepare_npz("tiny_grey", str(tmp_path), npz)
+  assert prepared.image_shape == (8, 8, 1) and prepared.num_classes == 4  # max label + 1
+  data = load_dataset(data_cfg("tiny_grey", tmp_path))
+  assert data.info.input_shape == (8, 8, 1) and len(data.info.mean) == 1
+  images, _ = all_records(data.test)
+  np.testing.assert_array_equal(images[..., 0], arrays["x_test"])
 
 
 def test_given_mean_std_are_stored(tmp_path):
-    npz = write_npz(tmp_path / "tiny.npz", tiny_arrays())
-    tfds_prepare.prepare_npz("tiny_stats", str(tmp_path), npz, mean=[1.0, 2.0, 3.0],
-                             std=[4.0, 5.0, 6.0])
-    info = load_dataset(data_cfg("tiny_stats", tmp_path)).info
-    assert info.mean == (1.0, 2.0, 3.0) and info.std == (4.0, 5.0, 6.0)
+  npz = write_npz(tmp_path / "tiny.npz", tiny_arrays())
+  tfds_prepare.prepare_npz(
+    "tiny_stats", str(tmp_path), npz, mean=[1.0, 2.0, 3.0], std=[4.0, 5.0, 6.0]
+  )
+  info = load_dataset(data_cfg("tiny_stats", tmp_path)).info
+  assert info.mean == (1.0, 2.0, 3.0) and info.std == (4.0, 5.0, 6.0)
 
 
 @pytest.mark.parametrize("split, bad", [("y_train", 4), ("y_test", -1)])
 def test_out_of_range_labels_rejected_at_prepare_time(tmp_path, split, bad):
-    arrays = tiny_arrays()
-    arrays[split] = arrays[split].copy()
-    arrays[split][5] = bad
-    npz = write_npz(tmp_path / "bad.npz", arrays)
-    with pytest.raises(ValueError, match=rf"{split} labels out of range.*value\(s\) \[{bad}\]"):
-        tfds_prepare.prepare_npz("tiny_bad", str(tmp_path), npz)
-    assert not os.path.exists(tmp_path / "tiny_bad" / "1.0.0")
+  arrays = tiny_arrays()
+  arrays[split] = arrays[split].copy()
+  arrays[split][5] = bad
+  npz = write_npz(tmp_path / "bad.npz", arrays)
+  with pytest.raises(ValueError, match=rf"{split} labels out of range.*value\(s\) \[{bad}\]"):
+    tfds_prepare.prepare_npz("tiny_bad", str(tmp_path), npz)
+  assert not os.path.exists(tmp_path / "tiny_bad" / "1.0.0")
 
 
 def test_prepare_rejects_bad_inputs(tmp_path):
-    npz = write_npz(tmp_path / "tiny.npz", tiny_arrays())
-    with pytest.raises(ValueError, match="TFDS catalogue dataset"):
-        tfds_prepare.prepare_npz("mnist", str(tmp_path), npz)
-    with pytest.raises(ValueError, match="snake_case"):
-        tfds_prepare.prepare_npz("My-Data", str(tmp_path), npz)
-    np.savez(tmp_path / "nokeys.npz", x_train=np.zeros((2, 4, 4), np.uint8))
-    with pytest.raises(ValueError, match=r"lacks key\(s\).*x_test"):
-        tfds_prepare.prepare_npz("tiny_keys", str(tmp_path), str(tmp_path / "nokeys.npz"))
-    arrays = tiny_arrays()
-    arrays["y_train"] = arrays["y_train"].astype(np.float32)
-    with pytest.raises(ValueError, match="integer class ids"):
-        tfds_prepare.prepare_npz("tiny_float", str(tmp_path), write_npz(tmp_path / "f.npz", arrays))
+  npz = write_npz(tmp_path / "tiny.npz", tiny_arrays())
+  with pytest.raises(ValueError, match="TFDS catalogue dataset"):
+    tfds_prepare.prepare_npz("mnist", str(tmp_path), npz)
+  with pytest.raises(ValueError, match="snake_case"):
+    tfds_prepare.prepare_npz("My-Data", str(tmp_path), npz)
+  np.savez(tmp_path / "nokeys.npz", x_train=np.zeros((2, 4, 4), np.uint8))
+  with pytest.raises(ValueError, match=r"lacks key\(s\).*x_test"):
+    tfds_prepare.prepare_npz("tiny_keys", str(tmp_path), str(tmp_path / "nokeys.npz"))
+  arrays = tiny_arrays()
+  arrays["y_train"] = arrays["y_train"].astype(np.float32)
+  with pytest.raises(ValueError, match="integer class ids"):
+    tfds_prepare.prepare_npz("tiny_float", str(tmp_path), write_npz(tmp_path / "f.npz", arrays))
 
 
 def test_existing_dataset_needs_overwrite(tmp_path):
-    npz = write_npz(tmp_path / "tiny.npz", tiny_arrays())
+  npz = write_npz(tmp_path / "tiny.npz", tiny_arrays())
+  tfds_prepare.prepare_npz("tiny_twice", str(tmp_path), npz)
+  with pytest.raises(FileExistsError, match="--overwrite"):
     tfds_prepare.prepare_npz("tiny_twice", str(tmp_path), npz)
-    with pytest.raises(FileExistsError, match="--overwrite"):
-        tfds_prepare.prepare_npz("tiny_twice", str(tmp_path), npz)
-    arrays = tiny_arrays(seed=1)
-    tfds_prepare.prepare_npz("tiny_twice", str(tmp_path), write_npz(tmp_path / "b.npz", arrays),
-                             overwrite=True)
-    images, _ = all_records(load_dataset(data_cfg("tiny_twice", tmp_path)).train)
-    np.testing.assert_array_equal(images, arrays["x_train"])
+  arrays = tiny_arrays(seed=1)
+  tfds_prepare.prepare_npz(
+    "tiny_twice", str(tmp_path), write_npz(tmp_path / "b.npz", arrays), overwrite=True
+  )
+  images, _ = all_records(load_dataset(data_cfg("tiny_twice", tmp_path)).train)
+  np.testing.assert_array_equal(images, arrays["x_train"])
 
 
 # --- image folder ----------------------------------------------------------------------
 
 
 def write_folder(root, arrays, class_names=CLASS_NAMES):
-    """``root/{train,test}/<class>/<i>.png``, cycling through the five PNG filter types."""
-    for split in ("train", "test"):
-        for i, (image, label) in enumerate(zip(arrays[f"x_{split}"], arrays[f"y_{split}"])):
-            folder = root / split / class_names[label]
-            folder.mkdir(parents=True, exist_ok=True)
-            (folder / f"{i:03d}.png").write_bytes(png.encode_png(image, filter_type=i % 5))
-    return str(root)
+  """``root/{train,test}/<class>/<i>.png``, cycling through the five PNG filter types."""
+  for split in ("train", "test"):
+    for i, (image, label) in enumerate(zip(arrays[f"x_{split}"], arrays[f"y_{split}"])):
+      folder = root / split / class_names[label]
+      folder.mkdir(parents=True, exist_ok=True)
+      (folder / f"{i:03d}.png").write_bytes(png.encode_png(image, filter_type=i % 5))
+  return str(root)
 
 
 def expected_folder_order(arrays, split):
-    """Folder datasets list classes in sorted order, files by name within a class."""
-    labels = arrays[f"y_{split}"]
-    order = np.concatenate([np.flatnonzero(labels == c) for c in range(len(CLASS_NAMES))])
-    return arrays[f"x_{split}"][order], labels[order]
+  """Folder datasets list classes in sorted order, files by name within a class."""
+  labels = arrays[f"y_{split}"]
+  order = np.concatenate([np.flatnonzero(labels == c) for c in range(len(CLASS_NAMES))])
+  return arrays[f"x_{split}"][order], labels[order]
 
 
 def test_image_folder_round_trip(tmp_path):
-    arrays = tiny_arrays()
-    folder = write_folder(tmp_path / "images", arrays)
-    (tmp_path / "images" / "train" / "ant" / "notes.txt").write_text("not an image")
-    prepared = tfds_prepare.prepare_image_folder("tiny_folder", str(tmp_path / "tfds"), folder)
-    assert prepared.image_shape == (8, 8, 3) and prepared.num_classes == 4
-    data = load_dataset(data_cfg("tiny_folder", tmp_path / "tfds"))
-    assert data.info.class_names == tuple(CLASS_NAMES)
-    for split, source in (("train", data.train), ("test", data.test)):
-        images, labels = all_records(source)
-        want_images, want_labels = expected_folder_order(arrays, split)
-        np.testing.assert_array_equal(images, want_images)
-        np.testing.assert_array_equal(labels, want_labels)
+  arrays = tiny_arrays()
+  folder = write_folder(tmp_path / "images", arrays)
+  (tmp_path / "images" / "train" / "ant" / "notes.txt").write_text("not an image")
+  prepared = tfds_prepare.prepare_image_folder("tiny_folder", str(tmp_path / "tfds"), folder)
+  assert prepared.image_shape == (8, 8, 3) and prepared.num_classes == 4
+  data = load_dataset(data_cfg("tiny_folder", tmp_path / "tfds"))
+  assert data.info.class_names == tuple(CLASS_NAMES)
+  for split, source in (("train", data.train), ("test", data.test)):
+    images, labels = all_records(source)
+    want_images, want_labels = expected_folder_order(arrays, split)
+    np.testing.assert_array_equal(images, want_images)
+    np.testing.assert_array_equal(labels, want_labels)
 
 
 def test_image_folder_mixed_grey_and_rgb_becomes_rgb(tmp_path):
-    arrays = tiny_arrays()
-    root = tmp_path / "images"
-    write_folder(root, arrays)
-    grey = np.arange(64, dtype=np.uint8).reshape(8, 8)
-    (root / "train" / "bee" / "zzz_grey.png").write_bytes(png.encode_png(grey))
-    tfds_prepare.prepare_image_folder("tiny_mixed", str(tmp_path), str(root))
-    data = load_dataset(data_cfg("tiny_mixed", tmp_path))
-    assert data.info.input_shape == (8, 8, 3) and data.info.num_train == 41
-    images, labels = all_records(data.train)
-    # Last "bee" file: after ant's 10 and bee's 10 files -> index 20.
-    assert labels[20] == 1
-    np.testing.assert_array_equal(images[20], np.repeat(grey[..., None], 3, axis=-1))
+  arrays = tiny_arrays()
+  root = tmp_path / "images"
+  write_folder(root, arrays)
+  grey = np.arange(64, dtype=np.uint8).reshape(8, 8)
+  (root / "train" / "bee" / "zzz_grey.png").write_bytes(png.encode_png(grey))
+  tfds_prepare.prepare_image_folder("tiny_mixed", str(tmp_path), str(root))
+  data = load_dataset(data_cfg("tiny_mixed", tmp_path))
+  assert data.info.input_shape == (8, 8, 3) and data.info.num_train == 41
+  images, labels = all_records(data.train)
+  # Last "bee" file: after ant's 10 and bee's 10 files -> index 20.
+  assert labels[20] == 1
+  np.testing.assert_array_equal(images[20], np.repeat(grey[..., None], 3, axis=-1))
 
 
 def test_image_folder_errors(tmp_path):
-    arrays = tiny_arrays()
-    root = tmp_path / "images"
-    write_folder(root, arrays)
-    (root / "test" / "eel").mkdir()
-    with pytest.raises(ValueError, match=r"class folder\(s\) \['eel'\] that .*train lacks"):
-        tfds_prepare.prepare_image_folder("tiny_err", str(tmp_path), str(root))
-    (root / "test" / "eel").rmdir()
-    (root / "train" / "ant" / "big.png").write_bytes(png.encode_png(np.zeros((9, 8, 3), np.uint8)))
-    with pytest.raises(ValueError, match="differ in size"):
-        tfds_prepare.prepare_image_folder("tiny_err", str(tmp_path), str(root))
-    with pytest.raises(ValueError, match="is not a folder"):
-        tfds_prepare.prepare_image_folder("tiny_err", str(tmp_path), str(tmp_path / "nothing"))
+  arrays = tiny_arrays()
+  root = tmp_path / "images"
+  write_folder(root, arrays)
+  (root / "test" / "eel").mkdir()
+  with pytest.raises(ValueError, match=r"class folder\(s\) \['eel'\] that .*train lacks"):
+    tfds_prepare.prepare_image_folder("tiny_err", str(tmp_path), str(root))
+  (root / "test" / "eel").rmdir()
+  (root / "train" / "ant" / "big.png").write_bytes(png.encode_png(np.zeros((9, 8, 3), np.uint8)))
+  with pytest.raises(ValueError, match="differ in size"):
+    tfds_prepare.prepare_image_folder("tiny_err", str(tmp_path), str(root))
+  with pytest.raises(ValueError, match="is not a folder"):
+    tfds_prepare.prepare_image_folder("tiny_err", str(tmp_path), str(tmp_path / "nothing"))
 
 
 @pytest.mark.skipif(HAS_DECODER, reason="Pillow or OpenCV installed: JPEGs are readable")
 def test_jpeg_without_pillow_or_opencv_says_what_to_install(tmp_path):
-    root = tmp_path / "images"
-    for split in ("train", "test"):
-        (root / split / "cat").mkdir(parents=True)
-        (root / split / "cat" / "a.jpg").write_bytes(b"\xff\xd8\xff\xe0" + b"\0" * 32)
-    with pytest.raises(ValueError, match="JPEG needs Pillow or OpenCV.*pip install Pillow"):
-        tfds_prepare.prepare_image_folder("tiny_jpeg", str(tmp_path), str(root))
+  root = tmp_path / "images"
+  for split in ("train", "test"):
+    (root / split / "cat").mkdir(parents=True)
+    (root / split / "cat" / "a.jpg").write_bytes(b"\xff\xd8\xff\xe0" + b"\0" * 32)
+  with pytest.raises(ValueError, match="JPEG needs Pillow or OpenCV.*pip install Pillow"):
+    tfds_prepare.prepare_image_folder("tiny_jpeg", str(tmp_path), str(root))
 
 
 # --- command line and a fresh process ----------------------------------------------------
 
 
 def test_cli_prepares_and_a_fresh_process_reads_by_name(tmp_path):
-    arrays = tiny_arrays()
-    npz = write_npz(tmp_path / "tiny.npz", arrays)
-    folder = write_folder(tmp_path / "images", tiny_arrays(channels=1, seed=2))
-    data_dir = tmp_path / "tfds"
-    result = subprocess.run(
-        [sys.executable, "-m", "launch.prepare_data", "--name=cli_npz", f"--data_dir={data_dir}",
-         f"--npz={npz}", "--mean=0.5,0.25,0.125", "--std=0.5,0.5,0.25"],
-        cwd=REPO, env=dict(os.environ, PYTHONPATH=REPO), capture_output=True, text=True,
-        timeout=120)
-    assert result.returncode == 0, result.stderr[-2000:]
-    assert ("python -m launch.train --config=launch/configs/default.py "
-            f"--config.data.name=cli_npz --config.data.data_dir={data_dir} --workdir=W"
-            in result.stdout)
-    tfds_prepare.prepare_image_folder("cli_folder", str(data_dir), folder)
+  arrays = tiny_arrays()
+  npz = write_npz(tmp_path / "tiny.npz", arrays)
+  folder = write_folder(tmp_path / "images", tiny_arrays(channels=1, seed=2))
+  data_dir = tmp_path / "tfds"
+  result = subprocess.run(
+    [
+      sys.executable,
+      "-m",
+      "launch.prepare_data",
+      "--name=cli_npz",
+      f"--data_dir={data_dir}",
+      f"--npz={npz}",
+      "--mean=0.5,0.25,0.125",
+      "--std=0.5,0.5,0.25",
+    ],
+    cwd=REPO,
+    env=dict(os.environ, PYTHONPATH=REPO),
+    capture_output=True,
+    text=True,
+    timeout=120,
+  )
+  assert result.returncode == 0, result.stderr[-2000:]
+  assert (
+    "python -m launch.train --config=launch/configs/default.py "
+    f"--config.data.name=cli_npz --config.data.data_dir={data_dir} --workdir=W" in result.stdout
+  )
+  tfds_prepare.prepare_image_folder("cli_folder", str(data_dir), folder)
 
-    # A new interpreter: TFDS must find both datasets from the files alone.
-    code = f"""
+  # A new interpreter: TFDS must find both datasets from the files alone.
+  code = f"""
 import json, sys
 import numpy as np
 from deinforeg_jax.data.registry import load_dataset
@@ -253,30 +273,40 @@ source = tfds.data_source("cli_npz", split="test", data_dir={str(data_dir)!r}, d
 out["data_source"] = [len(source), int(source[0]["label"]), list(source[0]["image"].shape)]
 print(json.dumps(out))
 """
-    result = run_python(code)
-    assert result.returncode == 0, result.stderr[-2000:]
-    out = json.loads(result.stdout.strip().splitlines()[-1])
-    assert out["builder_module_imported"] is False
-    assert out["cli_npz"]["shape"] == [8, 8, 3] and out["cli_npz"]["classes"] == 4
-    assert out["cli_npz"]["n"] == [40, 20]
-    assert out["cli_npz"]["mean"] == [127.5, 63.75, 31.875]  # [0, 1] units -> raw uint8 units
-    assert out["cli_npz"]["first_label"] == arrays["y_train"][0]
-    assert out["cli_npz"]["first_sum"] == int(arrays["x_train"][0].sum())
-    assert out["cli_folder"]["shape"] == [8, 8, 1] and out["cli_folder"]["n"] == [40, 20]
-    assert out["data_source"] == [20, arrays["y_test"][0], [8, 8, 3]]
+  result = run_python(code)
+  assert result.returncode == 0, result.stderr[-2000:]
+  out = json.loads(result.stdout.strip().splitlines()[-1])
+  assert out["builder_module_imported"] is False
+  assert out["cli_npz"]["shape"] == [8, 8, 3] and out["cli_npz"]["classes"] == 4
+  assert out["cli_npz"]["n"] == [40, 20]
+  assert out["cli_npz"]["mean"] == [127.5, 63.75, 31.875]  # [0, 1] units -> raw uint8 units
+  assert out["cli_npz"]["first_label"] == arrays["y_train"][0]
+  assert out["cli_npz"]["first_sum"] == int(arrays["x_train"][0].sum())
+  assert out["cli_folder"]["shape"] == [8, 8, 1] and out["cli_folder"]["n"] == [40, 20]
+  assert out["data_source"] == [20, arrays["y_test"][0], [8, 8, 3]]
 
 
 def test_cli_reports_label_errors(tmp_path):
-    arrays = tiny_arrays()
-    arrays["y_test"] = arrays["y_test"] + 10
-    npz = write_npz(tmp_path / "bad.npz", arrays)
-    result = subprocess.run(
-        [sys.executable, "-m", "launch.prepare_data", "--name=cli_bad", f"--data_dir={tmp_path}",
-         f"--npz={npz}"],
-        cwd=REPO, env=dict(os.environ, PYTHONPATH=REPO), capture_output=True, text=True,
-        timeout=120)
-    assert result.returncode == 1
-    assert "prepare_data: error:" in result.stderr and "y_test labels out of range" in result.stderr
+  arrays = tiny_arrays()
+  arrays["y_test"] = arrays["y_test"] + 10
+  npz = write_npz(tmp_path / "bad.npz", arrays)
+  result = subprocess.run(
+    [
+      sys.executable,
+      "-m",
+      "launch.prepare_data",
+      "--name=cli_bad",
+      f"--data_dir={tmp_path}",
+      f"--npz={npz}",
+    ],
+    cwd=REPO,
+    env=dict(os.environ, PYTHONPATH=REPO),
+    capture_output=True,
+    text=True,
+    timeout=120,
+  )
+  assert result.returncode == 1
+  assert "prepare_data: error:" in result.stderr and "y_test labels out of range" in result.stderr
 
 
 # --- PNG codec ---------------------------------------------------------------------------
@@ -285,40 +315,44 @@ def test_cli_reports_label_errors(tmp_path):
 @pytest.mark.parametrize("shape", [(7, 5, 3), (8, 8, 1), (3, 9, 4), (5, 4, 2), (6, 6)])
 @pytest.mark.parametrize("filter_type", range(5))
 def test_png_round_trip_every_filter(shape, filter_type):
-    image = np.random.default_rng(filter_type).integers(0, 256, shape, dtype=np.uint8)
-    image[: shape[0] // 2] = 200  # flat rows too
-    data = png.encode_png(image, filter_type=filter_type)
-    decoded = png.decode_png(data)
-    want = image if image.ndim == 3 else image[..., None]
-    np.testing.assert_array_equal(decoded, want)
-    assert png.png_header(data) == want.shape
-    np.testing.assert_array_equal(png.decode_image(data), want)
+  image = np.random.default_rng(filter_type).integers(0, 256, shape, dtype=np.uint8)
+  image[: shape[0] // 2] = 200  # flat rows too
+  data = png.encode_png(image, filter_type=filter_type)
+  decoded = png.decode_png(data)
+  want = image if image.ndim == 3 else image[..., None]
+  np.testing.assert_array_equal(decoded, want)
+  assert png.png_header(data) == want.shape
+  np.testing.assert_array_equal(png.decode_image(data), want)
 
 
 def _png(width, height, depth, colour_type, rows: bytes, extra=()) -> bytes:
-    header = struct.pack(">IIBBBBB", width, height, depth, colour_type, 0, 0, 0)
-    chunks = [png._chunk(b"IHDR", header), *extra,  # pylint: disable=protected-access
-              png._chunk(b"IDAT", zlib.compress(rows)), png._chunk(b"IEND", b"")]  # pylint: disable=protected-access
-    return png.PNG_SIGNATURE + b"".join(chunks)
+  header = struct.pack(">IIBBBBB", width, height, depth, colour_type, 0, 0, 0)
+  chunks = [
+    png._chunk(b"IHDR", header),
+    *extra,  # pylint: disable=protected-access
+    png._chunk(b"IDAT", zlib.compress(rows)),
+    png._chunk(b"IEND", b""),
+  ]  # pylint: disable=protected-access
+  return png.PNG_SIGNATURE + b"".join(chunks)
 
 
 def test_png_palette_sub_byte_and_16_bit():
-    palette = np.asarray([[0, 0, 0], [255, 0, 0], [0, 255, 0], [0, 0, 255]], np.uint8)
-    # 3x2 image of 2-bit palette indices [[1, 2, 3], [3, 0, 1]]: rows of one byte each.
-    rows = bytes([0, 0b01101100, 0, 0b11000100])
-    data = _png(3, 2, 2, 3, rows, [png._chunk(b"PLTE", palette.tobytes())])  # pylint: disable=protected-access
-    np.testing.assert_array_equal(png.decode_png(data), palette[[[1, 2, 3], [3, 0, 1]]])
-    # 1-bit greyscale is rescaled to 0/255.
-    data = _png(4, 1, 1, 0, bytes([0, 0b10100000]))
-    np.testing.assert_array_equal(png.decode_png(data)[..., 0], [[255, 0, 255, 0]])
-    # 16-bit greyscale keeps uint16 values.
-    values = np.asarray([[1, 65535], [256, 7]], ">u2")
-    rows = b"".join(b"\0" + row.tobytes() for row in values)
-    decoded = png.decode_png(_png(2, 2, 16, 0, rows))
-    assert decoded.dtype == np.uint16
-    np.testing.assert_array_equal(decoded[..., 0], values)
+  palette = np.asarray([[0, 0, 0], [255, 0, 0], [0, 255, 0], [0, 0, 255]], np.uint8)
+  # 3x2 image of 2-bit palette indices [[1, 2, 3], [3, 0, 1]]: rows of one byte each.
+  rows = bytes([0, 0b01101100, 0, 0b11000100])
+  data = _png(3, 2, 2, 3, rows, [png._chunk(b"PLTE", palette.tobytes())])  # pylint: disable=protected-access
+  np.testing.assert_array_equal(png.decode_png(data), palette[[[1, 2, 3], [3, 0, 1]]])
+  # 1-bit greyscale is rescaled to 0/255.
+  data = _png(4, 1, 1, 0, bytes([0, 0b10100000]))
+  np.testing.assert_array_equal(png.decode_png(data)[..., 0], [[255, 0, 255, 0]])
+  # 16-bit greyscale keeps uint16 values.
+  values = np.asarray([[1, 65535], [256, 7]], ">u2")
+  rows = b"".join(b"\0" + row.tobytes() for row in values)
+  decoded = png.decode_png(_png(2, 2, 16, 0, rows))
+  assert decoded.dtype == np.uint16
+  np.testing.assert_array_equal(decoded[..., 0], values)
 
 
 def test_png_rejects_garbage():
-    with pytest.raises(ValueError, match="not a PNG"):
-        png.decode_png(b"GIF89a....")
+  with pytest.raises(ValueError, match="not a PNG"):
+    png.decode_png(b"GIF89a....")

@@ -15,8 +15,16 @@ import numpy as np
 import pytest
 
 from deinforeg_jax import rules, stack
-from helpers import (DIGITS_SHAPE, NUM_CLASSES, RGB_SHAPE, block_names, global_norm,
-                     init_variables, random_batch, tiny_config)
+from helpers import (
+  DIGITS_SHAPE,
+  NUM_CLASSES,
+  RGB_SHAPE,
+  block_names,
+  global_norm,
+  init_variables,
+  random_batch,
+  tiny_config,
+)
 
 HEAD_NAMES = ("projector", "classifier")
 
@@ -48,8 +56,12 @@ def _decoupled(arch, input_shape, mode="merge"):
   config, model, variables, batch = _setup(arch, input_shape, classifier_mode=mode)
 
   def selected(params, k, a, b):
-    outputs, _ = model.apply({"params": params, "batch_stats": variables["batch_stats"]},
-                             batch["image"], train=True, mutable=["batch_stats"])
+    outputs, _ = model.apply(
+      {"params": params, "batch_stats": variables["batch_stats"]},
+      batch["image"],
+      train=True,
+      mutable=["batch_stats"],
+    )
     _, metrics = rules.deinforeg_objective(outputs, batch["label"], NUM_CLASSES, config.loss)
     return a * metrics["loss"][k] + b * config.loss.ce_weight * metrics["ce"][k]
 
@@ -65,9 +77,14 @@ def _decoupled(arch, input_shape, mode="merge"):
 # ---------------------------------------------------------------- gradient isolation
 
 
-@pytest.mark.parametrize("arch,input_shape,mode", [
-    ("vgg", DIGITS_SHAPE, "merge"), ("resnet18", RGB_SHAPE, "merge"),
-    ("vgg", DIGITS_SHAPE, "unmerge")])
+@pytest.mark.parametrize(
+  "arch,input_shape,mode",
+  [
+    ("vgg", DIGITS_SHAPE, "merge"),
+    ("resnet18", RGB_SHAPE, "merge"),
+    ("vgg", DIGITS_SHAPE, "unmerge"),
+  ],
+)
 def test_block_loss_gradient_reaches_only_its_own_block(arch, input_shape, mode):
   variables, block_grads = _decoupled(arch, input_shape, mode)
   names = block_names(variables["params"])
@@ -97,8 +114,12 @@ def test_backprop_cross_entropy_reaches_every_block(arch, input_shape):
   (head,) = [k for k in params if not k.startswith("block_")]
 
   def ce(params):
-    outputs, _ = model.apply({"params": params, "batch_stats": variables["batch_stats"]},
-                             batch["image"], train=True, mutable=["batch_stats"])
+    outputs, _ = model.apply(
+      {"params": params, "batch_stats": variables["batch_stats"]},
+      batch["image"],
+      train=True,
+      mutable=["batch_stats"],
+    )
     return rules.bp_objective(outputs, batch["label"], NUM_CLASSES, config.loss)
 
   (loss, metrics), grads = jax.jit(jax.value_and_grad(ce, has_aux=True))(params)
@@ -128,8 +149,10 @@ def test_backprop_encoders_share_names_and_shapes_with_the_stack(arch, input_sha
 # ---------------------------------------------------------------- outputs and heads
 
 
-@pytest.mark.parametrize("arch,input_shape,num_blocks", [
-    ("vgg", DIGITS_SHAPE, 4), ("vgg", DIGITS_SHAPE, 2), ("resnet18", RGB_SHAPE, 4)])
+@pytest.mark.parametrize(
+  "arch,input_shape,num_blocks",
+  [("vgg", DIGITS_SHAPE, 4), ("vgg", DIGITS_SHAPE, 2), ("resnet18", RGB_SHAPE, 4)],
+)
 def test_stack_output_shapes(arch, input_shape, num_blocks):
   _, model, variables, batch = _setup(arch, input_shape, batch_size=12, num_blocks=num_blocks)
   assert len(block_names(variables["params"])) == num_blocks
@@ -209,8 +232,7 @@ def test_train_mode_outputs_and_losses_are_batch_permutation_equivariant(arch, i
     for a, b in zip(outputs[key], outputs_p[key]):
       np.testing.assert_allclose(np.asarray(b), np.asarray(a)[perm], rtol=1e-5, atol=1e-5)
   for name in ("loss", "invariance", "variance", "covariance", "ce", "accuracy"):
-    np.testing.assert_allclose(metrics_p[name], metrics[name], rtol=1e-5, atol=1e-7,
-                               err_msg=name)
+    np.testing.assert_allclose(metrics_p[name], metrics[name], rtol=1e-5, atol=1e-7, err_msg=name)
   chex.assert_trees_all_close(stats_p, stats, rtol=1e-5, atol=1e-6)
   # The permutation is not the identity and the outputs are not constant.
   assert not np.allclose(np.asarray(outputs["z"][0])[perm], np.asarray(outputs["z"][0]))

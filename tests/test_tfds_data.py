@@ -23,104 +23,110 @@ TOY_SHAPE = (6, 5, 3)
 
 
 def toy_examples(n: int, seed: int):
-    rng = np.random.default_rng(seed)
-    images = rng.integers(0, 256, (n, *TOY_SHAPE), dtype=np.uint8)
-    return images, np.arange(n) % 3
+  rng = np.random.default_rng(seed)
+  images = rng.integers(0, 256, (n, *TOY_SHAPE), dtype=np.uint8)
+  return images, np.arange(n) % 3
 
 
 class DeinforegTestToyImages(tfds.core.GeneratorBasedBuilder):
-    """A registered catalogue-style builder: PNG ``Image`` features, train + validation."""
+  """A registered catalogue-style builder: PNG ``Image`` features, train + validation."""
 
-    VERSION = tfds.core.Version("2.0.0")
+  VERSION = tfds.core.Version("2.0.0")
 
-    def _info(self):
-        return tfds.core.DatasetInfo(
-            builder=self,
-            features=tfds.features.FeaturesDict({
-                "image": tfds.features.Image(shape=TOY_SHAPE),
-                "label": tfds.features.ClassLabel(names=["x", "y", "z"]),
-            }),
-            supervised_keys=("image", "label"),
-            disable_shuffling=True,
-        )
+  def _info(self):
+    return tfds.core.DatasetInfo(
+      builder=self,
+      features=tfds.features.FeaturesDict(
+        {
+          "image": tfds.features.Image(shape=TOY_SHAPE),
+          "label": tfds.features.ClassLabel(names=["x", "y", "z"]),
+        }
+      ),
+      supervised_keys=("image", "label"),
+      disable_shuffling=True,
+    )
 
-    def _split_generators(self, dl_manager):
-        del dl_manager  # nothing to download
-        return {"train": self._generate_examples(12, 0), "validation": self._generate_examples(7, 1)}
+  def _split_generators(self, dl_manager):
+    del dl_manager  # nothing to download
+    return {"train": self._generate_examples(12, 0), "validation": self._generate_examples(7, 1)}
 
-    def _generate_examples(self, n, seed):
-        images, labels = toy_examples(n, seed)
-        for i in range(n):
-            yield i, {"image": png.encode_png(images[i], filter_type=i % 5), "label": int(labels[i])}
+  def _generate_examples(self, n, seed):
+    images, labels = toy_examples(n, seed)
+    for i in range(n):
+      yield i, {"image": png.encode_png(images[i], filter_type=i % 5), "label": int(labels[i])}
 
 
 class DeinforegTestToyNoLabel(DeinforegTestToyImages):
-    """Like the toy builder, but one test example has TFDS's "no label" value -1."""
+  """Like the toy builder, but one test example has TFDS's "no label" value -1."""
 
-    def _split_generators(self, dl_manager):
-        del dl_manager
-        return {"train": self._generate_examples(12, 0), "test": self._unlabeled()}
+  def _split_generators(self, dl_manager):
+    del dl_manager
+    return {"train": self._generate_examples(12, 0), "test": self._unlabeled()}
 
-    def _unlabeled(self):
-        for i, (key, example) in enumerate(self._generate_examples(4, 1)):
-            yield key, {**example, "label": -1 if i == 2 else example["label"]}
+  def _unlabeled(self):
+    for i, (key, example) in enumerate(self._generate_examples(4, 1)):
+      yield key, {**example, "label": -1 if i == 2 else example["label"]}
 
 
 class DeinforegTestToyNeedsTf(DeinforegTestToyImages):
-    """Like TFDS's CIFAR/MNIST builders, whose generators read files with ``tf.io.gfile``."""
+  """Like TFDS's CIFAR/MNIST builders, whose generators read files with ``tf.io.gfile``."""
 
-    def _split_generators(self, dl_manager):
-        raise ModuleNotFoundError("No module named 'tensorflow'", name="tensorflow")
+  def _split_generators(self, dl_manager):
+    raise ModuleNotFoundError("No module named 'tensorflow'", name="tensorflow")
 
 
 def _fake_cifar10(data_dir: str) -> np.ndarray:
-    """Writes a 4 + 2 image dataset that TFDS's own ``cifar10`` builder reads as prepared."""
+  """Writes a 4 + 2 image dataset that TFDS's own ``cifar10`` builder reads as prepared."""
 
-    class FakeCifar10(tfds.core.GeneratorBasedBuilder, skip_registration=True):
-        name = "cifar10"
-        VERSION = tfds.builder_cls("cifar10").VERSION
+  class FakeCifar10(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+    name = "cifar10"
+    VERSION = tfds.builder_cls("cifar10").VERSION
 
-        def _info(self):
-            return tfds.core.DatasetInfo(
-                builder=self,
-                features=tfds.features.FeaturesDict({
-                    "id": tfds.features.Text(),
-                    "image": tfds.features.Image(shape=(32, 32, 3)),
-                    "label": tfds.features.ClassLabel(names=list(CIFAR10_CLASSES)),
-                }),
-                supervised_keys=("image", "label"),
-                disable_shuffling=True,
-            )
+    def _info(self):
+      return tfds.core.DatasetInfo(
+        builder=self,
+        features=tfds.features.FeaturesDict(
+          {
+            "id": tfds.features.Text(),
+            "image": tfds.features.Image(shape=(32, 32, 3)),
+            "label": tfds.features.ClassLabel(names=list(CIFAR10_CLASSES)),
+          }
+        ),
+        supervised_keys=("image", "label"),
+        disable_shuffling=True,
+      )
 
-        def _split_generators(self, dl_manager):
-            return {"train": self._generate_examples(0, 4), "test": self._generate_examples(4, 6)}
+    def _split_generators(self, dl_manager):
+      return {"train": self._generate_examples(0, 4), "test": self._generate_examples(4, 6)}
 
-        def _generate_examples(self, start, stop):
-            for i in range(start, stop):
-                yield i, {"id": f"img_{i}", "image": png.encode_png(images[i]), "label": i}
+    def _generate_examples(self, start, stop):
+      for i in range(start, stop):
+        yield i, {"id": f"img_{i}", "image": png.encode_png(images[i]), "label": i}
 
-    images = np.random.default_rng(5).integers(0, 256, (6, 32, 32, 3), dtype=np.uint8)
-    tfds.disable_progress_bar()
-    FakeCifar10(data_dir=data_dir).download_and_prepare(file_format="array_record")
-    return images
+  images = np.random.default_rng(5).integers(0, 256, (6, 32, 32, 3), dtype=np.uint8)
+  tfds.disable_progress_bar()
+  FakeCifar10(data_dir=data_dir).download_and_prepare(file_format="array_record")
+  return images
 
 
 @pytest.fixture(scope="module")
 def tiny_dataset(tmp_path_factory):
-    """A launch.prepare_data dataset: 40 train / 20 test 8x8x3 images, labels i % 4."""
-    root = tmp_path_factory.mktemp("tfds")
-    rng = np.random.default_rng(0)
-    arrays = dict(x_train=rng.integers(0, 256, (40, 8, 8, 3), dtype=np.uint8),
-                  y_train=np.arange(40) % 4,
-                  x_test=rng.integers(0, 256, (20, 8, 8, 3), dtype=np.uint8),
-                  y_test=np.arange(20) % 4)
-    np.savez(root / "tiny.npz", **arrays)
-    tfds_prepare.prepare_npz("tiny_tfds", str(root), str(root / "tiny.npz"))
-    return str(root), arrays
+  """A launch.prepare_data dataset: 40 train / 20 test 8x8x3 images, labels i % 4."""
+  root = tmp_path_factory.mktemp("tfds")
+  rng = np.random.default_rng(0)
+  arrays = dict(
+    x_train=rng.integers(0, 256, (40, 8, 8, 3), dtype=np.uint8),
+    y_train=np.arange(40) % 4,
+    x_test=rng.integers(0, 256, (20, 8, 8, 3), dtype=np.uint8),
+    y_test=np.arange(20) % 4,
+  )
+  np.savez(root / "tiny.npz", **arrays)
+  tfds_prepare.prepare_npz("tiny_tfds", str(root), str(root / "tiny.npz"))
+  return str(root), arrays
 
 
 def cfg(name, data_dir, **extra):
-    return {"name": name, "data_dir": str(data_dir), **extra}
+  return {"name": name, "data_dir": str(data_dir), **extra}
 
 
 # --- not prepared / download opt-in ------------------------------------------------------
@@ -128,118 +134,129 @@ def cfg(name, data_dir, **extra):
 
 @pytest.mark.parametrize("name", ["cifar10", "mnist", "deinforeg_never_prepared"])
 def test_not_prepared_fails_fast_with_instructions(tmp_path, name):
-    start = time.perf_counter()
-    with pytest.raises(DatasetNotPreparedError) as error:
-        load_dataset(cfg(name, tmp_path, download=False))
-    assert time.perf_counter() - start < 5.0  # no network wait
-    message = str(error.value)
-    assert f"{name!r} is not prepared" in message and str(tmp_path) in message
-    local = name if name.startswith("deinforeg") else f"{name}_local"  # catalogue names
-    assert f"python -m launch.prepare_data --name={local} --data_dir={tmp_path}" in message
-    assert "--npz=" in message and "--image_folder=" in message
-    assert "--config.data.download=True" in message
+  start = time.perf_counter()
+  with pytest.raises(DatasetNotPreparedError) as error:
+    load_dataset(cfg(name, tmp_path, download=False))
+  assert time.perf_counter() - start < 5.0  # no network wait
+  message = str(error.value)
+  assert f"{name!r} is not prepared" in message and str(tmp_path) in message
+  local = name if name.startswith("deinforeg") else f"{name}_local"  # catalogue names
+  assert f"python -m launch.prepare_data --name={local} --data_dir={tmp_path}" in message
+  assert "--npz=" in message and "--image_folder=" in message
+  assert "--config.data.download=True" in message
 
 
 def test_download_opt_in_prepares_then_reads(tmp_path):
-    with pytest.raises(DatasetNotPreparedError):
-        load_dataset(cfg("deinforeg_test_toy_images", tmp_path, download=False))
-    data = load_dataset(cfg("deinforeg_test_toy_images", tmp_path, download=True))
-    assert isinstance(data, LoadedData)
-    info = data.info
-    assert (info.input_shape, info.num_classes, info.num_train, info.num_test) == (
-        TOY_SHAPE, 3, 12, 7)  # the test split falls back to "validation"
-    assert info.class_names == ("x", "y", "z")
-    train_images, train_labels = toy_examples(12, 0)
-    for i in range(12):  # PNG-decoded without TensorFlow (and without Pillow/OpenCV here)
-        np.testing.assert_array_equal(data.train[i]["image"], train_images[i])
-        assert data.train[i]["label"] == train_labels[i]
-    np.testing.assert_array_equal(data.test.labels(), toy_examples(7, 1)[1])
-    # No stored statistics: computed from the train images.
-    flat = train_images.reshape(-1, 3).astype(np.float64)
-    np.testing.assert_allclose(info.mean, flat.mean(0), rtol=1e-9)
-    np.testing.assert_allclose(info.std, flat.std(0), rtol=1e-9)
-    # Already prepared: download=True is a no-op, download=False now works too.
-    again = load_dataset(cfg("deinforeg_test_toy_images", tmp_path, download=False))
-    assert again.info == info
+  with pytest.raises(DatasetNotPreparedError):
+    load_dataset(cfg("deinforeg_test_toy_images", tmp_path, download=False))
+  data = load_dataset(cfg("deinforeg_test_toy_images", tmp_path, download=True))
+  assert isinstance(data, LoadedData)
+  info = data.info
+  assert (info.input_shape, info.num_classes, info.num_train, info.num_test) == (
+    TOY_SHAPE,
+    3,
+    12,
+    7,
+  )  # the test split falls back to "validation"
+  assert info.class_names == ("x", "y", "z")
+  train_images, train_labels = toy_examples(12, 0)
+  for i in range(12):  # PNG-decoded without TensorFlow (and without Pillow/OpenCV here)
+    np.testing.assert_array_equal(data.train[i]["image"], train_images[i])
+    assert data.train[i]["label"] == train_labels[i]
+  np.testing.assert_array_equal(data.test.labels(), toy_examples(7, 1)[1])
+  # No stored statistics: computed from the train images.
+  flat = train_images.reshape(-1, 3).astype(np.float64)
+  np.testing.assert_allclose(info.mean, flat.mean(0), rtol=1e-9)
+  np.testing.assert_allclose(info.std, flat.std(0), rtol=1e-9)
+  # Already prepared: download=True is a no-op, download=False now works too.
+  again = load_dataset(cfg("deinforeg_test_toy_images", tmp_path, download=False))
+  assert again.info == info
 
 
 def test_download_of_a_builder_that_needs_tensorflow_says_so(tmp_path):
-    with pytest.raises(RuntimeError, match="needs TensorFlow to generate.*tfds build"):
-        load_dataset(cfg("deinforeg_test_toy_needs_tf", tmp_path, download=True))
+  with pytest.raises(RuntimeError, match="needs TensorFlow to generate.*tfds build"):
+    load_dataset(cfg("deinforeg_test_toy_needs_tf", tmp_path, download=True))
 
 
 def test_catalogue_cifar10_reads_spec_stats_and_png_images(tmp_path):
-    images = _fake_cifar10(str(tmp_path))
-    train, test, info = load_tfds("cifar10", str(tmp_path))
-    assert (info.input_shape, info.num_classes, info.num_train, info.num_test) == (
-        (32, 32, 3), 10, 4, 2)
-    assert info.class_names == CIFAR10_CLASSES
-    np.testing.assert_allclose(info.mean, np.asarray([0.4914, 0.4822, 0.4465]) * 255)
-    np.testing.assert_allclose(info.std, np.asarray([0.2023, 0.1994, 0.2010]) * 255)
-    np.testing.assert_array_equal(test[1]["image"], images[5])
-    assert sorted(train[i]["label"] for i in range(4)) == [0, 1, 2, 3]
-    assert set(train[0]) == {"image", "label"}  # the "id" feature is dropped
+  images = _fake_cifar10(str(tmp_path))
+  train, test, info = load_tfds("cifar10", str(tmp_path))
+  assert (info.input_shape, info.num_classes, info.num_train, info.num_test) == (
+    (32, 32, 3),
+    10,
+    4,
+    2,
+  )
+  assert info.class_names == CIFAR10_CLASSES
+  np.testing.assert_allclose(info.mean, np.asarray([0.4914, 0.4822, 0.4465]) * 255)
+  np.testing.assert_allclose(info.std, np.asarray([0.2023, 0.1994, 0.2010]) * 255)
+  np.testing.assert_array_equal(test[1]["image"], images[5])
+  assert sorted(train[i]["label"] for i in range(4)) == [0, 1, 2, 3]
+  assert set(train[0]) == {"image", "label"}  # the "id" feature is dropped
 
 
 def test_labels_out_of_range_rejected_at_load(tmp_path):
-    with pytest.raises(ValueError, match=r"test labels out of range.*value\(s\) \[-1\] at index"):
-        load_dataset(cfg("deinforeg_test_toy_no_label", tmp_path, download=True))
+  with pytest.raises(ValueError, match=r"test labels out of range.*value\(s\) \[-1\] at index"):
+    load_dataset(cfg("deinforeg_test_toy_no_label", tmp_path, download=True))
 
 
 # --- sources, noise and batching ---------------------------------------------------------
 
 
 def test_labels_are_read_once_and_match_records(tiny_dataset):
-    data_dir, arrays = tiny_dataset
-    train, test, _ = load_tfds("tiny_tfds", data_dir)
-    np.testing.assert_array_equal(train.labels(), arrays["y_train"])
-    np.testing.assert_array_equal(test.labels(), arrays["y_test"])
-    assert train.labels() is train.labels()  # cached
-    records = train.__getitems__([3, 0, 7])
-    assert [r["label"] for r in records] == [3, 0, 3]
-    np.testing.assert_array_equal(records[1]["image"], arrays["x_train"][0])
+  data_dir, arrays = tiny_dataset
+  train, test, _ = load_tfds("tiny_tfds", data_dir)
+  np.testing.assert_array_equal(train.labels(), arrays["y_train"])
+  np.testing.assert_array_equal(test.labels(), arrays["y_test"])
+  assert train.labels() is train.labels()  # cached
+  records = train.__getitems__([3, 0, 7])
+  assert [r["label"] for r in records] == [3, 0, 3]
+  np.testing.assert_array_equal(records[1]["image"], arrays["x_train"][0])
 
 
 def test_label_noise_relabels_train_source_only(tiny_dataset):
-    data_dir, arrays = tiny_dataset
-    noise = {"kind": "symmetric", "rate": 100, "seed": 3}
-    data = load_dataset(cfg("tiny_tfds", data_dir, label_noise=noise))
-    noisy = np.asarray([data.train[i]["label"] for i in range(40)])
-    assert data.label_noise["kind"] == "symmetric" and data.label_noise["rate"] == 100
-    assert data.label_noise["changed_fraction"] == np.mean(noisy != arrays["y_train"]) > 0.4
-    np.testing.assert_array_equal(data.train[5]["image"], arrays["x_train"][5])
-    assert [data.test[i]["label"] for i in range(20)] == arrays["y_test"].tolist()
-    again = load_dataset(cfg("tiny_tfds", data_dir, label_noise=noise))
-    np.testing.assert_array_equal([again.train[i]["label"] for i in range(40)], noisy)
+  data_dir, arrays = tiny_dataset
+  noise = {"kind": "symmetric", "rate": 100, "seed": 3}
+  data = load_dataset(cfg("tiny_tfds", data_dir, label_noise=noise))
+  noisy = np.asarray([data.train[i]["label"] for i in range(40)])
+  assert data.label_noise["kind"] == "symmetric" and data.label_noise["rate"] == 100
+  assert data.label_noise["changed_fraction"] == np.mean(noisy != arrays["y_train"]) > 0.4
+  np.testing.assert_array_equal(data.train[5]["image"], arrays["x_train"][5])
+  assert [data.test[i]["label"] for i in range(20)] == arrays["y_test"].tolist()
+  again = load_dataset(cfg("tiny_tfds", data_dir, label_noise=noise))
+  np.testing.assert_array_equal([again.train[i]["label"] for i in range(40)], noisy)
 
 
 def test_grain_batches_from_a_tfds_source(tiny_dataset):
-    data_dir, arrays = tiny_dataset
-    data = load_dataset(cfg("tiny_tfds", data_dir, augment="strong"))
-    augment = make_augment("strong", data.info)
-    batches = list(train_batches(data.train, data.info, global_batch_size=8, seed=0, epoch=0,
-                                 augment=augment))
-    assert len(batches) == 5 and batches[0]["image"].shape == (8, 8, 8, 3)
-    assert batches[0]["image"].dtype == np.float32
-    assert sorted(np.concatenate([b["label"] for b in batches]).tolist()) == sorted(
-        arrays["y_train"].tolist())
-    evals = list(eval_batches(data.test, data.info, global_batch_size=16))
-    assert sum(b["mask"].sum() for b in evals) == 20
-    labels = np.concatenate([b["label"] for b in evals])[:20]
-    np.testing.assert_array_equal(labels, arrays["y_test"])
-    mean, std = np.asarray(data.info.mean), np.asarray(data.info.std)
-    np.testing.assert_allclose(evals[0]["image"][0], (arrays["x_test"][0] - mean) / std,
-                               rtol=1e-5, atol=1e-5)
+  data_dir, arrays = tiny_dataset
+  data = load_dataset(cfg("tiny_tfds", data_dir, augment="strong"))
+  augment = make_augment("strong", data.info)
+  batches = list(
+    train_batches(data.train, data.info, global_batch_size=8, seed=0, epoch=0, augment=augment)
+  )
+  assert len(batches) == 5 and batches[0]["image"].shape == (8, 8, 8, 3)
+  assert batches[0]["image"].dtype == np.float32
+  assert sorted(np.concatenate([b["label"] for b in batches]).tolist()) == sorted(
+    arrays["y_train"].tolist()
+  )
+  evals = list(eval_batches(data.test, data.info, global_batch_size=16))
+  assert sum(b["mask"].sum() for b in evals) == 20
+  labels = np.concatenate([b["label"] for b in evals])[:20]
+  np.testing.assert_array_equal(labels, arrays["y_test"])
+  mean, std = np.asarray(data.info.mean), np.asarray(data.info.std)
+  np.testing.assert_allclose(
+    evals[0]["image"][0], (arrays["x_test"][0] - mean) / std, rtol=1e-5, atol=1e-5
+  )
 
 
 def test_loaded_data_unpacks_like_the_old_tuple():
-    train, test, info = load_dataset({"name": "digits"})
-    assert info.name == "digits" and info.pixel_max == 1.0
-    assert len(train.labels) == info.num_train and len(test.labels) == info.num_test
+  train, test, info = load_dataset({"name": "digits"})
+  assert info.name == "digits" and info.pixel_max == 1.0
+  assert len(train.labels) == info.num_train and len(test.labels) == info.num_test
 
 
 def test_bad_config_values_fail_early():
-    with pytest.raises(ValueError, match="data.augment='flip' must be one of"):
-        load_dataset({"name": "digits", "augment": "flip"})
-    with pytest.raises(ValueError, match="kind='none'"):
-        load_dataset({"name": "digits", "label_noise": {"kind": "none", "rate": 20}})
+  with pytest.raises(ValueError, match="data.augment='flip' must be one of"):
+    load_dataset({"name": "digits", "augment": "flip"})
+  with pytest.raises(ValueError, match="kind='none'"):
+    load_dataset({"name": "digits", "label_noise": {"kind": "none", "rate": 20}})

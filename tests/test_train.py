@@ -20,8 +20,15 @@ import optax
 import pytest
 
 from deinforeg_jax import optim, parallel, rules, stack, train
-from helpers import (DIGITS_SHAPE, NUM_CLASSES, block_names, init_variables, random_batch,
-                     tiny_config, to_host)
+from helpers import (
+  DIGITS_SHAPE,
+  NUM_CLASSES,
+  block_names,
+  init_variables,
+  random_batch,
+  tiny_config,
+  to_host,
+)
 
 
 def _model(config):
@@ -31,16 +38,20 @@ def _model(config):
 
 def _state(tx, variables) -> train.TrainState:
   params = variables["params"]
-  return train.TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                          batch_stats=variables["batch_stats"], opt_state=tx.init(params))
+  return train.TrainState(
+    step=jnp.zeros((), jnp.int32),
+    params=params,
+    batch_stats=variables["batch_stats"],
+    opt_state=tx.init(params),
+  )
 
 
 # ------------------------------------------------- summed loss == per-block updates
 
 OPTIMIZERS = {
-    # LARS with the SPEC hyper-parameters and a cosine LR that changes every step.
-    "lars": lambda: optim.lars(optim.cosine_schedule(0.2, 0.002, total_steps=3)),
-    "adam": lambda: optax.adam(optim.cosine_schedule(1e-3, 1e-4, total_steps=3)),
+  # LARS with the SPEC hyper-parameters and a cosine LR that changes every step.
+  "lars": lambda: optim.lars(optim.cosine_schedule(0.2, 0.002, total_steps=3)),
+  "adam": lambda: optax.adam(optim.cosine_schedule(1e-3, 1e-4, total_steps=3)),
 }
 
 
@@ -53,8 +64,12 @@ def _per_block_setup():
   model, variables = _model(config)
 
   def block_loss(params, batch_stats, batch, k):
-    outputs, updated = model.apply({"params": params, "batch_stats": batch_stats},
-                                   batch["image"], train=True, mutable=["batch_stats"])
+    outputs, updated = model.apply(
+      {"params": params, "batch_stats": batch_stats},
+      batch["image"],
+      train=True,
+      mutable=["batch_stats"],
+    )
     _, metrics = rules.deinforeg_objective(outputs, batch["label"], NUM_CLASSES, config.loss)
     return metrics["loss"][k], updated["batch_stats"]
 
@@ -70,8 +85,9 @@ def test_summed_loss_step_equals_per_block_updates(optimizer):
   batches = [random_batch(16, seed=s) for s in (0, 1)]
 
   # (a) The library's one-program step.
-  step = jax.jit(train.make_train_step(model, rules.deinforeg_objective, tx, NUM_CLASSES,
-                                       config.loss))
+  step = jax.jit(
+    train.make_train_step(model, rules.deinforeg_objective, tx, NUM_CLASSES, config.loss)
+  )
   state = _state(tx, variables)
   summed_metrics = []
   for batch in batches:
@@ -118,17 +134,22 @@ def test_summed_loss_step_equals_per_block_updates(optimizer):
       bias_grads = [g[name]["projector"][layer]["bias"] for g in own_grads]
       kernel_grads = [g[name]["projector"][layer]["kernel"] for g in own_grads]
       assert max(np.max(np.abs(g)) for g in bias_grads) < 1e-4 * max(
-          np.max(np.abs(g)) for g in kernel_grads)
-      np.testing.assert_allclose(summed.params[name]["projector"][layer]["bias"],
-                                 sequential[name]["projector"][layer]["bias"], atol=bound)
+        np.max(np.abs(g)) for g in kernel_grads
+      )
+      np.testing.assert_allclose(
+        summed.params[name]["projector"][layer]["bias"],
+        sequential[name]["projector"][layer]["bias"],
+        atol=bound,
+      )
       for tree in (summed.params, sequential):
         tree[name]["projector"][layer]["bias"] = np.zeros(())
   chex.assert_trees_all_close(summed.params, sequential, rtol=1e-5, atol=1e-6)
   chex.assert_trees_all_close(summed.batch_stats, to_host(batch_stats), rtol=1e-5, atol=1e-6)
   # The steps did change every block (the comparison is not between two copies of θ0).
   for name in names:
-    moved = jax.tree.map(lambda a, b: np.max(np.abs(a - b)), sequential[name],
-                         variables["params"][name])
+    moved = jax.tree.map(
+      lambda a, b: np.max(np.abs(a - b)), sequential[name], variables["params"][name]
+    )
     assert max(jax.tree.leaves(moved)) > 1e-5, name
 
 
@@ -143,8 +164,9 @@ def test_eight_fake_devices(eight_devices):
 
 def _run_on_mesh(num_devices, config, model, tx, variables, batches, eval_batch):
   mesh = parallel.make_data_mesh(num_devices)
-  train_step, eval_step = train.compile_steps(model, rules.deinforeg_objective, tx,
-                                              NUM_CLASSES, config.loss, mesh)
+  train_step, eval_step = train.compile_steps(
+    model, rules.deinforeg_objective, tx, NUM_CLASSES, config.loss, mesh
+  )
   state = parallel.replicate(_state(tx, variables), mesh)
   history = []
   for batch in batches:
@@ -204,8 +226,9 @@ def test_local_batch_statistics_would_differ():
     return rules.deinforeg_objective(outputs, label, NUM_CLASSES, config.loss)[1]["loss"]
 
   whole = losses(batch["image"], batch["label"])
-  parts = np.mean([losses(batch["image"][i:i + 4], batch["label"][i:i + 4])
-                   for i in range(0, 32, 4)], axis=0)
+  parts = np.mean(
+    [losses(batch["image"][i : i + 4], batch["label"][i : i + 4]) for i in range(0, 32, 4)], axis=0
+  )
   assert np.max(np.abs(parts - whole) / np.abs(whole)) > 1e-2
 
 
@@ -255,8 +278,9 @@ def test_train_and_evaluate_is_deterministic(tmp_path, monkeypatch):
   chex.assert_trees_all_equal(states_a[-1].batch_stats, states_b[-1].batch_stats)
   chex.assert_trees_all_equal(states_a[-1].opt_state, states_b[-1].opt_state)
   # Training moved the parameters between the two epochs.
-  gaps = jax.tree.map(lambda a, b: float(np.max(np.abs(a - b))), states_a[0].params,
-                      states_a[1].params)
+  gaps = jax.tree.map(
+    lambda a, b: float(np.max(np.abs(a - b))), states_a[0].params, states_a[1].params
+  )
   assert max(jax.tree.leaves(gaps)) > 0
 
 
@@ -284,13 +308,17 @@ def _reference_lars(params, grads_per_step, lrs, *, wd, momentum, eta):
 @pytest.mark.parametrize("wd,momentum,eta", [(1e-4, 0.9, 1e-3), (0.05, 0.5, 0.3)])
 def test_lars_matches_reference_under_a_varying_learning_rate(wd, momentum, eta):
   rng = np.random.default_rng(0)
-  params = {"kernel": rng.normal(size=(5, 3)).astype(np.float32),
-            "bias": rng.normal(size=(3,)).astype(np.float32)}
-  grads_per_step = [{k: rng.normal(size=v.shape).astype(np.float32) for k, v in params.items()}
-                    for _ in range(3)]
+  params = {
+    "kernel": rng.normal(size=(5, 3)).astype(np.float32),
+    "bias": rng.normal(size=(3,)).astype(np.float32),
+  }
+  grads_per_step = [
+    {k: rng.normal(size=v.shape).astype(np.float32) for k, v in params.items()} for _ in range(3)
+  ]
   lrs = np.array([0.5, 0.2, 0.05], np.float32)
-  tx = optim.lars(lambda count: jnp.asarray(lrs)[count], weight_decay=wd, momentum=momentum,
-                  eta=eta)
+  tx = optim.lars(
+    lambda count: jnp.asarray(lrs)[count], weight_decay=wd, momentum=momentum, eta=eta
+  )
   update = jax.jit(tx.update)
   state, current = tx.init(params), params
   for grads in grads_per_step:
@@ -303,9 +331,14 @@ def test_lars_matches_reference_under_a_varying_learning_rate(wd, momentum, eta)
 
   # The check can tell the orders apart: optax.lars scales by the LR *before* the
   # momentum trace, which differs under a varying learning rate.
-  other = optax.lars(lambda count: jnp.asarray(lrs)[count], weight_decay=wd,
-                     weight_decay_mask=optim.matrix_mask, trust_coefficient=eta,
-                     trust_ratio_mask=optim.matrix_mask, momentum=momentum)
+  other = optax.lars(
+    lambda count: jnp.asarray(lrs)[count],
+    weight_decay=wd,
+    weight_decay_mask=optim.matrix_mask,
+    trust_coefficient=eta,
+    trust_ratio_mask=optim.matrix_mask,
+    momentum=momentum,
+  )
   state, lr_first = other.init(params), params
   for grads in grads_per_step:
     updates, state = other.update(grads, state, lr_first)
@@ -330,8 +363,7 @@ def test_cosine_schedule_endpoints_and_midpoint():
   np.testing.assert_allclose(schedule(0), 0.2, rtol=1e-6)
   np.testing.assert_allclose(schedule(50), (0.2 + 0.002) / 2, rtol=1e-6)
   np.testing.assert_allclose(schedule(100), 0.002, rtol=1e-5)
-  np.testing.assert_allclose(schedule(25), 0.002 + 0.198 * 0.5 * (1 + np.cos(np.pi / 4)),
-                             rtol=1e-6)
+  np.testing.assert_allclose(schedule(25), 0.002 + 0.198 * 0.5 * (1 + np.cos(np.pi / 4)), rtol=1e-6)
   values = np.array([schedule(t) for t in range(101)])
   assert np.all(np.diff(values) < 0)  # strictly decreasing step by step
 
@@ -344,8 +376,9 @@ def test_per_epoch_cosine_schedule_is_piecewise_constant():
   values = np.array([stepped(t) for t in range(total)]).reshape(epochs, steps_per_epoch)
   # Constant within an epoch, equal to the smooth schedule at the epoch's first step.
   np.testing.assert_array_equal(values, np.repeat(values[:, :1], steps_per_epoch, axis=1))
-  np.testing.assert_allclose(values[:, 0], [smooth(e * steps_per_epoch) for e in range(epochs)],
-                             rtol=1e-6)
+  np.testing.assert_allclose(
+    values[:, 0], [smooth(e * steps_per_epoch) for e in range(epochs)], rtol=1e-6
+  )
   assert np.all(np.diff(values[:, 0]) < 0)
   np.testing.assert_allclose(values[0, 0], 0.2, rtol=1e-6)
 
@@ -363,7 +396,11 @@ def test_make_schedule_and_optimizer_follow_the_config():
   params = {"w": np.ones((3, 2), np.float32), "b": np.ones((2,), np.float32)}
   grads = {"w": np.full((3, 2), 0.3, np.float32), "b": np.full((2,), 0.3, np.float32)}
   built = optim.make_optimizer(config, constant)
-  direct = optim.lars(0.2, weight_decay=config.weight_decay, momentum=config.momentum,
-                      eta=config.eta)
-  chex.assert_trees_all_close(built.update(grads, built.init(params), params)[0],
-                              direct.update(grads, direct.init(params), params)[0], rtol=1e-6)
+  direct = optim.lars(
+    0.2, weight_decay=config.weight_decay, momentum=config.momentum, eta=config.eta
+  )
+  chex.assert_trees_all_close(
+    built.update(grads, built.init(params), params)[0],
+    direct.update(grads, direct.init(params), params)[0],
+    rtol=1e-6,
+  )

@@ -31,84 +31,84 @@ EMBEDDED = {"digits": load_digits}
 
 @dataclasses.dataclass(frozen=True)
 class LoadedData:
-    """A dataset ready for ``loader.train_batches`` / ``loader.eval_batches``.
+  """A dataset ready for ``loader.train_batches`` / ``loader.eval_batches``.
 
-    ``train`` yields the (possibly noisy) training labels; ``test`` is always clean.
-    ``label_noise`` is ``{"kind", "rate", "seed", "num_changed", "changed_fraction"}``,
-    or None when ``label_noise.kind == "none"``.
-    """
+  ``train`` yields the (possibly noisy) training labels; ``test`` is always clean.
+  ``label_noise`` is ``{"kind", "rate", "seed", "num_changed", "changed_fraction"}``,
+  or None when ``label_noise.kind == "none"``.
+  """
 
-    train: ArraySplit | RecordSource
-    test: ArraySplit | RecordSource
-    info: DatasetInfo
-    label_noise: dict[str, Any] | None = None
+  train: ArraySplit | RecordSource
+  test: ArraySplit | RecordSource
+  info: DatasetInfo
+  label_noise: dict[str, Any] | None = None
 
-    def __iter__(self):
-        """``train, test, info = load_dataset(cfg)`` still works (the former return value)."""
-        return iter((self.train, self.test, self.info))
+  def __iter__(self):
+    """``train, test, info = load_dataset(cfg)`` still works (the former return value)."""
+    return iter((self.train, self.test, self.info))
 
 
 def _field(cfg, name: str, default: Any) -> Any:
-    """``cfg.name`` for a ConfigDict or a mapping, ``default`` when absent."""
-    if cfg is None:
-        return default
-    if isinstance(cfg, dict):
-        return cfg.get(name, default)
-    return getattr(cfg, name, default)
+  """``cfg.name`` for a ConfigDict or a mapping, ``default`` when absent."""
+  if cfg is None:
+    return default
+  if isinstance(cfg, dict):
+    return cfg.get(name, default)
+  return getattr(cfg, name, default)
 
 
 def split_labels(split: ArraySplit | RecordSource) -> np.ndarray:
-    """Every label of ``split`` as an array (TFDS splits read them without decoding images)."""
-    if isinstance(split, ArraySplit):
-        return np.asarray(split.labels)
-    if hasattr(split, "labels") and callable(split.labels):
-        return np.asarray(split.labels())
-    records = (split[i] for i in range(len(split)))
-    return np.asarray([r["label"] if isinstance(r, dict) else r[1] for r in records])
+  """Every label of ``split`` as an array (TFDS splits read them without decoding images)."""
+  if isinstance(split, ArraySplit):
+    return np.asarray(split.labels)
+  if hasattr(split, "labels") and callable(split.labels):
+    return np.asarray(split.labels())
+  records = (split[i] for i in range(len(split)))
+  return np.asarray([r["label"] if isinstance(r, dict) else r[1] for r in records])
 
 
 def load_dataset(data_cfg) -> LoadedData:
-    """Loads ``config.data``: sources, info, and the label noise applied to ``train``.
+  """Loads ``config.data``: sources, info, and the label noise applied to ``train``.
 
-    Labels of both splits are range-checked against ``info.num_classes``.
-    """
-    name = _field(data_cfg, "name", "digits")
-    augment = _field(data_cfg, "augment", "none")
-    if augment not in augment_lib.KINDS:  # fail before reading any data
-        raise ValueError(f"data.augment={augment!r} must be one of {augment_lib.KINDS}")
-    if name in EMBEDDED:
-        train, test, info = EMBEDDED[name](seed=_field(data_cfg, "split_seed", 0))
+  Labels of both splits are range-checked against ``info.num_classes``.
+  """
+  name = _field(data_cfg, "name", "digits")
+  augment = _field(data_cfg, "augment", "none")
+  if augment not in augment_lib.KINDS:  # fail before reading any data
+    raise ValueError(f"data.augment={augment!r} must be one of {augment_lib.KINDS}")
+  if name in EMBEDDED:
+    train, test, info = EMBEDDED[name](seed=_field(data_cfg, "split_seed", 0))
+  else:
+    from deinforeg_jax.data.tfds_source import load_tfds  # pylint: disable=import-outside-toplevel
+
+    train, test, info = load_tfds(
+      name,
+      _field(data_cfg, "data_dir", "") or "",
+      download=bool(_field(data_cfg, "download", False)),
+    )
+  train_labels = split_labels(train)
+  validate_labels(train_labels, info.num_classes, split_name=f"{info.name}/train")
+  validate_labels(split_labels(test), info.num_classes, split_name=f"{info.name}/test")
+
+  noise_cfg = _field(data_cfg, "label_noise", None)
+  kind = _field(noise_cfg, "kind", "none")
+  noise = None
+  if kind != "none":
+    noisy, noise = apply_label_noise(
+      train_labels,
+      info.num_classes,
+      kind=kind,
+      rate=_field(noise_cfg, "rate", 0),
+      seed=_field(noise_cfg, "seed", 0),
+      class_names=info.class_names,
+    )
+    if isinstance(train, ArraySplit):
+      train = ArraySplit(train.images, noisy)
     else:
-        from deinforeg_jax.data.tfds_source import load_tfds  # pylint: disable=import-outside-toplevel
-
-        train, test, info = load_tfds(
-            name,
-            _field(data_cfg, "data_dir", "") or "",
-            download=bool(_field(data_cfg, "download", False)),
-        )
-    train_labels = split_labels(train)
-    validate_labels(train_labels, info.num_classes, split_name=f"{info.name}/train")
-    validate_labels(split_labels(test), info.num_classes, split_name=f"{info.name}/test")
-
-    noise_cfg = _field(data_cfg, "label_noise", None)
-    kind = _field(noise_cfg, "kind", "none")
-    noise = None
-    if kind != "none":
-        noisy, noise = apply_label_noise(
-            train_labels,
-            info.num_classes,
-            kind=kind,
-            rate=_field(noise_cfg, "rate", 0),
-            seed=_field(noise_cfg, "seed", 0),
-            class_names=info.class_names,
-        )
-        if isinstance(train, ArraySplit):
-            train = ArraySplit(train.images, noisy)
-        else:
-            train = RelabeledSource(train, noisy)
-    elif _field(noise_cfg, "rate", 0):
-        raise ValueError(
-            f"data.label_noise.rate={_field(noise_cfg, 'rate', 0)} with kind='none'; set "
-            "data.label_noise.kind to 'symmetric' or 'asymmetric' (or the rate to 0)"
-        )
-    return LoadedData(train=train, test=test, info=info, label_noise=noise)
+      train = RelabeledSource(train, noisy)
+  elif _field(noise_cfg, "rate", 0):
+    raise ValueError(
+      f"data.label_noise.rate={_field(noise_cfg, 'rate', 0)} with kind='none'; set "
+      "data.label_noise.kind to 'symmetric' or 'asymmetric' (or the rate to 0)"
+    )
+  return LoadedData(train=train, test=test, info=info, label_noise=noise)

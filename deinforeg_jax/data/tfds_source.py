@@ -21,265 +21,267 @@ from deinforeg_jax.data.loader import DatasetInfo
 
 # SPEC 5.1 normalisation constants, in [0, 1] units (scaled to the stored pixel range).
 SPEC_STATS = {
-    "cifar10": ((0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)),
-    "cifar100": ((0.5071, 0.4867, 0.4408), (0.2675, 0.2565, 0.2761)),
+  "cifar10": ((0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)),
+  "cifar100": ((0.5071, 0.4867, 0.4408), (0.2675, 0.2565, 0.2761)),
 }
 STATS_SAMPLE = 4096  # images read to compute mean/std of a dataset without stored stats
 _LABEL_CHUNK = 4096
 
 
 class DatasetNotPreparedError(FileNotFoundError):
-    """The dataset is not prepared (as array_record) in the data directory."""
+  """The dataset is not prepared (as array_record) in the data directory."""
 
 
 def default_data_dir() -> str:
-    """TFDS's default: ``$TFDS_DATA_DIR`` or ``~/tensorflow_datasets``."""
-    import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
+  """TFDS's default: ``$TFDS_DATA_DIR`` or ``~/tensorflow_datasets``."""
+  import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
 
-    return os.fspath(tfds.core.constants.DATA_DIR)
+  return os.fspath(tfds.core.constants.DATA_DIR)
 
 
 def _is_catalogue(name: str) -> bool:
-    import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
+  import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
 
-    return name in tfds.list_builders(with_community_datasets=False)
+  return name in tfds.list_builders(with_community_datasets=False)
 
 
 def _how_to_prepare(name: str, data_dir: str) -> str:
-    catalogue = _is_catalogue(name)
-    # A catalogue name belongs to TFDS's own builder: local copies get their own name.
-    local = f"{name}_local" if catalogue else name
-    lines = [
-        "To prepare it:",
-        "  * from local arrays or images (no network needed):",
-        f"      python -m launch.prepare_data --name={local} --data_dir={data_dir} "
-        "--npz=FILE.npz   (x_train, y_train, x_test, y_test)",
-        f"      python -m launch.prepare_data --name={local} --data_dir={data_dir} "
-        "--image_folder=DIR   (DIR/train/<class>/*.png, DIR/test/<class>/*.png)",
-    ]
-    if catalogue:
-        lines.append(f"    then train with --config.data.name={local} --config.data.data_dir={data_dir}")
+  catalogue = _is_catalogue(name)
+  # A catalogue name belongs to TFDS's own builder: local copies get their own name.
+  local = f"{name}_local" if catalogue else name
+  lines = [
+    "To prepare it:",
+    "  * from local arrays or images (no network needed):",
+    f"      python -m launch.prepare_data --name={local} --data_dir={data_dir} "
+    "--npz=FILE.npz   (x_train, y_train, x_test, y_test)",
+    f"      python -m launch.prepare_data --name={local} --data_dir={data_dir} "
+    "--image_folder=DIR   (DIR/train/<class>/*.png, DIR/test/<class>/*.png)",
+  ]
+  if catalogue:
     lines.append(
-        "  * or, for a TFDS catalogue dataset on a machine with network access, let TFDS "
-        "download and prepare it: --config.data.download=True (TFDS's own builders "
-        "generally need TensorFlow installed to prepare, not to read)."
+      f"    then train with --config.data.name={local} --config.data.data_dir={data_dir}"
     )
-    return "\n".join(lines)
+  lines.append(
+    "  * or, for a TFDS catalogue dataset on a machine with network access, let TFDS "
+    "download and prepare it: --config.data.download=True (TFDS's own builders "
+    "generally need TensorFlow installed to prepare, not to read)."
+  )
+  return "\n".join(lines)
 
 
 def _not_prepared(name: str, data_dir: str, detail: str) -> DatasetNotPreparedError:
-    return DatasetNotPreparedError(
-        f"Dataset {name!r} is not prepared in data_dir={data_dir!r} ({detail}).\n"
-        + _how_to_prepare(name, data_dir)
-    )
+  return DatasetNotPreparedError(
+    f"Dataset {name!r} is not prepared in data_dir={data_dir!r} ({detail}).\n"
+    + _how_to_prepare(name, data_dir)
+  )
 
 
 def open_builder(name: str, data_dir: str, *, download: bool = False):
-    """The TFDS builder of a prepared (or, with ``download``, freshly prepared) dataset."""
-    import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
+  """The TFDS builder of a prepared (or, with ``download``, freshly prepared) dataset."""
+  import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
 
+  try:
+    builder = tfds.builder(name, data_dir=data_dir)
+  except tfds.core.registered.DatasetNotFoundError as error:
+    if download:
+      raise ValueError(
+        f"{name!r} is neither a TFDS catalogue dataset (which download=True could "
+        f"fetch) nor prepared in {data_dir!r}.\n" + _how_to_prepare(name, data_dir)
+      ) from error
+    raise _not_prepared(
+      name, data_dir, f"no dataset files under {os.path.join(data_dir, name)}"
+    ) from error
+  if download and not builder.is_prepared():
     try:
-        builder = tfds.builder(name, data_dir=data_dir)
-    except tfds.core.registered.DatasetNotFoundError as error:
-        if download:
-            raise ValueError(
-                f"{name!r} is neither a TFDS catalogue dataset (which download=True could "
-                f"fetch) nor prepared in {data_dir!r}.\n" + _how_to_prepare(name, data_dir)
-            ) from error
-        raise _not_prepared(name, data_dir, "no dataset files under "
-                            f"{os.path.join(data_dir, name)}") from error
-    if download and not builder.is_prepared():
-        try:
-            builder.download_and_prepare(file_format="array_record")
-        except ModuleNotFoundError as error:
-            if error.name != "tensorflow":
-                raise
-            raise RuntimeError(
-                f"TFDS's builder for {name!r} needs TensorFlow to generate the dataset (it is "
-                "not needed to read it). Prepare it once where TensorFlow is installed, e.g. "
-                f"`tfds build {name} --data_dir={data_dir} --file_format=array_record`, or "
-                "convert local copies with launch.prepare_data.\n"
-                + _how_to_prepare(name, data_dir)
-            ) from error
-    if not builder.is_prepared():
-        raise _not_prepared(
-            name, data_dir, f"no prepared version at {builder.data_path}; download=False"
-        )
-    file_format = builder.info.file_format
-    if file_format is not None and getattr(file_format, "value", file_format) != "array_record":
-        raise ValueError(
-            f"{name!r} in {data_dir!r} is stored as {getattr(file_format, 'value', file_format)}, "
-            "but random access without TensorFlow needs array_record. Convert it (needs "
-            f"TensorFlow): `tfds convert_format --dataset_dir={builder.data_path} "
-            "--out_file_format=array_record`, or prepare it again in another data_dir."
-        )
-    return builder
+      builder.download_and_prepare(file_format="array_record")
+    except ModuleNotFoundError as error:
+      if error.name != "tensorflow":
+        raise
+      raise RuntimeError(
+        f"TFDS's builder for {name!r} needs TensorFlow to generate the dataset (it is "
+        "not needed to read it). Prepare it once where TensorFlow is installed, e.g. "
+        f"`tfds build {name} --data_dir={data_dir} --file_format=array_record`, or "
+        "convert local copies with launch.prepare_data.\n" + _how_to_prepare(name, data_dir)
+      ) from error
+  if not builder.is_prepared():
+    raise _not_prepared(
+      name, data_dir, f"no prepared version at {builder.data_path}; download=False"
+    )
+  file_format = builder.info.file_format
+  if file_format is not None and getattr(file_format, "value", file_format) != "array_record":
+    raise ValueError(
+      f"{name!r} in {data_dir!r} is stored as {getattr(file_format, 'value', file_format)}, "
+      "but random access without TensorFlow needs array_record. Convert it (needs "
+      f"TensorFlow): `tfds convert_format --dataset_dir={builder.data_path} "
+      "--out_file_format=array_record`, or prepare it again in another data_dir."
+    )
+  return builder
 
 
 def _has_image_decoder() -> bool:
-    return any(importlib.util.find_spec(m) is not None for m in ("cv2", "PIL"))
+  return any(importlib.util.find_spec(m) is not None for m in ("cv2", "PIL"))
 
 
 class TfdsSource:
-    """One split of a prepared TFDS dataset: ``source[i] = {"image": [H, W, C], "label": int}``.
+  """One split of a prepared TFDS dataset: ``source[i] = {"image": [H, W, C], "label": int}``.
 
-    Wraps ``builder.as_data_source(split)``. ``tfds.features.Image`` images are decoded
-    by TFDS (with OpenCV or Pillow) or, when neither is installed, by ``png`` here.
-    """
+  Wraps ``builder.as_data_source(split)``. ``tfds.features.Image`` images are decoded
+  by TFDS (with OpenCV or Pillow) or, when neither is installed, by ``png`` here.
+  """
 
-    def __init__(self, builder, split: str, image_key: str, label_key: str):
-        import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
+  def __init__(self, builder, split: str, image_key: str, label_key: str):
+    import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
 
-        self._builder = builder
-        self.split = split
-        self._image_key, self._label_key = image_key, label_key
-        feature = builder.info.features[image_key]
-        self._decode_bytes = isinstance(feature, tfds.features.Image) and not _has_image_decoder()
-        decoders = {image_key: tfds.decode.SkipDecoding()} if self._decode_bytes else None
-        self._source = builder.as_data_source(split=split, decoders=decoders)
-        self._shape = tuple(feature.shape)
-        self._labels: np.ndarray | None = None
+    self._builder = builder
+    self.split = split
+    self._image_key, self._label_key = image_key, label_key
+    feature = builder.info.features[image_key]
+    self._decode_bytes = isinstance(feature, tfds.features.Image) and not _has_image_decoder()
+    decoders = {image_key: tfds.decode.SkipDecoding()} if self._decode_bytes else None
+    self._source = builder.as_data_source(split=split, decoders=decoders)
+    self._shape = tuple(feature.shape)
+    self._labels: np.ndarray | None = None
 
-    def __len__(self) -> int:
-        return len(self._source)
+  def __len__(self) -> int:
+    return len(self._source)
 
-    def _convert(self, record: dict[str, Any]) -> dict[str, Any]:
-        image = record[self._image_key]
-        if self._decode_bytes:
-            image = png.decode_image(image)
-        image = np.asarray(image)
-        if image.ndim == 2:
-            image = image[..., None]
-        return {"image": image, "label": int(record[self._label_key])}
+  def _convert(self, record: dict[str, Any]) -> dict[str, Any]:
+    image = record[self._image_key]
+    if self._decode_bytes:
+      image = png.decode_image(image)
+    image = np.asarray(image)
+    if image.ndim == 2:
+      image = image[..., None]
+    return {"image": image, "label": int(record[self._label_key])}
 
-    def __getitem__(self, index: int) -> dict[str, Any]:
-        return self._convert(self._source[index])
+  def __getitem__(self, index: int) -> dict[str, Any]:
+    return self._convert(self._source[index])
 
-    def __getitems__(self, indices: Sequence[int]) -> list[dict[str, Any]]:
-        return [self._convert(r) for r in self._source.__getitems__(list(indices))]
+  def __getitems__(self, indices: Sequence[int]) -> list[dict[str, Any]]:
+    return [self._convert(r) for r in self._source.__getitems__(list(indices))]
 
-    def labels(self) -> np.ndarray:
-        """Every label of the split, ``int64 [N]`` (read once, then cached)."""
-        if self._labels is None:
-            self._labels = self._read_labels()
-        return self._labels
+  def labels(self) -> np.ndarray:
+    """Every label of the split, ``int64 [N]`` (read once, then cached)."""
+    if self._labels is None:
+      self._labels = self._read_labels()
+    return self._labels
 
-    def _read_labels(self) -> np.ndarray:
-        import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
+  def _read_labels(self) -> np.ndarray:
+    import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
 
-        n = len(self)
-        labels = np.empty(n, np.int64)
-        try:
-            # Fast path: parse only the tf.train.Example protos, no feature decoding.
-            from tensorflow_datasets.proto import tf_example_pb2  # pylint: disable=import-outside-toplevel
+    n = len(self)
+    labels = np.empty(n, np.int64)
+    try:
+      # Fast path: parse only the tf.train.Example protos, no feature decoding.
+      from tensorflow_datasets.proto import tf_example_pb2  # pylint: disable=import-outside-toplevel
 
-            raw = self._builder.as_data_source(
-                split=self.split, deserialize_method=tfds.decode.DeserializeMethod.RAW_BYTES
-            )
-            parse, key = tf_example_pb2.Example.FromString, self._label_key
-            for start in range(0, n, _LABEL_CHUNK):
-                records = raw.__getitems__(list(range(start, min(start + _LABEL_CHUNK, n))))
-                for offset, record in enumerate(records):
-                    labels[start + offset] = parse(record).features.feature[key].int64_list.value[0]
-            return labels
-        except Exception:  # pylint: disable=broad-except  # other serialisations: decode all
-            pass
-        source = self._builder.as_data_source(
-            split=self.split, decoders={self._image_key: tfds.decode.SkipDecoding()}
-        )
-        for start in range(0, n, _LABEL_CHUNK):
-            records = source.__getitems__(list(range(start, min(start + _LABEL_CHUNK, n))))
-            labels[start : start + len(records)] = [int(r[self._label_key]) for r in records]
-        return labels
+      raw = self._builder.as_data_source(
+        split=self.split, deserialize_method=tfds.decode.DeserializeMethod.RAW_BYTES
+      )
+      parse, key = tf_example_pb2.Example.FromString, self._label_key
+      for start in range(0, n, _LABEL_CHUNK):
+        records = raw.__getitems__(list(range(start, min(start + _LABEL_CHUNK, n))))
+        for offset, record in enumerate(records):
+          labels[start + offset] = parse(record).features.feature[key].int64_list.value[0]
+      return labels
+    except Exception:  # pylint: disable=broad-except  # other serialisations: decode all
+      pass
+    source = self._builder.as_data_source(
+      split=self.split, decoders={self._image_key: tfds.decode.SkipDecoding()}
+    )
+    for start in range(0, n, _LABEL_CHUNK):
+      records = source.__getitems__(list(range(start, min(start + _LABEL_CHUNK, n))))
+      labels[start : start + len(records)] = [int(r[self._label_key]) for r in records]
+    return labels
 
 
 def _feature_keys(builder) -> tuple[str, str]:
-    features = builder.info.features
-    if "image" in features and "label" in features:
-        return "image", "label"
-    keys = builder.info.supervised_keys
-    if isinstance(keys, tuple) and len(keys) == 2 and all(isinstance(k, str) for k in keys):
-        return keys
-    raise ValueError(
-        f"{builder.name}: expected 'image' and 'label' features (or 2 supervised_keys), got "
-        f"features {list(features)} and supervised_keys {keys}"
-    )
+  features = builder.info.features
+  if "image" in features and "label" in features:
+    return "image", "label"
+  keys = builder.info.supervised_keys
+  if isinstance(keys, tuple) and len(keys) == 2 and all(isinstance(k, str) for k in keys):
+    return keys
+  raise ValueError(
+    f"{builder.name}: expected 'image' and 'label' features (or 2 supervised_keys), got "
+    f"features {list(features)} and supervised_keys {keys}"
+  )
 
 
 def _pick_splits(builder) -> tuple[str, str]:
-    splits = list(builder.info.splits)
-    if "train" not in splits:
-        raise ValueError(f"{builder.name} has no 'train' split (splits: {splits})")
-    for test in ("test", "validation", "valid", "val"):
-        if test in splits:
-            return "train", test
-    raise ValueError(f"{builder.name} has no 'test' or 'validation' split (splits: {splits})")
+  splits = list(builder.info.splits)
+  if "train" not in splits:
+    raise ValueError(f"{builder.name} has no 'train' split (splits: {splits})")
+  for test in ("test", "validation", "valid", "val"):
+    if test in splits:
+      return "train", test
+  raise ValueError(f"{builder.name} has no 'test' or 'validation' split (splits: {splits})")
 
 
 def _sample_stats(source: TfdsSource, sample: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """Per-channel mean/std over ``sample`` evenly spaced images (deterministic)."""
-    indices = np.unique(np.linspace(0, len(source) - 1, min(sample, len(source))).astype(int))
-    total = count = total_sq = 0
-    for start in range(0, len(indices), 512):
-        images = np.stack([r["image"] for r in source.__getitems__(indices[start : start + 512])])
-        flat = images.reshape(-1, images.shape[-1]).astype(np.float64)
-        total = total + flat.sum(0)
-        total_sq = total_sq + np.square(flat).sum(0)
-        count += flat.shape[0]
-    mean = total / count
-    std = np.sqrt(np.maximum(total_sq / count - np.square(mean), 0.0))
-    return tuple(float(m) for m in mean), tuple(float(s) if s > 0 else 1.0 for s in std)
+  """Per-channel mean/std over ``sample`` evenly spaced images (deterministic)."""
+  indices = np.unique(np.linspace(0, len(source) - 1, min(sample, len(source))).astype(int))
+  total = count = total_sq = 0
+  for start in range(0, len(indices), 512):
+    images = np.stack([r["image"] for r in source.__getitems__(indices[start : start + 512])])
+    flat = images.reshape(-1, images.shape[-1]).astype(np.float64)
+    total = total + flat.sum(0)
+    total_sq = total_sq + np.square(flat).sum(0)
+    count += flat.shape[0]
+  mean = total / count
+  std = np.sqrt(np.maximum(total_sq / count - np.square(mean), 0.0))
+  return tuple(float(m) for m in mean), tuple(float(s) if s > 0 else 1.0 for s in std)
 
 
 def load_tfds(
-    name: str, data_dir: str = "", *, download: bool = False, stats_sample: int = STATS_SAMPLE
+  name: str, data_dir: str = "", *, download: bool = False, stats_sample: int = STATS_SAMPLE
 ) -> tuple[TfdsSource, TfdsSource, DatasetInfo]:
-    """Train source, test source and ``DatasetInfo`` of a prepared TFDS dataset.
+  """Train source, test source and ``DatasetInfo`` of a prepared TFDS dataset.
 
-    ``info.mean``/``std`` (raw pixel units): the SPEC constants for ``cifar10`` and
-    ``cifar100``, else the ``mean``/``std`` stored in the dataset's metadata (written by
-    ``launch.prepare_data``), else computed from ``stats_sample`` train images.
-    The test split is ``test``, or ``validation`` when there is no ``test``.
-    """
-    import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
+  ``info.mean``/``std`` (raw pixel units): the SPEC constants for ``cifar10`` and
+  ``cifar100``, else the ``mean``/``std`` stored in the dataset's metadata (written by
+  ``launch.prepare_data``), else computed from ``stats_sample`` train images.
+  The test split is ``test``, or ``validation`` when there is no ``test``.
+  """
+  import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
 
-    data_dir = os.path.expanduser(data_dir) if data_dir else default_data_dir()
-    builder = open_builder(name, data_dir, download=download)
-    image_key, label_key = _feature_keys(builder)
-    image_feature = builder.info.features[image_key]
-    label_feature = builder.info.features[label_key]
-    if not isinstance(label_feature, tfds.features.ClassLabel):
-        raise ValueError(f"{name}: feature {label_key!r} must be a ClassLabel, got {label_feature}")
-    shape = tuple(image_feature.shape)
-    if len(shape) == 2:
-        shape = (*shape, 1)
-    if len(shape) != 3 or any(d is None for d in shape):
-        raise ValueError(
-            f"{name}: images must have one fixed [H, W, C] shape, got {image_feature.shape}; "
-            "resize them to one size and prepare them with launch.prepare_data"
-        )
-    train_split, test_split = _pick_splits(builder)
-    train = TfdsSource(builder, train_split, image_key, label_key)
-    test = TfdsSource(builder, test_split, image_key, label_key)
-    dtype = np.dtype(image_feature.np_dtype)
-    pixel_max = 255.0 if dtype == np.uint8 else (65535.0 if dtype == np.uint16 else 1.0)
-    metadata = builder.info.metadata or {}
-    if name in SPEC_STATS and shape[-1] == 3:
-        mean, std = (tuple(v * pixel_max for v in values) for values in SPEC_STATS[name])
-    elif "mean" in metadata and "std" in metadata:
-        mean, std = tuple(metadata["mean"]), tuple(metadata["std"])
-        pixel_max = float(metadata.get("pixel_max", pixel_max))
-    else:
-        mean, std = _sample_stats(train, stats_sample)
-    info = DatasetInfo(
-        name=name,
-        input_shape=shape,
-        num_classes=label_feature.num_classes,
-        num_train=len(train),
-        num_test=len(test),
-        mean=tuple(float(m) for m in mean),
-        std=tuple(float(s) for s in std),
-        pixel_max=pixel_max,
-        class_names=tuple(label_feature.names),
+  data_dir = os.path.expanduser(data_dir) if data_dir else default_data_dir()
+  builder = open_builder(name, data_dir, download=download)
+  image_key, label_key = _feature_keys(builder)
+  image_feature = builder.info.features[image_key]
+  label_feature = builder.info.features[label_key]
+  if not isinstance(label_feature, tfds.features.ClassLabel):
+    raise ValueError(f"{name}: feature {label_key!r} must be a ClassLabel, got {label_feature}")
+  shape = tuple(image_feature.shape)
+  if len(shape) == 2:
+    shape = (*shape, 1)
+  if len(shape) != 3 or any(d is None for d in shape):
+    raise ValueError(
+      f"{name}: images must have one fixed [H, W, C] shape, got {image_feature.shape}; "
+      "resize them to one size and prepare them with launch.prepare_data"
     )
-    return train, test, info
+  train_split, test_split = _pick_splits(builder)
+  train = TfdsSource(builder, train_split, image_key, label_key)
+  test = TfdsSource(builder, test_split, image_key, label_key)
+  dtype = np.dtype(image_feature.np_dtype)
+  pixel_max = 255.0 if dtype == np.uint8 else (65535.0 if dtype == np.uint16 else 1.0)
+  metadata = builder.info.metadata or {}
+  if name in SPEC_STATS and shape[-1] == 3:
+    mean, std = (tuple(v * pixel_max for v in values) for values in SPEC_STATS[name])
+  elif "mean" in metadata and "std" in metadata:
+    mean, std = tuple(metadata["mean"]), tuple(metadata["std"])
+    pixel_max = float(metadata.get("pixel_max", pixel_max))
+  else:
+    mean, std = _sample_stats(train, stats_sample)
+  info = DatasetInfo(
+    name=name,
+    input_shape=shape,
+    num_classes=label_feature.num_classes,
+    num_train=len(train),
+    num_test=len(test),
+    mean=tuple(float(m) for m in mean),
+    std=tuple(float(s) for s in std),
+    pixel_max=pixel_max,
+    class_names=tuple(label_feature.names),
+  )
+  return train, test, info

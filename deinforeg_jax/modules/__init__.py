@@ -2,9 +2,24 @@
 
 from deinforeg_jax.modules.heads import BlockClassifier, MLP, parse_layer_spec
 from deinforeg_jax.modules.vision import (
-    BasicBlock, Bottleneck, CifarStem, ConvBNReLU, ResNetStage, VGGStage, flatten)
+  BasicBlock,
+  Bottleneck,
+  CifarStem,
+  ConvBNReLU,
+  ResNetStage,
+  VGGStage,
+  flatten,
+)
 
 __all__ = [
-    "BasicBlock", "BlockClassifier", "Bottleneck", "CifarStem", "ConvBNReLU", "MLP",
-    "ResNetStage", "VGGStage", "flatten", "parse_layer_spec",
+  "BasicBlock",
+  "BlockClassifier",
+  "Bottleneck",
+  "CifarStem",
+  "ConvBNReLU",
+  "MLP",
+  "ResNetStage",
+  "VGGStage",
+  "flatten",
+  "parse_layer_spec",
 ]

@@ -35,8 +35,9 @@ def parse_layer_spec(spec: str, field: str = "model.projector") -> tuple[int, ..
     widths = ()
   if not widths or any(w <= 0 for w in widths):
     raise ValueError(
-        f"config.{field}={spec!r} does not parse: expected dash-separated positive "
-        "integers such as '2048-2048-2048', or '' / 'identity' for no projector.")
+      f"config.{field}={spec!r} does not parse: expected dash-separated positive "
+      "integers such as '2048-2048-2048', or '' / 'identity' for no projector."
+    )
   return widths
 
 

@@ -16,10 +16,10 @@ import jax.numpy as jnp
 
 # VGG block configurations: ints are conv-BN-ReLU widths, "M" is 2x2 max-pool.
 VGG_SPEC_BLOCKS: tuple[tuple[Union[int, str], ...], ...] = (
-    (128, 128, 128, 256, "M"),
-    (256, 512, "M"),
-    (512, 512, "M"),
-    (512, "M"),
+  (128, 128, 128, 256, "M"),
+  (256, 512, "M"),
+  (512, 512, "M"),
+  (512, "M"),
 )
 # ResNet stage depths (BasicBlock for 18/34, Bottleneck for 50).
 RESNET_DEPTHS = {18: (2, 2, 2, 2), 34: (3, 4, 6, 3), 50: (3, 4, 6, 3)}
