@@ -161,19 +161,18 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
 
   init = functools.partial(create_train_state, model, tx, input_shape=info.input_shape)
   state = jax.jit(init, out_shardings=parallel.replicated(mesh))(jax.random.key(config.seed))
-  train_step, eval_step = compile_steps(model, objective, tx, info.num_classes, config.loss, mesh)
-  compile_start = time.perf_counter()
-  train_step = train_step.lower(state, _batch_spec(config.data.batch_size, info, mesh)).compile()
-  compile_s = time.perf_counter() - compile_start
-
   log = RunLog(workdir, config)
   checkpointer = checkpoint.RunCheckpointer(
     workdir, keep=config.checkpoint.keep, use_async=config.checkpoint.use_async
   )
   try:
-    if checkpointer.latest_step() is not None:
+    if checkpointer.latest_step() is not None:  # checked before the slow compile
       state, saved = checkpointer.restore(state, checkpoint.make_metadata(config, state, info))
       log.resume(saved)
+    train_step, eval_step = compile_steps(model, objective, tx, info.num_classes, config.loss, mesh)
+    compile_start = time.perf_counter()
+    train_step = train_step.lower(state, _batch_spec(config.data.batch_size, info, mesh)).compile()
+    compile_s = time.perf_counter() - compile_start
     if data.label_noise:
       log.set_label_noise(data.label_noise)
     log.info(
