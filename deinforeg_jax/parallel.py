@@ -20,6 +20,19 @@ from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 DATA_AXIS = "data"
 
 
+def initialize_distributed(enabled: bool) -> None:
+  """Join a multi-host job (``config.parallel.distributed``): ``jax.distributed.initialize()``.
+
+  On TPU VMs and SLURM/Kubernetes clusters the coordinator, process count and
+  process id are detected; elsewhere set ``JAX_COORDINATOR_ADDRESS``,
+  ``JAX_NUM_PROCESSES`` and ``JAX_PROCESS_ID``.  Each process then reads its own
+  ``1/process_count`` of every global batch (``data.train_batches``) and the
+  data mesh spans every process's devices.
+  """
+  if enabled:
+    jax.distributed.initialize()
+
+
 def make_data_mesh(num_devices: int | None = None) -> Mesh:
   """A ``(num_devices,)`` mesh with axis ``data`` over the first devices.
 

@@ -85,8 +85,8 @@ from jax.sharding import AxisType, Mesh, SingleDeviceSharding
 
 from deinforeg_jax import checkpoint, optim, parallel, rules, stack, train
 from deinforeg_jax.configuration import validate_config
-from deinforeg_jax.data import eval_batches, steps_per_epoch, train_batches
-from deinforeg_jax.data.registry import load_dataset
+from deinforeg_jax.data import (eval_batches, load_dataset, make_augment, steps_per_epoch,
+                                train_batches)
 from deinforeg_jax.reporting import ProgressBar, RunLog
 
 SCHEDULES = ("pipelined", "synchronous")
@@ -430,6 +430,7 @@ class Pipeline:
       try:
         while (item := get(queues[k])) is not _END:
           t, x, labels = item
+          jax.block_until_ready(x)  # waiting for stage k-1 is not stage k's busy time
           start = time.perf_counter()
           states[k], h, metrics, labels = self._stage(k, states[k], x, labels)
           ctx.done(k, t, metrics)  # before the hand-off, so stage k+1 finds it
@@ -628,7 +629,8 @@ def train_pipelined(config, workdir: str) -> dict[str, Any]:
   ``pipeline.json``; returns the results dict plus a ``"pipeline"`` entry.
   """
   validate_config(config)
-  train_split, test_split, info = load_dataset(config.data)
+  data = load_dataset(config.data)
+  train_split, test_split, info = data.train, data.test, data.info
   model = stack.build_model(config, info.num_classes)
   settings = pipeline_settings(config, len(getattr(model, "blocks", ())))
   objective = rules.get_objective(config.rule)
@@ -655,6 +657,8 @@ def train_pipelined(config, workdir: str) -> dict[str, Any]:
              f"{[str(d) for d in pipe.devices]}, {settings['schedule']} schedule; {plan.cost_kind} "
              f"cost per stage {[f'{c:.3g}' for c in plan.stage_costs]}, ideal speedup "
              f"{plan.ideal_speedup:.2f}; from step {int(states[0].step)}")
+    if data.label_noise:
+      log.set_label_noise(data.label_noise)
     loop = _EpochLoop(config, pipe, settings, schedule, log, checkpointer, info, steps)
     states, test_accuracy = loop.run(states, train_split, test_split)
     checkpointer.wait()
@@ -676,6 +680,7 @@ class _EpochLoop:
     self.config, self.pipe, self.settings, self.schedule = config, pipe, settings, schedule
     self.log, self.checkpointer, self.info, self.steps = log, checkpointer, info, steps
     self.busy, self.wall_s, self.dispatch = np.zeros(pipe.num_stages), 0.0, None
+    self.augment = make_augment(config.data.augment, info)
     self.eval_mesh = Mesh(np.asarray(pipe.devices[:1]), (parallel.DATA_AXIS,),
                           axis_types=(AxisType.Auto,))
 
@@ -696,7 +701,8 @@ class _EpochLoop:
     for epoch in range(step // steps, num_epochs):
       bar = ProgressBar(steps, f"epoch {epoch + 1}/{num_epochs}", initial=step % steps)
       batches = iter(train_batches(train_split, self.info, global_batch_size=config.data.batch_size,
-                                   seed=config.seed, epoch=epoch, start_step=step % steps))
+                                   seed=config.seed, epoch=epoch, start_step=step % steps,
+                                   augment=self.augment))
       metrics = []
       while step < (epoch + 1) * steps:  # one drained segment per checkpoint interval
         stop = min((epoch + 1) * steps, (step // every + 1) * every if every else steps * 10**9)

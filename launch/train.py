@@ -2,6 +2,8 @@
 
 python -m launch.train --workdir=/tmp/run                       # embedded default
 python -m launch.train --config=launch/configs/cifar10_vgg.py --workdir=W --config.rule=bp
+XLA_FLAGS=--xla_force_host_platform_device_count=4 python -m launch.train --workdir=W \
+    --config.parallel.mode=pipeline                            # 4 stages on 4 fake devices
 """
 
 import os
@@ -9,7 +11,10 @@ import os
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from deinforeg_jax import parallel, pipeline
 from deinforeg_jax.train import train_and_evaluate
+
+MODES = {"data": train_and_evaluate, "pipeline": pipeline.train_pipelined}
 
 _DEFAULT_CONFIG = os.path.join(os.path.dirname(__file__), "configs", "default.py")
 config_flags.DEFINE_config_file(
@@ -25,7 +30,13 @@ def main(argv):
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   if not flags.FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO
-  train_and_evaluate(flags.FLAGS.config, _WORKDIR.value)
+  config = flags.FLAGS.config
+  if config.parallel.mode not in MODES:
+    raise app.UsageError(
+      f"config.parallel.mode={config.parallel.mode!r} is unknown; choose one of {sorted(MODES)}."
+    )
+  parallel.initialize_distributed(config.parallel.distributed)
+  MODES[config.parallel.mode](config, _WORKDIR.value)
 
 
 if __name__ == "__main__":

@@ -64,5 +64,12 @@ def get_config() -> ml_collections.ConfigDict:
   config.checkpoint.use_async = True
 
   config.parallel = ml_collections.ConfigDict()
-  config.parallel.num_devices = 0  # 0: every visible device on the data axis
+  config.parallel.mode = "data"  # "data" | "pipeline" (blocks on their own devices)
+  config.parallel.num_devices = 0  # data mode: 0 = every visible device on the data axis
+  config.parallel.distributed = False  # multi-host: jax.distributed.initialize() first
+  # Pipeline mode (deinforeg_jax/pipeline.py):
+  config.parallel.num_stages = 0  # 0: one stage per local device, at most one per block
+  config.parallel.pipeline_schedule = "pipelined"  # "pipelined" | "synchronous"
+  config.parallel.pipeline_balance = "flops"  # "flops" | "time" | "uniform"
+  config.parallel.pipeline_dispatch = "auto"  # "auto" | "threads" | "ticks"
   return config
