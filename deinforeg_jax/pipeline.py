@@ -40,19 +40,27 @@ have one shape; the blocks of a VGG/ResNet stack differ in activation shape
 (``32x32x128`` ... ``2x2x512``), parameter count and code, so SPMD needs every
 stage's state and activation raveled into padded buffers and a ``lax.switch``
 on the stage index.  ``benchmarks/pipeline.py --spmd`` times such a prototype
-(it reproduces the MPMD updates): on XLA:CPU a stage step inside
-``lax.switch``/``lax.cond`` ran 20x slower than the same step on its own
-(1.83 s vs 0.089 s, SPEC VGG at width 1/8, batch 32), so a 2-stage epoch of 4
-batches took 15.1 s vs 0.57 s for MPMD, and compiled in 29 s vs 18 s.  Besides,
+(its states match MPMD to a relative L2 difference of 7e-7): on XLA:CPU a
+stage step inside ``lax.switch``/``lax.cond`` ran 20x slower than the same step
+on its own (1.83 s vs 0.089 s, SPEC VGG at width 1/8, batch 32), so a 2-stage
+epoch of 4 batches took 12.8 s vs 0.42 s for MPMD (compile and warm-up 17.6 s vs
+10.3 s).  Besides,
 padding costs ``K x`` the largest stage's state and the per-tick re-ravelling
 copies every stage's state.  MPMD keeps each stage's native layout and memory,
 allows stages of unequal shape and work (balanced by cost), and compiles each
-stage on its own.  Overlap: on GPU/TPU asynchronous dispatch from one host
-thread overlaps the devices (``dispatch="ticks"``); on XLA:CPU work dispatched
-from one thread runs one computation after another, so the pipelined schedule
-runs one host thread per stage with bounded queues between them
-(``dispatch="threads"``, the default on CPU).  Both dispatch modes run the same
-per-stage updates in the same order.
+stage on its own.
+
+**Overlap.**  ``dispatch="ticks"`` (the default) runs the tick schedule from one
+host thread and relies on asynchronous dispatch: it never waits for a result
+inside a tick (the host may run ``num_stages + queue_size`` ticks ahead), so
+each device works through its own queue.  This overlaps GPUs/TPUs and, as
+measured here, fake CPU devices too: two 400-step 128x128 matmul loops on two
+CPU devices took 15.8 ms for one, 32.0 ms for two when the host waited after
+each, 16.8 ms dispatched from one thread without waiting, 18.7 ms from two
+threads (DESIGN 5 saw one thread serialise; here that happens only when the
+host waits between calls).  ``dispatch="threads"`` runs one host thread per stage with bounded
+queues; it waits for each step, which gives per-stage busy times.  Both run
+the same per-stage updates in the same order.
 
 Stage balancing assigns blocks to stages by contiguous min-max partition of
 per-block costs: XLA's FLOP estimate of a one-block train step
@@ -66,6 +74,7 @@ Entry point for the launcher (``config.parallel.mode == "pipeline"``):
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import functools
 import itertools
@@ -74,7 +83,8 @@ import os
 import queue
 import threading
 import time
-from typing import Any, Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -85,8 +95,13 @@ from jax.sharding import AxisType, Mesh, SingleDeviceSharding
 
 from deinforeg_jax import checkpoint, optim, parallel, rules, stack, train
 from deinforeg_jax.configuration import validate_config
-from deinforeg_jax.data import (eval_batches, load_dataset, make_augment, steps_per_epoch,
-                                train_batches)
+from deinforeg_jax.data import (
+  eval_batches,
+  load_dataset,
+  make_augment,
+  steps_per_epoch,
+  train_batches,
+)
 from deinforeg_jax.reporting import ProgressBar, RunLog
 
 SCHEDULES = ("pipelined", "synchronous")
@@ -173,32 +188,48 @@ class StagePlan:
     return float(num_batches * total / (total + (num_batches - 1) * worst))
 
   def as_dict(self) -> dict[str, Any]:
-    return {"stage_blocks": [list(range(a, b)) for a, b in self.bounds],
-            "cost_kind": self.cost_kind, "block_costs": list(self.block_costs),
-            "stage_costs": list(self.stage_costs), "ideal_speedup": self.ideal_speedup}
+    return {
+      "stage_blocks": [list(range(a, b)) for a, b in self.bounds],
+      "cost_kind": self.cost_kind,
+      "block_costs": list(self.block_costs),
+      "stage_costs": list(self.stage_costs),
+      "ideal_speedup": self.ideal_speedup,
+    }
 
 
 # ------------------------------------------------------------------ per-stage programs
 
 
-def make_stage_train_step(stage: StageStack, objective: rules.Objective,
-                          tx: optax.GradientTransformation, num_classes: int, loss_cfg):
-  """``(state, x, labels) -> (state, stop_gradient(h), metrics)``; metrics ``[blocks]`` + ``total``."""
+def make_stage_train_step(
+  stage: StageStack,
+  objective: rules.Objective,
+  tx: optax.GradientTransformation,
+  num_classes: int,
+  loss_cfg,
+):
+  """``(state, x, labels) -> (state, stop_gradient(h), metrics)``.
+
+  ``metrics`` holds ``[blocks]`` arrays per loss term and the stage's scalar ``total``.
+  """
 
   def step(state: train.TrainState, x, labels):
 
     def loss_fn(params):
-      (outputs, h), updated = stage.apply({"params": params, "batch_stats": state.batch_stats},
-                                          x, train=True, mutable=["batch_stats"])
+      (outputs, h), updated = stage.apply(
+        {"params": params, "batch_stats": state.batch_stats}, x, train=True, mutable=["batch_stats"]
+      )
       total, metrics = objective(outputs, labels, num_classes, loss_cfg)
       return total, (metrics, updated["batch_stats"], h)
 
-    (total, (metrics, batch_stats, h)), grads = jax.value_and_grad(
-        loss_fn, has_aux=True)(state.params)
+    (total, (metrics, batch_stats, h)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+      state.params
+    )
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     metrics["total"] = total
-    new_state = state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
-                              batch_stats=batch_stats, opt_state=opt_state)
+    params = optax.apply_updates(state.params, updates)
+    new_state = state.replace(
+      step=state.step + 1, params=params, batch_stats=batch_stats, opt_state=opt_state
+    )
     return new_state, h, metrics
 
   return step
@@ -208,8 +239,9 @@ def make_stage_eval_step(stage: StageStack):
   """``(state, x, labels, mask) -> (h, correct [blocks])``."""
 
   def step(state: train.TrainState, x, labels, mask):
-    outputs, h = stage.apply({"params": state.params, "batch_stats": state.batch_stats}, x,
-                             train=False)
+    outputs, h = stage.apply(
+      {"params": state.params, "batch_stats": state.batch_stats}, x, train=False
+    )
     predictions = jnp.stack([jnp.argmax(logits, axis=-1) for logits in outputs["logits"]])
     hits = (predictions == labels[None]).astype(jnp.float32) * mask[None]
     return h, jnp.sum(hits, axis=1)
@@ -245,26 +277,42 @@ class Pipeline:
   of each stage (``partition_blocks``); ``input_shape`` one example's shape.
   """
 
-  def __init__(self, model: stack.DecoupledStack, tx: optax.GradientTransformation,
-               objective: rules.Objective, loss_cfg, input_shape: tuple[int, ...],
-               bounds: Sequence[tuple[int, int]], devices: Sequence[jax.Device]):
+  def __init__(
+    self,
+    model: stack.DecoupledStack,
+    tx: optax.GradientTransformation,
+    objective: rules.Objective,
+    loss_cfg,
+    input_shape: tuple[int, ...],
+    bounds: Sequence[tuple[int, int]],
+    devices: Sequence[jax.Device],
+  ):
     if not isinstance(model, stack.DecoupledStack):
-      raise ValueError("pipeline training needs a DecoupledStack (a local-loss rule such as "
-                       f"{LOCAL_RULES}); got {type(model).__name__}.")
+      raise TypeError(
+        "pipeline training needs a DecoupledStack (a local-loss rule such as "
+        f"{LOCAL_RULES}); got {type(model).__name__}."
+      )
     if len(devices) < len(bounds):
       raise ValueError(f"{len(bounds)} stages need {len(bounds)} devices, got {len(devices)}.")
-    if [b for _, b in bounds][:-1] != [a for a, _ in bounds][1:] or bounds[0][0] != 0 \
-        or bounds[-1][1] != len(model.blocks):
-      raise ValueError(f"stage ranges {bounds} must cover blocks 0..{len(model.blocks) - 1} "
-                       "contiguously.")
+    if (
+      [b for _, b in bounds][:-1] != [a for a, _ in bounds][1:]
+      or bounds[0][0] != 0
+      or bounds[-1][1] != len(model.blocks)
+    ):
+      raise ValueError(
+        f"stage ranges {bounds} must cover blocks 0..{len(model.blocks) - 1} contiguously."
+      )
     self.model, self.tx, self.bounds = model, tx, tuple(bounds)
-    self.devices = list(devices[:len(bounds)])
+    self.devices = list(devices[: len(bounds)])
     self.num_classes = model.num_classes
     self.stages = [StageStack(tuple(model.blocks[a:b]), model.num_classes, a) for a, b in bounds]
     self.input_shapes = stage_input_shapes(self.stages, input_shape)
     self._train_steps = [
-        jax.jit(make_stage_train_step(s, objective, tx, model.num_classes, loss_cfg),
-                donate_argnums=0) for s in self.stages]
+      jax.jit(
+        make_stage_train_step(s, objective, tx, model.num_classes, loss_cfg), donate_argnums=0
+      )
+      for s in self.stages
+    ]
     self._eval_steps = [jax.jit(make_stage_eval_step(s)) for s in self.stages]
     self._inits: dict[jax.Device, Callable] = {}
 
@@ -285,8 +333,10 @@ class Pipeline:
     if device not in self._inits:
 
       def init_all(key):
-        return [train.create_train_state(stage, self.tx, key, shape)
-                for stage, shape in zip(self.stages, self.input_shapes)]
+        return [
+          train.create_train_state(stage, self.tx, key, shape)
+          for stage, shape in zip(self.stages, self.input_shapes)
+        ]
 
       self._inits[device] = jax.jit(init_all, out_shardings=SingleDeviceSharding(device))
     states = self._inits[device](rng)
@@ -300,9 +350,11 @@ class Pipeline:
     flat, treedef = jax.tree_util.tree_flatten_with_path(jax.eval_shape(self.tx.init, params))
     leaves = [dict(jax.tree_util.tree_flatten_with_path(s.opt_state)[0]) for s in states]
     opt_state = jax.tree_util.tree_unflatten(
-        treedef, [leaves[self._owner(path)][path] for path, _ in flat])
-    return train.TrainState(step=states[0].step, params=params, batch_stats=batch_stats,
-                            opt_state=opt_state)
+      treedef, [leaves[self._owner(path)][path] for path, _ in flat]
+    )
+    return train.TrainState(
+      step=states[0].step, params=params, batch_stats=batch_stats, opt_state=opt_state
+    )
 
   def from_train_state(self, state: train.TrainState) -> list[train.TrainState]:
     """Split a one-program ``TrainState`` into per-stage states on the stage devices."""
@@ -314,10 +366,17 @@ class Pipeline:
       template = jax.eval_shape(self.tx.init, params)
       flat, treedef = jax.tree_util.tree_flatten_with_path(template)
       opt_state = jax.tree_util.tree_unflatten(treedef, [full[path] for path, _ in flat])
-      out.append(jax.device_put(train.TrainState(
-          step=state.step, params=params,
-          batch_stats={n: state.batch_stats[n] for n in names if n in state.batch_stats},
-          opt_state=opt_state), device))
+      out.append(
+        jax.device_put(
+          train.TrainState(
+            step=state.step,
+            params=params,
+            batch_stats={n: state.batch_stats[n] for n in names if n in state.batch_stats},
+            opt_state=opt_state,
+          ),
+          device,
+        )
+      )
     return out
 
   def _owner(self, path) -> int:
@@ -331,30 +390,43 @@ class Pipeline:
 
   # ---------------------------------------------------------------- training
 
-  def train_epoch(self, states: list[train.TrainState], batches: Iterable[dict[str, np.ndarray]],
-                  schedule: str = "pipelined", dispatch: str = "auto",
-                  on_batch: Callable[[int, dict[str, Any]], None] | None = None,
-                  first_batch: int = 0,
-                  queue_size: int = 1) -> tuple[list[train.TrainState], EpochRecord]:
+  def train_epoch(
+    self,
+    states: list[train.TrainState],
+    batches: Iterable[dict[str, np.ndarray]],
+    schedule: str = "pipelined",
+    dispatch: str = "auto",
+    on_batch: Callable[[int, dict[str, Any]], None] | None = None,
+    first_batch: int = 0,
+    queue_size: int = 1,
+  ) -> tuple[list[train.TrainState], EpochRecord]:
     """Train every stage once on every batch (fill and drain included).
 
     Batches are numbered from ``first_batch``.  ``on_batch(batch_id, {"total_loss":
-    ...})`` is called once a batch has left the last stage.  ``queue_size``: how
-    many batches may wait between two stages ("threads").  Returns the new states
-    and an ``EpochRecord``.
+    ...})`` is called once a batch has left the last stage.  ``dispatch``: "ticks"
+    (one host thread, asynchronous dispatch; "auto") or "threads" (one host thread
+    per stage).  ``queue_size``: how many batches may wait between two stages
+    ("threads"), or how many ticks beyond ``num_stages`` the host may run ahead
+    of the devices ("ticks").  Returns the new states and an ``EpochRecord``.
     """
     if schedule not in SCHEDULES:
-      raise ValueError(f"config.parallel.pipeline_schedule={schedule!r} is unknown; choose "
-                       f"one of {SCHEDULES}.")
+      raise ValueError(
+        f"config.parallel.pipeline_schedule={schedule!r} is unknown; choose one of {SCHEDULES}."
+      )
     if dispatch not in DISPATCH_MODES:
-      raise ValueError(f"config.parallel.pipeline_dispatch={dispatch!r} is unknown; choose one "
-                       f"of {DISPATCH_MODES}.")
+      raise ValueError(
+        f"config.parallel.pipeline_dispatch={dispatch!r} is unknown; choose one "
+        f"of {DISPATCH_MODES}."
+      )
     if schedule == "synchronous":
       dispatch = "synchronous"
     elif dispatch == "auto":
-      dispatch = "threads" if self.devices[0].platform == "cpu" else "ticks"
-    run = {"synchronous": self._run_synchronous, "threads": self._run_threads,
-           "ticks": self._run_ticks}[dispatch]
+      dispatch = "ticks"
+    run = {
+      "synchronous": self._run_synchronous,
+      "threads": self._run_threads,
+      "ticks": self._run_ticks,
+    }[dispatch]
     start_steps = [int(s.step) for s in states]
     ctx = _EpochContext(self.num_stages, on_batch, self.devices[-1])
     start = time.perf_counter()
@@ -362,10 +434,15 @@ class Pipeline:
     jax.block_until_ready(states)
     wall = time.perf_counter() - start
     record = EpochRecord(
-        batch_ids=ctx.batch_ids, updates=[int(s.step) - n for s, n in zip(states, start_steps)],
-        busy_s=ctx.busy if dispatch != "ticks" else [None] * self.num_stages,
-        ticks=ctx.ticks if dispatch != "threads" else None, wall_s=wall,
-        metrics=ctx.merged_metrics(), schedule=schedule, dispatch=dispatch)
+      batch_ids=ctx.batch_ids,
+      updates=[int(s.step) - n for s, n in zip(states, start_steps)],
+      busy_s=ctx.busy if dispatch != "ticks" else [None] * self.num_stages,
+      ticks=ctx.ticks if dispatch != "threads" else None,
+      wall_s=wall,
+      metrics=ctx.merged_metrics(),
+      schedule=schedule,
+      dispatch=dispatch,
+    )
     return states, record
 
   def _stage(self, k: int, state, x, labels):
@@ -385,22 +462,27 @@ class Pipeline:
     return states
 
   def _run_ticks(self, states, batches, ctx, queue_size):
-    del queue_size
     pending, exhausted, tick = [None] * self.num_stages, False, 0
+    in_flight = collections.deque()  # per tick: its stages' outputs, to bound the host's lead
     while not exhausted or any(p is not None for p in pending):
       if not exhausted:
         t, batch = next(batches, (None, None))
         exhausted = t is None
         if not exhausted:
           pending[0] = (t, batch["image"], batch["label"])
+      outputs = []
       for k in reversed(range(self.num_stages)):  # stage k+1 consumes before stage k produces
         if pending[k] is None:
           continue
         (t, x, labels), pending[k] = pending[k], None
         states[k], h, metrics, labels = self._stage(k, states[k], x, labels)
         ctx.done(k, t, metrics, tick)
+        outputs.append(metrics)
         if k + 1 < self.num_stages:
           pending[k + 1] = (t, h, labels)
+      in_flight.append(outputs)
+      if len(in_flight) > self.num_stages + queue_size:
+        jax.block_until_ready(in_flight.popleft())
       tick += 1
     return states
 
@@ -442,12 +524,14 @@ class Pipeline:
           put(queues[k + 1], _END)
       except _Stop:
         pass
-      except BaseException as e:  # pylint: disable=broad-except
+      except BaseException as e:  # noqa: BLE001  # re-raised in the caller
         errors.append(e)
         failed.set()
 
-    threads = [threading.Thread(target=worker, args=(k,), name=f"pipeline-stage-{k}", daemon=True)
-               for k in range(self.num_stages)]
+    threads = [
+      threading.Thread(target=worker, args=(k,), name=f"pipeline-stage-{k}", daemon=True)
+      for k in range(self.num_stages)
+    ]
     for thread in threads:
       thread.start()
     try:
@@ -506,21 +590,28 @@ class _EpochContext:
     merged = []
     for t in sorted(host[-1]):
       per_stage = [stage_metrics[t] for stage_metrics in host]
-      row = {name: np.concatenate([np.atleast_1d(m[name]) for m in per_stage])
-             for name in per_stage[0] if name != "total"}
+      row = {
+        name: np.concatenate([np.atleast_1d(m[name]) for m in per_stage])
+        for name in per_stage[0]
+        if name != "total"
+      }
       row["total_loss"] = np.float32(sum(m["total"] for m in per_stage))
       merged.append(row)
     return merged
 
 
-def stage_input_shapes(stages: Sequence[StageStack],
-                       input_shape: tuple[int, ...]) -> list[tuple[int, ...]]:
+def stage_input_shapes(
+  stages: Sequence[StageStack], input_shape: tuple[int, ...]
+) -> list[tuple[int, ...]]:
   """One example's input shape for each stage (the previous stage's output shape)."""
   shapes, shape = [], tuple(input_shape)
   for stage in stages:
     shapes.append(shape)
-    (_, h), _ = jax.eval_shape(functools.partial(stage.init_with_output, train=False),
-                               jax.random.key(0), jax.ShapeDtypeStruct((2, *shape), jnp.float32))
+    (_, h), _ = jax.eval_shape(
+      functools.partial(stage.init_with_output, train=False),
+      jax.random.key(0),
+      jax.ShapeDtypeStruct((2, *shape), jnp.float32),
+    )
     shape = tuple(h.shape[1:])
   return shapes
 
@@ -528,9 +619,17 @@ def stage_input_shapes(stages: Sequence[StageStack],
 # ------------------------------------------------------------------ block costs
 
 
-def block_costs(model: stack.DecoupledStack, tx, objective, loss_cfg, input_shape, batch_size: int,
-                method: str = "flops", device: jax.Device | None = None,
-                repeats: int = 3) -> list[float]:
+def block_costs(
+  model: stack.DecoupledStack,
+  tx,
+  objective,
+  loss_cfg,
+  input_shape,
+  batch_size: int,
+  method: str = "flops",
+  device: jax.Device | None = None,
+  repeats: int = 3,
+) -> list[float]:
   """Cost of one train step of each block alone at ``batch_size``.
 
   ``"flops"``: XLA's estimate of the lowered step (no compilation, no memory);
@@ -538,8 +637,9 @@ def block_costs(model: stack.DecoupledStack, tx, objective, loss_cfg, input_shap
   ``"uniform"``: 1 per block.
   """
   if method not in BALANCE_METHODS:
-    raise ValueError(f"config.parallel.pipeline_balance={method!r} is unknown; choose one of "
-                     f"{BALANCE_METHODS}.")
+    raise ValueError(
+      f"config.parallel.pipeline_balance={method!r} is unknown; choose one of {BALANCE_METHODS}."
+    )
   num_blocks = len(model.blocks)
   if method == "uniform":
     return [1.0] * num_blocks
@@ -560,8 +660,13 @@ def block_costs(model: stack.DecoupledStack, tx, objective, loss_cfg, input_shap
       continue
     state = jax.jit(init, out_shardings=SingleDeviceSharding(device))(jax.random.key(0))
     rng = np.random.default_rng(0)
-    data = jax.device_put((rng.standard_normal(x.shape, np.float32),
-                           (np.arange(batch_size) % model.num_classes).astype(np.int32)), device)
+    data = jax.device_put(
+      (
+        rng.standard_normal(x.shape, np.float32),
+        (np.arange(batch_size) % model.num_classes).astype(np.int32),
+      ),
+      device,
+    )
     compiled = step.lower(state, *data).compile()
     jax.block_until_ready(compiled(state, *data))
     times = []
@@ -573,8 +678,17 @@ def block_costs(model: stack.DecoupledStack, tx, objective, loss_cfg, input_shap
   return costs
 
 
-def plan_stages(model, tx, objective, loss_cfg, input_shape, batch_size: int, num_stages: int,
-                method: str = "flops", device: jax.Device | None = None) -> StagePlan:
+def plan_stages(
+  model,
+  tx,
+  objective,
+  loss_cfg,
+  input_shape,
+  batch_size: int,
+  num_stages: int,
+  method: str = "flops",
+  device: jax.Device | None = None,
+) -> StagePlan:
   """Balance ``model``'s blocks over ``num_stages`` stages by ``method`` cost."""
   costs = block_costs(model, tx, objective, loss_cfg, input_shape, batch_size, method, device)
   return StagePlan(partition_blocks(costs, num_stages), tuple(costs), method)
@@ -586,32 +700,42 @@ def plan_stages(model, tx, objective, loss_cfg, input_shape, batch_size: int, nu
 def pipeline_settings(config, num_blocks: int) -> dict[str, Any]:
   """Read and check ``config.parallel``'s pipeline fields; a clear error names the bad field."""
   par = config.parallel
-  settings = {"num_stages": par.get("num_stages", 0),
-              "schedule": par.get("pipeline_schedule", "pipelined"),
-              "balance": par.get("pipeline_balance", "flops"),
-              "dispatch": par.get("pipeline_dispatch", "auto")}
+  settings = {
+    "num_stages": par.get("num_stages", 0),
+    "schedule": par.get("pipeline_schedule", "pipelined"),
+    "balance": par.get("pipeline_balance", "flops"),
+    "dispatch": par.get("pipeline_dispatch", "auto"),
+  }
   if config.rule not in LOCAL_RULES:
     raise ValueError(
-        f"config.rule={config.rule!r} cannot be pipelined: its gradient crosses block "
-        f"boundaries, so stages cannot update independently. Use one of {LOCAL_RULES}, or "
-        "data parallelism (config.parallel.mode='data').")
+      f"config.rule={config.rule!r} cannot be pipelined: its gradient crosses block "
+      f"boundaries, so stages cannot update independently. Use one of {LOCAL_RULES}, or "
+      "data parallelism (config.parallel.mode='data')."
+    )
   if jax.process_count() > 1:
-    raise ValueError("config.parallel.mode='pipeline' runs on the devices of one host; use data "
-                     "parallelism for multi-host jobs (docs/tpu_vm.md).")
-  for field, allowed in (("schedule", SCHEDULES), ("balance", BALANCE_METHODS),
-                         ("dispatch", DISPATCH_MODES)):
+    raise ValueError(
+      "config.parallel.mode='pipeline' runs on the devices of one host; use data "
+      "parallelism for multi-host jobs (docs/tpu_vm.md)."
+    )
+  for field, allowed in (
+    ("schedule", SCHEDULES),
+    ("balance", BALANCE_METHODS),
+    ("dispatch", DISPATCH_MODES),
+  ):
     if settings[field] not in allowed:
-      raise ValueError(f"config.parallel.pipeline_{field}={settings[field]!r} is unknown; "
-                       f"choose one of {allowed}.")
+      raise ValueError(
+        f"config.parallel.pipeline_{field}={settings[field]!r} is unknown; choose one of {allowed}."
+      )
   devices = jax.local_devices()
   limit = min(len(devices), num_blocks)
   stages = settings["num_stages"] or limit
   if not isinstance(stages, int) or not 1 <= stages <= limit:
     raise ValueError(
-        f"config.parallel.num_stages={settings['num_stages']!r} must be 0 (auto) or 1..{limit}: "
-        f"one device per stage ({len(devices)} visible) and at least one block per stage "
-        f"({num_blocks} blocks). For fake CPU devices set "
-        "XLA_FLAGS=--xla_force_host_platform_device_count=N before JAX starts.")
+      f"config.parallel.num_stages={settings['num_stages']!r} must be 0 (auto) or 1..{limit}: "
+      f"one device per stage ({len(devices)} visible) and at least one block per stage "
+      f"({num_blocks} blocks). For fake CPU devices set "
+      "XLA_FLAGS=--xla_force_host_platform_device_count=N before JAX starts."
+    )
   settings["num_stages"], settings["devices"] = stages, devices[:stages]
   return settings
 
@@ -637,26 +761,39 @@ def train_pipelined(config, workdir: str) -> dict[str, Any]:
   steps = steps_per_epoch(info.num_train, config.data.batch_size)
   schedule = optim.make_schedule(config.optim, steps * config.train.num_epochs, steps)
   tx = optim.make_optimizer(config.optim, schedule)
-  plan = plan_stages(model, tx, objective, config.loss, info.input_shape, config.data.batch_size,
-                     settings["num_stages"], settings["balance"], settings["devices"][0])
-  pipe = Pipeline(model, tx, objective, config.loss, info.input_shape, plan.bounds,
-                  settings["devices"])
+  plan = plan_stages(
+    model,
+    tx,
+    objective,
+    config.loss,
+    info.input_shape,
+    config.data.batch_size,
+    settings["num_stages"],
+    settings["balance"],
+    settings["devices"][0],
+  )
+  pipe = Pipeline(
+    model, tx, objective, config.loss, info.input_shape, plan.bounds, settings["devices"]
+  )
   states = pipe.init(jax.random.key(config.seed))
 
   log = RunLog(workdir, config)
-  checkpointer = checkpoint.RunCheckpointer(workdir, keep=config.checkpoint.keep,
-                                            use_async=config.checkpoint.use_async)
+  checkpointer = checkpoint.RunCheckpointer(
+    workdir, keep=config.checkpoint.keep, use_async=config.checkpoint.use_async
+  )
   try:
     if checkpointer.latest_step() is not None:
       full = pipe.to_train_state(states)
       full, saved = checkpointer.restore(full, checkpoint.make_metadata(config, full, info))
       states = pipe.from_train_state(full)
       log.resume(saved)
-    log.info(f"{config.rule} on {info.name}: {info.num_train} train / {info.num_test} test, "
-             f"{pipe.num_stages} stage(s) {plan.as_dict()['stage_blocks']} on "
-             f"{[str(d) for d in pipe.devices]}, {settings['schedule']} schedule; {plan.cost_kind} "
-             f"cost per stage {[f'{c:.3g}' for c in plan.stage_costs]}, ideal speedup "
-             f"{plan.ideal_speedup:.2f}; from step {int(states[0].step)}")
+    log.info(
+      f"{config.rule} on {info.name}: {info.num_train} train / {info.num_test} test, "
+      f"{pipe.num_stages} stage(s) {plan.as_dict()['stage_blocks']} on "
+      f"{[str(d) for d in pipe.devices]}, {settings['schedule']} schedule; {plan.cost_kind} "
+      f"cost per stage {[f'{c:.3g}' for c in plan.stage_costs]}, ideal speedup "
+      f"{plan.ideal_speedup:.2f}; from step {int(states[0].step)}"
+    )
     if data.label_noise:
       log.set_label_noise(data.label_noise)
     loop = _EpochLoop(config, pipe, settings, schedule, log, checkpointer, info, steps)
@@ -665,9 +802,14 @@ def train_pipelined(config, workdir: str) -> dict[str, Any]:
   finally:
     checkpointer.close()
   results = log.finish(test_accuracy, int(states[0].step), info)
-  results["pipeline"] = {**plan.as_dict(), "devices": [str(d) for d in pipe.devices],
-                         "schedule": settings["schedule"], "dispatch": loop.dispatch,
-                         "stage_busy_s": loop.busy.tolist(), "pipeline_wall_s": loop.wall_s}
+  results["pipeline"] = {
+    **plan.as_dict(),
+    "devices": [str(d) for d in pipe.devices],
+    "schedule": settings["schedule"],
+    "dispatch": loop.dispatch,
+    "stage_busy_s": loop.busy.tolist(),
+    "pipeline_wall_s": loop.wall_s,
+  }
   with open(os.path.join(workdir, "pipeline.json"), "w") as f:
     json.dump(results["pipeline"], f, indent=2)
   return results
@@ -681,18 +823,23 @@ class _EpochLoop:
     self.log, self.checkpointer, self.info, self.steps = log, checkpointer, info, steps
     self.busy, self.wall_s, self.dispatch = np.zeros(pipe.num_stages), 0.0, None
     self.augment = make_augment(config.data.augment, info)
-    self.eval_mesh = Mesh(np.asarray(pipe.devices[:1]), (parallel.DATA_AXIS,),
-                          axis_types=(AxisType.Auto,))
+    self.eval_mesh = Mesh(
+      np.asarray(pipe.devices[:1]), (parallel.DATA_AXIS,), axis_types=(AxisType.Auto,)
+    )
 
   def _save(self, states) -> None:
     full = self.pipe.to_train_state(states)
-    self.checkpointer.save(full, checkpoint.make_metadata(self.config, full, self.info,
-                                                          **self.log.bookkeeping()))
+    self.checkpointer.save(
+      full, checkpoint.make_metadata(self.config, full, self.info, **self.log.bookkeeping())
+    )
 
   def _test(self, states, test_split) -> np.ndarray:
-    return train.evaluate(self.pipe.eval_step, states, eval_batches(
-        test_split, self.info, global_batch_size=self.config.data.eval_batch_size),
-                          self.eval_mesh)
+    return train.evaluate(
+      self.pipe.eval_step,
+      states,
+      eval_batches(test_split, self.info, global_batch_size=self.config.data.eval_batch_size),
+      self.eval_mesh,
+    )
 
   def run(self, states, train_split, test_split):
     config, steps, every = self.config, self.steps, self.config.checkpoint.every_steps
@@ -700,22 +847,35 @@ class _EpochLoop:
     test_accuracy = self._test(states, test_split) if step == steps * num_epochs else None
     for epoch in range(step // steps, num_epochs):
       bar = ProgressBar(steps, f"epoch {epoch + 1}/{num_epochs}", initial=step % steps)
-      batches = iter(train_batches(train_split, self.info, global_batch_size=config.data.batch_size,
-                                   seed=config.seed, epoch=epoch, start_step=step % steps,
-                                   augment=self.augment))
+      batches = iter(
+        train_batches(
+          train_split,
+          self.info,
+          global_batch_size=config.data.batch_size,
+          seed=config.seed,
+          epoch=epoch,
+          start_step=step % steps,
+          augment=self.augment,
+        )
+      )
       metrics = []
       while step < (epoch + 1) * steps:  # one drained segment per checkpoint interval
         stop = min((epoch + 1) * steps, (step // every + 1) * every if every else steps * 10**9)
         states, record = self.pipe.train_epoch(
-            states, itertools.islice(batches, stop - step), self.settings["schedule"],
-            self.settings["dispatch"], on_batch=lambda t, m: bar.update(m),
-            first_batch=step % steps)
+          states,
+          itertools.islice(batches, stop - step),
+          self.settings["schedule"],
+          self.settings["dispatch"],
+          on_batch=lambda t, m, bar=bar: bar.update(m),
+          first_batch=step % steps,
+        )
         step, metrics = stop, metrics + record.metrics
         self.busy += [b or 0.0 for b in record.busy_s]
         self.wall_s += record.wall_s
         self.dispatch = record.dispatch
         summary = self.log.check_finite(
-            {k: np.mean([m[k] for m in metrics], axis=0) for k in metrics[0]}, epoch)
+          {k: np.mean([m[k] for m in metrics], axis=0) for k in metrics[0]}, epoch
+        )
         self.log.add_train_time(record.wall_s)
         if step % steps:
           self._save(states)

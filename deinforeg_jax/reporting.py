@@ -17,6 +17,7 @@ import sys
 import time
 from typing import Any
 
+import jax
 import numpy as np
 from tqdm import tqdm
 
@@ -67,6 +68,7 @@ class RunLog:
   def __init__(self, workdir: str, config):
     os.makedirs(workdir, exist_ok=True)
     self.workdir = workdir
+    self._chief = jax.process_index() == 0  # only process 0 writes files
     self.config = config
     self._start = time.perf_counter()
     self._metrics_path = os.path.join(workdir, "metrics.jsonl")
@@ -78,7 +80,7 @@ class RunLog:
     """Continue from a checkpoint's metadata; drop metric lines written after it."""
     self._best_epoch_accuracy = saved.get("best_epoch_test_accuracy", 0.0)
     self._train_time_s = saved.get("train_time_s", 0.0)
-    if os.path.exists(self._metrics_path):
+    if self._chief and os.path.exists(self._metrics_path):
       with open(self._metrics_path) as f:
         kept = [line for line in f if json.loads(line)["step"] <= saved["step"]]
       with open(self._metrics_path, "w") as f:
@@ -135,8 +137,9 @@ class RunLog:
       "test_accuracy": test_accuracy,
     }
     record.update({f"train_{k}": v for k, v in train.items()})
-    with open(self._metrics_path, "a") as f:
-      f.write(json.dumps({k: _to_json(v) for k, v in record.items()}) + "\n")
+    if self._chief:
+      with open(self._metrics_path, "a") as f:
+        f.write(json.dumps({k: _to_json(v) for k, v in record.items()}) + "\n")
     blocks = " ".join(
       f"[{k}] {tr:.3f}/{te:.3f}"
       for k, (tr, te) in enumerate(zip(np.atleast_1d(train["accuracy"]), test_accuracy))
@@ -165,8 +168,9 @@ class RunLog:
       "steps_per_s": steps / train_time_s if train_time_s > 0 else math.nan,
       "config": self.config.to_dict(),
     }
-    with open(os.path.join(self.workdir, "results.json"), "w") as f:
-      json.dump(results, f, indent=2, default=_to_json)
+    if self._chief:
+      with open(os.path.join(self.workdir, "results.json"), "w") as f:
+        json.dump(results, f, indent=2, default=_to_json)
     self.info(
       f"best block {best_block}: test accuracy {results['best_test_accuracy']:.4f} "
       f"({results['wall_time_s']:.1f} s, {results['steps_per_s']:.2f} steps/s); "

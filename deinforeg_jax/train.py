@@ -131,9 +131,10 @@ def evaluate(eval_step, state: TrainState, batches, mesh) -> np.ndarray:
   """Per-exit accuracy over every example the iterator yields (``[K]`` fractions)."""
   correct, count = None, 0.0
   for batch in batches:
-    out = eval_step(state, parallel.shard_batch(batch, mesh))
+    sharded = parallel.shard_batch(batch, mesh)
+    out = eval_step(state, sharded)
     correct = out["correct"] if correct is None else correct + out["correct"]
-    count += float(np.sum(batch["mask"]))
+    count += float(jnp.sum(sharded["mask"]))  # global: every process's rows
   return np.asarray(correct) / max(count, 1.0)
 
 
@@ -203,7 +204,9 @@ def _train_epochs(
     test_accuracy = evaluate(
       eval_step,
       state,
-      eval_batches(test_split, info, global_batch_size=config.data.eval_batch_size),
+      eval_batches(
+        test_split, info, global_batch_size=config.data.eval_batch_size, **_this_process()
+      ),
       mesh,
     )
   for epoch in range(step // steps, config.train.num_epochs):
@@ -218,6 +221,7 @@ def _train_epochs(
       epoch=epoch,
       start_step=step % steps,
       augment=augment,
+      **_this_process(),
     ):
       state, metrics = train_step(state, parallel.shard_batch(batch, mesh))
       step += 1
@@ -235,12 +239,19 @@ def _train_epochs(
     test_accuracy = evaluate(
       eval_step,
       state,
-      eval_batches(test_split, info, global_batch_size=config.data.eval_batch_size),
+      eval_batches(
+        test_split, info, global_batch_size=config.data.eval_batch_size, **_this_process()
+      ),
       mesh,
     )
     log.epoch(epoch, step, summary, test_accuracy, schedule(step))
     checkpointer.save(state, checkpoint.make_metadata(config, state, info, **log.bookkeeping()))
   return state, test_accuracy
+
+
+def _this_process() -> dict[str, int]:
+  """This process's share of every global batch (multi-host data parallelism)."""
+  return {"process_index": jax.process_index(), "process_count": jax.process_count()}
 
 
 def _batch_spec(global_batch_size: int, info, mesh) -> dict[str, jax.ShapeDtypeStruct]:

@@ -17,9 +17,9 @@ import os
 import jax
 import numpy as np
 import pytest
+from helpers import DIGITS_SHAPE, NUM_CLASSES, random_batch, tiny_config, to_host
 
 from deinforeg_jax import optim, pipeline, rules, stack, train
-from helpers import DIGITS_SHAPE, NUM_CLASSES, random_batch, tiny_config, to_host
 from launch.configs import default
 
 BATCH = 32
@@ -43,8 +43,9 @@ def setup():
 def one_program(setup):
   """The reference: ``NUM_STEPS`` one-program steps; initial state, final state, metrics."""
   config, model, tx, objective, batches = setup
-  state = jax.jit(functools.partial(train.create_train_state, model, tx,
-                                    input_shape=DIGITS_SHAPE))(jax.random.key(0))
+  state = jax.jit(functools.partial(train.create_train_state, model, tx, input_shape=DIGITS_SHAPE))(
+    jax.random.key(0)
+  )
   initial = to_host(state)
   step = jax.jit(train.make_train_step(model, objective, tx, NUM_CLASSES, config.loss))
   metrics = []
@@ -54,28 +55,36 @@ def one_program(setup):
   return initial, to_host(state), metrics
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _pipeline(split_name: str) -> pipeline.Pipeline:
   config = tiny_config()
   model = stack.build_model(config, NUM_CLASSES)
   tx = optim.make_optimizer(config.optim, optim.make_schedule(config.optim, 6, 2))
-  return pipeline.Pipeline(model, tx, rules.get_objective(config.rule), config.loss, DIGITS_SHAPE,
-                           SPLITS[split_name], jax.devices())
+  return pipeline.Pipeline(
+    model,
+    tx,
+    rules.get_objective(config.rule),
+    config.loss,
+    DIGITS_SHAPE,
+    SPLITS[split_name],
+    jax.devices(),
+  )
 
 
 def _assert_trees_close(actual, expected, rtol=1e-5, atol=1e-7):
   assert jax.tree.structure(actual) == jax.tree.structure(expected)
-  for (path, a), b in zip(jax.tree_util.tree_flatten_with_path(actual)[0],
-                          jax.tree.leaves(expected)):
-    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=rtol, atol=atol,
-                               err_msg=jax.tree_util.keystr(path))
+  for (path, a), b in zip(
+    jax.tree_util.tree_flatten_with_path(actual)[0], jax.tree.leaves(expected)
+  ):
+    np.testing.assert_allclose(
+      np.asarray(a), np.asarray(b), rtol=rtol, atol=atol, err_msg=jax.tree_util.keystr(path)
+    )
 
 
 # ---------------------------------------------------------------- state layout
 
 
-def test_stage_states_are_the_block_subtrees_of_the_one_program_state(one_program,
-                                                                      eight_devices):
+def test_stage_states_are_the_block_subtrees_of_the_one_program_state(one_program, eight_devices):
   pipe = _pipeline("4 stages")
   states = pipe.init(jax.random.key(0))
   for state, (a, b), device in zip(states, pipe.bounds, eight_devices):
@@ -94,7 +103,8 @@ def test_one_program_state_splits_into_stages_and_back(one_program, split_name):
     stages = pipe.from_train_state(state)
     assert [next(iter(jax.tree.leaves(s)[0].devices())) for s in stages] == pipe.devices
     assert [sorted(s.params) for s in stages] == [
-        [stack.block_name(i) for i in range(a, b)] for a, b in pipe.bounds]
+      [stack.block_name(i) for i in range(a, b)] for a, b in pipe.bounds
+    ]
     _assert_trees_close(to_host(pipe.to_train_state(stages)), state, rtol=0, atol=0)
 
 
@@ -103,8 +113,9 @@ def test_one_program_state_splits_into_stages_and_back(one_program, split_name):
 
 @pytest.mark.parametrize("split_name", list(SPLITS))
 @pytest.mark.parametrize("schedule,dispatch", MODES)
-def test_schedule_reproduces_the_one_program_step(setup, one_program, split_name, schedule,
-                                                  dispatch):
+def test_schedule_reproduces_the_one_program_step(
+  setup, one_program, split_name, schedule, dispatch
+):
   """Synchronous by construction; pipelined because stage j made batch t's activation
   with the parameters it had after t updates, exactly those the one-program step uses."""
   _, _, _, _, batches = setup
@@ -122,8 +133,7 @@ def test_schedule_reproduces_the_one_program_step(setup, one_program, split_name
 
 
 @pytest.mark.parametrize("schedule,dispatch", MODES)
-def test_every_stage_trains_on_every_batch_exactly_once_per_epoch(one_program, schedule,
-                                                                  dispatch):
+def test_every_stage_trains_on_every_batch_exactly_once_per_epoch(one_program, schedule, dispatch):
   pipe = _pipeline("4 stages")
   num_batches, epochs = 5, 2
   batches = [random_batch(BATCH, seed=10 + i) for i in range(num_batches)]
@@ -144,14 +154,17 @@ def test_every_stage_trains_on_every_batch_exactly_once_per_epoch(one_program, s
 def test_batch_ids_continue_from_first_batch_and_progress_reports_each_batch_once(one_program):
   pipe = _pipeline("2 uneven stages")
   seen = []
-  _, record = pipe.train_epoch(pipe.from_train_state(one_program[0]),
-                               (random_batch(BATCH, seed=i) for i in range(3)),
-                               on_batch=lambda t, m: seen.append((t, float(m["total_loss"]))),
-                               first_batch=7)
+  _, record = pipe.train_epoch(
+    pipe.from_train_state(one_program[0]),
+    (random_batch(BATCH, seed=i) for i in range(3)),
+    on_batch=lambda t, m: seen.append((t, float(m["total_loss"]))),
+    first_batch=7,
+  )
   assert record.batch_ids == [[7, 8, 9], [7, 8, 9]]
   assert sorted(t for t, _ in seen) == [7, 8, 9]
-  np.testing.assert_allclose([loss for _, loss in sorted(seen)],
-                             [m["total_loss"] for m in record.metrics], rtol=1e-6)
+  np.testing.assert_allclose(
+    [loss for _, loss in sorted(seen)], [m["total_loss"] for m in record.metrics], rtol=1e-6
+  )
 
 
 def test_a_failing_stage_stops_the_pipeline_with_its_error(one_program, monkeypatch):
@@ -161,7 +174,8 @@ def test_a_failing_stage_stops_the_pipeline_with_its_error(one_program, monkeypa
   def broken(*args):
     raise RuntimeError("stage 2 exploded")
 
-  monkeypatch.setattr(pipe, "_train_steps", pipe._train_steps[:2] + [broken] + pipe._train_steps[3:])
+  steps = list(pipe._train_steps)  # pylint: disable=protected-access
+  monkeypatch.setattr(pipe, "_train_steps", steps[:2] + [broken] + steps[3:])
   with pytest.raises(RuntimeError, match="stage 2 exploded"):
     pipe.train_epoch(states, itertools.repeat(random_batch(BATCH), 50), "pipelined", "threads")
 
@@ -178,10 +192,11 @@ def test_partition_is_the_exact_min_max_contiguous_split():
     bounds = pipeline.partition_blocks(costs, stages)
     assert bounds[0][0] == 0 and bounds[-1][1] == n and len(bounds) == stages
     assert all(a < b for a, b in bounds)
-    assert all(b == a2 for (_, b), (a2, _) in zip(bounds, bounds[1:]))
+    assert all(b == a2 for (_, b), (a2, _) in itertools.pairwise(bounds))
     brute = min(
-        max(sum(costs[a:b]) for a, b in zip((0,) + cuts, cuts + (n,)))
-        for cuts in itertools.combinations(range(1, n), stages - 1))
+      max(sum(costs[a:b]) for a, b in zip((0,) + cuts, cuts + (n,)))
+      for cuts in itertools.combinations(range(1, n), stages - 1)
+    )
     assert max(sum(costs[a:b]) for a, b in bounds) == pytest.approx(brute)
   with pytest.raises(ValueError, match="cannot split 2 blocks into 3 stages"):
     pipeline.partition_blocks([1.0, 1.0], 3)
@@ -197,20 +212,24 @@ def test_flop_costs_balance_the_stages_and_give_the_ideal_speedup(setup):
   assert 1.0 <= plan.ideal_speedup <= 2.0
   assert plan.ideal_epoch_speedup(1) == pytest.approx(1.0)
   assert plan.ideal_epoch_speedup(10**6) == pytest.approx(plan.ideal_speedup, rel=1e-4)
-  uniform = pipeline.plan_stages(model, tx, objective, config.loss, DIGITS_SHAPE, BATCH, 2,
-                                 "uniform")
+  uniform = pipeline.plan_stages(
+    model, tx, objective, config.loss, DIGITS_SHAPE, BATCH, 2, "uniform"
+  )
   assert uniform.bounds == ((0, 2), (2, 4)) and uniform.ideal_speedup == 2.0
 
 
 # ---------------------------------------------------------------- config errors
 
 
-@pytest.mark.parametrize("field,value,message", [
+@pytest.mark.parametrize(
+  "field,value,message",
+  [
     ("rule", "bp", "config.rule='bp' cannot be pipelined"),
     ("parallel.num_stages", 5, "config.parallel.num_stages=5"),
     ("parallel.pipeline_schedule", "async", "config.parallel.pipeline_schedule='async'"),
     ("parallel.pipeline_balance", "bytes", "config.parallel.pipeline_balance='bytes'"),
-])
+  ],
+)
 def test_invalid_pipeline_config_names_the_field(field, value, message):
   config = default.get_config()
   section, _, name = field.rpartition(".")
