@@ -199,16 +199,16 @@ def _train_epochs(
   train_split, test_split, info = data.train, data.test, data.info
   step = int(state.step)
   every = config.checkpoint.every_steps
+
+  def test(state):
+    batches = eval_batches(
+      test_split, info, global_batch_size=config.data.eval_batch_size, **_this_process()
+    )
+    return evaluate(eval_step, state, batches, mesh)
+
   test_accuracy = None
   if step == steps * config.train.num_epochs:  # finished before: evaluate only
-    test_accuracy = evaluate(
-      eval_step,
-      state,
-      eval_batches(
-        test_split, info, global_batch_size=config.data.eval_batch_size, **_this_process()
-      ),
-      mesh,
-    )
+    test_accuracy = test(state)
   for epoch in range(step // steps, config.train.num_epochs):
     bar = ProgressBar(steps, f"epoch {epoch + 1}/{config.train.num_epochs}", initial=step % steps)
     epoch_metrics = []
@@ -236,14 +236,7 @@ def _train_epochs(
     summary = log.check_finite(_mean_metrics(epoch_metrics), epoch)
     jax.block_until_ready(state)
     log.add_train_time(time.perf_counter() - start)
-    test_accuracy = evaluate(
-      eval_step,
-      state,
-      eval_batches(
-        test_split, info, global_batch_size=config.data.eval_batch_size, **_this_process()
-      ),
-      mesh,
-    )
+    test_accuracy = test(state)
     log.epoch(epoch, step, summary, test_accuracy, schedule(step))
     checkpointer.save(state, checkpoint.make_metadata(config, state, info, **log.bookkeeping()))
   return state, test_accuracy
