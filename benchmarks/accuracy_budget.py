@@ -6,7 +6,7 @@ Trains one run per rule (``--rules``) from the same config, each in
   python -m benchmarks.accuracy_budget --config=launch/configs/cifar10_vgg.py \\
       --config.data.name=cifar10_20k --config.data.data_dir=/path/to/tfds \\
       --config.model.width=0.25 --config.model.projector=512-512-512 \\
-      --config.train.num_epochs=10 --workdir=/tmp/accuracy_budget
+      --config.train.num_epochs=10 --workdir=runs/accuracy_budget
 
 The budget is the config's epoch count; every rule gets the same one.  Runs are
 checkpointed, so an interrupted benchmark resumes when rerun with the same

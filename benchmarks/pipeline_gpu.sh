@@ -2,7 +2,7 @@
 # Pipeline vs one GPU vs data parallelism on a multi-GPU host: one JSON line per measurement.
 #
 #   bash benchmarks/pipeline_gpu.sh                  # all visible GPUs, SPEC-size VGG
-#   NUM_GPUS=4 OUT=/tmp/pipeline_gpu.jsonl bash benchmarks/pipeline_gpu.sh
+#   NUM_GPUS=4 OUT=pipeline_gpu.jsonl bash benchmarks/pipeline_gpu.sh
 #   WIDTH=0.5 PROJECTOR=1024-1024-1024 BATCH=256 bash benchmarks/pipeline_gpu.sh
 #
 # For every stage count 2, 4, 8 (up to NUM_GPUS) it runs benchmarks/pipeline.py on the

@@ -1,6 +1,6 @@
 """Train a DeInfoReg (or BP) model from a config file.
 
-python -m launch.train --workdir=/tmp/run                       # embedded default
+python -m launch.train --workdir=runs/default                      # embedded default
 python -m launch.train --config=launch/configs/cifar10_vgg.py --workdir=W --config.rule=bp
 XLA_FLAGS=--xla_force_host_platform_device_count=4 python -m launch.train --workdir=W \
     --config.parallel.mode=pipeline                            # 4 stages on 4 fake devices

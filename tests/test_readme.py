@@ -11,8 +11,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def test_readme_python_example_runs(tmp_path):
   with open(os.path.join(REPO, "README.md")) as f:
     example = re.search(r"```python\n(.*?)```", f.read(), re.S).group(1)
-  assert "/tmp/deinforeg_api" in example
-  code = example.replace("/tmp/deinforeg_api", str(tmp_path / "api"))
+  assert "runs/api" in example
+  code = example.replace("runs/api", str(tmp_path / "api"))
   code = code.replace("config.train.num_epochs = 3", "config.train.num_epochs = 1")
   namespace: dict = {}
   exec(compile(code, "README.md", "exec"), namespace)  # pylint: disable=exec-used

@@ -249,8 +249,9 @@ def test_grain_batches_from_a_tfds_source(tiny_dataset):
   )
 
 
-def test_loaded_data_unpacks_like_the_old_tuple():
-  train, test, info = load_dataset({"name": "digits"})
+def test_loaded_digits_splits_match_their_info():
+  data = load_dataset({"name": "digits"})
+  train, test, info = data.train, data.test, data.info
   assert info.name == "digits" and info.pixel_max == 1.0
   assert len(train.labels) == info.num_train and len(test.labels) == info.num_test
 

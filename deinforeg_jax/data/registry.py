@@ -43,10 +43,6 @@ class LoadedData:
   info: DatasetInfo
   label_noise: dict[str, Any] | None = None
 
-  def __iter__(self):
-    """``train, test, info = load_dataset(cfg)`` still works (the former return value)."""
-    return iter((self.train, self.test, self.info))
-
 
 def _field(cfg, name: str, default: Any) -> Any:
   """``cfg.name`` for a ConfigDict or a mapping, ``default`` when absent."""

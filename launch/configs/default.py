@@ -1,7 +1,7 @@
 """Default config: a small 4-block VGG-style DeInfoReg stack on the embedded digits.
 
 Runs offline on a fresh machine in about a minute on 2 CPU cores:
-  python -m launch.train --workdir=/tmp/deinforeg_digits
+  python -m launch.train --workdir=runs/digits
 Any field can be overridden, e.g. ``--config.rule=bp --config.train.num_epochs=20``.
 """
 
