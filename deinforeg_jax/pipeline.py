@@ -452,7 +452,7 @@ class Pipeline:
   def _run_synchronous(self, states, batches, ctx, queue_size):
     del queue_size
     for tick, (t, batch) in enumerate(batches):
-      x, labels = batch["image"], batch["label"]
+      x, labels = train.model_inputs(batch), batch["label"]
       for k in range(self.num_stages):
         start = time.perf_counter()
         states[k], x, metrics, labels = self._stage(k, states[k], x, labels)
@@ -469,7 +469,7 @@ class Pipeline:
         t, batch = next(batches, (None, None))
         exhausted = t is None
         if not exhausted:
-          pending[0] = (t, batch["image"], batch["label"])
+          pending[0] = (t, train.model_inputs(batch), batch["label"])
       outputs = []
       for k in reversed(range(self.num_stages)):  # stage k+1 consumes before stage k produces
         if pending[k] is None:
@@ -536,7 +536,7 @@ class Pipeline:
       thread.start()
     try:
       for t, batch in batches:
-        put(queues[0], (t, batch["image"], batch["label"]))
+        put(queues[0], (t, train.model_inputs(batch), batch["label"]))
       put(queues[0], _END)
     except _Stop:
       pass
@@ -554,7 +554,7 @@ class Pipeline:
 
   def eval_step(self, states: Sequence[train.TrainState], batch: dict[str, Any]) -> dict:
     """``train.evaluate``-compatible: ``{"correct": [num_blocks]}`` through all stages."""
-    x, labels, mask = batch["image"], batch["label"], batch["mask"]
+    x, labels, mask = train.model_inputs(batch), batch["label"], batch["mask"]
     correct = []
     for k, (state, device) in enumerate(zip(states, self.devices)):
       x, labels, mask = jax.device_put((x, labels, mask), device)

@@ -35,6 +35,11 @@ from deinforeg_jax.reporting import ProgressBar, RunLog
 Batch = dict[str, jax.Array]
 
 
+def model_inputs(batch: Batch) -> jax.Array:
+  """The model's input in ``batch``: ``tokens`` ``[B, T]`` int32 for text, else ``image``."""
+  return batch["tokens"] if "tokens" in batch else batch["image"]
+
+
 @flax.struct.dataclass
 class TrainState:
   """Everything that changes during training; a pytree."""
@@ -73,7 +78,7 @@ def make_train_step(
     def loss_fn(params):
       outputs, updated = model.apply(
         {"params": params, "batch_stats": state.batch_stats},
-        batch["image"],
+        model_inputs(batch),
         train=True,
         mutable=["batch_stats"],
       )
@@ -100,7 +105,7 @@ def make_eval_step(model: nn.Module) -> Callable[[TrainState, Batch], dict[str, 
 
   def eval_step(state: TrainState, batch: Batch):
     outputs = model.apply(
-      {"params": state.params, "batch_stats": state.batch_stats}, batch["image"], train=False
+      {"params": state.params, "batch_stats": state.batch_stats}, model_inputs(batch), train=False
     )
     predictions = jnp.stack([jnp.argmax(logits, axis=-1) for logits in outputs["logits"]])
     hits = (predictions == batch["label"][None]).astype(jnp.float32) * batch["mask"][None]
