@@ -8,6 +8,13 @@ Trains one run per rule (``--rules``) from the same config, each in
       --config.model.width=0.25 --config.model.projector=512-512-512 \\
       --config.train.num_epochs=10 --workdir=runs/accuracy_budget
 
+Text (BiLSTM / Transformer) the same way, e.g. on a prepared AG News subset::
+
+  python -m benchmarks.accuracy_budget --config=launch/configs/agnews_lstm.py \
+      --config.data.name=ag_news_5k --config.data.data_dir=/path/to/tfds \
+      --config.model.glove=glove6b_50d_5k.npz --config.model.emb_dim=50 \
+      --config.train.num_epochs=5 --workdir=runs/accuracy_budget_text
+
 The budget is the config's epoch count; every rule gets the same one.  Runs are
 checkpointed, so an interrupted benchmark resumes when rerun with the same
 command.
@@ -49,6 +56,23 @@ def summary_line(config, results: dict) -> dict:
     "best_block": results["best_block"],
     "wall_time_s": round(results["wall_time_s"], 1),
     "steps_per_s": round(results["steps_per_s"], 3),
+    **_text_fields(config),
+  }
+
+
+def _text_fields(config) -> dict:
+  """Text settings of the line (none for vision configs)."""
+  if "max_len" not in config.data:
+    return {}
+  m = config.model
+  fields = {"num_blocks": m.num_blocks, "emb_dim": m.emb_dim, "max_len": config.data.max_len}
+  fields.update(
+    {"hidden": m.hidden} if m.arch == "lstm" else {"heads": m.heads, "ff_dim": m.ff_dim}
+  )
+  return {
+    **fields,
+    "glove": os.path.basename(m.glove) or None,
+    "vocab_size": config.data.vocab_size,
   }
 
 

@@ -10,6 +10,10 @@ Training is a pure function of ``(config, state.step)``: the data order and the
 augmentation are seeded by ``(seed, epoch, position)`` and the step fixes the
 epoch and the position inside it, so restoring the state continues exactly as
 an uninterrupted run.
+
+``read_variables`` reads only a run's parameters and BatchNorm statistics
+(Orbax partial restore, no optimizer state), to grow a stack from it
+(``growth``) or to evaluate it offline (``benchmarks/adaptive_inference.py``).
 """
 
 from __future__ import annotations
@@ -153,3 +157,41 @@ class RunCheckpointer:
 
   def close(self) -> None:
     self._manager.close()
+
+
+def read_variables(workdir: str) -> tuple[dict[str, Any], dict[str, Any]]:
+  """Partial restore of ``workdir``'s latest checkpoint (nothing there is written).
+
+  Reads only ``params`` and ``batch_stats`` (as host arrays; not the optimizer
+  state) and the metadata.  Returns ``(variables, metadata)``.
+
+  Raises:
+    FileNotFoundError: ``workdir`` holds no checkpoint.
+  """
+  directory = os.path.abspath(os.path.join(workdir, "checkpoints"))
+  handlers = {"state": ocp.PyTreeCheckpointHandler(), "metadata": ocp.JsonCheckpointHandler()}
+  options = ocp.CheckpointManagerOptions(create=False)  # and never saves
+  step = None
+  if os.path.isdir(directory):
+    reader = ocp.CheckpointManager(directory, options=options, item_handlers=handlers)
+    step = reader.latest_step()
+  if step is None:
+    raise FileNotFoundError(f"no checkpoint in {directory}")
+  with reader:
+    tree = reader.item_metadata(step)["state"]
+    item = {
+      key: jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype), dict(tree[key]))
+      for key in ("params", "batch_stats")
+      if key in tree
+    }
+    restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), item)
+    restored = reader.restore(
+      step,
+      args=ocp.args.Composite(
+        state=ocp.args.PyTreeRestore(item=item, restore_args=restore_args, partial_restore=True),
+        metadata=ocp.args.JsonRestore(),
+      ),
+    )
+  variables = dict(restored["state"])
+  variables.setdefault("batch_stats", {})
+  return variables, restored["metadata"]

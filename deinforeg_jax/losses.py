@@ -119,3 +119,62 @@ def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
   log_probs = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
   picked = jnp.take_along_axis(log_probs, labels[:, None].astype(jnp.int32), axis=-1)
   return -jnp.mean(picked)
+
+
+def supervised_contrastive_loss(
+  z: jax.Array, labels: jax.Array, temperature: float = 0.1
+) -> jax.Array:
+  """SCPL's supervised contrastive loss of one block (SPEC 6.3).
+
+  With ``ẑ`` the L2-normalised rows of ``z`` and ``s_ik = ẑ_i·ẑ_k / τ``::
+
+      p_ij = s_ij − log Σ_{k≠i} exp(s_ik)
+      L    = −(1/B) Σ_i (1/|P_i|) Σ_{j≠i, y_j=y_i} p_ij,   P_i = {j : y_j = y_i}
+
+  ``|P_i|`` counts the anchor itself, as the reference does (SupCon does not).
+  Args: ``z`` ``[B, D]``, ``labels`` ``[B]`` ints, ``temperature`` ``τ``.
+
+  >>> z = jnp.array([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0], [0.0, 1.0]])
+  >>> float(supervised_contrastive_loss(z, jnp.array([0, 0, 1, 1]), 0.1)) < 0.01
+  True
+  """
+  z_hat = l2_normalize(z.astype(jnp.float32))
+  batch = z_hat.shape[0]
+  logits = jnp.matmul(z_hat, z_hat.T, precision=jax.lax.Precision.HIGHEST) / temperature
+  others = ~jnp.eye(batch, dtype=bool)
+  log_denominator = jax.nn.logsumexp(jnp.where(others, logits, -jnp.inf), axis=1, keepdims=True)
+  log_prob = logits - log_denominator
+  same = labels[:, None] == labels[None, :]
+  positives = jnp.sum(jnp.where(same & others, log_prob, 0.0), axis=1)
+  return -jnp.mean(positives / jnp.sum(same, axis=1))
+
+
+def mean_squared_error(prediction: jax.Array, target: jax.Array) -> jax.Array:
+  """``mean((prediction − target)²)`` over every element (``nn.MSELoss``)."""
+  return jnp.mean(jnp.square(prediction.astype(jnp.float32) - target.astype(jnp.float32)))
+
+
+def associated_learning_loss(
+  bridge: jax.Array, target: jax.Array, decoded: jax.Array, previous_target: jax.Array
+) -> tuple[jax.Array, dict[str, jax.Array]]:
+  """One associated-learning block's loss (Kao & Chen 2021; SPEC 6.2).
+
+  ``L = MSE(b(s), sg(t)) + MSE(inv(t), sg(t_prev))``: the bridge ``b`` maps the
+  input-side feature ``s`` onto the label-side code ``t = g(t_prev)`` (which the
+  bridge term does not move), and the decoder ``inv`` reconstructs ``t_prev``
+  (the one-hot labels for the first block) from ``t``.
+
+  Args:
+    bridge: ``[B, H]`` bridge output ``b(s)``.
+    target: ``[B, H]`` label-side code ``t``.
+    decoded: ``[B, H_prev]`` decoder output ``inv(t)``.
+    previous_target: ``[B, H_prev]`` the label-side input ``t_prev``.
+
+  Returns:
+    ``(total, {"bridge", "reconstruction"})``.
+  """
+  terms = {
+    "bridge": mean_squared_error(bridge, jax.lax.stop_gradient(target)),
+    "reconstruction": mean_squared_error(decoded, jax.lax.stop_gradient(previous_target)),
+  }
+  return terms["bridge"] + terms["reconstruction"], terms

@@ -4,8 +4,11 @@ Files written in the workdir:
 
 * ``metrics.jsonl`` - one JSON object per epoch (per-block train loss terms and
   accuracy, per-block test accuracy, learning rate);
+* ``grad_norms.json`` - with ``config.train.log_grad_norms``: the encoder layers
+  and their gradient norms at initialisation (first step);
 * ``results.json`` - the final summary (``rule``, ``best_test_accuracy``,
-  ``per_block_test_accuracy``, ``best_block``, ``wall_time_s``, ``steps_per_s``...).
+  ``per_block_test_accuracy``, ``best_block``, ``wall_time_s``, ``steps_per_s``,
+  ``adaptive_inference``...).
 """
 
 from __future__ import annotations
@@ -75,6 +78,7 @@ class RunLog:
     self._best_epoch_accuracy = 0.0
     self._train_time_s = 0.0
     self._label_noise = None
+    self._adaptive_inference = None
 
   def resume(self, saved: dict[str, Any]) -> None:
     """Continue from a checkpoint's metadata; drop metric lines written after it."""
@@ -94,6 +98,24 @@ class RunLog:
       f"label noise {report['kind']} {report['rate']}%: "
       f"{report['changed_fraction']:.2%} of training labels changed"
     )
+
+  def grad_norms_at_init(self, layers: list[str], norms) -> None:
+    """Write ``grad_norms.json``: ``{"layers": [...], "init": [...]}``, the per-layer
+    gradient norms of the first step (the per-epoch means go to ``metrics.jsonl``)."""
+    if self._chief:
+      record = {"layers": list(layers), "init": np.asarray(norms).tolist()}
+      with open(os.path.join(self.workdir, "grad_norms.json"), "w") as f:
+        json.dump(record, f, indent=1)
+
+  def set_adaptive_inference(self, report: dict[str, Any] | None) -> None:
+    """Record (and print) the adaptive-exit result of ``inference.adaptive_report``."""
+    self._adaptive_inference = report
+    if report:
+      self.info(
+        f"adaptive exit (patience {report['patience']}, cosine > {report['cosine_threshold']}): "
+        f"test accuracy {report['accuracy']:.4f}, mean exit block "
+        f"{report['mean_exit_block']:.2f}, {report['compute_fraction']:.1%} of full-depth FLOPs"
+      )
 
   def add_train_time(self, seconds: float) -> None:
     self._train_time_s += seconds
@@ -162,6 +184,7 @@ class RunLog:
       # The reference's protocol: the maximum over epochs and blocks (model selection on test).
       "best_epoch_test_accuracy": self._best_epoch_accuracy,
       "label_noise": self._label_noise,
+      "adaptive_inference": self._adaptive_inference,
       "steps": steps,
       "wall_time_s": time.perf_counter() - self._start,
       "train_time_s": train_time_s,

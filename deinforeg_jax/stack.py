@@ -8,8 +8,14 @@ parameters.  ``BackpropNet`` runs the same encoders end to end (no
 ``build_model``; parameter names are shared, so a grown stack is a superset of
 the old one.
 
-Shapes: input ``x`` ``[B, H, W, C]``; per block ``z`` ``[B, D]`` and ``logits``
-``[B, num_classes]``.
+Shapes: input ``x`` ``[B, H, W, C]`` (vision) or ``tokens`` int32 ``[B, T]``
+(text); per block ``z`` ``[B, D]`` and ``logits`` ``[B, num_classes]``.
+
+Text (``config.model.arch`` "lstm" | "transformer", SPEC 4.3/4.4): ``block_00`` is
+the embedding block (identity projector, no classifier; its ``z`` goes to
+``outputs["extra_z"]``), followed by ``config.model.num_blocks`` BiLSTM or
+Transformer blocks ``block_01 ..`` with identity projectors and ``Tanh-Dense(C)``
+classifiers.  ``num_blocks`` therefore counts the exits, for vision and text.
 """
 
 from __future__ import annotations
@@ -23,7 +29,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from deinforeg_jax.modules import heads, vision
+from deinforeg_jax.modules import heads, text, vision
 
 EncoderFactory = Callable[..., nn.Module]  # called with ``name=`` only
 
@@ -38,10 +44,14 @@ class BlockSpec:
   classifier_style: str = "bn_relu"
   classifier_hidden: tuple[int, ...] = ()
   pool: Callable[[Any], jax.Array] = vision.flatten
+  has_classifier: bool = True  # False: the text embedding block (its z is an ``extra_z``)
 
 
 class Block(nn.Module):
-  """encoder -> pool -> projector -> classifier.  Returns ``(h, z, logits)``."""
+  """encoder -> pool -> projector -> classifier.  Returns ``(h, z, logits)``.
+
+  ``logits`` is None for a block without classifier.
+  """
 
   spec: BlockSpec
   num_classes: int
@@ -51,6 +61,8 @@ class Block(nn.Module):
     h = self.spec.encoder(name="encoder")(x, train)
     u = self.spec.pool(h)
     z = heads.MLP(self.spec.projector, name="projector")(u, train)
+    if not self.spec.has_classifier:
+      return h, z, None
     classifier_input = z if self.spec.classifier_mode == "merge" else jax.lax.stop_gradient(u)
     logits = heads.BlockClassifier(
       self.num_classes,
@@ -65,19 +77,28 @@ class Block(nn.Module):
 class DecoupledStack(nn.Module):
   """N blocks with ``stop_gradient`` at every boundary.
 
-  ``__call__`` returns ``{"z": [z_0..z_{N-1}], "logits": [..]}``.
+  ``__call__`` returns ``{"z": [z_0..z_{N-1}], "logits": [..]}``, one entry per
+  block with a classifier (an *exit*); blocks without a classifier (the text
+  embedding block) put their ``z`` in ``outputs["extra_z"]`` instead.
+  Blocks listed in ``frozen_blocks`` always run in inference mode (BatchNorm
+  uses and keeps its running statistics), as frozen old blocks of a grown stack.
   """
 
   blocks: Sequence[BlockSpec]
   num_classes: int
+  frozen_blocks: Sequence[int] = ()
 
   @nn.compact
   def __call__(self, x: Any, train: bool) -> dict[str, list[jax.Array]]:
     outputs: dict[str, list[jax.Array]] = {"z": [], "logits": []}
     for k, spec in enumerate(self.blocks):
-      h, z, logits = Block(spec, self.num_classes, name=block_name(k))(x, train)
-      outputs["z"].append(z)
-      outputs["logits"].append(logits)
+      block_train = train and k not in self.frozen_blocks
+      h, z, logits = Block(spec, self.num_classes, name=block_name(k))(x, block_train)
+      if logits is None:
+        outputs.setdefault("extra_z", []).append(z)
+      else:
+        outputs["z"].append(z)
+        outputs["logits"].append(logits)
       x = jax.lax.stop_gradient(h)
     return outputs
 
@@ -167,7 +188,10 @@ def parse_vgg_blocks(text: str) -> tuple[tuple[int | str, ...], ...]:
 
 def _vgg_encoders(model_cfg) -> list[EncoderFactory]:
   blocks = parse_vgg_blocks(model_cfg.vgg_blocks)
-  return [functools.partial(vision.VGGStage, layers, model_cfg.width) for layers in blocks]
+  batch_norm = model_cfg.get("batch_norm", True)
+  return [
+    functools.partial(vision.VGGStage, layers, model_cfg.width, batch_norm) for layers in blocks
+  ]
 
 
 def _resnet_encoders(model_cfg) -> list[EncoderFactory]:
@@ -187,20 +211,93 @@ ARCHITECTURES = {
   "resnet34": _resnet_encoders,
   "resnet50": _resnet_encoders,
 }
+TEXT_ARCHITECTURES = ("lstm", "transformer")
+
+
+def _text_encoders(config, vocab_size: int | None) -> list[EncoderFactory]:
+  """Embedding + ``config.model.num_blocks`` BiLSTM / Transformer encoder factories.
+
+  Reads ``config.model``: ``emb_dim``, ``hidden`` (LSTM H), ``heads``, ``ff_dim``,
+  ``dropout``, ``positional_encoding``, ``embedding_pool``, ``lstm_padding``,
+  ``freeze_embedding``; the table has ``vocab_size`` rows (default
+  ``config.data.vocab_size``).
+  """
+  m = config.model
+  if not isinstance(m.num_blocks, int) or m.num_blocks < 1:
+    raise ValueError(
+      f"config.model.num_blocks={m.num_blocks!r} must be a positive integer: the number of "
+      f"{m.arch} blocks after the embedding block."
+    )
+  vocab_size = config.data.vocab_size if vocab_size is None else vocab_size
+  factories = [
+    functools.partial(
+      text.Embedding, vocab_size, m.emb_dim, m.embedding_pool, m.freeze_embedding
+    )
+  ]
+  for k in range(m.num_blocks):
+    if m.arch == "lstm":
+      factories.append(functools.partial(text.BiLSTM, m.hidden, m.lstm_padding))
+    else:
+      factories.append(
+        functools.partial(
+          text.TransformerEncoder, m.heads, m.ff_dim, m.dropout, m.positional_encoding and k == 0
+        )
+      )
+  return factories
+
+
+def _build_text_model(config, num_classes: int, vocab_size: int | None) -> nn.Module:
+  encoders = _text_encoders(config, vocab_size)
+  if config.rule == "bp":
+    return BackpropNet(tuple(encoders), functools.partial(text.TextHead, num_classes))
+  if config.rule in ("scpl", "al"):
+    from deinforeg_jax import baselines  # pylint: disable=import-outside-toplevel (cycle)
+
+    head = functools.partial(text.TextHead, num_classes)
+    return baselines.build_baseline(config, encoders, num_classes, text_head=head, pool=text.pooled)
+  if config.model.classifier_mode != "merge":
+    raise ValueError(
+      f"config.model.classifier_mode={config.model.classifier_mode!r}: text stacks support "
+      "only 'merge' (Tanh-Dense classifier on the pooled vector)."
+    )
+  if heads.parse_layer_spec(config.model.projector, "model.projector"):
+    raise ValueError(
+      f"config.model.projector={config.model.projector!r}: text blocks use the identity "
+      "projector (SPEC 3.6); set it to ''."
+    )
+  specs = [BlockSpec(encoders[0], (), pool=text.pooled, has_classifier=False)]
+  specs += [BlockSpec(e, (), classifier_style="tanh", pool=text.pooled) for e in encoders[1:]]
+  return DecoupledStack(tuple(specs), num_classes)
 
 
 def build_encoders(model_cfg) -> list[EncoderFactory]:
   """Encoder factories for ``config.model`` (``arch``, ``width``, ``vgg_blocks``)."""
   if model_cfg.arch not in ARCHITECTURES:
     raise ValueError(
-      f"config.model.arch={model_cfg.arch!r} is unknown; choose one of {sorted(ARCHITECTURES)}."
+      f"config.model.arch={model_cfg.arch!r} is unknown; choose one of "
+      f"{sorted(ARCHITECTURES) + list(TEXT_ARCHITECTURES)}."
     )
   return ARCHITECTURES[model_cfg.arch](model_cfg)
 
 
-def build_model(config, num_classes: int) -> nn.Module:
-  """The model for ``config.rule``: a ``DecoupledStack`` or a ``BackpropNet``."""
+def bp_head(model_cfg, num_classes: int) -> Callable[..., nn.Module]:
+  """The SPEC BP head factory for a vision ``config.model`` (VGG or ResNet)."""
+  if model_cfg.arch == "vgg":
+    hidden = vision.scale_width(model_cfg.bp_head_hidden, model_cfg.width)
+    return functools.partial(VGGHead, hidden, num_classes)
+  return functools.partial(ResNetHead, num_classes)
+
+
+def build_model(config, num_classes: int, *, vocab_size: int | None = None) -> nn.Module:
+  """The model for ``config.rule``: a ``DecoupledStack``, a ``BackpropNet``, or for
+  ``scpl`` / ``al`` a ``baselines.SCPLStack`` / ``baselines.ALStack``.
+
+  ``vocab_size`` (text only): rows of the embedding table, default
+  ``config.data.vocab_size``.
+  """
   model_cfg = config.model
+  if model_cfg.arch in TEXT_ARCHITECTURES:
+    return _build_text_model(config, num_classes, vocab_size)
   encoders = build_encoders(model_cfg)
   num_blocks = model_cfg.num_blocks
   if not 1 <= num_blocks <= len(encoders):
@@ -210,13 +307,11 @@ def build_model(config, num_classes: int) -> nn.Module:
     )
   encoders = encoders[:num_blocks]
   if config.rule == "bp":
-    if model_cfg.arch == "vgg":
-      head = functools.partial(
-        VGGHead, vision.scale_width(model_cfg.bp_head_hidden, model_cfg.width), num_classes
-      )
-    else:
-      head = functools.partial(ResNetHead, num_classes)
-    return BackpropNet(tuple(encoders), head)
+    return BackpropNet(tuple(encoders), bp_head(model_cfg, num_classes))
+  if config.rule in ("scpl", "al"):
+    from deinforeg_jax import baselines  # pylint: disable=import-outside-toplevel (cycle)
+
+    return baselines.build_baseline(config, encoders, num_classes)
   projector = heads.parse_layer_spec(model_cfg.projector, "model.projector")
   mode = model_cfg.classifier_mode
   if mode not in heads.CLASSIFIER_MODES:

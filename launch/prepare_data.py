@@ -1,9 +1,11 @@
-"""Turn local image data into a TFDS dataset that ``launch.train`` reads by name.
+"""Turn local image or text data into a TFDS dataset that ``launch.train`` reads by name.
 
   python -m launch.prepare_data --name=my_data --data_dir=~/tensorflow_datasets \
       --npz=data.npz                 # x_train, y_train, x_test, y_test [, class_names]
   python -m launch.prepare_data --name=my_data --data_dir=DIR \
       --image_folder=FOLDER          # FOLDER/{train,test}/<class>/*.png|jpg
+  python -m launch.prepare_data --name=ag_news_local --data_dir=DIR \
+      --jsonl_train=train.jsonl.gz --jsonl_test=test.jsonl.gz   # {"text": ..., "label": int}
 
 Writes the array_record dataset ``<data_dir>/<name>/1.0.0`` and prints the command
 that trains on it. Labels must be 0-based class ids. The train split's per-channel
@@ -29,6 +31,10 @@ _NPZ = flags.DEFINE_string(
 _IMAGE_FOLDER = flags.DEFINE_string(
   "image_folder", None, "A folder with train/<class>/* and test/<class>/* images."
 )
+_JSONL_TRAIN = flags.DEFINE_string(
+  "jsonl_train", None, "Text: JSON Lines (optionally .gz) train records with 'text' and 'label'."
+)
+_JSONL_TEST = flags.DEFINE_string("jsonl_test", None, "Text: JSON Lines test records, as above.")
 _NUM_CLASSES = flags.DEFINE_integer(
   "num_classes",
   None,
@@ -46,8 +52,14 @@ _OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace an existing prepared
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  if (_NPZ.value is None) == (_IMAGE_FOLDER.value is None):
-    raise app.UsageError("give exactly one of --npz and --image_folder")
+  if (_JSONL_TRAIN.value is None) != (_JSONL_TEST.value is None):
+    raise app.UsageError("give both --jsonl_train and --jsonl_test")
+  given = [_NPZ.value, _IMAGE_FOLDER.value, _JSONL_TRAIN.value]
+  if sum(v is not None for v in given) != 1:
+    raise app.UsageError("give exactly one of --npz, --image_folder and --jsonl_train/--jsonl_test")
+  if _JSONL_TRAIN.value is not None:
+    _prepare_text()
+    return
   if (_MEAN.value is None) != (_STD.value is None):
     raise app.UsageError("give both --mean and --std, or neither")
   # Imported here so that --help and flag errors need no TFDS import.
@@ -102,6 +114,37 @@ def main(argv):
     f"  python -m launch.train --config=launch/configs/default.py "
     f"--config.data.name={prepared.name} --config.data.data_dir={prepared.data_dir} "
     "--workdir=W"
+  )
+
+
+def _prepare_text():
+  import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
+
+  from deinforeg_jax.data import text_prepare  # pylint: disable=import-outside-toplevel
+
+  tfds.disable_progress_bar()
+  try:
+    prepared = text_prepare.prepare_jsonl(
+      _NAME.value,
+      _DATA_DIR.value,
+      _JSONL_TRAIN.value,
+      _JSONL_TEST.value,
+      num_classes=_NUM_CLASSES.value,
+      overwrite=_OVERWRITE.value,
+    )
+  except (ValueError, FileExistsError, FileNotFoundError) as error:
+    print(f"prepare_data: error: {error}", file=sys.stderr)
+    sys.exit(1)
+  counts = ", ".join(f"{n} {split}" for split, n in prepared.num_examples.items())
+  print(
+    f"Prepared {prepared.name} in {prepared.seconds:.1f} s: {counts} texts, "
+    f"{prepared.num_classes} classes\n  -> {prepared.dataset_dir}"
+  )
+  print(
+    "Train on it with a text config, e.g.:\n"
+    f"  python -m launch.train --config=launch/configs/agnews_lstm.py "
+    f"--config.data.name={prepared.name} --config.data.data_dir={prepared.data_dir} "
+    "--config.data.max_len=60 --workdir=W"
   )
 
 

@@ -2,7 +2,9 @@
 
 A *source* is any object with ``__len__`` and ``__getitem__(i)`` returning either a
 dict with ``"image"`` (HWC array) and ``"label"`` (int) keys, e.g. a TFDS
-``tfds.data_source(...)`` split, or an ``(image, label)`` tuple. In-memory
+``tfds.data_source(...)`` split, or an ``(image, label)`` tuple.  Text sources
+(``text.TextSplit``) return ``{"tokens": int32 [T], "label": int}``: their batches
+hold ``"tokens"`` int32 ``[b, T]`` instead of ``"image"`` and are not normalised. In-memory
 ``ArraySplit`` arrays are adapted to such a source. Every pipeline is a
 ``grain.MapDataset`` (random access end to end), so skipping batches costs no reads.
 """
@@ -28,6 +30,8 @@ class DatasetInfo:
   values, that the loader applies as ``(image - mean) / std``. ``pixel_max`` is the
   largest raw pixel value (255 for uint8 images, 1 for [0, 1] floats); augmentation
   clips colour changes to ``[0, pixel_max]``. ``class_names`` is empty when unknown.
+  ``kind`` is ``"image"`` or ``"text"``; text has ``input_shape = (max_len,)`` token
+  ids and empty ``mean``/``std``.
   """
 
   name: str
@@ -39,9 +43,10 @@ class DatasetInfo:
   std: tuple[float, ...]
   pixel_max: float = 255.0
   class_names: tuple[str, ...] = ()
+  kind: str = "image"
 
   def __post_init__(self):
-    channels = self.input_shape[-1]
+    channels = 0 if self.kind == "text" else self.input_shape[-1]
     if len(self.mean) != channels or len(self.std) != channels:
       raise ValueError(
         f"{self.name}: mean/std need one value per channel ({channels}), "
@@ -136,12 +141,19 @@ def _local_batch_size(global_batch_size: int, process_index: int, process_count:
 
 
 def _to_example(record: Any) -> dict[str, np.ndarray]:
-  """One record -> ``{"image": float32 [H, W, C] raw values, "label": int32 []}``."""
+  """One record -> ``{"image": float32 [H, W, C] raw values, "label": int32 []}``.
+
+  A text record gives ``{"tokens": int32 [T], "label": int32 []}``.
+  """
+  if isinstance(record, dict) and "tokens" in record:
+    return {"tokens": np.asarray(record["tokens"], np.int32), "label": np.int32(record["label"])}
   image, label = (record["image"], record["label"]) if isinstance(record, dict) else record
   return {"image": np.asarray(image, np.float32), "label": np.int32(label)}
 
 
 def _normalizer(info: DatasetInfo) -> Callable[[Batch], Batch]:
+  if info.kind == "text":
+    return lambda batch: batch
   mean = np.asarray(info.mean, np.float32)
   inv_std = 1.0 / np.asarray(info.std, np.float32)
 
@@ -236,8 +248,9 @@ def eval_batches(
   source = _as_source(split, info, "eval")
   local_batch = _local_batch_size(global_batch_size, process_index, process_count)
   num_steps = -(-len(source) // global_batch_size)
+  input_key, dtype = ("tokens", np.int32) if info.kind == "text" else ("image", np.float32)
   padding = {
-    "image": np.zeros(info.input_shape, np.float32),
+    input_key: np.zeros(info.input_shape, dtype),
     "label": np.int32(0),
     "mask": np.float32(0.0),
   }
@@ -250,7 +263,8 @@ def eval_batches(
 
   def normalize_real(batch: Batch) -> Batch:
     batch = normalize(batch)
-    batch["image"] *= batch["mask"][:, None, None, None]
+    if "image" in batch:
+      batch["image"] *= batch["mask"][:, None, None, None]
     return batch
 
   ds = _shard(ds, num_steps, process_index, process_count)

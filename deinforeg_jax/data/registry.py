@@ -8,6 +8,13 @@
     converted by ``python -m launch.prepare_data``. With ``config.data.download=True``
     TFDS downloads and prepares a catalogue dataset first.
 
+Text: a config with ``config.data.max_len`` (the text configs) reads a prepared TFDS
+text dataset (``imdb_reviews``, ``ag_news_subset``, ``dbpedia`` or one made by
+``launch.prepare_data --jsonl_train``), normalises and tokenises it into memory
+(``data.text``) with ``max_len`` (0: the SPEC length of a catalogue dataset),
+``vocab_size`` (30000), ``stop_words`` (True) and ``vocab_from`` ("train" |
+"train_test"); ``load_dataset(..., workdir=W)`` reuses / saves ``W/vocab.json``.
+
 Other fields (missing ones take the defaults shown): ``split_seed`` (digits only, 0),
 ``download`` (False), ``augment`` ("none"; used with ``augment.make_augment``) and
 ``label_noise`` (``kind`` "none" | "symmetric" | "asymmetric", ``rate`` in percent,
@@ -35,13 +42,15 @@ class LoadedData:
 
   ``train`` yields the (possibly noisy) training labels; ``test`` is always clean.
   ``label_noise`` is ``{"kind", "rate", "seed", "num_changed", "changed_fraction"}``,
-  or None when ``label_noise.kind == "none"``.
+  or None when ``label_noise.kind == "none"``.  ``vocabulary`` is the
+  ``text.Vocabulary`` of a text dataset, else None.
   """
 
   train: ArraySplit | RecordSource
   test: ArraySplit | RecordSource
   info: DatasetInfo
   label_noise: dict[str, Any] | None = None
+  vocabulary: Any = None
 
 
 def _field(cfg, name: str, default: Any) -> Any:
@@ -63,16 +72,68 @@ def split_labels(split: ArraySplit | RecordSource) -> np.ndarray:
   return np.asarray([r["label"] if isinstance(r, dict) else r[1] for r in records])
 
 
-def load_dataset(data_cfg) -> LoadedData:
+def _load_text(data_cfg, name: str, workdir: str | None):
+  """Train/test ``TextSplit``s, ``DatasetInfo`` and vocabulary of a prepared text dataset."""
+  from deinforeg_jax.data import text  # pylint: disable=import-outside-toplevel
+  from deinforeg_jax.data.tfds_source import (  # pylint: disable=import-outside-toplevel
+    TEXT_MAX_LEN,
+    read_text_splits,
+  )
+
+  max_len = _field(data_cfg, "max_len", 0) or TEXT_MAX_LEN.get(name, 0)
+  if not max_len:
+    raise ValueError(
+      f"config.data.max_len=0 and {name!r} has no SPEC length; set config.data.max_len "
+      "(SPEC: IMDB 350, AG News 60, DBpedia 350)."
+    )
+  settings = text.TextSettings(
+    dataset=name,
+    vocab_size=_field(data_cfg, "vocab_size", 30000),
+    max_len=max_len,
+    stop_words=bool(_field(data_cfg, "stop_words", True)),
+    vocab_from=_field(data_cfg, "vocab_from", "train"),
+  )
+  splits, class_names = read_text_splits(
+    name,
+    _field(data_cfg, "data_dir", "") or "",
+    download=bool(_field(data_cfg, "download", False)),
+  )
+  train_ids, test_ids, vocab = text.tokenize_splits(
+    splits["train"][0], splits["test"][0], settings, workdir
+  )
+  info = DatasetInfo(
+    name=name,
+    input_shape=(max_len,),
+    num_classes=len(class_names),
+    num_train=len(train_ids),
+    num_test=len(test_ids),
+    mean=(),
+    std=(),
+    pixel_max=1.0,
+    class_names=class_names,
+    kind="text",
+  )
+  train = text.TextSplit(train_ids, splits["train"][1])
+  return train, text.TextSplit(test_ids, splits["test"][1]), info, vocab
+
+
+def load_dataset(data_cfg, workdir: str | None = None) -> LoadedData:
   """Loads ``config.data``: sources, info, and the label noise applied to ``train``.
 
   Labels of both splits are range-checked against ``info.num_classes``.
+  ``workdir`` (text only) holds the run's vocabulary: reused when saved there
+  (refused when its settings differ), else built from the data and saved.
   """
   name = _field(data_cfg, "name", "digits")
   augment = _field(data_cfg, "augment", "none")
   if augment not in augment_lib.KINDS:  # fail before reading any data
     raise ValueError(f"data.augment={augment!r} must be one of {augment_lib.KINDS}")
-  if name in EMBEDDED:
+  vocabulary = None
+  if _field(data_cfg, "max_len", None) is not None:
+    if augment != "none":
+      raise ValueError(f"data.augment={augment!r}: text data takes no augmentation; use 'none'.")
+    train, test, info, vocabulary = _load_text(data_cfg, name, workdir)
+  elif name in EMBEDDED:
     train, test, info = EMBEDDED[name](seed=_field(data_cfg, "split_seed", 0))
   else:
     from deinforeg_jax.data.tfds_source import load_tfds  # pylint: disable=import-outside-toplevel
@@ -100,6 +161,8 @@ def load_dataset(data_cfg) -> LoadedData:
     )
     if isinstance(train, ArraySplit):
       train = ArraySplit(train.images, noisy)
+    elif vocabulary is not None:
+      train = type(train)(train.tokens, noisy)
     else:
       train = RelabeledSource(train, noisy)
   elif _field(noise_cfg, "rate", 0):
@@ -107,4 +170,4 @@ def load_dataset(data_cfg) -> LoadedData:
       f"data.label_noise.rate={_field(noise_cfg, 'rate', 0)} with kind='none'; set "
       "data.label_noise.kind to 'symmetric' or 'asymmetric' (or the rate to 0)"
     )
-  return LoadedData(train=train, test=test, info=info, label_noise=noise)
+  return LoadedData(train=train, test=test, info=info, label_noise=noise, vocabulary=vocabulary)

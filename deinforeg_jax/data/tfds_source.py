@@ -233,6 +233,52 @@ def _sample_stats(source: TfdsSource, sample: int) -> tuple[tuple[float, ...], t
   return tuple(float(m) for m in mean), tuple(float(s) if s > 0 else 1.0 for s in std)
 
 
+# Text datasets: the fields joined into one text (SPEC 5.2; AG News as Hugging Face's
+# ``ag_news``: title + " " + description; DBpedia: the content only).
+TEXT_FIELDS = (("text",), ("title", "description"), ("content",))
+TEXT_MAX_LEN = {"imdb_reviews": 350, "ag_news_subset": 60, "dbpedia": 350}  # SPEC 5.2
+
+
+def text_fields(builder) -> tuple[str, ...]:
+  """The string features that make one example's text; () for a non-text dataset."""
+  import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
+
+  features = builder.info.features
+  for fields in TEXT_FIELDS:
+    if all(f in features and isinstance(features[f], tfds.features.Text) for f in fields):
+      return fields
+  return ()
+
+
+def read_text_splits(name: str, data_dir: str = "", *, download: bool = False):
+  """``{"train": (texts, labels), "test": (texts, labels)}`` and the label names.
+
+  Reads a prepared TFDS text dataset (``imdb_reviews``, ``ag_news_subset``,
+  ``dbpedia`` or one written by ``launch.prepare_data --jsonl_train``).
+  """
+  data_dir = os.path.expanduser(data_dir) if data_dir else default_data_dir()
+  builder = open_builder(name, data_dir, download=download)
+  fields = text_fields(builder)
+  if not fields or "label" not in builder.info.features:
+    raise ValueError(
+      f"{name} in {data_dir!r} is not a text classification dataset: expected a 'label' and "
+      f"text features {' or '.join('+'.join(f) for f in TEXT_FIELDS)}, got "
+      f"{list(builder.info.features)}. Image datasets need an image config (no data.max_len)."
+    )
+  splits = {}
+  for key, split in zip(("train", "test"), _pick_splits(builder)):
+    source = builder.as_data_source(split=split)
+    texts, labels = [], np.empty(len(source), np.int64)
+    for start in range(0, len(source), _LABEL_CHUNK):
+      records = source.__getitems__(list(range(start, min(start + _LABEL_CHUNK, len(source)))))
+      for offset, record in enumerate(records):
+        parts = [record[f] for f in fields]
+        texts.append(" ".join(p.decode("utf-8") if isinstance(p, bytes) else str(p) for p in parts))
+        labels[start + offset] = int(record["label"])
+    splits[key] = (texts, labels)
+  return splits, tuple(builder.info.features["label"].names)
+
+
 def load_tfds(
   name: str, data_dir: str = "", *, download: bool = False, stats_sample: int = STATS_SAMPLE
 ) -> tuple[TfdsSource, TfdsSource, DatasetInfo]:
@@ -247,6 +293,11 @@ def load_tfds(
 
   data_dir = os.path.expanduser(data_dir) if data_dir else default_data_dir()
   builder = open_builder(name, data_dir, download=download)
+  if text_fields(builder):
+    raise ValueError(
+      f"{name} is a text dataset; train it with a text config (e.g. "
+      "launch/configs/agnews_lstm.py), which sets config.data.max_len."
+    )
   image_key, label_key = _feature_keys(builder)
   image_feature = builder.info.features[image_key]
   label_feature = builder.info.features[label_key]

@@ -48,19 +48,36 @@ class ConvBNReLU(nn.Module):
     return nn.relu(batch_norm(train)(x))
 
 
-class VGGStage(nn.Module):
-  """A run of conv-BN-ReLU layers and max-pools, e.g. ``(128, 128, 256, "M")``."""
+class ConvReLU(nn.Module):
+  """3x3 conv (with bias) -> ReLU, no normalisation: a layer of a *plain* network."""
 
-  layers: Sequence[Union[int, str]]
-  width: float = 1.0
+  features: int
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+    del train
+    return nn.relu(nn.Conv(self.features, (3, 3), padding=1)(x))
+
+
+class VGGStage(nn.Module):
+  """A run of conv-BN-ReLU layers and max-pools, e.g. ``(128, 128, 256, "M")``.
+
+  ``batch_norm=False`` uses plain conv-ReLU layers (``ConvReLU``), as in deep
+  plain networks where end-to-end gradients vanish.
+  """
+
+  layers: Sequence[Union[int, str]]
+  width: float = 1.0
+  batch_norm: bool = True
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+    layer_cls = ConvBNReLU if self.batch_norm else ConvReLU
     for layer in self.layers:
       if layer == "M":
         x = nn.max_pool(x, (2, 2), strides=(2, 2))
       else:
-        x = ConvBNReLU(scale_width(int(layer), self.width))(x, train)
+        x = layer_cls(scale_width(int(layer), self.width))(x, train)
     return x
 
 

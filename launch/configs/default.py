@@ -10,7 +10,7 @@ import ml_collections
 
 def get_config() -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
-  config.rule = "deinforeg"  # "deinforeg" | "bp"
+  config.rule = "deinforeg"  # "deinforeg" | "bp" | "scpl" | "al" (baselines, SPEC 6)
   config.seed = 0
 
   config.data = ml_collections.ConfigDict()
@@ -37,6 +37,12 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.projector = "256-256"  # SPEC: "2048-2048-2048"
   config.model.classifier_mode = "merge"  # "merge" | "unmerge"
   config.model.bp_head_hidden = 2048  # BP VGG head: Flatten-Dense(2048)-ReLU-Dense(C)
+  config.model.batch_norm = True  # False: plain conv-ReLU VGG layers (deep plain networks)
+  # Baselines, vision (text stacks use SPEC 6's NLP heads: identity, Tanh, width model.hidden):
+  config.model.scpl_projector = "512-1024"  # SCPL contrastive head: Dense-ReLU-Dense
+  config.model.al_hidden = 500  # AL label-code width
+  config.model.al_bridge = "2500"  # AL bridge hidden widths before Dense(al_hidden)
+  config.model.al_activation = "sigmoid"  # AL activation: "sigmoid" | "tanh" | "relu"
 
   config.loss = ml_collections.ConfigDict()
   config.loss.invariance_weight = 1.0
@@ -44,6 +50,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.loss.covariance_weight = 1.0
   config.loss.ce_weight = 0.001
   config.loss.variance_batch_scaling = True  # the reference's extra 1/B on the variance term
+  config.loss.contrastive_temperature = 0.1  # SCPL's supervised contrastive temperature
 
   config.optim = ml_collections.ConfigDict()
   config.optim.name = "lars"  # "lars" | "adam" | "sgd"
@@ -57,6 +64,7 @@ def get_config() -> ml_collections.ConfigDict:
 
   config.train = ml_collections.ConfigDict()
   config.train.num_epochs = 20
+  config.train.log_grad_norms = False  # per-layer encoder gradient norms in the step metrics
 
   config.checkpoint = ml_collections.ConfigDict()
   config.checkpoint.every_steps = 0  # also save every N steps inside an epoch (0: epoch ends only)
@@ -72,4 +80,21 @@ def get_config() -> ml_collections.ConfigDict:
   config.parallel.pipeline_schedule = "pipelined"  # "pipelined" | "synchronous"
   config.parallel.pipeline_balance = "flops"  # "flops" | "time" | "uniform"
   config.parallel.pipeline_dispatch = "auto"  # "auto" | "threads" | "ticks"
+
+  # Adaptive inference path (SPEC 7, deinforeg_jax/inference.py), reported in results.json.
+  config.inference = ml_collections.ConfigDict()
+  config.inference.patience = 1  # agreements of consecutive exits needed to stop
+  config.inference.cosine_threshold = 0.8  # agreement also needs logit cosine > this
+  config.inference.exit_mode = "sample"  # "sample" | "batch" (the reference: one exit per batch)
+  config.inference.patience_reset = True  # False: the reference's never-resetting counter
+
+  # Growing a stack (SPEC 8, 9; deinforeg_jax/growth.py).  Defaults: no growth.
+  config.grow = ml_collections.ConfigDict()
+  config.grow.from_workdir = ""  # restore block_00.. from this run's checkpoint, train the rest
+  config.grow.train_old = False  # True: restored blocks keep training (default: frozen)
+  config.grow.schedule = ""  # in-run growth: "5,10" adds a block after 5 and after 10 epochs
+  config.grow.freeze_on_add = False  # in-run: freeze the existing blocks when one is added
+  config.grow.side_split = ""  # new input features: "width:4" = columns 4.. (height, channels)
+  config.grow.side_layers = ""  # the new-feature block's VGG layers, e.g. "64" (needs side_split)
+  config.grow.side_encoder = ""  # VGG layers run on the new features first, e.g. "32,M"
   return config

@@ -1,0 +1,228 @@
+"""Text blocks (SPEC 4.3, 4.4): embedding, bidirectional LSTM, Transformer encoder.
+
+Pure linen encoders, no training logic.  Tokens are ``int32 [B, T]`` with the pad
+id 0 (right padding); the padding mask is ``tokens != 0``.  Every encoder returns
+a *text state* dict that the next block reads::
+
+  {"h": [B, T, D] sequence, "mask": bool [B, T], "pooled": [B, D'] local-loss input}
+
+and the LSTM adds ``"carry": (c, h)``, each ``[2, B, H]`` (forward, backward).
+``pooled`` is what the block's projector (identity for text) and classifier see:
+
+* embedding: the masked mean over real tokens (``pool="masked"``, the default) or
+  the reference's plain mean over all ``T`` positions, padding included
+  (``pool="all"``);
+* BiLSTM: ``(h_fwd + h_bwd) / 2`` of the final hidden states, ``[B, H]``;
+* Transformer: the masked mean over real tokens.
+"""
+
+from __future__ import annotations
+
+import math
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+PAD_ID = 0
+EMBEDDING_POOLS = ("masked", "all")
+LSTM_PADDING = ("masked", "read")
+
+TextState = dict[str, jax.Array]
+
+
+def masked_mean(h: jax.Array, mask: jax.Array) -> jax.Array:
+  """``Σ_t mask_t h_t / max(Σ_t mask_t, 1)``: ``[B, T, D]``, ``[B, T]`` -> ``[B, D]``.
+
+  An all-padding row pools to zeros.
+  """
+  weights = mask.astype(h.dtype)[..., None]
+  count = jnp.maximum(jnp.sum(weights, axis=1), 1.0)
+  return jnp.sum(h * weights, axis=1) / count
+
+
+def pooled(state: TextState) -> jax.Array:
+  """The local-loss input of a text block (the ``pool`` of its ``BlockSpec``)."""
+  return state["pooled"]
+
+
+class Embedding(nn.Module):
+  """Token embedding, its own block (SPEC 4.3 "block 0").
+
+  ``tokens [B, T]`` (any dtype holding integer ids; cast to int32) -> text state
+  with ``h = E[tokens]`` ``[B, T, emb_dim]``.  The table is the parameter
+  ``embedding`` ``[vocab_size, emb_dim]``, initialised ``N(0, 1)`` (as
+  ``torch.nn.Embedding``) and usually replaced by GloVe vectors after init
+  (``data.glove``).  ``freeze`` stops its gradient, so no loss trains it.
+  """
+
+  vocab_size: int
+  emb_dim: int
+  pool: str = "masked"
+  freeze: bool = False
+
+  @nn.compact
+  def __call__(self, tokens: jax.Array, train: bool) -> TextState:
+    del train
+    if self.pool not in EMBEDDING_POOLS:
+      raise ValueError(
+        f"config.model.embedding_pool={self.pool!r} is unknown; choose one of {EMBEDDING_POOLS}."
+      )
+    tokens = jnp.asarray(tokens).astype(jnp.int32)
+    mask = tokens != PAD_ID
+    table = self.param(
+      "embedding", nn.initializers.normal(1.0), (self.vocab_size, self.emb_dim), jnp.float32
+    )
+    if self.freeze:
+      table = jax.lax.stop_gradient(table)
+    h = jnp.take(table, tokens, axis=0)
+    u = masked_mean(h, mask) if self.pool == "masked" else jnp.mean(h, axis=1)
+    return {"h": h, "mask": mask, "pooled": u}
+
+
+def reverse_within_length(x: jax.Array, lengths: jax.Array) -> jax.Array:
+  """Reverses each row's first ``lengths[b]`` steps and leaves the rest in place.
+
+  ``x [B, T, ...]``, ``lengths [B]``; applying it twice is the identity.
+  """
+  t = jnp.arange(x.shape[1])[None, :]
+  index = jnp.where(t < lengths[:, None], lengths[:, None] - 1 - t, t)
+  index = index.reshape(index.shape + (1,) * (x.ndim - 2))
+  return jnp.take_along_axis(x, index, axis=1)
+
+
+class BiLSTM(nn.Module):
+  """One bidirectional LSTM layer (``torch.nn.LSTM(bidirectional=True)``, SPEC 4.3).
+
+  Input: a text state with ``h [B, T, D]``.  Output ``h [B, T, 2H]`` is
+  ``[forward ; backward]`` at each position in the original order, ``pooled`` is
+  ``(h_fwd + h_bwd) / 2`` of the final hidden states, and the initial ``(h, c)``
+  is zero.  Gates ``i, f, g, o`` as in PyTorch; the input projection of every
+  step is one matmul before the scan, and both directions run in one
+  ``lax.scan`` over time with stacked ``[2, ...]`` weights.
+
+  ``padding``:
+    * ``"masked"`` (default): each direction reads only the row's real tokens
+      (the first ``Σ mask`` positions; padding is on the right).  The backward
+      direction starts at the last real token, the state stops updating at the
+      padding, and outputs at padded positions are 0 (``pack_padded_sequence``
+      semantics).
+    * ``"read"``: the reference (no packing): both directions read all ``T``
+      positions, so the backward direction first reads the padding.
+  """
+
+  hidden: int
+  padding: str = "masked"
+
+  @nn.compact
+  def __call__(self, x: TextState, train: bool) -> TextState:
+    del train
+    if self.padding not in LSTM_PADDING:
+      raise ValueError(
+        f"config.model.lstm_padding={self.padding!r} is unknown; choose one of {LSTM_PADDING}."
+      )
+    inputs, mask = x["h"], x["mask"]
+    batch, steps, features = inputs.shape
+    size = self.hidden
+    bound = 1.0 / math.sqrt(size)  # PyTorch's LSTM init: U(-1/sqrt(H), 1/sqrt(H))
+    init = lambda key, shape: jax.random.uniform(key, shape, jnp.float32, -bound, bound)
+    w_input = self.param("input_kernel", init, (2, features, 4 * size))
+    w_recurrent = self.param("recurrent_kernel", init, (2, size, 4 * size))
+    bias = self.param("bias", init, (2, 4 * size))
+
+    if self.padding == "masked":
+      lengths = jnp.sum(mask, axis=1).astype(jnp.int32)
+    else:
+      lengths = jnp.full((batch,), steps, jnp.int32)
+    valid = jnp.arange(steps)[None, :] < lengths[:, None]  # [B, T]
+    both = jnp.stack([inputs, reverse_within_length(inputs, lengths)])  # [2, B, T, D]
+    gates_in = jnp.einsum("nbtd,ndg->tnbg", both, w_input) + bias[None, :, None, :]
+
+    def step(carry, xs):
+      c, h = carry  # [2, B, H]
+      gates, keep = xs  # [2, B, 4H], [B]
+      gates = gates + jnp.einsum("nbh,nhg->nbg", h, w_recurrent)
+      i, f, g, o = jnp.split(gates, 4, axis=-1)
+      c_new = nn.sigmoid(f) * c + nn.sigmoid(i) * jnp.tanh(g)
+      h_new = nn.sigmoid(o) * jnp.tanh(c_new)
+      keep = keep[None, :, None]
+      out = jnp.where(keep, h_new, 0.0)
+      return (jnp.where(keep, c_new, c), jnp.where(keep, h_new, h)), out
+
+    zeros = jnp.zeros((2, batch, size), inputs.dtype)
+    (c, h), outputs = jax.lax.scan(step, (zeros, zeros), (gates_in, valid.T))
+    forward = jnp.transpose(outputs[:, 0], (1, 0, 2))  # [B, T, H]
+    backward = reverse_within_length(jnp.transpose(outputs[:, 1], (1, 0, 2)), lengths)
+    return {
+      "h": jnp.concatenate([forward, backward], axis=-1),
+      "mask": mask,
+      "pooled": (h[0] + h[1]) / 2.0,
+      "carry": (c, h),
+    }
+
+
+def sinusoidal_positions(steps: int, dim: int) -> jax.Array:
+  """``[T, D]`` sinusoidal position codes (Vaswani et al. 2017)."""
+  position = jnp.arange(steps, dtype=jnp.float32)[:, None]
+  rates = jnp.exp(-math.log(10000.0) * jnp.arange(0, dim, 2, dtype=jnp.float32) / dim)
+  angles = position * rates[None, :]
+  codes = jnp.zeros((steps, dim), jnp.float32)
+  codes = codes.at[:, 0::2].set(jnp.sin(angles))
+  return codes.at[:, 1::2].set(jnp.cos(angles[:, : dim // 2]))
+
+
+class TransformerEncoder(nn.Module):
+  """One pre-LayerNorm Transformer encoder layer with a final LayerNorm (SPEC 4.4).
+
+  ``h [B, T, D]`` -> ``h [B, T, D]`` (``d_model = D``, the input width):
+  ``h += Drop(MHA(LN(h), mask))``, ``h += Drop(W2 Drop(ReLU(W1 LN(h))))``,
+  ``h = LN(h)``; padded keys are masked out of the attention, weight matrices
+  are Xavier-uniform.  ``pooled`` is the masked mean of ``h``.  With
+  ``positional`` (off in the reference) sinusoidal codes are added to the input.
+  LayerNorm is the standard one (biased variance inside the square root,
+  eps 1e-6); the reference's divides by the unbiased std + 1e-6.
+  """
+
+  heads: int
+  ff_dim: int
+  dropout: float = 0.1
+  positional: bool = False
+
+  @nn.compact
+  def __call__(self, x: TextState, train: bool) -> TextState:
+    h, mask = x["h"], x["mask"]
+    d_model = h.shape[-1]
+    if self.heads <= 0 or d_model % self.heads:
+      raise ValueError(
+        f"config.model.heads={self.heads} must divide d_model={d_model} (the embedding "
+        "width config.model.emb_dim); change one of them."
+      )
+    if self.positional:
+      h = h + sinusoidal_positions(h.shape[1], d_model)[None].astype(h.dtype)
+    xavier = nn.initializers.xavier_uniform()
+    drop = lambda y: nn.Dropout(self.dropout)(y, deterministic=not train)
+    y = nn.LayerNorm(epsilon=1e-6)(h)
+    y = nn.MultiHeadDotProductAttention(
+      num_heads=self.heads,
+      kernel_init=xavier,
+      dropout_rate=self.dropout,
+      deterministic=not train,
+    )(y, y, mask=mask[:, None, None, :])
+    h = h + drop(y)
+    y = nn.LayerNorm(epsilon=1e-6)(h)
+    y = nn.Dense(d_model, kernel_init=xavier)(
+      drop(nn.relu(nn.Dense(self.ff_dim, kernel_init=xavier)(y)))
+    )
+    h = nn.LayerNorm(epsilon=1e-6)(h + drop(y))
+    return {"h": h, "mask": mask, "pooled": masked_mean(h, mask)}
+
+
+class TextHead(nn.Module):
+  """SPEC BP text head: ``Tanh -> Dense(C)`` on the last block's ``pooled`` vector."""
+
+  num_classes: int
+
+  @nn.compact
+  def __call__(self, x: TextState, train: bool) -> jax.Array:
+    del train
+    return nn.Dense(self.num_classes)(jnp.tanh(x["pooled"]))

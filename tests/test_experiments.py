@@ -1,0 +1,190 @@
+"""Tests of the experiment-grid runner (``launch/experiments.py``) and its plots."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import ml_collections
+import numpy as np
+import pytest
+from helpers import tiny_config
+
+from launch import experiments
+
+
+def _grid(rules=("deinforeg", "bp"), noise_rates=(0, 40), seeds=(0, 1)):
+  grid = ml_collections.ConfigDict()
+  base = tiny_config(num_blocks=2)
+  base.train.num_epochs = 1
+  base.data.batch_size = 128
+  base.parallel.num_devices = 1
+  base.checkpoint.use_async = False
+  grid.base = base
+  grid.rules = rules
+  grid.datasets = ("digits",)
+  grid.noise_rates = noise_rates
+  grid.noise_kind = "symmetric"
+  grid.seeds = seeds
+  grid.metric = "best_test_accuracy"
+  grid.budget_minutes = 0.0
+  grid.dataset_overrides = ml_collections.ConfigDict()
+  grid.rule_overrides = ml_collections.ConfigDict()
+  return grid
+
+
+class _FakeTrainer:
+  """Stands in for ``train_and_evaluate``: writes results/metrics files instantly."""
+
+  def __init__(self):
+    self.calls = []
+
+  def __call__(self, config, workdir):
+    self.calls.append(workdir)
+    os.makedirs(workdir, exist_ok=True)
+    exits = 1 if config.rule == "bp" else config.model.num_blocks
+    accuracy = [0.9 - config.data.label_noise.rate / 200 - 0.01 * config.seed] * exits
+    results = {
+      "rule": config.rule,
+      "best_test_accuracy": accuracy[0],
+      "per_block_test_accuracy": accuracy,
+      "best_block": 0,
+      "best_epoch_test_accuracy": accuracy[0],
+      "label_noise": None,
+      "steps": 11,
+      "train_time_s": 2.0,
+      "config": config.to_dict(),
+    }
+    with open(os.path.join(workdir, "results.json"), "w") as f:
+      json.dump(results, f)
+    with open(os.path.join(workdir, "metrics.jsonl"), "w") as f:
+      f.writelines(
+        json.dumps({"epoch": epoch, "test_accuracy": accuracy}) + "\n" for epoch in (1, 2)
+      )
+    return results
+
+
+@pytest.fixture
+def fake_trainer(monkeypatch):
+  trainer = _FakeTrainer()
+  monkeypatch.setattr(experiments, "train_and_evaluate", trainer)
+  return trainer
+
+
+def test_cells_are_seed_major_and_cell_configs_set_every_axis():
+  grid = _grid()
+  grid.rule_overrides = ml_collections.ConfigDict({"bp": {"optim": {"base_lr": 0.5}}})
+  cells = list(experiments.cells(grid))
+  assert len(cells) == 8 and [c["seed"] for c in cells] == [0] * 4 + [1] * 4
+  assert [(c["noise_rate"], c["rule"]) for c in cells[:4]] == [
+    (0, "deinforeg"),
+    (0, "bp"),
+    (40, "deinforeg"),
+    (40, "bp"),
+  ]
+  config = experiments.cell_config(grid, cells[7])
+  assert (config.rule, config.seed, config.data.name) == ("bp", 1, "digits")
+  noise = config.data.label_noise
+  assert (noise.kind, noise.rate, noise.seed) == ("symmetric", 40, 1)
+  assert config.optim.base_lr == 0.5
+  clean = experiments.cell_config(grid, cells[0])
+  assert clean.data.label_noise.kind == "none" and clean.optim.base_lr == grid.base.optim.base_lr
+
+
+def test_an_unknown_override_field_is_named():
+  grid = _grid()
+  grid.dataset_overrides = ml_collections.ConfigDict({"digits": {"model": {"depth": 3}}})
+  with pytest.raises(
+    ValueError, match=r"grid\.dataset_overrides\.digits\.model\.depth is not a field"
+  ):
+    experiments.cell_config(grid, next(experiments.cells(grid)))
+
+
+def test_markdown_table_gives_mean_and_sample_std_over_seeds():
+  grid = _grid(rules=("deinforeg", "bp"), noise_rates=(0,), seeds=(0, 1))
+  summaries = [
+    {
+      "dataset": "digits",
+      "rule": "deinforeg",
+      "noise_rate": 0,
+      "best_test_accuracy": a,
+      "train_time_s": 10.0,
+    }
+    for a in (0.90, 0.94)
+  ] + [
+    {
+      "dataset": "digits",
+      "rule": "bp",
+      "noise_rate": 0,
+      "best_test_accuracy": 0.5,
+      "train_time_s": 4.0,
+    }
+  ]
+  table = experiments.markdown_table(grid, summaries)
+  std = 100 * np.std([0.90, 0.94], ddof=1)
+  assert f"| 0% | 92.0 ± {std:.1f} | 50.0 (n=1) |" in table
+  assert "| train time / run | 10 s | 4 s |" in table
+
+
+def test_grid_writes_one_json_per_run_a_table_and_plots_and_skips_finished_cells(
+  tmp_path, fake_trainer
+):
+  grid = _grid()
+  summaries = experiments.run_grid(grid, str(tmp_path))
+  assert len(fake_trainer.calls) == len(summaries) == 8
+  names = sorted(os.listdir(tmp_path / "cells"))
+  assert names[0] == "digits__bp__noise0__seed0.json" and len(names) == 8
+  table = (tmp_path / "table.md").read_text()
+  assert "| 40% | 69.5 ± 0.7 | 69.5 ± 0.7 |" in table  # 0.9 - 0.2 - 0.01·seed over seeds 0, 1
+  for png in ("accuracy_vs_noise.png", "block_accuracy_digits.png"):
+    assert (tmp_path / png).read_bytes()[:4] == b"\x89PNG"
+  again = experiments.run_grid(grid, str(tmp_path))
+  assert len(fake_trainer.calls) == 8  # nothing retrained
+  assert again == summaries
+
+
+def test_a_finished_cell_with_another_config_is_refused(tmp_path, fake_trainer):
+  experiments.run_grid(_grid(noise_rates=(0,), seeds=(0,)), str(tmp_path))
+  changed = _grid(noise_rates=(0,), seeds=(0,))
+  changed.base.train.num_epochs = 5
+  with pytest.raises(ValueError, match=r"train\.num_epochs=1 there, 5 in this grid"):
+    experiments.run_grid(changed, str(tmp_path))
+
+
+def test_the_budget_stops_new_cells_and_the_table_says_so(tmp_path, fake_trainer, monkeypatch):
+  clock = iter(range(0, 10_000, 60))  # every reading of the clock is 60 s later
+  monkeypatch.setattr(experiments.time, "perf_counter", lambda: float(next(clock)))
+  grid = _grid()
+  grid.budget_minutes = 2.5  # 150 s: cells start at 60 s and 120 s, not at 180 s
+  experiments.run_grid(grid, str(tmp_path))
+  assert len(fake_trainer.calls) == 2
+  assert (
+    "6 cell(s) not run: the budget of 2.5 min was spent." in (tmp_path / "table.md").read_text()
+  )
+
+
+def test_a_real_cell_records_noise_and_grad_norms_and_an_unfinished_cell_resumes(tmp_path):
+  grid = _grid(rules=("deinforeg",), noise_rates=(40,), seeds=(0,))
+  grid.base.train.log_grad_norms = True
+  (first,) = experiments.run_grid(grid, str(tmp_path))
+  assert first["label_noise"]["rate"] == 40 and first["label_noise"]["changed_fraction"] > 0.2
+  assert len(first["per_block_test_accuracy"]) == 2
+  # Gradient norms: the 3 encoder layers of blocks "32,32,M;64,M", at init and per epoch.
+  with open(os.path.join(first["workdir"], "grad_norms.json")) as f:
+    saved = json.load(f)
+  assert len(saved["layers"]) == len(saved["init"]) == 3
+  assert all("/encoder/" in name for name in saved["layers"]) and min(saved["init"]) > 0
+  with open(os.path.join(first["workdir"], "metrics.jsonl")) as f:
+    assert len(json.loads(f.readline())["train_grad_norm"]) == 3
+  assert (tmp_path / "grad_norm_digits.png").read_bytes()[:4] == b"\x89PNG"
+  # Lose the summary and results (a run killed before finishing): the rerun resumes from
+  # the final checkpoint, evaluates it and reproduces the same accuracy without training.
+  os.remove(tmp_path / "cells" / "digits__deinforeg__noise40__seed0.json")
+  os.remove(os.path.join(first["workdir"], "results.json"))
+  with open(os.path.join(first["workdir"], "metrics.jsonl")) as f:
+    epochs_before = f.read()
+  (second,) = experiments.run_grid(grid, str(tmp_path))
+  assert second["per_block_test_accuracy"] == first["per_block_test_accuracy"]
+  assert second["steps"] == first["steps"]
+  with open(os.path.join(first["workdir"], "metrics.jsonl")) as f:
+    assert f.read() == epochs_before

@@ -1,0 +1,290 @@
+"""Tests of the text blocks and text stacks (SPEC 4.3, 4.4).
+
+Masked pooling ignores padding; the backward LSTM direction reads each sequence's
+real tokens in reverse; no gradient crosses a text block boundary (the
+embedding block included); BP text models train end to end; a text stack on 8
+fake devices takes the same step as on 1.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from helpers import global_norm, init_variables, to_host
+
+from deinforeg_jax import optim, parallel, rules, stack, train
+from deinforeg_jax.configuration import validate_config
+from deinforeg_jax.modules import text
+from launch.configs.spec_text import spec_text_config
+
+VOCAB, MAX_LEN, NUM_CLASSES = 40, 12, 3
+
+
+def tiny_text_config(arch="lstm", rule="deinforeg", **model):
+  config = spec_text_config("tiny_text", arch)
+  config.rule = rule
+  config.data.vocab_size = VOCAB
+  config.data.max_len = MAX_LEN
+  defaults = {"num_blocks": 2, "emb_dim": 8, "hidden": 6, "heads": 2, "ff_dim": 8, "dropout": 0.0}
+  config.model.update({**defaults, **model})
+  return config
+
+
+def token_batch(batch_size=12, seed=0, min_len=1):
+  """``{"tokens": int32 [B, T] right-padded, "label": int32 [B]}``, every class present."""
+  rng = np.random.default_rng(seed)
+  lengths = rng.integers(min_len, MAX_LEN + 1, batch_size)
+  tokens = rng.integers(2, VOCAB, (batch_size, MAX_LEN)).astype(np.int32)
+  tokens[np.arange(MAX_LEN)[None, :] >= lengths[:, None]] = 0
+  label = (np.arange(batch_size) % NUM_CLASSES).astype(np.int32)
+  return {"tokens": tokens, "label": label}
+
+
+def host_init(module, *args):
+  """``module.init`` shapes filled by NumPy ``0.3·N(0, 1)`` (no slow XLA:CPU init compile)."""
+  shapes = jax.eval_shape(lambda: module.init(jax.random.key(0), *args, train=False))
+  rng = np.random.default_rng(0)
+  return jax.tree.map(lambda s: (0.3 * rng.normal(size=s.shape)).astype(s.dtype), shapes)
+
+
+def apply_fn(module):
+  return jax.jit(lambda params, x: module.apply(params, x, train=False))
+
+
+def _pad(tokens, extra):
+  return np.concatenate([tokens, np.zeros((tokens.shape[0], extra), tokens.dtype)], axis=1)
+
+
+def _embedded(seed=0, batch_size=5, dim=4, min_len=1):
+  """A text state ``{"h", "mask"}`` with random features and right padding (h = 0 there)."""
+  tokens = token_batch(batch_size, seed, min_len)["tokens"]
+  h = np.random.default_rng(seed + 1).normal(size=(*tokens.shape, dim)).astype(np.float32)
+  return {"h": jnp.asarray(h * (tokens != 0)[..., None]), "mask": jnp.asarray(tokens != 0)}
+
+
+# ------------------------------------------------------------------ pooling and padding
+
+
+def test_masked_mean_is_the_mean_of_real_positions():
+  h = jnp.arange(12.0).reshape(1, 4, 3)
+  mask = jnp.array([[True, True, False, False]])
+  np.testing.assert_allclose(text.masked_mean(h, mask), [[1.5, 2.5, 3.5]])
+  np.testing.assert_allclose(text.masked_mean(h, jnp.zeros_like(mask)), [[0.0, 0.0, 0.0]])
+
+
+@pytest.mark.parametrize("block", ["embedding", "lstm", "transformer"])
+def test_adding_padding_leaves_the_pooled_vector_unchanged(block):
+  tokens = token_batch(6, seed=1)["tokens"]
+  padded = _pad(tokens, 7)
+  embed = text.Embedding(VOCAB, 8)
+  params = host_init(embed, tokens)
+  short, long = (apply_fn(embed)(params, t) for t in (tokens, padded))
+  if block != "embedding":
+    layer = text.BiLSTM(5) if block == "lstm" else text.TransformerEncoder(2, 8, dropout=0.0)
+    layer_params = host_init(layer, short)
+    short, long = (apply_fn(layer)(layer_params, s) for s in (short, long))
+  np.testing.assert_allclose(short["pooled"], long["pooled"], rtol=1e-5, atol=1e-6)
+  assert not np.allclose(short["pooled"][0], short["pooled"][1])
+
+
+def test_reference_pooling_options_read_the_padding():
+  tokens = token_batch(6, seed=2)["tokens"]
+  padded = _pad(tokens, 7)
+  embed = text.Embedding(VOCAB, 8, pool="all")
+  params = host_init(embed, tokens)
+  all_short, all_long = (apply_fn(embed)(params, t)["pooled"] for t in (tokens, padded))
+  assert not np.allclose(all_short, all_long, atol=1e-4)
+  state = _embedded(seed=3, min_len=2)
+  lstm_params = host_init(text.BiLSTM(5), state)
+  masked = apply_fn(text.BiLSTM(5))(lstm_params, state)["pooled"]
+  read = apply_fn(text.BiLSTM(5, padding="read"))(lstm_params, state)["pooled"]
+  has_padding = np.asarray(state["mask"]).sum(1) < MAX_LEN
+  assert has_padding.any()
+  assert not np.allclose(masked[has_padding], read[has_padding], atol=1e-4)
+  np.testing.assert_allclose(masked[~has_padding], read[~has_padding], rtol=1e-5)
+
+
+# ------------------------------------------------------------------ BiLSTM directions
+
+
+def test_reverse_within_length_reverses_real_steps_only():
+  x = jnp.arange(5)[None, :, None].repeat(2, axis=0)
+  out = text.reverse_within_length(x, jnp.array([3, 5]))[..., 0]
+  np.testing.assert_array_equal(out, [[2, 1, 0, 3, 4], [4, 3, 2, 1, 0]])
+
+
+def test_backward_direction_reads_the_sequence_in_reverse():
+  """With the backward weights set to the forward ones, backward(x) == forward(reverse(x))."""
+  state = _embedded(seed=4, min_len=3)
+  lstm = text.BiLSTM(5)
+  params = jax.tree.map(lambda w: np.stack([w[0], w[0]]), host_init(lstm, state))
+  lengths = jnp.sum(state["mask"], axis=1)
+  reversed_state = {"h": text.reverse_within_length(state["h"], lengths), "mask": state["mask"]}
+  out, out_rev = (apply_fn(lstm)(params, s) for s in (state, reversed_state))
+  c, h = out["carry"]
+  c_rev, h_rev = out_rev["carry"]
+  np.testing.assert_allclose(h[1], h_rev[0], rtol=1e-5, atol=1e-6)  # final states
+  np.testing.assert_allclose(c[1], c_rev[0], rtol=1e-5, atol=1e-6)
+  backward_seq = out["h"][..., 5:]
+  forward_seq_of_reversed = text.reverse_within_length(out_rev["h"][..., :5], lengths)
+  np.testing.assert_allclose(backward_seq, forward_seq_of_reversed, rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(out["pooled"], (h[0] + h[1]) / 2, rtol=1e-6)
+  # The sequence is not a palindrome, so the two directions really differ.
+  assert not np.allclose(h[0], h[1], atol=1e-3)
+  assert np.all(np.asarray(out["h"])[~np.asarray(state["mask"])] == 0.0)
+
+
+# ------------------------------------------------------------------ stacks
+
+
+@functools.cache
+def _text_stack(arch, rule="deinforeg"):
+  config = tiny_text_config(arch, rule)
+  model = stack.build_model(config, NUM_CLASSES)
+  variables = init_variables(model, (MAX_LEN,))
+  batch = token_batch(12)
+  objective = rules.get_objective(rule)
+
+  @jax.jit
+  def grads(params, weights):
+    """Gradient of ``weights · [embedding_loss, loss_1, .., loss_N]``."""
+
+    def loss(p):
+      outputs = model.apply(
+        {"params": p}, batch["tokens"], train=True, rngs={"dropout": jax.random.key(0)}
+      )
+      total, metrics = objective(outputs, batch["label"], NUM_CLASSES, config.loss)
+      if rule == "bp":
+        return total
+      return jnp.dot(weights, jnp.concatenate([metrics["embedding_loss"][None], metrics["loss"]]))
+
+    return jax.grad(loss)(params)
+
+  return model, variables, grads
+
+
+@pytest.mark.parametrize("arch", ["lstm", "transformer"])
+def test_text_stack_layout_and_outputs(arch):
+  model, variables, _ = _text_stack(arch)
+  params = variables["params"]
+  assert sorted(params) == ["block_00", "block_01", "block_02"]
+  assert sorted(params["block_00"]) == ["encoder"]  # identity projector, no classifier
+  assert sorted(params["block_01"]) == ["classifier", "encoder"]
+  assert params["block_00"]["encoder"]["embedding"].shape == (VOCAB, 8)
+  outputs = model.apply(variables, token_batch(4)["tokens"], train=False)
+  width = 6 if arch == "lstm" else 8  # LSTM pooled: hidden H; Transformer: d_model
+  assert [z.shape for z in outputs["extra_z"]] == [(4, 8)]
+  assert [z.shape for z in outputs["z"]] == [(4, width)] * 2
+  assert [lg.shape for lg in outputs["logits"]] == [(4, NUM_CLASSES)] * 2
+
+
+@pytest.mark.parametrize("arch", ["lstm", "transformer"])
+def test_text_block_losses_reach_only_their_own_block(arch):
+  _, variables, grads = _text_stack(arch)
+  names = ["block_00", "block_01", "block_02"]
+  for k, own in enumerate(names):
+    weights = jnp.zeros(len(names)).at[k].set(1.0)
+    g = grads(variables["params"], weights)
+    for name in names:
+      norm = global_norm(g[name])
+      if name == own:
+        assert norm > 0, f"loss {k} does not train {name}"
+      else:
+        assert norm == 0.0, f"loss {k} leaks into {name} (|g| = {norm})"
+
+
+@pytest.mark.parametrize("arch", ["lstm", "transformer"])
+def test_bp_text_model_trains_every_block(arch):
+  _, variables, grads = _text_stack(arch, "bp")
+  params = variables["params"]
+  assert sorted(params) == ["block_00", "block_01", "block_02", "head"]
+  g = grads(params, jnp.zeros(0))
+  assert all(global_norm(g[name]) > 0 for name in params)
+
+
+def test_frozen_embedding_gets_no_gradient():
+  config = tiny_text_config(freeze_embedding=True)
+  model = stack.build_model(config, NUM_CLASSES)
+  variables = init_variables(model, (MAX_LEN,))
+  batch = token_batch(12)
+
+  def loss(p):
+    outputs = model.apply({"params": p}, batch["tokens"], train=True)
+    return rules.deinforeg_objective(outputs, batch["label"], NUM_CLASSES, config.loss)[0]
+
+  g = jax.jit(jax.grad(loss))(variables["params"])
+  assert global_norm(g["block_00"]) == 0.0
+  assert global_norm(g["block_01"]) > 0
+
+
+def test_text_config_errors_name_the_field():
+  with pytest.raises(ValueError, match="config.model.projector"):
+    stack.build_model(tiny_text_config(projector="8-8"), NUM_CLASSES)
+  with pytest.raises(ValueError, match="config.model.num_blocks"):
+    stack.build_model(tiny_text_config(num_blocks=0), NUM_CLASSES)
+  with pytest.raises(ValueError, match="config.model.classifier_mode"):
+    stack.build_model(tiny_text_config(classifier_mode="unmerge"), NUM_CLASSES)
+  model = stack.build_model(tiny_text_config("transformer", heads=3), NUM_CLASSES)
+  with pytest.raises(ValueError, match="config.model.heads=3 must divide d_model=8"):
+    jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((2, MAX_LEN)), train=False))
+
+
+def test_text_stack_on_eight_devices_equals_one_device(eight_devices):
+  """One Adam step of a BiLSTM DeInfoReg stack: same metrics and parameters on 1 and 8 devices."""
+  del eight_devices
+  config = tiny_text_config("lstm")
+  model = stack.build_model(config, NUM_CLASSES)
+  tx = optim.make_optimizer(config.optim, lambda _: config.optim.base_lr)
+  params = init_variables(model, (MAX_LEN,))["params"]
+  batch = token_batch(16, seed=5)
+  results = []
+  for devices in (1, 8):
+    mesh = parallel.make_data_mesh(devices)
+    state = train.TrainState(
+      step=jnp.zeros((), jnp.int32), params=params, batch_stats={}, opt_state=tx.init(params)
+    )
+    state = jax.device_put(state, parallel.replicated(mesh))
+    step, _ = train.compile_steps(
+      model, rules.deinforeg_objective, tx, NUM_CLASSES, config.loss, mesh
+    )
+    new_state, metrics = step(state, parallel.shard_batch(batch, mesh))
+    results.append((to_host(new_state.params), to_host(metrics)))
+  (p1, m1), (p8, m8) = results
+  for name in ("loss", "embedding_loss", "total_loss"):
+    np.testing.assert_allclose(m1[name], m8[name], rtol=1e-5)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), p1, p8)
+  assert global_norm(jax.tree.map(np.subtract, p1, params)) > 0
+
+
+@pytest.mark.parametrize(
+  "name", [f"{d}_{a}" for d in ("imdb", "agnews", "dbpedia") for a in ("lstm", "transformer")]
+)
+def test_spec_text_configs_validate_with_spec_settings(name):
+  config = importlib.import_module(f"launch.configs.{name}").get_config()
+  validate_config(config)
+  assert (config.model.num_blocks, config.model.emb_dim, config.data.vocab_size) == (4, 300, 30000)
+  assert config.data.max_len == (60 if name.startswith("agnews") else 350)
+  assert (config.optim.name, config.optim.base_lr, config.train.num_epochs) == ("adam", 1e-3, 50)
+
+
+@pytest.mark.parametrize(
+  "field, value, message",
+  [
+    ("embedding_pool", "max", "config.model.embedding_pool='max' must be one of"),
+    ("lstm_padding", "packed", "config.model.lstm_padding='packed' must be one of"),
+    ("hidden", 0, "config.model.hidden=0 must be a positive number"),
+  ],
+)
+def test_validate_config_names_bad_text_fields(field, value, message):
+  config = tiny_text_config()
+  config.model[field] = value
+  with pytest.raises(ValueError, match=message):
+    validate_config(config)
+  config = tiny_text_config("transformer", heads=3)
+  with pytest.raises(ValueError, match="config.model.heads=3 must divide config.model.emb_dim=8"):
+    validate_config(config)
