@@ -228,6 +228,10 @@ def test_flop_costs_balance_the_stages_and_give_the_ideal_speedup(setup):
     ("parallel.num_stages", 5, "config.parallel.num_stages=5"),
     ("parallel.pipeline_schedule", "async", "config.parallel.pipeline_schedule='async'"),
     ("parallel.pipeline_balance", "bytes", "config.parallel.pipeline_balance='bytes'"),
+    ("rule", "scpl", "config.rule='scpl' is not supported with config.parallel.mode='pipeline'"),
+    ("model.arch", "lstm", "config.model.arch='lstm' is not supported"),
+    ("grow.schedule", "2", "config.grow.schedule='2' is not supported"),
+    ("train.log_grad_norms", True, "config.train.log_grad_norms=True is not supported"),
   ],
 )
 def test_invalid_pipeline_config_names_the_field(field, value, message):
@@ -257,6 +261,8 @@ def test_pipelined_training_on_digits_reaches_90_percent(digits_run):
   _, workdir, results = digits_run
   assert results["best_test_accuracy"] >= 0.90, results["per_block_test_accuracy"]
   assert results["steps"] == 12 * (1437 // 64)
+  adaptive = results["adaptive_inference"]  # the early exit of the pipelined stack, as in data mode
+  assert 1 <= adaptive["mean_exit_block"] <= 3 and 0 < adaptive["compute_fraction"] <= 1
   info = results["pipeline"]
   assert info["stage_blocks"] == [[0], [1, 2, 3]]  # block 0 holds half the FLOPs
   assert info["ideal_speedup"] > 1.5

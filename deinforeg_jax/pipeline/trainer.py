@@ -11,7 +11,7 @@ import jax
 import numpy as np
 from jax.sharding import AxisType, Mesh
 
-from deinforeg_jax import checkpoint, optim, parallel, rules, stack, train
+from deinforeg_jax import checkpoint, inference, optim, parallel, rules, stack, train
 from deinforeg_jax.configuration import validate_config
 from deinforeg_jax.data import (
   eval_batches,
@@ -35,11 +35,17 @@ def pipeline_settings(config, num_blocks: int) -> dict[str, Any]:
     "balance": par.get("pipeline_balance", "flops"),
     "dispatch": par.get("pipeline_dispatch", "auto"),
   }
-  if config.rule not in LOCAL_RULES:
+  if config.rule == "bp":
     raise ValueError(
-      f"config.rule={config.rule!r} cannot be pipelined: its gradient crosses block "
-      f"boundaries, so stages cannot update independently. Use one of {LOCAL_RULES}, or "
-      "data parallelism (config.parallel.mode='data')."
+      "config.rule='bp' cannot be pipelined: its gradient crosses block boundaries, so "
+      f"stages cannot update independently. Use one of {LOCAL_RULES}, or data parallelism "
+      "(config.parallel.mode='data')."
+    )
+  unsupported = _unsupported_feature(config)
+  if unsupported:
+    raise ValueError(
+      f"{unsupported} is not supported with config.parallel.mode='pipeline' (the pipeline "
+      f"trains vision {LOCAL_RULES} stacks); use data parallelism (config.parallel.mode='data')."
     )
   if jax.process_count() > 1:
     raise ValueError(
@@ -69,6 +75,24 @@ def pipeline_settings(config, num_blocks: int) -> dict[str, Any]:
   return settings
 
 
+def _unsupported_feature(config) -> str:
+  """The first config setting the pipeline trainer does not implement, or ""."""
+  checks = (
+    ("rule", config.rule not in LOCAL_RULES),
+    ("model.arch", config.model.arch in stack.TEXT_ARCHITECTURES),
+    ("grow.from_workdir", bool(config.get("grow", {}).get("from_workdir", ""))),
+    ("grow.schedule", bool(config.get("grow", {}).get("schedule", ""))),
+    ("grow.side_split", bool(config.get("grow", {}).get("side_split", ""))),
+    ("train.log_grad_norms", bool(config.train.get("log_grad_norms", False))),
+  )
+  for field, bad in checks:
+    if bad:
+      section, _, name = field.rpartition(".")
+      value = (config[section] if section else config)[name]
+      return f"config.{field}={value!r}"
+  return ""
+
+
 def train_pipelined(config, workdir: str) -> dict[str, Any]:
   """``train.train_and_evaluate`` with the stack split into stages on their own devices.
 
@@ -82,7 +106,7 @@ def train_pipelined(config, workdir: str) -> dict[str, Any]:
   ``pipeline.json``; returns the results dict plus a ``"pipeline"`` entry.
   """
   validate_config(config)
-  data = load_dataset(config.data)
+  data = load_dataset(config.data, workdir=workdir)
   train_split, test_split, info = data.train, data.test, data.info
   model = stack.build_model(config, info.num_classes)
   settings = pipeline_settings(config, len(getattr(model, "blocks", ())))
@@ -128,6 +152,16 @@ def train_pipelined(config, workdir: str) -> dict[str, Any]:
     loop = _EpochLoop(config, pipe, settings, schedule, log, checkpointer, info, steps)
     states, test_accuracy = loop.run(states, train_split, test_split)
     checkpointer.wait()
+    full = jax.device_put(pipe.to_train_state(states), pipe.devices[0])
+    log.set_adaptive_inference(
+      inference.adaptive_report(
+        model,
+        {"params": full.params, "batch_stats": full.batch_stats},
+        eval_batches(test_split, info, global_batch_size=config.data.eval_batch_size),
+        train.model_inputs,
+        config.inference,
+      )
+    )
   finally:
     checkpointer.close()
   results = log.finish(test_accuracy, int(states[0].step), info)
