@@ -221,3 +221,14 @@ def test_prepare_shared_jsonl(tmp_path, train_file, test_file, counts, classes):
   result = text_prepare.prepare_jsonl("shared_text", str(tmp_path), *paths)
   assert (result.num_examples["train"], result.num_examples["test"]) == counts
   assert result.num_classes == classes
+
+
+@pytest.mark.parametrize(
+  "name, fields", [("imdb_reviews", ("text",)), ("ag_news_subset", ("title", "description"))]
+)
+def test_catalogue_text_datasets_map_to_their_text_fields(tmp_path, name, fields):
+  import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
+
+  from deinforeg_jax.data.tfds_source import text_fields  # pylint: disable=import-outside-toplevel
+
+  assert text_fields(tfds.builder(name, data_dir=str(tmp_path))) == fields  # info only, no data
