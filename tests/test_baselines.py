@@ -262,5 +262,7 @@ def test_bad_baseline_fields_are_named(rule, section, field, value, message):
 
 @pytest.mark.parametrize("rule", ["scpl", "al"])
 def test_pipeline_mode_refuses_the_baselines_by_name(rule):
-  with pytest.raises(ValueError, match=f"config.rule='{rule}' cannot be pipelined"):
+  with pytest.raises(
+    ValueError, match=f"config.rule='{rule}' is not supported with config.parallel"
+  ):
     pipeline.pipeline_settings(tiny_config("vgg", rule), num_blocks=4)
