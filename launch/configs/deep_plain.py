@@ -17,6 +17,7 @@ def get_config():
   block = ",".join(["32"] * 6)
   config.model.vgg_blocks = f"{block},M;{block},M;{block},M;{block}"
   config.model.batch_norm = False
+  config.model.al_activation = "sigmoid"  # as measured in the README (the reference's AL)
   config.optim.name = "adam"
   config.optim.base_lr = 1e-3
   config.optim.end_lr = 1e-5

@@ -42,7 +42,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.scpl_projector = "512-1024"  # SCPL contrastive head: Dense-ReLU-Dense
   config.model.al_hidden = 500  # AL label-code width
   config.model.al_bridge = "2500"  # AL bridge hidden widths before Dense(al_hidden)
-  config.model.al_activation = "sigmoid"  # AL activation: "sigmoid" | "tanh" | "relu"
+  # AL activation: "tanh" | "sigmoid" (the reference's vision AL) | "relu".  Sigmoid label codes
+  # shrink towards 0.5 block after block and the deeper exits stay at chance under LARS.
+  config.model.al_activation = "tanh"
 
   config.loss = ml_collections.ConfigDict()
   config.loss.invariance_weight = 1.0

@@ -19,6 +19,7 @@ def get_config():
   base.optim.name = "adam"
   base.optim.base_lr = 1e-3
   base.optim.end_lr = 1e-5
+  base.model.al_activation = "sigmoid"  # as measured in the README (the reference's AL)
 
   grid = ml_collections.ConfigDict()
   grid.base = base
