@@ -281,5 +281,6 @@ def test_baselines_train_on_the_default_digits_config(rule, epochs, tmp_path):
   config.rule = rule
   config.train.num_epochs = epochs
   config.checkpoint.use_async = False
+  config.parallel.num_devices = 1  # 8 fake devices on 2 cores would only slow it down
   results = train_and_evaluate(config, str(tmp_path))
   assert results["best_test_accuracy"] >= 0.90, results["per_block_test_accuracy"]
