@@ -36,6 +36,16 @@ def deinforeg_objective(
   ``covariance_weight``, ``ce_weight``, ``variance_batch_scaling``.
   """
   weights = (loss_cfg.invariance_weight, loss_cfg.variance_weight, loss_cfg.covariance_weight)
+
+  def info_reg(z):
+    return losses.deinforeg_loss(
+      z,
+      labels,
+      num_classes,
+      weights=weights,
+      variance_batch_scaling=loss_cfg.variance_batch_scaling,
+    )
+
   per_block = {
     "loss": [],
     "invariance": [],
@@ -45,13 +55,7 @@ def deinforeg_objective(
     "accuracy": [],
   }
   for z, logits in zip(outputs["z"], outputs["logits"]):
-    info, terms = losses.deinforeg_loss(
-      z,
-      labels,
-      num_classes,
-      weights=weights,
-      variance_batch_scaling=loss_cfg.variance_batch_scaling,
-    )
+    info, terms = info_reg(z)
     ce = losses.cross_entropy(logits, labels)
     per_block["loss"].append(info + loss_cfg.ce_weight * ce)
     per_block["ce"].append(ce)
@@ -62,13 +66,7 @@ def deinforeg_objective(
   total = jnp.sum(metrics["loss"])
   # Blocks without a classifier (the text embedding block): L_InfoReg only, no CE.
   for z in outputs.get("extra_z", ()):
-    info, terms = losses.deinforeg_loss(
-      z,
-      labels,
-      num_classes,
-      weights=weights,
-      variance_batch_scaling=loss_cfg.variance_batch_scaling,
-    )
+    info, terms = info_reg(z)
     total = total + info
     metrics["embedding_loss"] = metrics.get("embedding_loss", 0.0) + info
     for name, value in terms.items():
