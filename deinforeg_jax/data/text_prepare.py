@@ -14,13 +14,16 @@ import dataclasses
 import gzip
 import json
 import os
-import shutil
-import tempfile
-import time
 import types
 from collections.abc import Sequence
 
-from deinforeg_jax.data.tfds_prepare import VERSION, check_name
+from deinforeg_jax.data.tfds_prepare import (
+  VERSION,
+  check_name,
+  class_label,
+  dataset_directory,
+  write_array_record,
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,11 +72,7 @@ def _make_builder(name, num_classes, class_names, splits, description):
     ns["RELEASE_NOTES"] = {VERSION: "Prepared by launch.prepare_data."}
 
     def _info(self):
-      label = (
-        tfds.features.ClassLabel(names=list(class_names))
-        if class_names
-        else tfds.features.ClassLabel(num_classes=num_classes)
-      )
+      label = class_label(class_names, num_classes)
       return tfds.core.DatasetInfo(
         builder=self,
         description=description,
@@ -114,7 +113,6 @@ def prepare_jsonl(
 
   ``num_classes`` defaults to ``len(class_names)``, else the largest label + 1.
   """
-  import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
 
   check_name(name)
   splits = {"train": read_jsonl(train_path), "test": read_jsonl(test_path)}
@@ -131,30 +129,17 @@ def prepare_jsonl(
     )
   if not splits["train"][0]:
     raise ValueError(f"{train_path} has no records")
-  data_dir = os.path.abspath(os.path.expanduser(data_dir))
-  dataset_dir = os.path.join(data_dir, name, VERSION)
-  if os.path.exists(dataset_dir):
-    if not overwrite:
-      raise FileExistsError(
-        f"{dataset_dir} already exists; delete it or pass --overwrite to replace it"
-      )
-    shutil.rmtree(dataset_dir)
+  data_dir, dataset_dir = dataset_directory(data_dir, name, overwrite)
   description = (
     f"Prepared from {os.path.abspath(train_path)} (train) and {os.path.abspath(test_path)} (test)."
   )
   builder = _make_builder(name, num_classes, class_names, splits, description)(data_dir=data_dir)
-  start = time.perf_counter()
-  with tempfile.TemporaryDirectory(prefix=f"{name}_downloads_") as downloads:
-    builder.download_and_prepare(
-      file_format="array_record",
-      download_dir=downloads,
-      download_config=tfds.download.DownloadConfig(try_download_gcs=False),
-    )
+  seconds = write_array_record(builder, name)
   return PreparedText(
     name=name,
     data_dir=data_dir,
     dataset_dir=dataset_dir,
     num_classes=num_classes,
     num_examples={split: len(labels) for split, (_, labels) in splits.items()},
-    seconds=time.perf_counter() - start,
+    seconds=seconds,
   )

@@ -97,6 +97,43 @@ def check_name(name: str) -> None:
     )
 
 
+def class_label(class_names: Sequence[str] | None, num_classes: int):
+  """The ``tfds.features.ClassLabel`` for ``class_names`` if given, else ``num_classes``."""
+  import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
+
+  if class_names:
+    return tfds.features.ClassLabel(names=list(class_names))
+  return tfds.features.ClassLabel(num_classes=num_classes)
+
+
+def dataset_directory(data_dir: str, name: str, overwrite: bool) -> tuple[str, str]:
+  """``(absolute data_dir, <data_dir>/<name>/1.0.0)``; an existing dataset is removed only
+  when ``overwrite``, else ``FileExistsError``."""
+  data_dir = os.path.abspath(os.path.expanduser(data_dir))
+  dataset_dir = os.path.join(data_dir, name, VERSION)
+  if os.path.exists(dataset_dir):
+    if not overwrite:
+      raise FileExistsError(
+        f"{dataset_dir} already exists; delete it or pass --overwrite to replace it"
+      )
+    shutil.rmtree(dataset_dir)
+  return data_dir, dataset_dir
+
+
+def write_array_record(builder, name: str) -> float:
+  """Runs ``builder.download_and_prepare`` as array_record (no network); returns seconds."""
+  import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
+
+  start = time.perf_counter()
+  with tempfile.TemporaryDirectory(prefix=f"{name}_downloads_") as downloads:
+    builder.download_and_prepare(
+      file_format="array_record",
+      download_dir=downloads,
+      download_config=tfds.download.DownloadConfig(try_download_gcs=False),
+    )
+  return time.perf_counter() - start
+
+
 def _make_builder(
   name: str,
   image_shape: tuple[int, ...],
@@ -119,11 +156,7 @@ def _make_builder(
     ns["RELEASE_NOTES"] = {VERSION: "Prepared by launch.prepare_data."}
 
     def _info(self):
-      label = (
-        tfds.features.ClassLabel(names=list(class_names))
-        if class_names
-        else tfds.features.ClassLabel(num_classes=num_classes)
-      )
+      label = class_label(class_names, num_classes)
       features = tfds.features.FeaturesDict(
         {
           "image": tfds.features.Tensor(
@@ -203,7 +236,6 @@ def prepare_splits(
   ``stats_source``), else computed from the train split while it is written. An
   existing dataset is replaced only when ``overwrite``.
   """
-  import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
 
   check_name(name)
   if "train" not in splits:
@@ -216,14 +248,7 @@ def prepare_splits(
     raise ValueError("give both mean and std, or neither")
   if mean is not None and (len(mean) != image_shape[-1] or len(std) != image_shape[-1]):
     raise ValueError(f"mean/std need one value per channel ({image_shape[-1]}), got {mean} / {std}")
-  data_dir = os.path.abspath(os.path.expanduser(data_dir))
-  dataset_dir = os.path.join(data_dir, name, VERSION)
-  if os.path.exists(dataset_dir):
-    if not overwrite:
-      raise FileExistsError(
-        f"{dataset_dir} already exists; delete it or pass --overwrite to replace it"
-      )
-    shutil.rmtree(dataset_dir)
+  data_dir, dataset_dir = dataset_directory(data_dir, name, overwrite)
   builder_cls = _make_builder(
     name,
     tuple(image_shape),
@@ -235,15 +260,8 @@ def prepare_splits(
     None if mean is None else (tuple(mean), tuple(std)),
     stats_source,
   )
-  start = time.perf_counter()
   builder = builder_cls(data_dir=data_dir)
-  with tempfile.TemporaryDirectory(prefix=f"{name}_downloads_") as downloads:
-    builder.download_and_prepare(
-      file_format="array_record",
-      download_dir=downloads,
-      download_config=tfds.download.DownloadConfig(try_download_gcs=False),
-    )
-  seconds = time.perf_counter() - start
+  seconds = write_array_record(builder, name)
   metadata = builder.info.metadata
   return Prepared(
     name=name,

@@ -7,21 +7,9 @@ BP vs DeInfoReg vs SCPL vs AL on the embedded digits, clean labels, two seeds,
       --root=runs/deep_plain
 """
 
-import ml_collections
-
 from launch.configs import deep_plain
+from launch.configs.experiments import make_grid
 
 
 def get_config():
-  grid = ml_collections.ConfigDict()
-  grid.base = deep_plain.get_config()
-  grid.rules = ("bp", "deinforeg", "scpl", "al")
-  grid.datasets = ("digits",)
-  grid.noise_rates = (0,)
-  grid.noise_kind = "symmetric"
-  grid.seeds = (0, 1)
-  grid.metric = "best_test_accuracy"
-  grid.budget_minutes = 0.0  # 0: no limit
-  grid.dataset_overrides = ml_collections.ConfigDict()
-  grid.rule_overrides = ml_collections.ConfigDict()
-  return grid
+  return make_grid(deep_plain.get_config(), ("bp", "deinforeg", "scpl", "al"), ("digits",))

@@ -11,8 +11,7 @@ hidden size 64, ``max_len`` 60, Adam 1e-3 constant (SPEC 5.2), batch 128, 2 epoc
       --root=runs/noise_agnews --grid.base.data.data_dir=$HOME/tfds
 """
 
-import ml_collections
-
+from launch.configs.experiments import make_grid
 from launch.configs.spec_text import spec_text_config
 
 
@@ -26,15 +25,4 @@ def get_config():
   base.model.num_blocks = 2
   base.train.num_epochs = 2
 
-  grid = ml_collections.ConfigDict()
-  grid.base = base
-  grid.rules = ("deinforeg", "bp")
-  grid.datasets = ("ag_news_5k",)
-  grid.noise_rates = (0, 20, 40, 60)
-  grid.noise_kind = "symmetric"
-  grid.seeds = (0, 1)
-  grid.metric = "best_test_accuracy"
-  grid.budget_minutes = 0.0  # 0: no limit
-  grid.dataset_overrides = ml_collections.ConfigDict()
-  grid.rule_overrides = ml_collections.ConfigDict()
-  return grid
+  return make_grid(base, ("deinforeg", "bp"), ("ag_news_5k",), (0, 20, 40, 60))

@@ -9,9 +9,8 @@ one-epoch CIFAR run is not.  About 20-60 s per run on 2 CPU cores:
       --root=runs/noise_digits
 """
 
-import ml_collections
-
 from launch.configs import default
+from launch.configs.experiments import make_grid
 
 
 def get_config():
@@ -21,15 +20,4 @@ def get_config():
   base.optim.end_lr = 1e-5
   base.model.al_activation = "sigmoid"  # as measured in the README (the reference's AL)
 
-  grid = ml_collections.ConfigDict()
-  grid.base = base
-  grid.rules = ("deinforeg", "bp", "scpl", "al")
-  grid.datasets = ("digits",)
-  grid.noise_rates = (0, 20, 40, 60)
-  grid.noise_kind = "symmetric"
-  grid.seeds = (0, 1)
-  grid.metric = "best_test_accuracy"
-  grid.budget_minutes = 0.0  # 0: no limit
-  grid.dataset_overrides = ml_collections.ConfigDict()
-  grid.rule_overrides = ml_collections.ConfigDict()
-  return grid
+  return make_grid(base, ("deinforeg", "bp", "scpl", "al"), ("digits",), (0, 20, 40, 60))
