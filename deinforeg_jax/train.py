@@ -220,7 +220,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
         info.num_classes,
         config.loss,
         mesh,
-        log_grad_norms=config.train.get("log_grad_norms", False),
+        log_grad_norms=config.train.log_grad_norms,
         seed=config.seed,
         frozen=growth.block_names(frozen),
       )

@@ -80,10 +80,10 @@ def _unsupported_feature(config) -> str:
   checks = (
     ("rule", config.rule not in LOCAL_RULES),
     ("model.arch", config.model.arch in stack.TEXT_ARCHITECTURES),
-    ("grow.from_workdir", bool(config.get("grow", {}).get("from_workdir", ""))),
-    ("grow.schedule", bool(config.get("grow", {}).get("schedule", ""))),
-    ("grow.side_split", bool(config.get("grow", {}).get("side_split", ""))),
-    ("train.log_grad_norms", bool(config.train.get("log_grad_norms", False))),
+    ("grow.from_workdir", bool(config.grow.from_workdir)),
+    ("grow.schedule", bool(config.grow.schedule)),
+    ("grow.side_split", bool(config.grow.side_split)),
+    ("train.log_grad_norms", bool(config.train.log_grad_norms)),
   )
   for field, bad in checks:
     if bad:
