@@ -1,0 +1,13 @@
+"""deinforeg-jax: DeInfoReg in JAX/Flax.
+
+A JAX/Flax implementation of DeInfoReg, *Decoupled Supervised Learning with Information
+Regularization* (Huang, Lin & Chen, Neurocomputing 651, 2025; arXiv 2506.18193): a network cut
+into blocks, each trained only by its own local loss (invariance, variance and covariance terms on
+a projected embedding plus a small per-block cross-entropy), with backpropagation and the SCPL and
+associated-learning baselines on the same backbones.
+
+Importing the package loads nothing else; import the submodules you need, e.g.
+``deinforeg_jax.train``, ``deinforeg_jax.losses``, ``deinforeg_jax.data``.
+"""
+
+__version__ = "0.1.0"
