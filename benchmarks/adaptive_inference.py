@@ -1,4 +1,4 @@
-"""Accuracy vs compute of the adaptive exit (SPEC 7) over a grid of thresholds.
+"""Accuracy vs compute of the adaptive exit (``deinforeg_jax.inference``) over a grid of thresholds.
 
 Reads a finished run's checkpoint (its config comes from the checkpoint
 metadata), runs every exit once over the test set, then applies the exit rule
@@ -21,9 +21,9 @@ import ml_collections
 import numpy as np
 from absl import app, flags, logging
 
-from deinforeg_jax import checkpoint, growth, inference, stack
+from deinforeg_jax import checkpoint, inference, models
 from deinforeg_jax.data import eval_batches, load_dataset
-from deinforeg_jax.train import model_inputs
+from deinforeg_jax.steps import model_inputs
 from launch.configs import default
 
 matplotlib.use("Agg")
@@ -57,7 +57,7 @@ def sweep(workdir: str, data_dir: str | None = None) -> dict:
   if data_dir is not None:
     config.data.data_dir = data_dir
   data = load_dataset(config.data, workdir=workdir)
-  model = growth.wrap_model(config, stack.build_model(config, data.info.num_classes))
+  model = models.create_model(config, data.info.num_classes)
   batches = eval_batches(data.test, data.info, global_batch_size=config.data.eval_batch_size)
   cached = inference.exit_logits(model, variables, batches, model_inputs)
   blocks = inference.exit_blocks(variables["params"], cached[0]["logits"].shape[0])

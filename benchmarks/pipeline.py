@@ -3,7 +3,7 @@
   python -m benchmarks.pipeline --devices=2
   python -m benchmarks.pipeline --devices=4 --spmd
 
-Model: the SPEC VGG (4 blocks) scaled by ``--width`` with a ``--projector`` head,
+Model: the reference VGG (4 blocks) scaled by ``--width`` with a ``--projector`` head,
 on synthetic ``[batch, 32, 32, 3]`` images, LARS, the default loss.  Every
 method trains the same model on the same ``--batches`` batches (one "epoch",
 fill and drain included for the pipeline), ``--repeats`` times round-robin
@@ -72,7 +72,7 @@ def _parser() -> argparse.ArgumentParser:
     help="cpu: --devices fake CPU devices; gpu/tpu: the real devices",
   )
   parser.add_argument("--batch_size", type=int, default=64)
-  parser.add_argument("--width", type=float, default=0.25, help="SPEC VGG channel multiplier")
+  parser.add_argument("--width", type=float, default=0.25, help="reference VGG channel multiplier")
   parser.add_argument("--projector", default="512-512-512")
   parser.add_argument("--batches", type=int, default=12, help="batches per timed epoch (T)")
   parser.add_argument("--repeats", type=int, default=3, help="timed epochs per method")
@@ -117,7 +117,7 @@ from jax.flatten_util import ravel_pytree
 from jax.sharding import AxisType, Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from deinforeg_jax import optim, parallel, pipeline, rules, stack, train
+from deinforeg_jax import models, optim, parallel, pipeline, rules, steps, train
 from launch.configs import default
 
 INPUT_SHAPE = (32, 32, 3)
@@ -159,7 +159,7 @@ class OneProgram:
   def __init__(self, model, tx, config, devices, batches):
     self.mesh = parallel.make_data_mesh(devices)
     init = jax.jit(
-      lambda key: train.create_train_state(model, tx, key, INPUT_SHAPE),
+      lambda key: steps.create_train_state(model, tx, key, INPUT_SHAPE),
       out_shardings=parallel.replicated(self.mesh),
     )
     self.state = init(jax.random.key(0))
@@ -171,7 +171,8 @@ class OneProgram:
   def epoch(self):
     start = time.perf_counter()
     for batch in self.batches:
-      self.state, metrics = self.step(self.state, parallel.shard_batch(batch, self.mesh))
+      sharded = parallel.shard_batch(batch, self.mesh)
+      self.state, metrics, _ = self.step(self.state, sharded["image"], sharded["label"])
     jax.block_until_ready((self.state, metrics))
     return {"wall_s": time.perf_counter() - start}
 
@@ -228,7 +229,7 @@ class SpmdPipeline:
 
   def _make_tick(self):
     pipe, k, width, act = self.pipe, self.pipe.num_stages, max(self.sizes), self.act
-    steps = pipe._train_steps  # pylint: disable=protected-access
+    stage_steps = pipe._train_steps  # pylint: disable=protected-access
 
     def branch(j):
 
@@ -236,10 +237,10 @@ class SpmdPipeline:
         state = self.unravel[j](svec[: self.sizes[j]])
         x = x0 if j == 0 else avec[: int(np.prod(self.in_shapes[j]))].reshape(self.in_shapes[j])
         y = y0 if j == 0 else labels
-        new, h, metrics = steps[j](state, x, y)
+        new, metrics, h = stage_steps[j](state, x, y)
         new_vec = jnp.pad(ravel_pytree(new)[0], (0, width - self.sizes[j]))
         h = jnp.ravel(h)[:act] if j + 1 < k else jnp.zeros((act,), jnp.float32)
-        return new_vec, jnp.pad(h, (0, act - h.size)), y, metrics["total"]
+        return new_vec, jnp.pad(h, (0, act - h.size)), y, metrics["total_loss"]
 
       return run
 
@@ -308,7 +309,7 @@ def main(argv=None):
     raise ValueError(f"--devices={args.devices} but only {len(jax.devices())} visible.")
   num_stages = args.stages or args.devices
   config = make_config(args)
-  model = stack.build_model(config, NUM_CLASSES)
+  model = models.create_model(config, NUM_CLASSES)
   objective = rules.get_objective(config.rule)
   total_steps = args.batches * (args.repeats + 1)
   tx = optim.make_optimizer(

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Pipeline vs one GPU vs data parallelism on a multi-GPU host: one JSON line per measurement.
 #
-#   bash benchmarks/pipeline_gpu.sh                  # all visible GPUs, SPEC-size VGG
+#   bash benchmarks/pipeline_gpu.sh                  # all visible GPUs, full-size VGG
 #   NUM_GPUS=4 OUT=pipeline_gpu.jsonl bash benchmarks/pipeline_gpu.sh
 #   WIDTH=0.5 PROJECTOR=1024-1024-1024 BATCH=256 bash benchmarks/pipeline_gpu.sh
 #

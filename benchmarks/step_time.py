@@ -59,7 +59,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from deinforeg_jax import optim, parallel, rules, stack, train
+from deinforeg_jax import models, optim, parallel, rules, steps, train
 from deinforeg_jax.configuration import validate_config
 from launch.configs import default
 
@@ -72,7 +72,7 @@ MODEL_OVERRIDES = {
 
 
 def make_config(model: str, rule: str, args: argparse.Namespace):
-  """The default config with the SPEC backbone ``model`` and the benchmark's sizes."""
+  """The default config with the reference backbone ``model`` and the benchmark's sizes."""
   if model not in MODEL_OVERRIDES:
     raise ValueError(f"--models: {model!r} is unknown; choose from {sorted(MODEL_OVERRIDES)}.")
   config = default.get_config()
@@ -112,11 +112,11 @@ class StepRunner:
   """One rule's compiled train step and its (donated, updated) train state."""
 
   def __init__(self, config, total_steps: int, mesh, example_batch):
-    model = stack.build_model(config, NUM_CLASSES)
+    model = models.create_model(config, NUM_CLASSES)
     schedule = optim.make_schedule(config.optim, total_steps, total_steps)
     tx = optim.make_optimizer(config.optim, schedule)
     init = jax.jit(
-      lambda rng: train.create_train_state(model, tx, rng, INPUT_SHAPE),
+      lambda rng: steps.create_train_state(model, tx, rng, INPUT_SHAPE),
       out_shardings=parallel.replicated(mesh),
     )
     self.name = f"{config.model.arch}/{config.rule}"
@@ -127,14 +127,16 @@ class StepRunner:
       model, rules.get_objective(config.rule), tx, NUM_CLASSES, config.loss, mesh
     )
     start = time.perf_counter()
-    self.step = train_step.lower(self.state, example_batch).compile()
+    self.step = train_step.lower(
+      self.state, example_batch["image"], example_batch["label"]
+    ).compile()
     self.compile_s = time.perf_counter() - start
     self.flops = compiled_flops(self.step) * mesh.shape[parallel.DATA_AXIS]
 
   def timed_step(self, batch) -> float:
     """Run one train step to completion; its wall time in seconds."""
     start = time.perf_counter()
-    self.state, self.metrics = self.step(self.state, batch)
+    self.state, self.metrics, _ = self.step(self.state, batch["image"], batch["label"])
     jax.block_until_ready((self.state, self.metrics))
     return time.perf_counter() - start
 

@@ -1,4 +1,8 @@
-"""Adaptive inference path (SPEC 7): early exit when consecutive classifiers agree.
+"""Adaptive inference path: early exit when consecutive classifiers agree.
+
+The DeInfoReg paper's adaptive inference (arXiv 2506.18193); the reference
+code's rule is ``VGG_DeInfoReg_Adaptive.AdaptiveCondition`` in
+``vision/model/VGG.py``.
 
 Every block classifier of a decoupled stack is an *exit*.  Exits ``e = 0..K-1``
 give logits ``y_e`` ``[B, C]``; for ``e >= 1`` exits ``e-1`` and ``e`` agree on
@@ -12,12 +16,14 @@ counter reaches ``patience`` (so never before exit 1), else at exit ``K-1``,
 and its prediction is ``argmax(y_e)``.
 
 * ``mode="sample"`` (default): the rule above, per sample.
-* ``mode="batch"`` (the reference, SPEC 7 caveat): ``argmax`` of the flattened
-  ``[B, C]`` logits (one position per batch) and the batch-mean cosine decide
-  one exit for the whole batch; padded rows (``mask == 0``) are ignored.
+* ``mode="batch"`` (the reference, whose ``torch.argmax`` has no ``dim``):
+  ``argmax`` of the flattened ``[B, C]`` logits (one position per batch) and the
+  batch-mean cosine decide one exit for the whole batch; padded rows
+  (``mask == 0``) are ignored.
 * ``reset=True`` (default): the counter restarts at 0 on a disagreement, so it
-  counts *consecutive* agreements (PABEE); ``reset=False`` is the reference's
-  never-resetting counter.  With ``patience=1`` both are the same rule.
+  counts *consecutive* agreements (PABEE, Zhou et al., arXiv 2006.04152);
+  ``reset=False`` is the reference's never-resetting counter.  With
+  ``patience=1`` both are the same rule.
 
 Compute is counted per sample in FLOPs of the matrix products and
 convolutions (2 per multiply-add; element-wise ops, BatchNorm, pooling and

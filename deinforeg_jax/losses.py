@@ -1,8 +1,11 @@
 """Local losses of decoupled training, as pure ``jnp`` functions.
 
-The DeInfoReg local loss (SPEC section 3) acts on a block's projector output
-``z`` of shape ``[B, D]``.  Every term is computed on the L2-normalised rows
-``ẑ_i = z_i / max(‖z_i‖, 1e-12)``:
+The DeInfoReg local loss (Huang, Lin & Chen, arXiv 2506.18193; written as in
+the reference code, class ``DeInfoReg`` in ``utils/utils.py`` of
+github.com/ianzih/Decoupled-Supervised-Learning-for-Information-Regularization)
+acts on a block's projector output ``z`` of shape ``[B, D]``.  It is a
+supervised variant of VICReg (Bardes et al., arXiv 2105.04906).  Every term is
+computed on the L2-normalised rows ``ẑ_i = z_i / max(‖z_i‖, 1e-12)``:
 
 * invariance  ``(1/B²) Σ_ij (S(ẑ)_ij − S(Y)_ij)²`` with ``S`` the row-correlation
   similarity matrix and ``Y`` the one-hot labels;
@@ -82,7 +85,10 @@ def deinforeg_loss(
   weights: tuple[float, float, float] = (1.0, 1.0, 1.0),
   variance_batch_scaling: bool = True,
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
-  """The DeInfoReg information-regularisation loss of one block (SPEC 3.1-3.5).
+  """The DeInfoReg information-regularisation loss of one block (arXiv 2506.18193).
+
+  As the reference ``DeInfoReg.forward`` (which hard-codes the weights to 1).
+  The block classifier's cross-entropy is not part of it.
 
   Args:
     z: ``[B, D]`` projector output (un-normalised).
@@ -124,7 +130,9 @@ def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
 def supervised_contrastive_loss(
   z: jax.Array, labels: jax.Array, temperature: float = 0.1
 ) -> jax.Array:
-  """SCPL's supervised contrastive loss of one block (SPEC 6.3).
+  """SCPL's supervised contrastive loss of one block (reference ``ContrastiveLoss``).
+
+  SCPL: Ho, Wang, Lin & Chen, arXiv 2602.00062; SupCon: Khosla et al., arXiv 2004.11362.
 
   With ``ẑ`` the L2-normalised rows of ``z`` and ``s_ik = ẑ_i·ẑ_k / τ``::
 
@@ -157,7 +165,9 @@ def mean_squared_error(prediction: jax.Array, target: jax.Array) -> jax.Array:
 def associated_learning_loss(
   bridge: jax.Array, target: jax.Array, decoded: jax.Array, previous_target: jax.Array
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
-  """One associated-learning block's loss (Kao & Chen 2021; SPEC 6.2).
+  """One associated-learning block's loss (reference ``ALComponent``).
+
+  AL: Kao & Chen, Neural Computation 33(1), 2021, arXiv 1906.05560.
 
   ``L = MSE(b(s), sg(t)) + MSE(inv(t), sg(t_prev))``: the bridge ``b`` maps the
   input-side feature ``s`` onto the label-side code ``t = g(t_prev)`` (which the

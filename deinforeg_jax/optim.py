@@ -1,6 +1,8 @@
-"""Optimizers and learning-rate schedules (SPEC 5.1), built from optax parts.
+"""Optimizers and learning-rate schedules, built from optax parts.
 
-LARS with the reference semantics, for each parameter ``w`` with gradient ``g``::
+LARS (You, Gitman & Ginsburg, arXiv 1708.03888) with the semantics of the
+reference code's ``LARS`` class (``utils/utils.py``), for each parameter ``w``
+with gradient ``g``::
 
     g ← g + wd·w                               (skipped for 1-D parameters)
     g ← g · (eta·‖w‖/‖g‖)  if ‖w‖ > 0 and ‖g‖ > 0   (skipped for 1-D parameters)
@@ -14,7 +16,8 @@ so this module chains the same optax transforms in the reference order.
 
 The cosine schedule is ``lr(t) = end + (base − end)·½(1 + cos(π·t/T))`` with
 ``T`` the total number of steps.  ``per_epoch=True`` evaluates it at the first
-step of each epoch (the reference's piecewise-constant schedule).
+step of each epoch (the reference's ``Adjust_Learning_Rate``, called once per
+epoch: a piecewise-constant schedule).
 """
 
 from __future__ import annotations

@@ -1,33 +1,36 @@
-"""Independent float64 NumPy reference for the DeInfoReg local loss (SPEC section 3.1-3.5).
+"""Independent float64 NumPy reference for the DeInfoReg local loss (arXiv 2506.18193).
 
-Written directly from the text of ``SPEC.md`` section 3, with explicit loops where that
-makes the formula easier to check by eye. Speed is irrelevant here. This module must not
-import ``deinforeg_jax``: it is the yardstick the JAX implementation is tested against.
+The loss is that of the reference code's ``DeInfoReg.forward`` (with its helpers
+``similarity_matrix`` and ``off_diagonal``, ``utils/utils.py`` of
+github.com/ianzih/Decoupled-Supervised-Learning-for-Information-Regularization), written
+out again from the formulas below, with explicit loops where that makes them easier to
+check by eye. Speed is irrelevant here. This module must not import ``deinforeg_jax``:
+it is the yardstick the JAX implementation is tested against.
 
-SPEC section 3, in short (z is the B x D projector output, y the labels, C classes):
+The loss, in short (z is the B x D projector output, y the labels, C classes):
 
-* 3.1  zhat_i = z_i / max(||z_i||_2, 1e-12)                    (all three terms use zhat)
-* 3.2  S(A): centre each row over its features, divide by (1e-8 + ||row||_2),
+* norm zhat_i = z_i / max(||z_i||_2, 1e-12)                    (all three terms use zhat)
+* inv  S(A): centre each row over its features, divide by (1e-8 + ||row||_2),
        Gram matrix, clamp to [-1, 1].
        L_inv = (1 / B^2) * sum_{i,j} (S(zhat)_ij - S(onehot(y))_ij)^2
-* 3.3  sigma_d = sqrt(unbiased Var_b(zhat[:, d]) + 1e-7)
+* var  sigma_d = sqrt(unbiased Var_b(zhat[:, d]) + 1e-7)
        L_var = (1 / B) * (1 / D) * sum_d max(0, 1 - sigma_d)   (the 1/B factor is optional)
-* 3.4  Zc = zhat - mean_b(zhat);  Cov = Zc^T Zc / B
+* cov  Zc = zhat - mean_b(zhat);  Cov = Zc^T Zc / B
        L_cov = (1 / D) * sum_{d != d'} Cov_{dd'}^2
-* 3.5  L = w_inv * L_inv + w_var * L_var + w_cov * L_cov  (SPEC default: all weights 1)
+* sum  L = w_inv * L_inv + w_var * L_var + w_cov * L_cov  (the reference: all weights 1)
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-NORMALIZE_EPS = 1e-12  # SPEC 3.1 (F.normalize default)
-SIM_EPS = 1e-8  # SPEC 3.2
-VAR_EPS = 1e-7  # SPEC 3.3
+NORMALIZE_EPS = 1e-12  # F.normalize's default
+SIM_EPS = 1e-8  # the reference's similarity_matrix
+VAR_EPS = 1e-7  # inside the reference's std
 
 
 def ref_l2_normalize(x, eps: float = NORMALIZE_EPS) -> np.ndarray:
-  """SPEC 3.1: divide each row by max(its L2 norm, eps)."""
+  """Divide each row by max(its L2 norm, eps)."""
   x = np.asarray(x, dtype=np.float64)
   out = np.empty_like(x)
   for i in range(x.shape[0]):
@@ -37,7 +40,7 @@ def ref_l2_normalize(x, eps: float = NORMALIZE_EPS) -> np.ndarray:
 
 
 def ref_similarity_matrix(a) -> np.ndarray:
-  """SPEC 3.2: row-centred, row-normalised Gram matrix clamped to [-1, 1] (B x B)."""
+  """Row-centred, row-normalised Gram matrix clamped to [-1, 1] (B x B)."""
   a = np.asarray(a, dtype=np.float64)
   b = a.shape[0]
   rows = []
@@ -105,7 +108,10 @@ def ref_covariance(z) -> float:
 def ref_deinforeg_loss(
   z, labels, num_classes: int, weights=(1.0, 1.0, 1.0), variance_batch_scaling: bool = True
 ):
-  """SPEC 3.5. Returns (total, {"invariance", "variance", "covariance"}) as Python floats."""
+  """Weighted sum of the three terms.
+
+  Returns (total, {"invariance", "variance", "covariance"}) as Python floats.
+  """
   inv = ref_invariance(z, labels, num_classes)
   var = ref_variance(z, variance_batch_scaling)
   cov = ref_covariance(z)

@@ -1,4 +1,4 @@
-"""Tests of the SCPL and associated-learning baselines (SPEC 6): losses, gradient flow, outputs.
+"""Tests of the SCPL and associated-learning baselines: losses, gradient flow, outputs.
 
 Gradient flow: with ``stop_gradient`` at every boundary, block ``k``'s local loss
 reaches only block ``k``'s parameters; SCPL's cross-entropy reaches only the final
@@ -27,7 +27,7 @@ from helpers import (
 from test_text_modules import MAX_LEN, tiny_text_config, token_batch
 from test_text_modules import NUM_CLASSES as TEXT_CLASSES
 
-from deinforeg_jax import losses, pipeline, rules, stack
+from deinforeg_jax import losses, models, pipeline, rules
 from deinforeg_jax.train import train_and_evaluate
 from launch.configs import default
 from deinforeg_jax.configuration import validate_config
@@ -38,7 +38,7 @@ AL_PARTS = ("encoder", "bridge", "label_encoder", "decoder")
 
 
 def _reference_supcon(z, labels, temperature):
-  """Loop version of SPEC 6.3 (anchor counted in |P_i|), in float64."""
+  """Loop version of the reference ``ContrastiveLoss`` (anchor counted in |P_i|), in float64."""
   z = np.asarray(z, np.float64)
   z = z / np.linalg.norm(z, axis=1, keepdims=True)
   s = z @ z.T / temperature
@@ -110,7 +110,7 @@ def _setup(rule, arch, input_shape, **model_overrides):
   else:
     config, num_classes = tiny_config(arch, rule, **model_overrides), NUM_CLASSES
     batch = random_batch(16, input_shape)
-  model = stack.build_model(config, num_classes)
+  model = models.create_model(config, num_classes)
   variables = init_variables(model, input_shape)
   objective = rules.get_objective(rule)
 

@@ -1,4 +1,4 @@
-"""Adaptive inference path (SPEC 7): exit decisions on hand-made logits, FLOP accounting."""
+"""Adaptive inference path: exit decisions on hand-made logits, FLOP accounting."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from deinforeg_jax import inference, stack
+from deinforeg_jax import inference, models
 from helpers import DIGITS_SHAPE, NUM_CLASSES, init_variables, random_batch, tiny_config
 
 # Logit vectors over 3 classes.  cos(A, A2) = 0.997, cos(A, A_WEAK) = 0.719 (same argmax 0).
@@ -76,7 +76,7 @@ def test_unknown_exit_mode_names_the_field():
 def _toy(classifier_mode="merge"):
   config = tiny_config(vgg_blocks="4,M;8", num_blocks=2, width=1.0, projector="16-16")
   config.model.classifier_mode = classifier_mode
-  model = stack.build_model(config, NUM_CLASSES)
+  model = models.create_model(config, NUM_CLASSES)
   return model, init_variables(model, DIGITS_SHAPE)
 
 

@@ -1,4 +1,4 @@
-"""Tests of ``deinforeg_jax.data.label_noise`` (SPEC 5.3) and its use by ``load_dataset``."""
+"""Tests of ``deinforeg_jax.data.label_noise`` and its use by ``load_dataset``."""
 
 from __future__ import annotations
 

@@ -1,8 +1,8 @@
-"""Tests of ``deinforeg_jax.losses`` (the DeInfoReg local loss, SPEC section 3).
+"""Tests of ``deinforeg_jax.losses`` (the DeInfoReg local loss, arXiv 2506.18193).
 
 Values are checked against ``tests/reference_losses.py``, an independent float64 NumPy
-implementation written from the SPEC text, and against properties that follow from the
-SPEC formulas (symmetry, label-similarity closed form, invariances, finite gradients).
+implementation of the reference code's loss, and against properties that follow from its
+formulas (symmetry, label-similarity closed form, invariances, finite gradients).
 
 Out-of-range labels are not tested: ``deinforeg_loss`` is pure ``jnp`` and the range
 check lives elsewhere. For the record, ``jax.nn.one_hot`` maps a label outside
@@ -97,7 +97,7 @@ def _pearson_structure(labels, num_classes, dim, seed):
 
 
 class DeinforegLossReferenceTest(chex.TestCase):
-  """Total and every term equal the float64 reference (SPEC 3.1-3.5)."""
+  """Total and every term equal the float64 reference."""
 
   def _check_against_reference(self, fn, batch, dim, num_classes, weights, scaling, seeds):
     for seed in seeds:
@@ -168,13 +168,13 @@ class DeinforegLossReferenceTest(chex.TestCase):
     np.testing.assert_allclose(terms_u["variance"], 33 * terms_s["variance"], rtol=1e-6)
     for name in ("invariance", "covariance"):
       np.testing.assert_allclose(terms_u[name], terms_s[name], rtol=1e-6)
-    # Rows have unit norm, so sigma_d ~ 1/sqrt(D) and the hinge is active (SPEC 3.3).
+    # Rows have unit norm, so sigma_d ~ 1/sqrt(D) and the hinge is active.
     self.assertGreater(terms_u["variance"], 0.5)
     self.assertLess(terms_u["variance"], 1.0)
 
 
 class SimilarityMatrixTest(chex.TestCase):
-  """SPEC 3.2: S(A) is the clamped row-Pearson-correlation matrix."""
+  """S(A) is the clamped row-Pearson-correlation matrix."""
 
   @chex.variants(with_jit=True, without_jit=True)
   @parameterized.parameters((8, 16), (33, 64))
@@ -232,7 +232,7 @@ class SimilarityMatrixTest(chex.TestCase):
 
 
 class L2NormalizeTest(chex.TestCase):
-  """SPEC 3.1: rows divided by max(||row||, 1e-12)."""
+  """Rows divided by max(||row||, 1e-12)."""
 
   @chex.variants(with_jit=True, without_jit=True)
   def test_l2_normalize(self):

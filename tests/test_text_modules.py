@@ -1,4 +1,4 @@
-"""Tests of the text blocks and text stacks (SPEC 4.3, 4.4).
+"""Tests of the text blocks and text stacks (the reference BiLSTM and Transformer).
 
 Masked pooling ignores padding; the backward LSTM direction reads each sequence's
 real tokens in reverse; no gradient crosses a text block boundary (the
@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from helpers import global_norm, init_variables, to_host
 
-from deinforeg_jax import optim, parallel, rules, stack, train
+from deinforeg_jax import models, optim, parallel, rules, steps, train
 from deinforeg_jax.configuration import validate_config
 from deinforeg_jax.modules import text
 from launch.configs.spec_text import spec_text_config
@@ -145,7 +145,7 @@ def test_backward_direction_reads_the_sequence_in_reverse():
 @functools.cache
 def _text_stack(arch, rule="deinforeg"):
   config = tiny_text_config(arch, rule)
-  model = stack.build_model(config, NUM_CLASSES)
+  model = models.create_model(config, NUM_CLASSES)
   variables = init_variables(model, (MAX_LEN,))
   batch = token_batch(12)
   objective = rules.get_objective(rule)
@@ -209,7 +209,7 @@ def test_bp_text_model_trains_every_block(arch):
 
 def test_frozen_embedding_gets_no_gradient():
   config = tiny_text_config(freeze_embedding=True)
-  model = stack.build_model(config, NUM_CLASSES)
+  model = models.create_model(config, NUM_CLASSES)
   variables = init_variables(model, (MAX_LEN,))
   batch = token_batch(12)
 
@@ -224,12 +224,12 @@ def test_frozen_embedding_gets_no_gradient():
 
 def test_text_config_errors_name_the_field():
   with pytest.raises(ValueError, match="config.model.projector"):
-    stack.build_model(tiny_text_config(projector="8-8"), NUM_CLASSES)
+    models.create_model(tiny_text_config(projector="8-8"), NUM_CLASSES)
   with pytest.raises(ValueError, match="config.model.num_blocks"):
-    stack.build_model(tiny_text_config(num_blocks=0), NUM_CLASSES)
+    models.create_model(tiny_text_config(num_blocks=0), NUM_CLASSES)
   with pytest.raises(ValueError, match="config.model.classifier_mode"):
-    stack.build_model(tiny_text_config(classifier_mode="unmerge"), NUM_CLASSES)
-  model = stack.build_model(tiny_text_config("transformer", heads=3), NUM_CLASSES)
+    models.create_model(tiny_text_config(classifier_mode="unmerge"), NUM_CLASSES)
+  model = models.create_model(tiny_text_config("transformer", heads=3), NUM_CLASSES)
   with pytest.raises(ValueError, match="config.model.heads=3 must divide d_model=8"):
     jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((2, MAX_LEN)), train=False))
 
@@ -238,21 +238,22 @@ def test_text_stack_on_eight_devices_equals_one_device(eight_devices):
   """One Adam step of a BiLSTM DeInfoReg stack: same metrics and parameters on 1 and 8 devices."""
   del eight_devices
   config = tiny_text_config("lstm")
-  model = stack.build_model(config, NUM_CLASSES)
+  model = models.create_model(config, NUM_CLASSES)
   tx = optim.make_optimizer(config.optim, lambda _: config.optim.base_lr)
   params = init_variables(model, (MAX_LEN,))["params"]
   batch = token_batch(16, seed=5)
   results = []
   for devices in (1, 8):
     mesh = parallel.make_data_mesh(devices)
-    state = train.TrainState(
+    state = steps.TrainState(
       step=jnp.zeros((), jnp.int32), params=params, batch_stats={}, opt_state=tx.init(params)
     )
     state = jax.device_put(state, parallel.replicated(mesh))
     step, _ = train.compile_steps(
       model, rules.deinforeg_objective, tx, NUM_CLASSES, config.loss, mesh
     )
-    new_state, metrics = step(state, parallel.shard_batch(batch, mesh))
+    sharded = parallel.shard_batch(batch, mesh)
+    new_state, metrics, _ = step(state, sharded["tokens"], sharded["label"])
     results.append((to_host(new_state.params), to_host(metrics)))
   (p1, m1), (p8, m8) = results
   for name in ("loss", "embedding_loss", "total_loss"):

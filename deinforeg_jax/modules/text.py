@@ -1,4 +1,8 @@
-"""Text blocks (SPEC 4.3, 4.4): embedding, bidirectional LSTM, Transformer encoder.
+"""Text blocks: embedding, bidirectional LSTM, Transformer encoder.
+
+As ``LSTM_DeInfoReg`` (``nlp/model/LSTM.py``) and ``Transformer_DeInfoReg``
+(``nlp/model/Transformer.py``, ``nlp/model/transformer/``) in the reference code,
+github.com/ianzih/Decoupled-Supervised-Learning-for-Information-Regularization.
 
 Pure linen encoders, no training logic.  Tokens are ``int32 [B, T]`` with the pad
 id 0 (right padding); the padding mask is ``tokens != 0``.  Every encoder returns
@@ -47,7 +51,7 @@ def pooled(state: TextState) -> jax.Array:
 
 
 class Embedding(nn.Module):
-  """Token embedding, its own block (SPEC 4.3 "block 0").
+  """Token embedding, its own block ("block 0": the reference gives it a local loss too).
 
   ``tokens [B, T]`` (any dtype holding integer ids; cast to int32) -> text state
   with ``h = E[tokens]`` ``[B, T, emb_dim]``.  The table is the parameter
@@ -92,7 +96,7 @@ def reverse_within_length(x: jax.Array, lengths: jax.Array) -> jax.Array:
 
 
 class BiLSTM(nn.Module):
-  """One bidirectional LSTM layer (``torch.nn.LSTM(bidirectional=True)``, SPEC 4.3).
+  """One bidirectional LSTM layer, as ``torch.nn.LSTM(bidirectional=True)``.
 
   Input: a text state with ``h [B, T, D]``.  Output ``h [B, T, 2H]`` is
   ``[forward ; backward]`` at each position in the original order, ``pooled`` is
@@ -172,7 +176,7 @@ def sinusoidal_positions(steps: int, dim: int) -> jax.Array:
 
 
 class TransformerEncoder(nn.Module):
-  """One pre-LayerNorm Transformer encoder layer with a final LayerNorm (SPEC 4.4).
+  """One pre-LayerNorm Transformer encoder layer with a final LayerNorm (reference encoder).
 
   ``h [B, T, D]`` -> ``h [B, T, D]`` (``d_model = D``, the input width):
   ``h += Drop(MHA(LN(h), mask))``, ``h += Drop(W2 Drop(ReLU(W1 LN(h))))``,
@@ -218,7 +222,7 @@ class TransformerEncoder(nn.Module):
 
 
 class TextHead(nn.Module):
-  """SPEC BP text head: ``Tanh -> Dense(C)`` on the last block's ``pooled`` vector."""
+  """The reference BP text head: ``Tanh -> Dense(C)`` on the last block's ``pooled`` vector."""
 
   num_classes: int
 
