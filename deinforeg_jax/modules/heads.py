@@ -1,4 +1,7 @@
-"""Per-block heads: the projector MLP and the block classifier (SPEC 3.6).
+"""Per-block heads: the projector MLP and the block classifier.
+
+As ``Projector`` and ``Classifier`` in the reference code's ``utils/utils.py``
+(github.com/ianzih/Decoupled-Supervised-Learning-for-Information-Regularization).
 
 A projector spec string lists output widths, ``"2048-2048-2048"`` meaning
 ``Dense(2048)-BN-ReLU, Dense(2048)-BN-ReLU, Dense(2048)``; the input width is
@@ -16,7 +19,6 @@ import jax
 from deinforeg_jax.modules.vision import batch_norm
 
 CLASSIFIER_MODES = ("merge", "unmerge")
-CLASSIFIER_STYLES = ("bn_relu", "tanh")
 
 
 def parse_layer_spec(spec: str, field: str = "model.projector") -> tuple[int, ...]:
@@ -48,13 +50,12 @@ class MLP(nn.Module):
   """
 
   widths: Sequence[int]
-  final_bias: bool = True
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
     for i, width in enumerate(self.widths):
       last = i == len(self.widths) - 1
-      x = nn.Dense(width, use_bias=self.final_bias or not last)(x)
+      x = nn.Dense(width)(x)
       if not last:
         x = nn.relu(batch_norm(train)(x))
     return x

@@ -1,9 +1,15 @@
-"""Vision encoders as pure Flax linen modules (SPEC section 4).
+"""Vision encoders as pure Flax linen modules.
 
-All convolutions are 3x3, stride 1 unless stated, 'SAME' padding, no bias,
-followed by BatchNorm (PyTorch defaults: momentum 0.1, i.e. Flax ``0.9``,
-epsilon 1e-5).  Inputs are NHWC.  A ``width`` multiplier scales every channel
-count so that tests and small configs use the same code as the paper's models.
+The VGG and CIFAR ResNets of the reference code (``vision/model/VGG.py``,
+``vision/model/ResNet.py`` of
+github.com/ianzih/Decoupled-Supervised-Learning-for-Information-Regularization);
+ResNet units as in He et al., arXiv 1512.03385.
+
+Convolutions are 3x3 (1x1 in shortcuts and bottleneck units), stride 1 unless
+stated, 'SAME' padding, no bias, followed by BatchNorm (PyTorch defaults:
+momentum 0.1, i.e. Flax ``0.9``, epsilon 1e-5).  Inputs are NHWC.  A ``width``
+multiplier scales every channel count so that tests and small configs use the
+same code as the paper's models.
 """
 
 from __future__ import annotations
@@ -14,7 +20,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-# VGG block configurations: ints are conv-BN-ReLU widths, "M" is 2x2 max-pool.
+# The reference VGG's four blocks (``layer_cfg`` of ``VGG_DeInfoReg``): ints are
+# conv-BN-ReLU widths, "M" is 2x2 max-pool.
 VGG_SPEC_BLOCKS: tuple[tuple[Union[int, str], ...], ...] = (
   (128, 128, 128, 256, "M"),
   (256, 512, "M"),
@@ -96,7 +103,6 @@ class BasicBlock(nn.Module):
 
   features: int
   strides: int = 1
-  expansion = 1
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
