@@ -10,8 +10,8 @@
 Writes the array_record dataset ``<data_dir>/<name>/1.0.0`` and prints the command
 that trains on it. Labels must be 0-based class ids. The train split's per-channel
 pixel mean/std are stored with the dataset; ``--mean``/``--std`` (in [0, 1] units,
-as for torchvision's Normalize) replace them, e.g. with the SPEC CIFAR-10 constants
-(which ``config.data.name=cifar10`` uses):
+as for torchvision's Normalize) replace them, e.g. with the reference code's CIFAR-10
+constants (vision/setting.py; ``config.data.name=cifar10`` uses them):
   --mean=0.4914,0.4822,0.4465 --std=0.2023,0.1994,0.2010
 Names of TFDS catalogue datasets (cifar10, mnist, ...) are refused: TFDS would read
 them with its own builder; use e.g. cifar10_local.
@@ -65,7 +65,7 @@ def main(argv):
   # Imported here so that --help and flag errors need no TFDS import.
   import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
 
-  from deinforeg_jax.data import tfds_prepare  # pylint: disable=import-outside-toplevel
+  from deinforeg_jax.data import prepare  # pylint: disable=import-outside-toplevel
 
   tfds.disable_progress_bar()
   stats = {}
@@ -86,7 +86,7 @@ def main(argv):
             stats.update(
               mean=[m / 255.0 for m in stats["mean"]], std=[s / 255.0 for s in stats["std"]]
             )
-      prepared = tfds_prepare.prepare_npz(
+      prepared = prepare.prepare_npz(
         _NAME.value,
         _DATA_DIR.value,
         _NPZ.value,
@@ -95,10 +95,10 @@ def main(argv):
         **stats,
       )
     else:
-      prepared = tfds_prepare.prepare_image_folder(
+      prepared = prepare.prepare_image_folder(
         _NAME.value, _DATA_DIR.value, _IMAGE_FOLDER.value, overwrite=_OVERWRITE.value, **stats
       )
-  except (ValueError, FileExistsError) as error:
+  except (ValueError, OSError) as error:  # OSError: missing file, existing dataset
     print(f"prepare_data: error: {error}", file=sys.stderr)
     sys.exit(1)
 
@@ -120,11 +120,11 @@ def main(argv):
 def _prepare_text():
   import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
 
-  from deinforeg_jax.data import text_prepare  # pylint: disable=import-outside-toplevel
+  from deinforeg_jax.data import prepare  # pylint: disable=import-outside-toplevel
 
   tfds.disable_progress_bar()
   try:
-    prepared = text_prepare.prepare_jsonl(
+    prepared = prepare.prepare_jsonl(
       _NAME.value,
       _DATA_DIR.value,
       _JSONL_TRAIN.value,
@@ -132,7 +132,7 @@ def _prepare_text():
       num_classes=_NUM_CLASSES.value,
       overwrite=_OVERWRITE.value,
     )
-  except (ValueError, FileExistsError, FileNotFoundError) as error:
+  except (ValueError, OSError) as error:
     print(f"prepare_data: error: {error}", file=sys.stderr)
     sys.exit(1)
   counts = ", ".join(f"{n} {split}" for split, n in prepared.num_examples.items())

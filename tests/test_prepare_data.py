@@ -1,4 +1,4 @@
-"""Tests of ``launch.prepare_data`` / ``deinforeg_jax.data.tfds_prepare`` and the PNG codec.
+"""Tests of ``launch.prepare_data`` / ``deinforeg_jax.data.prepare`` and Pillow image reading.
 
 Tiny datasets (40 train / 20 test images of 8x8) are written to tmp dirs as real TFDS
 array_record datasets and read back through ``load_dataset``, in this process and in a
@@ -7,23 +7,23 @@ fresh one that never imports the builder class.
 
 from __future__ import annotations
 
-import importlib.util
+import io
 import json
 import os
-import struct
+import re
 import subprocess
 import sys
-import zlib
 
 import numpy as np
 import pytest
+from PIL import Image
 
-from deinforeg_jax.data import png, tfds_prepare
+from deinforeg_jax.data import prepare
+from deinforeg_jax.data.prepare.image_folder import image_shape
 from deinforeg_jax.data.registry import load_dataset
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CLASS_NAMES = ["ant", "bee", "cat", "dog"]
-HAS_DECODER = any(importlib.util.find_spec(m) for m in ("PIL", "cv2"))
 
 
 def tiny_arrays(channels: int | None = 3, seed: int = 0):
@@ -36,6 +36,16 @@ def tiny_arrays(channels: int | None = 3, seed: int = 0):
     "x_test": rng.integers(0, 256, (20, *shape), dtype=np.uint8),
     "y_test": (np.arange(20) * 3) % 4,
   }
+
+
+def png_bytes(image: np.ndarray, **save_options) -> bytes:
+  """uint8 ``[H, W]`` or ``[H, W, C]`` (C in 1..4) encoded as PNG by Pillow."""
+  image = np.asarray(image)
+  if image.ndim == 3 and image.shape[-1] == 1:
+    image = image[..., 0]
+  buffer = io.BytesIO()
+  Image.fromarray(image).save(buffer, format="PNG", **save_options)
+  return buffer.getvalue()
 
 
 def write_npz(path, arrays, class_names=CLASS_NAMES):
@@ -66,7 +76,7 @@ def all_records(source):
 def test_npz_round_trip_keeps_order_pixels_labels_and_stats(tmp_path):
   arrays = tiny_arrays()
   npz = write_npz(tmp_path / "tiny.npz", arrays)
-  prepared = tfds_prepare.prepare_npz("tiny_rgb", str(tmp_path / "tfds"), npz)
+  prepared = prepare.prepare_npz("tiny_rgb", str(tmp_path / "tfds"), npz)
   assert prepared.dataset_dir == str(tmp_path / "tfds" / "tiny_rgb" / "1.0.0")
   assert os.path.isfile(os.path.join(prepared.dataset_dir, "dataset_info.json"))
 
@@ -92,7 +102,7 @@ def test_npz_round_trip_keeps_order_pixels_labels_and_stats(tmp_path):
 def test_npz_greyscale_hw_arrays_become_hw1(tmp_path):
   arrays = tiny_arrays(channels=None)
   npz = write_npz(tmp_path / "grey.npz", arrays, class_names=None)
-  prepared = tfds_prepare.prepare_npz("tiny_grey", str(tmp_path), npz)
+  prepared = prepare.prepare_npz("tiny_grey", str(tmp_path), npz)
   assert prepared.image_shape == (8, 8, 1) and prepared.num_classes == 4  # max label + 1
   data = load_dataset(data_cfg("tiny_grey", tmp_path))
   assert data.info.input_shape == (8, 8, 1) and len(data.info.mean) == 1
@@ -102,7 +112,7 @@ def test_npz_greyscale_hw_arrays_become_hw1(tmp_path):
 
 def test_given_mean_std_are_stored(tmp_path):
   npz = write_npz(tmp_path / "tiny.npz", tiny_arrays())
-  tfds_prepare.prepare_npz(
+  prepare.prepare_npz(
     "tiny_stats", str(tmp_path), npz, mean=[1.0, 2.0, 3.0], std=[4.0, 5.0, 6.0]
   )
   info = load_dataset(data_cfg("tiny_stats", tmp_path)).info
@@ -116,32 +126,32 @@ def test_out_of_range_labels_rejected_at_prepare_time(tmp_path, split, bad):
   arrays[split][5] = bad
   npz = write_npz(tmp_path / "bad.npz", arrays)
   with pytest.raises(ValueError, match=rf"{split} labels out of range.*value\(s\) \[{bad}\]"):
-    tfds_prepare.prepare_npz("tiny_bad", str(tmp_path), npz)
+    prepare.prepare_npz("tiny_bad", str(tmp_path), npz)
   assert not os.path.exists(tmp_path / "tiny_bad" / "1.0.0")
 
 
 def test_prepare_rejects_bad_inputs(tmp_path):
   npz = write_npz(tmp_path / "tiny.npz", tiny_arrays())
   with pytest.raises(ValueError, match="TFDS catalogue dataset"):
-    tfds_prepare.prepare_npz("mnist", str(tmp_path), npz)
+    prepare.prepare_npz("mnist", str(tmp_path), npz)
   with pytest.raises(ValueError, match="snake_case"):
-    tfds_prepare.prepare_npz("My-Data", str(tmp_path), npz)
+    prepare.prepare_npz("My-Data", str(tmp_path), npz)
   np.savez(tmp_path / "nokeys.npz", x_train=np.zeros((2, 4, 4), np.uint8))
   with pytest.raises(ValueError, match=r"lacks key\(s\).*x_test"):
-    tfds_prepare.prepare_npz("tiny_keys", str(tmp_path), str(tmp_path / "nokeys.npz"))
+    prepare.prepare_npz("tiny_keys", str(tmp_path), str(tmp_path / "nokeys.npz"))
   arrays = tiny_arrays()
   arrays["y_train"] = arrays["y_train"].astype(np.float32)
   with pytest.raises(ValueError, match="integer class ids"):
-    tfds_prepare.prepare_npz("tiny_float", str(tmp_path), write_npz(tmp_path / "f.npz", arrays))
+    prepare.prepare_npz("tiny_float", str(tmp_path), write_npz(tmp_path / "f.npz", arrays))
 
 
 def test_existing_dataset_needs_overwrite(tmp_path):
   npz = write_npz(tmp_path / "tiny.npz", tiny_arrays())
-  tfds_prepare.prepare_npz("tiny_twice", str(tmp_path), npz)
+  prepare.prepare_npz("tiny_twice", str(tmp_path), npz)
   with pytest.raises(FileExistsError, match="--overwrite"):
-    tfds_prepare.prepare_npz("tiny_twice", str(tmp_path), npz)
+    prepare.prepare_npz("tiny_twice", str(tmp_path), npz)
   arrays = tiny_arrays(seed=1)
-  tfds_prepare.prepare_npz(
+  prepare.prepare_npz(
     "tiny_twice", str(tmp_path), write_npz(tmp_path / "b.npz", arrays), overwrite=True
   )
   images, _ = all_records(load_dataset(data_cfg("tiny_twice", tmp_path)).train)
@@ -152,12 +162,12 @@ def test_existing_dataset_needs_overwrite(tmp_path):
 
 
 def write_folder(root, arrays, class_names=CLASS_NAMES):
-  """``root/{train,test}/<class>/<i>.png``, cycling through the five PNG filter types."""
+  """``root/{train,test}/<class>/<i>.png``, written by Pillow."""
   for split in ("train", "test"):
     for i, (image, label) in enumerate(zip(arrays[f"x_{split}"], arrays[f"y_{split}"])):
       folder = root / split / class_names[label]
       folder.mkdir(parents=True, exist_ok=True)
-      (folder / f"{i:03d}.png").write_bytes(png.encode_png(image, filter_type=i % 5))
+      (folder / f"{i:03d}.png").write_bytes(png_bytes(image))
   return str(root)
 
 
@@ -172,7 +182,7 @@ def test_image_folder_round_trip(tmp_path):
   arrays = tiny_arrays()
   folder = write_folder(tmp_path / "images", arrays)
   (tmp_path / "images" / "train" / "ant" / "notes.txt").write_text("not an image")
-  prepared = tfds_prepare.prepare_image_folder("tiny_folder", str(tmp_path / "tfds"), folder)
+  prepared = prepare.prepare_image_folder("tiny_folder", str(tmp_path / "tfds"), folder)
   assert prepared.image_shape == (8, 8, 3) and prepared.num_classes == 4
   data = load_dataset(data_cfg("tiny_folder", tmp_path / "tfds"))
   assert data.info.class_names == tuple(CLASS_NAMES)
@@ -188,8 +198,8 @@ def test_image_folder_mixed_grey_and_rgb_becomes_rgb(tmp_path):
   root = tmp_path / "images"
   write_folder(root, arrays)
   grey = np.arange(64, dtype=np.uint8).reshape(8, 8)
-  (root / "train" / "bee" / "zzz_grey.png").write_bytes(png.encode_png(grey))
-  tfds_prepare.prepare_image_folder("tiny_mixed", str(tmp_path), str(root))
+  (root / "train" / "bee" / "zzz_grey.png").write_bytes(png_bytes(grey))
+  prepare.prepare_image_folder("tiny_mixed", str(tmp_path), str(root))
   data = load_dataset(data_cfg("tiny_mixed", tmp_path))
   assert data.info.input_shape == (8, 8, 3) and data.info.num_train == 41
   images, labels = all_records(data.train)
@@ -204,23 +214,43 @@ def test_image_folder_errors(tmp_path):
   write_folder(root, arrays)
   (root / "test" / "eel").mkdir()
   with pytest.raises(ValueError, match=r"class folder\(s\) \['eel'\] that .*train lacks"):
-    tfds_prepare.prepare_image_folder("tiny_err", str(tmp_path), str(root))
+    prepare.prepare_image_folder("tiny_err", str(tmp_path), str(root))
   (root / "test" / "eel").rmdir()
-  (root / "train" / "ant" / "big.png").write_bytes(png.encode_png(np.zeros((9, 8, 3), np.uint8)))
+  (root / "train" / "ant" / "big.png").write_bytes(png_bytes(np.zeros((9, 8, 3), np.uint8)))
   with pytest.raises(ValueError, match="differ in size"):
-    tfds_prepare.prepare_image_folder("tiny_err", str(tmp_path), str(root))
+    prepare.prepare_image_folder("tiny_err", str(tmp_path), str(root))
   with pytest.raises(ValueError, match="is not a folder"):
-    tfds_prepare.prepare_image_folder("tiny_err", str(tmp_path), str(tmp_path / "nothing"))
+    prepare.prepare_image_folder("tiny_err", str(tmp_path), str(tmp_path / "nothing"))
 
 
-@pytest.mark.skipif(HAS_DECODER, reason="Pillow or OpenCV installed: JPEGs are readable")
-def test_jpeg_without_pillow_or_opencv_says_what_to_install(tmp_path):
+def test_image_folder_reads_jpeg_with_pillow(tmp_path):
   root = tmp_path / "images"
+  colours = {"cat": (200, 40, 10), "dog": (10, 90, 250)}  # flat images: JPEG keeps them closely
   for split in ("train", "test"):
-    (root / split / "cat").mkdir(parents=True)
-    (root / split / "cat" / "a.jpg").write_bytes(b"\xff\xd8\xff\xe0" + b"\0" * 32)
-  with pytest.raises(ValueError, match="JPEG needs Pillow or OpenCV.*pip install Pillow"):
-    tfds_prepare.prepare_image_folder("tiny_jpeg", str(tmp_path), str(root))
+    for cls, colour in colours.items():
+      (root / split / cls).mkdir(parents=True)
+      Image.new("RGB", (6, 4), colour).save(root / split / cls / "a.jpg", quality=95)
+  prepared = prepare.prepare_image_folder("tiny_jpeg", str(tmp_path / "tfds"), str(root))
+  assert prepared.image_shape == (4, 6, 3) and prepared.num_classes == 2
+  images, labels = all_records(load_dataset(data_cfg("tiny_jpeg", tmp_path / "tfds")).train)
+  np.testing.assert_array_equal(labels, [0, 1])
+  want = np.broadcast_to(np.asarray(list(colours.values()))[:, None, None], images.shape)
+  np.testing.assert_allclose(images, want, atol=3)
+
+
+def test_corrupt_image_fails_naming_the_file(tmp_path):
+  arrays = tiny_arrays()
+  root = tmp_path / "images"
+  write_folder(root, arrays)
+  truncated = root / "train" / "cat" / "truncated.png"
+  truncated.write_bytes(png_bytes(arrays["x_train"][0])[:-40])  # header intact, pixels cut
+  with pytest.raises(ValueError, match=f"cannot read image {re.escape(str(truncated))}"):
+    prepare.prepare_image_folder("tiny_corrupt", str(tmp_path / "tfds"), str(root))
+  truncated.unlink()
+  garbage = root / "test" / "dog" / "garbage.png"
+  garbage.write_bytes(b"GIF89a....")
+  with pytest.raises(ValueError, match=f"cannot read image {re.escape(str(garbage))}"):
+    prepare.prepare_image_folder("tiny_corrupt", str(tmp_path / "tfds"), str(root))
 
 
 # --- command line and a fresh process ----------------------------------------------------
@@ -253,7 +283,7 @@ def test_cli_prepares_and_a_fresh_process_reads_by_name(tmp_path):
     "python -m launch.train --config=launch/configs/default.py "
     f"--config.data.name=cli_npz --config.data.data_dir={data_dir} --workdir=W" in result.stdout
   )
-  tfds_prepare.prepare_image_folder("cli_folder", str(data_dir), folder)
+  prepare.prepare_image_folder("cli_folder", str(data_dir), folder)
 
   # A new interpreter: TFDS must find both datasets from the files alone.
   code = f"""
@@ -267,7 +297,8 @@ for name in ("cli_npz", "cli_folder"):
     out[name] = dict(shape=list(data.info.input_shape), classes=data.info.num_classes,
                      n=[data.info.num_train, data.info.num_test], mean=list(data.info.mean),
                      first_label=int(first["label"]), first_sum=int(np.sum(first["image"])))
-out["builder_module_imported"] = "deinforeg_jax.data.tfds_prepare" in sys.modules
+out["builder_module_imported"] = any(m.startswith("deinforeg_jax.data.prepare")
+                                     for m in sys.modules)
 import tensorflow_datasets as tfds
 source = tfds.data_source("cli_npz", split="test", data_dir={str(data_dir)!r}, download=False)
 out["data_source"] = [len(source), int(source[0]["label"]), list(source[0]["image"].shape)]
@@ -309,50 +340,53 @@ def test_cli_reports_label_errors(tmp_path):
   assert "prepare_data: error:" in result.stderr and "y_test labels out of range" in result.stderr
 
 
-# --- PNG codec ---------------------------------------------------------------------------
+# --- reading images with Pillow ------------------------------------------------------------
 
 
-@pytest.mark.parametrize("shape", [(7, 5, 3), (8, 8, 1), (3, 9, 4), (5, 4, 2), (6, 6)])
-@pytest.mark.parametrize("filter_type", range(5))
-def test_png_round_trip_every_filter(shape, filter_type):
-  image = np.random.default_rng(filter_type).integers(0, 256, shape, dtype=np.uint8)
-  image[: shape[0] // 2] = 200  # flat rows too
-  data = png.encode_png(image, filter_type=filter_type)
-  decoded = png.decode_png(data)
-  want = image if image.ndim == 3 else image[..., None]
-  np.testing.assert_array_equal(decoded, want)
-  assert png.png_header(data) == want.shape
-  np.testing.assert_array_equal(png.decode_image(data), want)
+@pytest.mark.parametrize(
+  "shape, channels", [((7, 5, 3), 3), ((8, 8, 1), 1), ((3, 9, 4), 3), ((5, 4, 2), 1), ((6, 6), 1)]
+)
+def test_read_image_drops_alpha_and_converts_grey(tmp_path, shape, channels):
+  image = np.random.default_rng(len(shape) + shape[-1]).integers(0, 256, shape, dtype=np.uint8)
+  path = str(tmp_path / "image.png")
+  with open(path, "wb") as f:
+    f.write(png_bytes(image))
+  want = (image if image.ndim == 3 else image[..., None])[..., :channels]  # alpha dropped
+  assert image_shape(path) == (shape[0], shape[1], channels)
+  np.testing.assert_array_equal(prepare.read_image(path, channels), want)
+  if channels == 1:  # grey -> RGB repeats the grey value
+    np.testing.assert_array_equal(prepare.read_image(path, 3), np.repeat(want, 3, axis=-1))
 
 
-def _png(width, height, depth, colour_type, rows: bytes, extra=()) -> bytes:
-  header = struct.pack(">IIBBBBB", width, height, depth, colour_type, 0, 0, 0)
-  chunks = [
-    png._chunk(b"IHDR", header),
-    *extra,  # pylint: disable=protected-access
-    png._chunk(b"IDAT", zlib.compress(rows)),
-    png._chunk(b"IEND", b""),
-  ]  # pylint: disable=protected-access
-  return png.PNG_SIGNATURE + b"".join(chunks)
-
-
-def test_png_palette_sub_byte_and_16_bit():
+def test_read_image_palette_one_bit_and_16_bit(tmp_path):
   palette = np.asarray([[0, 0, 0], [255, 0, 0], [0, 255, 0], [0, 0, 255]], np.uint8)
-  # 3x2 image of 2-bit palette indices [[1, 2, 3], [3, 0, 1]]: rows of one byte each.
-  rows = bytes([0, 0b01101100, 0, 0b11000100])
-  data = _png(3, 2, 2, 3, rows, [png._chunk(b"PLTE", palette.tobytes())])  # pylint: disable=protected-access
-  np.testing.assert_array_equal(png.decode_png(data), palette[[[1, 2, 3], [3, 0, 1]]])
-  # 1-bit greyscale is rescaled to 0/255.
-  data = _png(4, 1, 1, 0, bytes([0, 0b10100000]))
-  np.testing.assert_array_equal(png.decode_png(data)[..., 0], [[255, 0, 255, 0]])
-  # 16-bit greyscale keeps uint16 values.
-  values = np.asarray([[1, 65535], [256, 7]], ">u2")
-  rows = b"".join(b"\0" + row.tobytes() for row in values)
-  decoded = png.decode_png(_png(2, 2, 16, 0, rows))
-  assert decoded.dtype == np.uint16
-  np.testing.assert_array_equal(decoded[..., 0], values)
+  indices = np.asarray([[1, 2, 3], [3, 0, 1]], np.uint8)
+  paletted = Image.new("P", (3, 2))
+  paletted.putpalette(palette.reshape(-1).tolist())
+  paletted.putdata(indices.reshape(-1).tolist())
+  paletted.save(tmp_path / "palette.png")
+  assert image_shape(str(tmp_path / "palette.png")) == (2, 3, 3)  # palette images are colour
+  decoded = prepare.read_image(str(tmp_path / "palette.png"), 3)
+  np.testing.assert_array_equal(decoded, palette[indices])
+  # 1-bit greyscale becomes 0/255.
+  Image.fromarray(np.asarray([[True, False, True, False]])).save(tmp_path / "bits.png")
+  decoded = prepare.read_image(str(tmp_path / "bits.png"), 1)
+  np.testing.assert_array_equal(decoded[..., 0], [[255, 0, 255, 0]])
+  # 16-bit greyscale is scaled to 8 bits: round(v * 255 / 65535).
+  values = np.asarray([[1, 65535], [256, 7], [32896, 0]], np.uint16)
+  Image.fromarray(values).save(tmp_path / "wide.png")
+  assert image_shape(str(tmp_path / "wide.png")) == (3, 2, 1)
+  decoded = prepare.read_image(str(tmp_path / "wide.png"), 1)
+  assert decoded.dtype == np.uint8
+  np.testing.assert_array_equal(decoded[..., 0], [[0, 255], [1, 0], [128, 0]])
 
 
-def test_png_rejects_garbage():
-  with pytest.raises(ValueError, match="not a PNG"):
-    png.decode_png(b"GIF89a....")
+def test_read_image_rejects_garbage_naming_the_file(tmp_path):
+  path = str(tmp_path / "not_an_image.png")
+  with open(path, "wb") as f:
+    f.write(b"GIF89a....")
+  with pytest.raises(ValueError, match=f"cannot read image {re.escape(path)}"):
+    image_shape(path)
+  with pytest.raises(ValueError, match=f"cannot read image {re.escape(path)}"):
+    prepare.read_image(path, 3)
+

@@ -12,7 +12,7 @@ import os
 import numpy as np
 import pytest
 
-from deinforeg_jax.data import glove, load_dataset, text, text_prepare
+from deinforeg_jax.data import glove, load_dataset, prepare, text
 from deinforeg_jax.data.loader import eval_batches, train_batches
 from launch.configs.spec_text import spec_text_config
 
@@ -59,7 +59,7 @@ def prepared(tmp_path_factory):
   root = tmp_path_factory.mktemp("text")
   write_jsonl(root / "train.jsonl.gz", toy_records(30, 0))
   write_jsonl(root / "test.jsonl.gz", toy_records(9, 1, extra_word="omega"))
-  result = text_prepare.prepare_jsonl(
+  result = prepare.prepare_jsonl(
     "toy_text", str(root / "tfds"), str(root / "train.jsonl.gz"), str(root / "test.jsonl.gz")
   )
   return root, result
@@ -171,7 +171,7 @@ def test_prepared_jsonl_loads_as_token_batches_and_saves_the_vocabulary(prepared
   assert len(evals) == 1 and evals[0]["mask"].sum() == 9
   np.testing.assert_array_equal(evals[0]["tokens"][9:], 0)
   # Ids decode to the first max_len normalised words of the raw text.
-  raw = text_prepare.read_jsonl(str(root / "test.jsonl.gz"))[0][0]
+  raw = prepare.read_jsonl(str(root / "test.jsonl.gz"))[0][0]
   decoded = [data.vocabulary.words[i] for i in data.test[0]["tokens"]]
   assert decoded == text.normalize(raw)[:6]
 
@@ -195,10 +195,10 @@ def test_bad_jsonl_records_get_clear_errors(tmp_path):
   with pytest.raises(
     ValueError, match=r"bad.jsonl.gz:2: a record needs the fields 'text' and 'label'"
   ):
-    text_prepare.read_jsonl(str(tmp_path / "bad.jsonl.gz"))
+    prepare.read_jsonl(str(tmp_path / "bad.jsonl.gz"))
   write_jsonl(tmp_path / "neg.jsonl.gz", [{"text": "a", "label": -1}])
   with pytest.raises(ValueError, match="label -1 must be a 0-based integer class id"):
-    text_prepare.read_jsonl(str(tmp_path / "neg.jsonl.gz"))
+    prepare.read_jsonl(str(tmp_path / "neg.jsonl.gz"))
 
 
 def test_image_config_on_a_text_dataset_says_to_use_a_text_config(prepared):
@@ -218,7 +218,7 @@ def test_prepare_shared_jsonl(tmp_path, train_file, test_file, counts, classes):
   paths = [os.path.join(SHARED, f) for f in (train_file, test_file)]
   if not all(os.path.exists(p) for p in paths):
     pytest.skip("../shared/data is absent")
-  result = text_prepare.prepare_jsonl("shared_text", str(tmp_path), *paths)
+  result = prepare.prepare_jsonl("shared_text", str(tmp_path), *paths)
   assert (result.num_examples["train"], result.num_examples["test"]) == counts
   assert result.num_classes == classes
 

@@ -10,7 +10,8 @@ import pytest
 from test_text_data import text_data_config, toy_records, write_jsonl
 
 from deinforeg_jax import optim, parallel, stack, train
-from deinforeg_jax.data import load_dataset, text, text_prepare
+from deinforeg_jax.data import load_dataset, text
+from deinforeg_jax.data.prepare import text as text_prepare
 
 
 @pytest.fixture(scope="module")

@@ -13,8 +13,9 @@ import time
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
+from test_prepare_data import png_bytes
 
-from deinforeg_jax.data import eval_batches, make_augment, png, tfds_prepare, train_batches
+from deinforeg_jax.data import eval_batches, make_augment, prepare, train_batches
 from deinforeg_jax.data.label_noise import CIFAR10_CLASSES
 from deinforeg_jax.data.registry import LoadedData, load_dataset
 from deinforeg_jax.data.tfds_source import DatasetNotPreparedError, load_tfds
@@ -53,7 +54,7 @@ class DeinforegTestToyImages(tfds.core.GeneratorBasedBuilder):
   def _generate_examples(self, n, seed):
     images, labels = toy_examples(n, seed)
     for i in range(n):
-      yield i, {"image": png.encode_png(images[i], filter_type=i % 5), "label": int(labels[i])}
+      yield i, {"image": png_bytes(images[i]), "label": int(labels[i])}
 
 
 class DeinforegTestToyNoLabel(DeinforegTestToyImages):
@@ -101,7 +102,7 @@ def _fake_cifar10(data_dir: str) -> np.ndarray:
 
     def _generate_examples(self, start, stop):
       for i in range(start, stop):
-        yield i, {"id": f"img_{i}", "image": png.encode_png(images[i]), "label": i}
+        yield i, {"id": f"img_{i}", "image": png_bytes(images[i]), "label": i}
 
   images = np.random.default_rng(5).integers(0, 256, (6, 32, 32, 3), dtype=np.uint8)
   tfds.disable_progress_bar()
@@ -121,7 +122,7 @@ def tiny_dataset(tmp_path_factory):
     y_test=np.arange(20) % 4,
   )
   np.savez(root / "tiny.npz", **arrays)
-  tfds_prepare.prepare_npz("tiny_tfds", str(root), str(root / "tiny.npz"))
+  prepare.prepare_npz("tiny_tfds", str(root), str(root / "tiny.npz"))
   return str(root), arrays
 
 

@@ -1,4 +1,8 @@
-"""Datasets and the grain batching path shared by all of them."""
+"""Runtime data: sources, batching, augmentation, text encoding, label noise, registry.
+
+Writing datasets (``launch.prepare_data``) lives in ``deinforeg_jax.data.prepare``, which
+nothing here imports.
+"""
 
 from deinforeg_jax.data.augment import make_augment
 from deinforeg_jax.data.digits import load_digits

@@ -1,4 +1,6 @@
-"""Training-image augmentation in numpy (SPEC 5.1), for any image size and channel count.
+"""Training-image augmentation in numpy, for any image size and channel count.
+
+Follows the reference code's pipelines (vision/setting.py, ``--aug_type``).
 
 ``make_augment(kind, info)`` returns ``augment(image, rng) -> image`` for
 ``loader.train_batches``: ``image`` is float32 ``[H, W, C]`` in raw units

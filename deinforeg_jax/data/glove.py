@@ -1,4 +1,4 @@
-"""GloVe vectors and the initial embedding table (SPEC 4.3).
+"""GloVe vectors and the initial embedding table (reference: utils/nlp_utils.py).
 
 Sources: the standard GloVe text format (``glove.6B.300d.txt``: one word and its
 ``d`` floats per line, space-separated) or an ``.npz`` with ``words`` ``[N]`` and

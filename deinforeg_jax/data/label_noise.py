@@ -1,4 +1,4 @@
-"""Training-label noise (SPEC 5.3); the test split always stays clean.
+"""Training-label noise (reference: utils/vision_utils.py); the test split always stays clean.
 
 ``symmetric`` follows the reference ``add_noise_cifar``: a sample is selected when
 ``randint(100) >= 100 - rate`` (``rate`` in percent), i.e. with probability rate %, and

@@ -94,6 +94,27 @@ class _ArraySource:
     return {"image": self._split.images[index], "label": self._split.labels[index]}
 
 
+class StatsAccumulator:
+  """Per-channel pixel mean/std (raw units) of every image added (``[..., C]``), in float64."""
+
+  def __init__(self, channels: int):
+    self.count = 0
+    self.total = np.zeros(channels)
+    self.total_sq = np.zeros(channels)
+
+  def add(self, images: np.ndarray) -> None:
+    flat = images.reshape(-1, images.shape[-1]).astype(np.float64)
+    self.count += flat.shape[0]
+    self.total += flat.sum(0)
+    self.total_sq += np.square(flat).sum(0)
+
+  def result(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """``(mean [C], std [C])``; a zero std (constant channel) is reported as 1."""
+    mean = self.total / max(self.count, 1)
+    std = np.sqrt(np.maximum(self.total_sq / max(self.count, 1) - np.square(mean), 0.0))
+    return tuple(float(m) for m in mean), tuple(float(s) if s > 0 else 1.0 for s in std)
+
+
 def validate_labels(labels: np.ndarray, num_classes: int, *, split_name: str) -> None:
   """Raises ``ValueError`` unless every label in ``labels`` [N] is an integer in [0, num_classes)."""
   labels = np.asarray(labels)

@@ -11,7 +11,7 @@
 Text: a config with ``config.data.max_len`` (the text configs) reads a prepared TFDS
 text dataset (``imdb_reviews``, ``ag_news_subset``, ``dbpedia`` or one made by
 ``launch.prepare_data --jsonl_train``), normalises and tokenises it into memory
-(``data.text``) with ``max_len`` (0: the SPEC length of a catalogue dataset),
+(``data.text``) with ``max_len`` (0: the reference code's length for a catalogue dataset),
 ``vocab_size`` (30000), ``stop_words`` (True) and ``vocab_from`` ("train" |
 "train_test"); ``load_dataset(..., workdir=W)`` reuses / saves ``W/vocab.json``.
 
@@ -83,8 +83,8 @@ def _load_text(data_cfg, name: str, workdir: str | None):
   max_len = _field(data_cfg, "max_len", 0) or TEXT_MAX_LEN.get(name, 0)
   if not max_len:
     raise ValueError(
-      f"config.data.max_len=0 and {name!r} has no SPEC length; set config.data.max_len "
-      "(SPEC: IMDB 350, AG News 60, DBpedia 350)."
+      f"config.data.max_len=0 and {name!r} has no reference length; set config.data.max_len "
+      "(reference: IMDB 350, AG News 60, DBpedia 350)."
     )
   settings = text.TextSettings(
     dataset=name,

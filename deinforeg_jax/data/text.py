@@ -1,4 +1,6 @@
-"""Text preprocessing (SPEC 5.2): normalise, tokenise, vocabulary, fixed-length ids.
+"""Text preprocessing: normalise, tokenise, vocabulary, fixed-length ids.
+
+After the reference code's utils/nlp_utils.py (``data_preprocessing``, ``create_vocab``).
 
 ``normalize``: lower case, HTML tags replaced by a space, ASCII punctuation
 deleted (``"don't"`` -> ``"dont"``), optionally English stop words removed

@@ -9,18 +9,17 @@ at once, saying how to prepare it.
 
 from __future__ import annotations
 
-import importlib.util
 import os
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
-from deinforeg_jax.data import png
-from deinforeg_jax.data.loader import DatasetInfo
+from deinforeg_jax.data.loader import DatasetInfo, StatsAccumulator
 
-# SPEC 5.1 normalisation constants, in [0, 1] units (scaled to the stored pixel range).
-SPEC_STATS = {
+# The reference code's normalisation constants (vision/setting.py), in [0, 1] units
+# (scaled to the stored pixel range).
+REFERENCE_STATS = {
   "cifar10": ((0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)),
   "cifar100": ((0.5071, 0.4867, 0.4408), (0.2675, 0.2565, 0.2761)),
 }
@@ -118,38 +117,25 @@ def open_builder(name: str, data_dir: str, *, download: bool = False):
   return builder
 
 
-def _has_image_decoder() -> bool:
-  return any(importlib.util.find_spec(m) is not None for m in ("cv2", "PIL"))
-
-
 class TfdsSource:
   """One split of a prepared TFDS dataset: ``source[i] = {"image": [H, W, C], "label": int}``.
 
   Wraps ``builder.as_data_source(split)``. ``tfds.features.Image`` images are decoded
-  by TFDS (with OpenCV or Pillow) or, when neither is installed, by ``png`` here.
+  by TFDS (with Pillow, or OpenCV when installed); ``[H, W]`` images become ``[H, W, 1]``.
   """
 
   def __init__(self, builder, split: str, image_key: str, label_key: str):
-    import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
-
     self._builder = builder
     self.split = split
     self._image_key, self._label_key = image_key, label_key
-    feature = builder.info.features[image_key]
-    self._decode_bytes = isinstance(feature, tfds.features.Image) and not _has_image_decoder()
-    decoders = {image_key: tfds.decode.SkipDecoding()} if self._decode_bytes else None
-    self._source = builder.as_data_source(split=split, decoders=decoders)
-    self._shape = tuple(feature.shape)
+    self._source = builder.as_data_source(split=split)
     self._labels: np.ndarray | None = None
 
   def __len__(self) -> int:
     return len(self._source)
 
   def _convert(self, record: dict[str, Any]) -> dict[str, Any]:
-    image = record[self._image_key]
-    if self._decode_bytes:
-      image = png.decode_image(image)
-    image = np.asarray(image)
+    image = np.asarray(record[self._image_key])
     if image.ndim == 2:
       image = image[..., None]
     return {"image": image, "label": int(record[self._label_key])}
@@ -221,22 +207,20 @@ def _pick_splits(builder) -> tuple[str, str]:
 def _sample_stats(source: TfdsSource, sample: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
   """Per-channel mean/std over ``sample`` evenly spaced images (deterministic)."""
   indices = np.unique(np.linspace(0, len(source) - 1, min(sample, len(source))).astype(int))
-  total = count = total_sq = 0
+  stats = None
   for start in range(0, len(indices), 512):
     images = np.stack([r["image"] for r in source.__getitems__(indices[start : start + 512])])
-    flat = images.reshape(-1, images.shape[-1]).astype(np.float64)
-    total = total + flat.sum(0)
-    total_sq = total_sq + np.square(flat).sum(0)
-    count += flat.shape[0]
-  mean = total / count
-  std = np.sqrt(np.maximum(total_sq / count - np.square(mean), 0.0))
-  return tuple(float(m) for m in mean), tuple(float(s) if s > 0 else 1.0 for s in std)
+    if stats is None:
+      stats = StatsAccumulator(images.shape[-1])
+    stats.add(images)
+  return stats.result()
 
 
-# Text datasets: the fields joined into one text (SPEC 5.2; AG News as Hugging Face's
-# ``ag_news``: title + " " + description; DBpedia: the content only).
+# Text datasets: the fields joined into one text (AG News as Hugging Face's ``ag_news``:
+# title + " " + description; DBpedia: the content only).
 TEXT_FIELDS = (("text",), ("title", "description"), ("content",))
-TEXT_MAX_LEN = {"imdb_reviews": 350, "ag_news_subset": 60, "dbpedia": 350}  # SPEC 5.2
+# Tokens kept per text, as the reference's nlp/setting.py sets max_len per dataset.
+TEXT_MAX_LEN = {"imdb_reviews": 350, "ag_news_subset": 60, "dbpedia": 350}
 
 
 def text_fields(builder) -> tuple[str, ...]:
@@ -284,8 +268,8 @@ def load_tfds(
 ) -> tuple[TfdsSource, TfdsSource, DatasetInfo]:
   """Train source, test source and ``DatasetInfo`` of a prepared TFDS dataset.
 
-  ``info.mean``/``std`` (raw pixel units): the SPEC constants for ``cifar10`` and
-  ``cifar100``, else the ``mean``/``std`` stored in the dataset's metadata (written by
+  ``info.mean``/``std`` (raw pixel units): the reference code's constants for
+  ``cifar10`` and ``cifar100`` (``REFERENCE_STATS``), else the ``mean``/``std`` stored in the dataset's metadata (written by
   ``launch.prepare_data``), else computed from ``stats_sample`` train images.
   The test split is ``test``, or ``validation`` when there is no ``test``.
   """
@@ -317,8 +301,8 @@ def load_tfds(
   dtype = np.dtype(image_feature.np_dtype)
   pixel_max = 255.0 if dtype == np.uint8 else (65535.0 if dtype == np.uint16 else 1.0)
   metadata = builder.info.metadata or {}
-  if name in SPEC_STATS and shape[-1] == 3:
-    mean, std = (tuple(v * pixel_max for v in values) for values in SPEC_STATS[name])
+  if name in REFERENCE_STATS and shape[-1] == 3:
+    mean, std = (tuple(v * pixel_max for v in values) for values in REFERENCE_STATS[name])
   elif "mean" in metadata and "std" in metadata:
     mean, std = tuple(metadata["mean"]), tuple(metadata["std"])
     pixel_max = float(metadata.get("pixel_max", pixel_max))

@@ -1,0 +1,27 @@
+"""Offline tooling: writing local data as TFDS array_record datasets.
+
+Run by ``launch.prepare_data``; the runtime path (``deinforeg_jax.data``) never imports
+this package. Every dataset goes through the one builder in ``builder``:
+
+- ``images``: ``.npz`` arrays (and the image-writing path shared with folders);
+- ``image_folder``: ``<root>/{train,test}/<class>/*`` image files, decoded with Pillow;
+- ``text``: JSON Lines files with ``text`` and ``label``.
+"""
+
+from deinforeg_jax.data.prepare.builder import LocalDataset, Prepared, SplitData, write_dataset
+from deinforeg_jax.data.prepare.image_folder import prepare_image_folder, read_image
+from deinforeg_jax.data.prepare.images import PreparedImages, prepare_npz
+from deinforeg_jax.data.prepare.text import prepare_jsonl, read_jsonl
+
+__all__ = [
+  "LocalDataset",
+  "Prepared",
+  "PreparedImages",
+  "SplitData",
+  "prepare_image_folder",
+  "prepare_jsonl",
+  "prepare_npz",
+  "read_image",
+  "read_jsonl",
+  "write_dataset",
+]
