@@ -1,4 +1,4 @@
-"""The decoupled baselines of SPEC section 6 on the same encoders as DeInfoReg.
+"""The decoupled baselines SCPL and AL on the same encoders as DeInfoReg (modules only).
 
 ``SCPLStack`` (supervised contrastive parallel learning): block ``k`` runs
 ``h_k = E_k(sg(h_{k-1}))`` and a contrastive head ``c_k = H_k(pool(h_k))``
@@ -18,8 +18,8 @@ computed once per class (``t_k`` for the rows of the identity) and the
 objective picks the rows of the batch's labels: the same loss, without passing
 labels to the model.
 
-Text stacks (``build_baseline(..., text_head=...)``) make every text encoder a
-block, the embedding block included, and use the SPEC's NLP heads.
+Text stacks make every text encoder a block, the embedding block included, and
+use the reference code's NLP heads (``models.create_model`` builds both kinds).
 
 Parameters sit under ``block_XX/encoder`` like the other stacks (plus
 ``projector`` for SCPL, ``bridge``/``label_encoder``/``decoder`` for AL, and
@@ -36,7 +36,7 @@ import jax
 import jax.numpy as jnp
 
 from deinforeg_jax import stack
-from deinforeg_jax.modules import heads, vision
+from deinforeg_jax.modules import vision
 
 ACTIVATIONS = {"sigmoid": nn.sigmoid, "tanh": nn.tanh, "relu": nn.relu}
 BASELINE_RULES = ("scpl", "al")
@@ -163,48 +163,3 @@ class ALStack(nn.Module):
       outputs["al_previous"].append(previous)
       x, previous = jax.lax.stop_gradient(s), code
     return outputs
-
-
-def build_baseline(
-  config,
-  encoders: Sequence[stack.EncoderFactory],
-  num_classes: int,
-  *,
-  text_head: Callable[..., nn.Module] | None = None,
-  pool: Callable[[Any], jax.Array] = vision.flatten,
-) -> nn.Module:
-  """``SCPLStack`` or ``ALStack`` for ``config.rule`` on ``encoders`` (from ``stack``).
-
-  Vision (``text_head`` None): SCPL's head is ``config.model.scpl_projector`` and its
-  final head the BP head; AL uses ``al_hidden``, ``al_bridge`` and ``al_activation``.
-  Text (``text_head`` given, ``pool`` the text pooling): SPEC 6's NLP variants, whatever
-  those fields say: SCPL's contrastive head is the identity and its final head
-  ``text_head``; AL uses ``Tanh`` layers of width ``config.model.hidden`` and a
-  one-layer bridge.  Every text encoder is a block, the embedding block included.
-
-  Raises:
-    ValueError: naming the ``config.model`` field that does not parse.
-  """
-  model_cfg = config.model
-  if config.rule == "scpl":
-    if text_head is not None:
-      return SCPLStack(tuple(encoders), text_head, (), pool)
-    projector = heads.parse_layer_spec(model_cfg.scpl_projector, "model.scpl_projector")
-    return SCPLStack(tuple(encoders), stack.bp_head(model_cfg, num_classes), projector, pool)
-  if config.rule == "al":
-    if text_head is not None:
-      return ALStack(tuple(encoders), num_classes, model_cfg.hidden, (), "tanh", pool)
-    if model_cfg.al_activation not in ACTIVATIONS:
-      raise ValueError(
-        f"config.model.al_activation={model_cfg.al_activation!r} is unknown; choose one of "
-        f"{sorted(ACTIVATIONS)}."
-      )
-    if not isinstance(model_cfg.al_hidden, int) or model_cfg.al_hidden <= 0:
-      raise ValueError(f"config.model.al_hidden={model_cfg.al_hidden!r} must be a positive int.")
-    bridge = heads.parse_layer_spec(model_cfg.al_bridge, "model.al_bridge")
-    return ALStack(
-      tuple(encoders), num_classes, model_cfg.al_hidden, bridge, model_cfg.al_activation, pool
-    )
-  raise ValueError(
-    f"config.rule={config.rule!r} is not a baseline; choose one of {BASELINE_RULES}."
-  )

@@ -159,6 +159,33 @@ class RunCheckpointer:
     self._manager.close()
 
 
+def _reader(workdir: str) -> tuple[ocp.CheckpointManager, int]:
+  """A read-only manager of ``workdir``'s checkpoints and its latest step."""
+  directory = os.path.abspath(os.path.join(workdir, "checkpoints"))
+  handlers = {"state": ocp.PyTreeCheckpointHandler(), "metadata": ocp.JsonCheckpointHandler()}
+  options = ocp.CheckpointManagerOptions(create=False)  # and never saves
+  if os.path.isdir(directory):
+    reader = ocp.CheckpointManager(directory, options=options, item_handlers=handlers)
+    step = reader.latest_step()
+    if step is not None:
+      return reader, step
+    reader.close()
+  raise FileNotFoundError(f"no checkpoint in {directory}")
+
+
+def read_metadata(workdir: str) -> dict[str, Any]:
+  """The metadata of ``workdir``'s latest checkpoint (``make_metadata``; nothing is written).
+
+  Raises:
+    FileNotFoundError: ``workdir`` holds no checkpoint.
+  """
+  reader, step = _reader(workdir)
+  with reader:
+    return reader.restore(step, args=ocp.args.Composite(metadata=ocp.args.JsonRestore()))[
+      "metadata"
+    ]
+
+
 def read_variables(workdir: str) -> tuple[dict[str, Any], dict[str, Any]]:
   """Partial restore of ``workdir``'s latest checkpoint (nothing there is written).
 
@@ -168,15 +195,7 @@ def read_variables(workdir: str) -> tuple[dict[str, Any], dict[str, Any]]:
   Raises:
     FileNotFoundError: ``workdir`` holds no checkpoint.
   """
-  directory = os.path.abspath(os.path.join(workdir, "checkpoints"))
-  handlers = {"state": ocp.PyTreeCheckpointHandler(), "metadata": ocp.JsonCheckpointHandler()}
-  options = ocp.CheckpointManagerOptions(create=False)  # and never saves
-  step = None
-  if os.path.isdir(directory):
-    reader = ocp.CheckpointManager(directory, options=options, item_handlers=handlers)
-    step = reader.latest_step()
-  if step is None:
-    raise FileNotFoundError(f"no checkpoint in {directory}")
+  reader, step = _reader(workdir)
   with reader:
     tree = reader.item_metadata(step)["state"]
     item = {

@@ -1,94 +1,147 @@
 """Early, field-naming checks of a run config (``ml_collections.ConfigDict``).
 
 ``validate_config`` fails before any data is read or any model is built, with a
-message that names the offending ``config.<field>`` and how to fix it.
+message that names the offending ``config.<field>`` and how to fix it.  Allowed
+values live in one table per kind of check (``CHOICES``, ``POSITIVE_INTS``, ...);
+the defaults live only in the config files (``launch/configs/default.py``).
 """
 
 from __future__ import annotations
 
-from deinforeg_jax import growth, inference, optim, rules, stack
+import math
+
+from deinforeg_jax import baselines, growth, inference, models, optim, rules
+from deinforeg_jax.data import augment, label_noise
+from deinforeg_jax.modules import heads, text
+
+MODES = ("data", "pipeline")
+
+CHOICES = {
+  "rule": tuple(rules.RULES),
+  "model.arch": models.VISION_ARCHITECTURES + models.TEXT_ARCHITECTURES,
+  "model.classifier_mode": heads.CLASSIFIER_MODES,
+  "model.al_activation": tuple(baselines.ACTIVATIONS),
+  "optim.name": optim.OPTIMIZERS,
+  "optim.schedule": optim.SCHEDULES,
+  "data.augment": augment.KINDS,
+  "data.label_noise.kind": label_noise.KINDS,
+  "inference.exit_mode": inference.EXIT_MODES,
+  "parallel.mode": MODES,
+}
+TEXT_CHOICES = {
+  "model.embedding_pool": text.EMBEDDING_POOLS,
+  "model.lstm_padding": text.LSTM_PADDING,
+}
+POSITIVE_INTS = (
+  "data.batch_size",
+  "data.eval_batch_size",
+  "train.num_epochs",
+  "model.num_blocks",
+  "model.al_hidden",
+  "inference.patience",
+  "checkpoint.keep",
+)
+NON_NEGATIVE_INTS = ("seed", "train.max_steps", "checkpoint.every_steps", "parallel.num_devices")
+POSITIVE_NUMBERS = ("model.width", "optim.base_lr", "loss.contrastive_temperature")
+NON_NEGATIVE_NUMBERS = (
+  "optim.end_lr",
+  "optim.weight_decay",
+  "optim.momentum",
+  "loss.invariance_weight",
+  "loss.variance_weight",
+  "loss.covariance_weight",
+  "loss.ce_weight",
+)
+TEXT_POSITIVE_INTS = ("model.emb_dim", "model.hidden", "model.ff_dim", "model.heads")
 
 
-def _require_positive(value, field: str) -> None:
-  if not isinstance(value, (int, float)) or value <= 0:
-    raise ValueError(f"config.{field}={value!r} must be a positive number.")
+def _get(config, field: str):
+  value = config
+  for part in field.split("."):
+    value = value[part]
+  return value
+
+
+def _is_number(value) -> bool:
+  return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _is_int(value) -> bool:
+  return isinstance(value, int) and not isinstance(value, bool)
 
 
 def validate_config(config) -> None:
   """Raise ``ValueError`` naming the first invalid field of ``config``."""
-  rules.get_objective(config.rule)
-  model = stack.build_model(config, num_classes=2)  # checks arch, num_blocks, projector, ...
-  growth.wrap_model(config, model)  # checks config.grow
-  _validate_growth_and_inference(config)
-  _require_positive(config.model.width, "model.width")
-  if config.model.arch in stack.TEXT_ARCHITECTURES:
+  is_text = config.model.arch in models.TEXT_ARCHITECTURES
+  choices = {**CHOICES, **(TEXT_CHOICES if is_text else {})}
+  for field, allowed in choices.items():
+    if _get(config, field) not in allowed:
+      raise ValueError(
+        f"config.{field}={_get(config, field)!r} must be one of {sorted(allowed)}."
+      )
+  for fields, check, requirement in (
+    (POSITIVE_INTS + (TEXT_POSITIVE_INTS if is_text else ()), lambda v: _is_int(v) and v > 0,
+     "must be a positive integer"),
+    (NON_NEGATIVE_INTS, lambda v: _is_int(v) and v >= 0, "must be an integer >= 0"),
+    (POSITIVE_NUMBERS, lambda v: _is_number(v) and v > 0, "must be a positive finite number"),
+    (NON_NEGATIVE_NUMBERS, lambda v: _is_number(v) and v >= 0, "must be a finite number >= 0"),
+  ):
+    for field in fields:
+      if not check(_get(config, field)):
+        hint = _num_blocks_hint(config) if field == "model.num_blocks" else ""
+        raise ValueError(f"config.{field}={_get(config, field)!r} {requirement}{hint}.")
+  if not -1.0 <= config.inference.cosine_threshold <= 1.0:
+    raise ValueError(
+      f"config.inference.cosine_threshold={config.inference.cosine_threshold!r} must lie in "
+      "[-1, 1]."
+    )
+  if is_text:
     _validate_text(config)
-  if config.optim.name not in optim.OPTIMIZERS:
-    raise ValueError(
-      f"config.optim.name={config.optim.name!r} is unknown; choose one of {optim.OPTIMIZERS}."
-    )
-  if config.optim.schedule not in optim.SCHEDULES:
-    raise ValueError(
-      f"config.optim.schedule={config.optim.schedule!r} is unknown; choose one "
-      f"of {optim.SCHEDULES}."
-    )
-  _require_positive(config.optim.base_lr, "optim.base_lr")
-  for field in ("data.batch_size", "data.eval_batch_size", "train.num_epochs"):
-    section, name = field.split(".")
-    value = config[section][name]
-    if not isinstance(value, int) or value <= 0:
-      raise ValueError(f"config.{field}={value!r} must be a positive integer.")
-  for name in ("invariance_weight", "variance_weight", "covariance_weight", "ce_weight"):
-    if config.loss[name] < 0:
-      raise ValueError(f"config.loss.{name}={config.loss[name]!r} must be >= 0.")
-  if config.rule == "scpl":
-    _require_positive(config.loss.contrastive_temperature, "loss.contrastive_temperature")
+  _validate_growth(config)
+  models.create_model(config, num_classes=2)  # parses projector, vgg_blocks, num_blocks range
 
 
-def _validate_growth_and_inference(config) -> None:
-  """``config.inference`` (SPEC 7) and ``config.grow`` fields that need no model."""
-  inf = config.inference
-  if not isinstance(inf.patience, int) or inf.patience < 1:
-    raise ValueError(f"config.inference.patience={inf.patience!r} must be an integer >= 1.")
-  if not -1.0 <= inf.cosine_threshold <= 1.0:
-    raise ValueError(
-      f"config.inference.cosine_threshold={inf.cosine_threshold!r} must lie in [-1, 1]."
-    )
-  if inf.exit_mode not in inference.EXIT_MODES:
-    raise ValueError(
-      f"config.inference.exit_mode={inf.exit_mode!r} is unknown; choose one of "
-      f"{inference.EXIT_MODES}."
-    )
-  growing = config.grow.from_workdir or config.grow.schedule or config.grow.side_split
-  if growing and config.parallel.mode != "data":
-    raise ValueError(
-      f"config.grow needs config.parallel.mode='data' (got {config.parallel.mode!r})."
-    )
+def _num_blocks_hint(config) -> str:
+  if config.model.arch in models.TEXT_ARCHITECTURES:
+    return " (the blocks after the embedding block)"
+  try:
+    return f": use 1..{len(models.vision_encoders(config.model))}"
+  except ValueError:
+    return ""
 
 
 def _validate_text(config) -> None:
   """Text fields (``launch/configs/spec_text.py``), checked before any data is read."""
-  from deinforeg_jax.modules import text  # pylint: disable=import-outside-toplevel
-
   if "max_len" not in config.data:
     raise ValueError(
       f"config.model.arch={config.model.arch!r} needs a text config (config.data.max_len, "
       "vocab_size, ...): start from launch/configs/agnews_lstm.py or spec_text.py."
     )
   m = config.model
-  for field in ("emb_dim", "hidden", "ff_dim"):
-    _require_positive(m[field], f"model.{field}")
-  if m.embedding_pool not in text.EMBEDDING_POOLS:
-    raise ValueError(
-      f"config.model.embedding_pool={m.embedding_pool!r} must be one of {text.EMBEDDING_POOLS}."
-    )
-  if m.lstm_padding not in text.LSTM_PADDING:
-    raise ValueError(
-      f"config.model.lstm_padding={m.lstm_padding!r} must be one of {text.LSTM_PADDING}."
-    )
-  if m.arch == "transformer" and (m.heads <= 0 or m.emb_dim % m.heads):
+  if m.arch == "transformer" and m.emb_dim % m.heads:
     raise ValueError(
       f"config.model.heads={m.heads} must divide config.model.emb_dim={m.emb_dim} (d_model)."
     )
   if config.data.augment != "none":
     raise ValueError(f"config.data.augment={config.data.augment!r}: text takes 'none'.")
+
+
+def _validate_growth(config) -> None:
+  """``config.grow`` fields that need no model."""
+  grow = config.grow
+  schedule = growth.parse_schedule(grow.schedule)
+  if (grow.from_workdir or schedule or grow.side_split) and config.parallel.mode != "data":
+    raise ValueError(
+      f"config.grow needs config.parallel.mode='data' (got {config.parallel.mode!r})."
+    )
+  if schedule and grow.side_layers:
+    raise ValueError("config.grow.schedule cannot be combined with config.grow.side_layers.")
+  if schedule and (
+    len(schedule) >= config.model.num_blocks or schedule[-1] >= config.train.num_epochs
+  ):
+    raise ValueError(
+      f"config.grow.schedule={grow.schedule!r} adds {len(schedule)} blocks: it needs "
+      f"config.model.num_blocks > {len(schedule)} (now {config.model.num_blocks}; the run "
+      f"starts with num_blocks - {len(schedule)}) and every epoch < config.train.num_epochs "
+      f"(now {config.train.num_epochs})."
+    )

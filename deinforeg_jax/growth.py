@@ -1,4 +1,4 @@
-"""Growing a trained stack (SPEC 8) and new-feature blocks (SPEC 9).
+"""Growing a trained stack: the growth *plan* (arXiv 2506.18193, dynamic extended layers).
 
 Three ways to add blocks, all driven by ``config.grow``:
 
@@ -12,47 +12,39 @@ Three ways to add blocks, all driven by ``config.grow``:
   were, bit for bit (``keep_frozen``; big_vision-style freezing).
 * **During one run** (``grow.schedule="e1,e2,..."``): the run starts with
   ``model.num_blocks - len(schedule)`` blocks and adds one after ``e_i`` epochs.
-  Blocks not yet added are not run.  Earlier blocks keep training (the
-  reading of SPEC 8 the reference intends), or freeze when a block is added
-  with ``grow.freeze_on_add``.  The parameter tree always holds every block, so
-  checkpoints and resuming work as for any run.
-* **New features** (``grow.side_split``, ``grow.side_layers``): the input is
-  split along an axis into the old features ``x_old`` and new features
-  ``x_new``.  A stack trained with only ``side_split`` sees ``x_old`` only; grown
-  from it with ``side_layers`` it gains block ``N`` whose encoder reads
-  ``concat_channels(sg(h_{N-1}), side_encoder(x_new))`` (the side map is
-  average-pooled to the old top block's spatial size), while blocks ``0..N-1``
-  stay frozen.  Text (SPEC 9's recipe) splits the tokens in time
-  (``side_split="time:a"``); the new block is one more LSTM/Transformer block
-  (``side_layers="lstm"`` / ``"transformer"``) over the old top block's sequence
-  followed in time by the frozen embedding of the new tokens.
+  Blocks not yet added are not run.  Earlier blocks keep training (the reading
+  of the reference code's ``VGG_DeInfoReg_Dynamic``), or freeze when a block is
+  added with ``grow.freeze_on_add``.  The parameter tree always holds every
+  block, so checkpoints and resuming work as for any run.
+* **New features** (``grow.side_split``, ``grow.side_layers``): the model is a
+  ``stack.SplitInputStack`` (``models.create_model``); grown from a run trained
+  on the old features only, its old blocks are restored and frozen as above.
+
+``make_plan`` computes all of this up front as a ``GrowthPlan``: the phases
+(from which epoch which blocks run and which are frozen) and what is restored.
+The trainer only applies a phase's model and frozen set; it has no growth logic.
 """
 
 from __future__ import annotations
 
-import functools
+import dataclasses
 from collections.abc import Sequence
 from typing import Any
 
 import flax
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
 
 from deinforeg_jax import checkpoint, stack
-from deinforeg_jax.modules import vision
-
-SPLIT_AXES = {"height": 1, "width": 2, "channels": 3, "time": 1}  # [B, H, W, C] / [B, T]
-TEXT_ARCHS = ("lstm", "transformer")
 
 
 class GrowthMismatchError(ValueError):
   """The checkpoint to grow from does not fit the new model."""
 
 
-# ------------------------------------------------------------------ schedule and freezing
+# ------------------------------------------------------------------ the plan
 
 
 def parse_schedule(text: str) -> tuple[int, ...]:
@@ -71,32 +63,83 @@ def parse_schedule(text: str) -> tuple[int, ...]:
   return epochs
 
 
-def phase(config, model: nn.Module, epoch: int, num_old: int) -> tuple[int, tuple[int, ...]]:
-  """``(num_active, frozen)`` in (0-based) ``epoch``: how many of ``model.blocks`` run and
-  which block indices keep their values (restored old blocks unless ``grow.train_old``;
-  with ``grow.freeze_on_add`` every block that existed before the latest addition; the
-  blocks not added yet)."""
-  if not hasattr(model, "frozen_blocks"):  # BP and other one-piece models never grow
-    return 0, ()
-  schedule = parse_schedule(config.grow.schedule)
-  added = sum(epoch >= e for e in schedule)
-  num_active = len(model.blocks) - len(schedule) + added
-  frozen = set() if config.grow.train_old else set(range(num_old))
-  if config.grow.freeze_on_add and added:
-    frozen |= set(range(num_active - 1))
-  frozen |= set(range(num_active, len(model.blocks)))  # not added yet: no weight decay either
-  return num_active, tuple(sorted(frozen))
+@dataclasses.dataclass(frozen=True)
+class Phase:
+  """From epoch ``first_epoch`` on: the model to run and the blocks that keep their values."""
+
+  first_epoch: int
+  model: nn.Module  # the full model with only the active blocks, frozen ones in inference mode
+  frozen: frozenset[str]  # block names: no gradient, parameters/statistics/optimizer state kept
 
 
-def phase_model(model: nn.Module, num_active: int, frozen: Sequence[int]) -> nn.Module:
-  """``model`` with its first ``num_active`` blocks, ``frozen`` ones in inference mode."""
+@dataclasses.dataclass(frozen=True)
+class GrowthPlan:
+  """Every phase of a run (in epoch order) and the run whose blocks are restored first."""
+
+  phases: tuple[Phase, ...]
+  restore_from: str = ""  # config.grow.from_workdir
+
+  def at(self, epoch: int) -> Phase:
+    """The phase (0-based) ``epoch`` trains in."""
+    return [p for p in self.phases if p.first_epoch <= epoch][-1]
+
+  @property
+  def final(self) -> Phase:
+    return self.phases[-1]
+
+  def restore(self, state):
+    """``state`` with the old run's blocks restored (unchanged when nothing is restored)."""
+    if not self.restore_from:
+      return state
+    return restore_old_blocks(state, self.restore_from)[0]
+
+
+def make_plan(config, model: nn.Module, num_old: int | None = None) -> GrowthPlan:
+  """The phases of ``config.grow`` for ``model`` (``models.create_model(config, ...)``).
+
+  In a phase the first ``num_active`` blocks run; frozen are the ``num_old``
+  restored blocks (default: the block count of ``grow.from_workdir``'s checkpoint)
+  unless ``grow.train_old``, with ``grow.freeze_on_add`` every block that existed
+  before the latest addition, and the blocks not added yet.  Models without blocks
+  to grow (BP, baselines) have one phase with nothing frozen.
+  """
   if not hasattr(model, "frozen_blocks"):
-    return model
-  return model.clone(blocks=tuple(model.blocks[:num_active]), frozen_blocks=tuple(frozen))
+    return GrowthPlan((Phase(0, model, frozenset()),))
+  grow = config.grow
+  schedule = parse_schedule(grow.schedule)
+  if num_old is None:
+    num_old = _num_blocks_in(grow.from_workdir) if grow.from_workdir else 0
+  total = len(model.blocks)
+  phases = []
+  for first_epoch in sorted({0, *schedule}):
+    added = sum(first_epoch >= e for e in schedule)
+    num_active = total - len(schedule) + added
+    frozen = set() if grow.train_old else set(range(num_old))
+    if grow.freeze_on_add and added:
+      frozen |= set(range(num_active - 1))
+    frozen |= set(range(num_active, total))  # not added yet: no weight decay either
+    phases.append(freeze(model, num_active, frozen, first_epoch))
+  return GrowthPlan(tuple(phases), grow.from_workdir)
 
 
-def block_names(indices: Sequence[int]) -> frozenset[str]:
-  return frozenset(stack.block_name(k) for k in indices)
+def freeze(model: nn.Module, num_active: int, frozen: Sequence[int], first_epoch: int = 0) -> Phase:
+  """The phase running ``model``'s first ``num_active`` blocks with ``frozen`` (indices) kept."""
+  indices = tuple(sorted(frozen))
+  module = model.clone(blocks=tuple(model.blocks[:num_active]), frozen_blocks=indices)
+  return Phase(first_epoch, module, frozenset(stack.block_name(k) for k in indices))
+
+
+def _num_blocks_in(workdir: str) -> int:
+  """How many blocks the latest checkpoint of ``workdir`` holds (its metadata only)."""
+  try:
+    return checkpoint.read_metadata(workdir)["num_blocks"]
+  except FileNotFoundError as error:
+    raise FileNotFoundError(
+      f"config.grow.from_workdir={workdir!r}: {error}; point it at a finished training run."
+    ) from None
+
+
+# ------------------------------------------------------------------ freezing in the train step
 
 
 def stop_frozen(params: dict[str, Any], frozen: frozenset[str]) -> dict[str, Any]:
@@ -180,222 +223,3 @@ def _check_shapes(name: str, key: str, saved, new, workdir: str) -> None:
         "the model. Keep the old blocks' config (model.arch, vgg_blocks, width, projector, "
         "classifier_mode, grow.side_split) and change only model.num_blocks / grow.side_layers."
       )
-
-
-# ------------------------------------------------------------------ new-feature blocks
-
-
-def split_input(x: jax.Array, axis: int, at: int) -> tuple[jax.Array, jax.Array]:
-  """``x`` (``[B, H, W, C]`` or tokens ``[B, T]``) cut at ``at`` along ``axis``."""
-  return jax.lax.slice_in_dim(x, 0, at, axis=axis), jax.lax.slice_in_dim(
-    x, at, x.shape[axis], axis=axis
-  )
-
-
-def parse_split(text: str) -> tuple[int, int] | None:
-  """``"width:4"`` -> ``(2, 4)`` (axis of ``[B, H, W, C]``, cut index), ``"time:100"`` ->
-  ``(1, 100)`` (tokens ``[B, T]``); ``""`` -> None."""
-  if not text.strip():
-    return None
-  axis, _, at = text.partition(":")
-  if axis not in SPLIT_AXES or not at.isdigit() or int(at) < 1:
-    raise ValueError(
-      f"config.grow.side_split={text!r} must be '<axis>:<index>' with axis one of "
-      f"{sorted(SPLIT_AXES)} and a positive index, e.g. 'width:4' (old features: columns "
-      "0..3, new features: the rest), or '' for none."
-    )
-  return SPLIT_AXES[axis], int(at)
-
-
-class FeatureBlock(nn.Module):
-  """A block over the old top block's output and new input features.
-
-  ``side_encoder(x_new)`` is average-pooled to ``h_old``'s spatial size and
-  concatenated with ``h_old`` along channels; then encoder -> pool -> projector
-  -> classifier as in ``stack.Block``, whose parameters share this scope
-  (``block_NN/{side_encoder, encoder, projector, classifier}``).  Returns
-  ``(h, z, logits)``.
-  """
-
-  spec: stack.BlockSpec
-  side_encoder: Any  # encoder factory or None
-  num_classes: int
-
-  def setup(self):
-    if self.side_encoder is not None:
-      self.side = self.side_encoder(name="side_encoder")
-    self.block = stack.Block(self.spec, self.num_classes)
-    nn.share_scope(self, self.block)
-
-  def __call__(self, h_old: jax.Array, x_new: jax.Array, train: bool):
-    side = x_new if self.side_encoder is None else self.side(x_new, train)
-    (bh, bw), (sh, sw) = h_old.shape[1:3], side.shape[1:3]
-    if sh % bh or sw % bw:
-      raise ValueError(
-        f"new features of spatial size {(sh, sw)} cannot be pooled to the old top block's "
-        f"{(bh, bw)}: change config.grow.side_encoder (add or remove 'M') or grow.side_split."
-      )
-    side = nn.avg_pool(side, (sh // bh, sw // bw), strides=(sh // bh, sw // bw))
-    return self.block(jnp.concatenate([h_old, side], axis=-1), train)
-
-
-class TextFeatureBlock(nn.Module):
-  """SPEC 9 for text: one more LSTM/Transformer block over old outputs and new tokens.
-
-  The old top block's sequence ``[B, a, D]`` (a BiLSTM's ``[fwd ; bwd]`` split
-  into its two halves, which are placed one after the other in time, as the
-  reference) is concatenated in time with the frozen embedding of the new tokens
-  ``[B, b, E]``; real tokens are then moved to the front in order (so the
-  "masked" BiLSTM sees one contiguous sequence).  The new BiLSTM starts from a
-  zero state (the reference starts it from the old top block's final state).
-  """
-
-  spec: stack.BlockSpec
-  num_classes: int
-
-  def setup(self):
-    self.block = stack.Block(self.spec, self.num_classes)
-    nn.share_scope(self, self.block)
-
-  def __call__(self, top: dict, new: dict, train: bool):
-    width = new["h"].shape[-1]
-    h_old, mask_old = top["h"], top["mask"]
-    if h_old.shape[-1] == 2 * width:
-      parts, masks = [h_old[..., :width], h_old[..., width:]], [mask_old, mask_old]
-    elif h_old.shape[-1] == width:
-      parts, masks = [h_old], [mask_old]
-    else:
-      raise ValueError(
-        f"the old top block's width {h_old.shape[-1]} must equal the embedding width {width} "
-        "(or twice it for a BiLSTM) to join the new tokens in time: set config.model.hidden "
-        "= config.model.emb_dim."
-      )
-    h = jnp.concatenate(parts + [new["h"]], axis=1)
-    mask = jnp.concatenate(masks + [new["mask"]], axis=1)
-    order = jnp.argsort(~mask, axis=1, stable=True)  # real tokens first, order kept
-    h = jnp.take_along_axis(h, order[..., None], axis=1)
-    mask = jnp.take_along_axis(mask, order, axis=1)
-    return self.block({"h": h, "mask": mask}, train)
-
-
-class SplitInputStack(nn.Module):
-  """Blocks ``0..N-1`` on ``x_old``, plus an optional new-feature block ``N`` on ``x_new``.
-
-  Same outputs and parameter names as ``stack.DecoupledStack``.
-  """
-
-  blocks: Sequence[stack.BlockSpec]
-  num_classes: int
-  split: tuple[int, int]
-  side: stack.BlockSpec | None = None
-  side_encoder: Any = None
-  frozen_blocks: Sequence[int] = ()
-
-  text: bool = False
-
-  @nn.compact
-  def __call__(self, x: jax.Array, train: bool) -> dict[str, list[jax.Array]]:
-    x_old, x_new = split_input(x, *self.split)
-    outputs = {"z": [], "logits": []}
-    blocks = [
-      stack.Block(spec, self.num_classes, name=stack.block_name(k))
-      for k, spec in enumerate(self.blocks)
-    ]
-    h = x_old
-    for k, block in enumerate(blocks):
-      h, z, logits = block(h, train and k not in self.frozen_blocks)
-      if logits is None:  # the text embedding block
-        outputs.setdefault("extra_z", []).append(z)
-      else:
-        outputs["z"].append(z)
-        outputs["logits"].append(logits)
-      h = jax.lax.stop_gradient(h)
-    if self.side is not None:
-      name = stack.block_name(len(self.blocks))
-      if self.text:  # the new tokens through the (frozen) embedding block
-        new = jax.lax.stop_gradient(blocks[0](x_new, False)[0])
-        _, z, logits = TextFeatureBlock(self.side, self.num_classes, name=name)(h, new, train)
-      else:
-        feature_block = FeatureBlock(self.side, self.side_encoder, self.num_classes, name=name)
-        _, z, logits = feature_block(h, x_new, train)
-      outputs["z"].append(z)
-      outputs["logits"].append(logits)
-    return outputs
-
-
-def wrap_model(config, model: nn.Module) -> nn.Module:
-  """``model`` adapted to ``config.grow``: a ``SplitInputStack`` when ``grow.side_split``.
-
-  Raises ``ValueError`` naming the ``config.grow`` field for unsupported combinations.
-  """
-  grow = config.grow
-  split = parse_split(grow.side_split)
-  parse_schedule(grow.schedule)
-  growing = grow.from_workdir or parse_schedule(grow.schedule) or split
-  if growing and not isinstance(model, stack.DecoupledStack):
-    raise ValueError(
-      f"config.grow needs a decoupled vision or text stack; config.rule={config.rule!r} with "
-      f"config.model.arch={config.model.arch!r} builds a {type(model).__name__}."
-    )
-  if grow.side_layers and not split:
-    raise ValueError("config.grow.side_layers needs config.grow.side_split (e.g. 'width:4').")
-  schedule = parse_schedule(grow.schedule)
-  if grow.side_layers and schedule:
-    raise ValueError("config.grow.schedule cannot be combined with config.grow.side_layers.")
-  if schedule and (
-    len(schedule) >= config.model.num_blocks or schedule[-1] >= config.train.num_epochs
-  ):
-    raise ValueError(
-      f"config.grow.schedule={grow.schedule!r} adds {len(schedule)} blocks: it needs "
-      f"config.model.num_blocks > {len(schedule)} (now {config.model.num_blocks}; the run "
-      f"starts with num_blocks - {len(schedule)}) and every epoch < config.train.num_epochs "
-      f"(now {config.train.num_epochs})."
-    )
-  if split is None:
-    return model
-  text = config.model.arch in TEXT_ARCHS
-  if text != grow.side_split.startswith("time:"):
-    raise ValueError(
-      f"config.grow.side_split={grow.side_split!r}: text models split along 'time', image "
-      f"models along height, width or channels (config.model.arch={config.model.arch!r})."
-    )
-  if text:
-    return _text_split_stack(config, model, split)
-  side = side_encoder = None
-  if grow.side_layers:
-    side = stack.BlockSpec(
-      encoder=_vgg_stage(grow.side_layers, "grow.side_layers", config.model.width),
-      projector=model.blocks[-1].projector,
-      classifier_mode=model.blocks[-1].classifier_mode,
-      classifier_hidden=model.blocks[-1].classifier_hidden,
-    )
-    if grow.side_encoder:
-      side_encoder = _vgg_stage(grow.side_encoder, "grow.side_encoder", config.model.width)
-  return SplitInputStack(tuple(model.blocks), model.num_classes, split, side, side_encoder)
-
-
-def _vgg_stage(text: str, field: str, width: float):
-  """One VGG stage factory from ``"64,M"``; errors name ``config.<field>``."""
-  try:
-    (layers,) = stack.parse_vgg_blocks(text)
-  except ValueError:
-    raise ValueError(
-      f"config.{field}={text!r} must be one VGG stage: ','-separated conv widths and 'M' "
-      "(max-pool), e.g. '64,M'."
-    ) from None
-  return functools.partial(vision.VGGStage, layers, width)
-
-
-def _text_split_stack(config, model, split) -> SplitInputStack:
-  """SPEC 9 for text: ``grow.side_layers`` must name the stack's own block kind."""
-  grow, side = config.grow, None
-  if grow.side_encoder:
-    raise ValueError("config.grow.side_encoder is for image models; set it to '' for text.")
-  if grow.side_layers:
-    if grow.side_layers != config.model.arch:
-      raise ValueError(
-        f"config.grow.side_layers={grow.side_layers!r}: for text the new-feature block is one "
-        f"more block of the stack's kind; set it to {config.model.arch!r}."
-      )
-    side = model.blocks[-1]
-  return SplitInputStack(tuple(model.blocks), model.num_classes, split, side, text=True)

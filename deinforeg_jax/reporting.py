@@ -171,8 +171,12 @@ class RunLog:
       f"train/test accuracy per block {blocks}"
     )
 
-  def finish(self, test_accuracy: np.ndarray, steps: int, info) -> dict:
-    """Write and return ``results.json`` (``train_time_s`` summed over restarts)."""
+  def finish(self, test_accuracy: np.ndarray, steps: int, info, extras=None) -> dict:
+    """Write and return ``results.json`` (``train_time_s`` summed over restarts).
+
+    Each ``extras`` entry (e.g. ``{"pipeline": {...}}``) is added to the results and
+    also written as ``<name>.json``.
+    """
     train_time_s = self._train_time_s
     best_block = int(np.argmax(test_accuracy))
     results = {
@@ -190,10 +194,12 @@ class RunLog:
       "train_time_s": train_time_s,
       "steps_per_s": steps / train_time_s if train_time_s > 0 else math.nan,
       "config": self.config.to_dict(),
+      **(extras or {}),
     }
     if self._chief:
-      with open(os.path.join(self.workdir, "results.json"), "w") as f:
-        json.dump(results, f, indent=2, default=_to_json)
+      for name, entry in {"results": results, **(extras or {})}.items():
+        with open(os.path.join(self.workdir, f"{name}.json"), "w") as f:
+          json.dump(entry, f, indent=2, default=_to_json)
     self.info(
       f"best block {best_block}: test accuracy {results['best_test_accuracy']:.4f} "
       f"({results['wall_time_s']:.1f} s, {results['steps_per_s']:.2f} steps/s); "

@@ -1,37 +1,36 @@
-"""The decoupled stack and its end-to-end twin.
+"""The decoupled stack, its end-to-end twin, and the stacks that take new input features.
 
 ``DecoupledStack`` holds N blocks under ``block_00``, ``block_01``, ...; each
 block is encoder + projector + classifier, and block ``k+1`` receives
 ``stop_gradient(h_k)``, so block ``k``'s loss reaches only block ``k``'s
-parameters.  ``BackpropNet`` runs the same encoders end to end (no
-``stop_gradient``) followed by the SPEC BP head.  Both are built from a config by
-``build_model``; parameter names are shared, so a grown stack is a superset of
-the old one.
+parameters (arXiv 2506.18193, the decoupled paradigm).  ``BackpropNet`` runs the
+same encoders end to end (no ``stop_gradient``) followed by one head.  Parameter
+names are shared, so a grown stack is a superset of the old one.  This module
+holds modules only; ``models.create_model`` builds them from a config.
 
 Shapes: input ``x`` ``[B, H, W, C]`` (vision) or ``tokens`` int32 ``[B, T]``
 (text); per block ``z`` ``[B, D]`` and ``logits`` ``[B, num_classes]``.
-
-Text (``config.model.arch`` "lstm" | "transformer", SPEC 4.3/4.4): ``block_00`` is
-the embedding block (identity projector, no classifier; its ``z`` goes to
-``outputs["extra_z"]``), followed by ``config.model.num_blocks`` BiLSTM or
-Transformer blocks ``block_01 ..`` with identity projectors and ``Tanh-Dense(C)``
-classifiers.  ``num_blocks`` therefore counts the exits, for vision and text.
+A text stack's ``block_00`` is the embedding block (identity projector, no
+classifier; its ``z`` goes to ``outputs["extra_z"]``).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
-import re
 from typing import Any, Callable, Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from deinforeg_jax.modules import heads, text, vision
+from deinforeg_jax.modules import heads, vision
 
 EncoderFactory = Callable[..., nn.Module]  # called with ``name=`` only
+
+
+def block_name(index: int) -> str:
+  """Stable parameter-collection name of block ``index``: ``block_00``, ..."""
+  return f"block_{index:02d}"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,32 +73,62 @@ class Block(nn.Module):
     return h, z, logits
 
 
-class DecoupledStack(nn.Module):
-  """N blocks with ``stop_gradient`` at every boundary.
+def _run_blocks(
+  blocks: Sequence[BlockSpec],
+  num_classes: int,
+  x: Any,
+  train: bool,
+  first_block: int = 0,
+  frozen_blocks: Sequence[int] = (),
+) -> tuple[dict[str, list[jax.Array]], Any, list[Block]]:
+  """The block loop of every decoupled stack; call it inside a compact ``__call__``.
 
-  ``__call__`` returns ``{"z": [z_0..z_{N-1}], "logits": [..]}``, one entry per
-  block with a classifier (an *exit*); blocks without a classifier (the text
-  embedding block) put their ``z`` in ``outputs["extra_z"]`` instead.
-  Blocks listed in ``frozen_blocks`` always run in inference mode (BatchNorm
-  uses and keeps its running statistics), as frozen old blocks of a grown stack.
+  Block ``first_block + i`` reads ``stop_gradient`` of the previous block's ``h``;
+  frozen blocks run in inference mode.  Returns ``(outputs, stop_gradient(h_last),
+  modules)``: ``outputs["z"]``/``["logits"]`` per exit, ``["extra_z"]`` for blocks
+  without a classifier.
+  """
+  outputs: dict[str, list[jax.Array]] = {"z": [], "logits": []}
+  modules = []
+  for i, spec in enumerate(blocks):
+    index = first_block + i
+    block = Block(spec, num_classes, name=block_name(index))
+    h, z, logits = block(x, train and index not in frozen_blocks)
+    if logits is None:
+      outputs.setdefault("extra_z", []).append(z)
+    else:
+      outputs["z"].append(z)
+      outputs["logits"].append(logits)
+    modules.append(block)
+    x = jax.lax.stop_gradient(h)
+  return outputs, x, modules
+
+
+class DecoupledStack(nn.Module):
+  """Blocks ``first_block, first_block + 1, ...`` with ``stop_gradient`` at every boundary.
+
+  ``__call__`` returns ``{"z": [z_0..], "logits": [..]}``, one entry per block with
+  a classifier (an *exit*); blocks without a classifier (the text embedding block)
+  put their ``z`` in ``outputs["extra_z"]``.  Blocks listed in ``frozen_blocks``
+  run in inference mode (BatchNorm uses and keeps its running statistics), as the
+  frozen old blocks of a grown stack.  With ``with_carry`` (a pipeline stage,
+  ``first_block`` > 0 allowed) ``outputs["carry"]`` is ``stop_gradient(h_last)``,
+  the next stage's input.
   """
 
   blocks: Sequence[BlockSpec]
   num_classes: int
   frozen_blocks: Sequence[int] = ()
+  first_block: int = 0
+  with_carry: bool = False
 
   @nn.compact
-  def __call__(self, x: Any, train: bool) -> dict[str, list[jax.Array]]:
-    outputs: dict[str, list[jax.Array]] = {"z": [], "logits": []}
-    for k, spec in enumerate(self.blocks):
-      block_train = train and k not in self.frozen_blocks
-      h, z, logits = Block(spec, self.num_classes, name=block_name(k))(x, block_train)
-      if logits is None:
-        outputs.setdefault("extra_z", []).append(z)
-      else:
-        outputs["z"].append(z)
-        outputs["logits"].append(logits)
-      x = jax.lax.stop_gradient(h)
+  def __call__(self, x: Any, train: bool) -> dict[str, Any]:
+    outputs, h, _ = _run_blocks(
+      self.blocks, self.num_classes, x, train, self.first_block, self.frozen_blocks
+    )
+    if self.with_carry:
+      outputs["carry"] = h
     return outputs
 
 
@@ -131,7 +160,7 @@ class _Encoded(nn.Module):
 
 
 class VGGHead(nn.Module):
-  """SPEC BP VGG head: Flatten -> Dense(hidden) -> ReLU -> Dense(C)."""
+  """The BP VGG head of the reference code: Flatten -> Dense(hidden) -> ReLU -> Dense(C)."""
 
   hidden: int
   num_classes: int
@@ -144,7 +173,7 @@ class VGGHead(nn.Module):
 
 
 class ResNetHead(nn.Module):
-  """SPEC BP ResNet head: global average pool -> Dense(C)."""
+  """The BP ResNet head of the reference code: global average pool -> Dense(C)."""
 
   num_classes: int
 
@@ -154,172 +183,118 @@ class ResNetHead(nn.Module):
     return nn.Dense(self.num_classes)(jnp.mean(h, axis=(1, 2)))
 
 
-def block_name(index: int) -> str:
-  """Stable parameter-collection name of block ``index``: ``block_00``, ..."""
-  return f"block_{index:02d}"
+# ------------------------------------------------------------------ new input features
 
 
-def parse_vgg_blocks(text: str) -> tuple[tuple[int | str, ...], ...]:
-  """``"128,128,M;256,M"`` -> ``((128, 128, "M"), (256, "M"))``; ``"spec"`` -> SPEC 4.1.
-
-  Raises:
-    ValueError: naming ``config.model.vgg_blocks`` when the text does not parse.
-  """
-  if text.strip() == "spec":
-    return vision.VGG_SPEC_BLOCKS
-  blocks = []
-  for chunk in text.split(";"):
-    layers: list[int | str] = []
-    for item in chunk.split(","):
-      item = item.strip()
-      if item.upper() == "M":
-        layers.append("M")
-      elif re.fullmatch(r"[0-9]+", item) and int(item) > 0:
-        layers.append(int(item))
-      else:
-        raise ValueError(
-          f"config.model.vgg_blocks={text!r} does not parse at {item!r}: expected "
-          "blocks separated by ';', each a ','-separated list of conv widths and 'M' "
-          "(max-pool), e.g. '128,128,M;256,M', or 'spec' for the SPEC VGG."
-        )
-    blocks.append(tuple(layers))
-  return tuple(blocks)
-
-
-def _vgg_encoders(model_cfg) -> list[EncoderFactory]:
-  blocks = parse_vgg_blocks(model_cfg.vgg_blocks)
-  batch_norm = model_cfg.get("batch_norm", True)
-  return [
-    functools.partial(vision.VGGStage, layers, model_cfg.width, batch_norm) for layers in blocks
-  ]
-
-
-def _resnet_encoders(model_cfg) -> list[EncoderFactory]:
-  depth = int(model_cfg.arch.removeprefix("resnet"))
-  unit = "bottleneck" if depth >= 50 else "basic"
-  return [
-    functools.partial(
-      vision.ResNetStage, features, units, 1 if k == 0 else 2, unit, k == 0, model_cfg.width
-    )
-    for k, (features, units) in enumerate(zip(vision.RESNET_WIDTHS, vision.RESNET_DEPTHS[depth]))
-  ]
-
-
-ARCHITECTURES = {
-  "vgg": _vgg_encoders,
-  "resnet18": _resnet_encoders,
-  "resnet34": _resnet_encoders,
-  "resnet50": _resnet_encoders,
-}
-TEXT_ARCHITECTURES = ("lstm", "transformer")
-
-
-def _text_encoders(config, vocab_size: int | None) -> list[EncoderFactory]:
-  """Embedding + ``config.model.num_blocks`` BiLSTM / Transformer encoder factories.
-
-  Reads ``config.model``: ``emb_dim``, ``hidden`` (LSTM H), ``heads``, ``ff_dim``,
-  ``dropout``, ``positional_encoding``, ``embedding_pool``, ``lstm_padding``,
-  ``freeze_embedding``; the table has ``vocab_size`` rows (default
-  ``config.data.vocab_size``).
-  """
-  m = config.model
-  if not isinstance(m.num_blocks, int) or m.num_blocks < 1:
-    raise ValueError(
-      f"config.model.num_blocks={m.num_blocks!r} must be a positive integer: the number of "
-      f"{m.arch} blocks after the embedding block."
-    )
-  vocab_size = config.data.vocab_size if vocab_size is None else vocab_size
-  factories = [
-    functools.partial(
-      text.Embedding, vocab_size, m.emb_dim, m.embedding_pool, m.freeze_embedding
-    )
-  ]
-  for k in range(m.num_blocks):
-    if m.arch == "lstm":
-      factories.append(functools.partial(text.BiLSTM, m.hidden, m.lstm_padding))
-    else:
-      factories.append(
-        functools.partial(
-          text.TransformerEncoder, m.heads, m.ff_dim, m.dropout, m.positional_encoding and k == 0
-        )
-      )
-  return factories
-
-
-def _build_text_model(config, num_classes: int, vocab_size: int | None) -> nn.Module:
-  encoders = _text_encoders(config, vocab_size)
-  if config.rule == "bp":
-    return BackpropNet(tuple(encoders), functools.partial(text.TextHead, num_classes))
-  if config.rule in ("scpl", "al"):
-    from deinforeg_jax import baselines  # pylint: disable=import-outside-toplevel (cycle)
-
-    head = functools.partial(text.TextHead, num_classes)
-    return baselines.build_baseline(config, encoders, num_classes, text_head=head, pool=text.pooled)
-  if config.model.classifier_mode != "merge":
-    raise ValueError(
-      f"config.model.classifier_mode={config.model.classifier_mode!r}: text stacks support "
-      "only 'merge' (Tanh-Dense classifier on the pooled vector)."
-    )
-  if heads.parse_layer_spec(config.model.projector, "model.projector"):
-    raise ValueError(
-      f"config.model.projector={config.model.projector!r}: text blocks use the identity "
-      "projector (SPEC 3.6); set it to ''."
-    )
-  specs = [BlockSpec(encoders[0], (), pool=text.pooled, has_classifier=False)]
-  specs += [BlockSpec(e, (), classifier_style="tanh", pool=text.pooled) for e in encoders[1:]]
-  return DecoupledStack(tuple(specs), num_classes)
-
-
-def build_encoders(model_cfg) -> list[EncoderFactory]:
-  """Encoder factories for ``config.model`` (``arch``, ``width``, ``vgg_blocks``)."""
-  if model_cfg.arch not in ARCHITECTURES:
-    raise ValueError(
-      f"config.model.arch={model_cfg.arch!r} is unknown; choose one of "
-      f"{sorted(ARCHITECTURES) + list(TEXT_ARCHITECTURES)}."
-    )
-  return ARCHITECTURES[model_cfg.arch](model_cfg)
-
-
-def bp_head(model_cfg, num_classes: int) -> Callable[..., nn.Module]:
-  """The SPEC BP head factory for a vision ``config.model`` (VGG or ResNet)."""
-  if model_cfg.arch == "vgg":
-    hidden = vision.scale_width(model_cfg.bp_head_hidden, model_cfg.width)
-    return functools.partial(VGGHead, hidden, num_classes)
-  return functools.partial(ResNetHead, num_classes)
-
-
-def build_model(config, num_classes: int, *, vocab_size: int | None = None) -> nn.Module:
-  """The model for ``config.rule``: a ``DecoupledStack``, a ``BackpropNet``, or for
-  ``scpl`` / ``al`` a ``baselines.SCPLStack`` / ``baselines.ALStack``.
-
-  ``vocab_size`` (text only): rows of the embedding table, default
-  ``config.data.vocab_size``.
-  """
-  model_cfg = config.model
-  if model_cfg.arch in TEXT_ARCHITECTURES:
-    return _build_text_model(config, num_classes, vocab_size)
-  encoders = build_encoders(model_cfg)
-  num_blocks = model_cfg.num_blocks
-  if not 1 <= num_blocks <= len(encoders):
-    raise ValueError(
-      f"config.model.num_blocks={num_blocks} is out of range: architecture "
-      f"{model_cfg.arch!r} as configured has {len(encoders)} blocks, so use 1..{len(encoders)}."
-    )
-  encoders = encoders[:num_blocks]
-  if config.rule == "bp":
-    return BackpropNet(tuple(encoders), bp_head(model_cfg, num_classes))
-  if config.rule in ("scpl", "al"):
-    from deinforeg_jax import baselines  # pylint: disable=import-outside-toplevel (cycle)
-
-    return baselines.build_baseline(config, encoders, num_classes)
-  projector = heads.parse_layer_spec(model_cfg.projector, "model.projector")
-  mode = model_cfg.classifier_mode
-  if mode not in heads.CLASSIFIER_MODES:
-    raise ValueError(
-      f"config.model.classifier_mode={mode!r} is unknown; choose one of {heads.CLASSIFIER_MODES}."
-    )
-  specs = tuple(
-    BlockSpec(encoder=e, projector=projector, classifier_mode=mode, classifier_hidden=projector)
-    for e in encoders
+def split_input(x: jax.Array, axis: int, at: int) -> tuple[jax.Array, jax.Array]:
+  """``x`` (``[B, H, W, C]`` or tokens ``[B, T]``) cut at ``at`` along ``axis``."""
+  return jax.lax.slice_in_dim(x, 0, at, axis=axis), jax.lax.slice_in_dim(
+    x, at, x.shape[axis], axis=axis
   )
-  return DecoupledStack(specs, num_classes)
+
+
+class FeatureBlock(nn.Module):
+  """A block over the old top block's output and new input features.
+
+  ``side_encoder(x_new)`` is average-pooled to ``h_old``'s spatial size and
+  concatenated with ``h_old`` along channels; then encoder -> pool -> projector
+  -> classifier as in ``Block``, whose parameters share this scope
+  (``block_NN/{side_encoder, encoder, projector, classifier}``).  Returns
+  ``(h, z, logits)``.
+  """
+
+  spec: BlockSpec
+  side_encoder: Any  # encoder factory or None
+  num_classes: int
+
+  def setup(self):
+    if self.side_encoder is not None:
+      self.side = self.side_encoder(name="side_encoder")
+    self.block = Block(self.spec, self.num_classes)
+    nn.share_scope(self, self.block)
+
+  def __call__(self, h_old: jax.Array, x_new: jax.Array, train: bool):
+    side = x_new if self.side_encoder is None else self.side(x_new, train)
+    (bh, bw), (sh, sw) = h_old.shape[1:3], side.shape[1:3]
+    if sh % bh or sw % bw:
+      raise ValueError(
+        f"new features of spatial size {(sh, sw)} cannot be pooled to the old top block's "
+        f"{(bh, bw)}: change config.grow.side_encoder (add or remove 'M') or grow.side_split."
+      )
+    side = nn.avg_pool(side, (sh // bh, sw // bw), strides=(sh // bh, sw // bw))
+    return self.block(jnp.concatenate([h_old, side], axis=-1), train)
+
+
+class TextFeatureBlock(nn.Module):
+  """The reference code's ``LSTM_DeInfoReg_side`` for text: one more LSTM/Transformer block over old outputs and new tokens.
+
+  The old top block's sequence ``[B, a, D]`` (a BiLSTM's ``[fwd ; bwd]`` split
+  into its two halves, which are placed one after the other in time, as the
+  reference) is concatenated in time with the frozen embedding of the new tokens
+  ``[B, b, E]``; real tokens are then moved to the front in order (so the
+  "masked" BiLSTM sees one contiguous sequence).  The new BiLSTM starts from a
+  zero state (the reference starts it from the old top block's final state).
+  """
+
+  spec: BlockSpec
+  num_classes: int
+
+  def setup(self):
+    self.block = Block(self.spec, self.num_classes)
+    nn.share_scope(self, self.block)
+
+  def __call__(self, top: dict, new: dict, train: bool):
+    width = new["h"].shape[-1]
+    h_old, mask_old = top["h"], top["mask"]
+    if h_old.shape[-1] == 2 * width:
+      parts, masks = [h_old[..., :width], h_old[..., width:]], [mask_old, mask_old]
+    elif h_old.shape[-1] == width:
+      parts, masks = [h_old], [mask_old]
+    else:
+      raise ValueError(
+        f"the old top block's width {h_old.shape[-1]} must equal the embedding width {width} "
+        "(or twice it for a BiLSTM) to join the new tokens in time: set config.model.hidden "
+        "= config.model.emb_dim."
+      )
+    h = jnp.concatenate(parts + [new["h"]], axis=1)
+    mask = jnp.concatenate(masks + [new["mask"]], axis=1)
+    order = jnp.argsort(~mask, axis=1, stable=True)  # real tokens first, order kept
+    h = jnp.take_along_axis(h, order[..., None], axis=1)
+    mask = jnp.take_along_axis(mask, order, axis=1)
+    return self.block({"h": h, "mask": mask}, train)
+
+
+class SplitInputStack(nn.Module):
+  """Blocks ``0..N-1`` on ``x_old``, plus an optional new-feature block ``N`` on ``x_new``.
+
+  ``x`` is cut by ``split_input(x, *split)``.  Same outputs and parameter names as
+  ``DecoupledStack``.
+  """
+
+  blocks: Sequence[BlockSpec]
+  num_classes: int
+  split: tuple[int, int]
+  side: BlockSpec | None = None
+  side_encoder: Any = None
+  frozen_blocks: Sequence[int] = ()
+  text: bool = False
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool) -> dict[str, list[jax.Array]]:
+    x_old, x_new = split_input(x, *self.split)
+    outputs, h, blocks = _run_blocks(
+      self.blocks, self.num_classes, x_old, train, frozen_blocks=self.frozen_blocks
+    )
+    if self.side is not None:
+      name = block_name(len(self.blocks))
+      if self.text:  # the new tokens through the (frozen) embedding block
+        new = jax.lax.stop_gradient(blocks[0](x_new, False)[0])
+        _, z, logits = TextFeatureBlock(self.side, self.num_classes, name=name)(h, new, train)
+      else:
+        feature_block = FeatureBlock(self.side, self.side_encoder, self.num_classes, name=name)
+        _, z, logits = feature_block(h, x_new, train)
+      outputs["z"].append(z)
+      outputs["logits"].append(logits)
+    return outputs
+
+

@@ -1,173 +1,190 @@
-"""Train state, the one-program train step, the eval step and the training loop.
+"""The one training loop, the engine interface it drives, and the data-parallel engine.
 
-``make_train_step`` sums every block's local loss and takes one
-``jax.value_and_grad`` inside one ``jax.jit``, so XLA compiles all blocks into a
-single program and schedules them together.  Because the stack cuts gradients
-at block boundaries this is the same update as training the blocks one after
-another.  Under a data mesh the batch is sharded over ``data`` and the state is
-replicated (see ``parallel``); the loss statistics cover the global batch.
+``train_and_evaluate(config, workdir)`` builds the model (``models``), its growth
+plan (``growth``), the optimizer and an *engine* for ``config.parallel.mode``:
+
+* ``"data"`` (``DataParallelEngine``): one jitted program holds every block's
+  local loss; the batch is sharded over the ``data`` axis of a device mesh and the
+  state replicated (``parallel``), so the loss statistics cover the global batch.
+* ``"pipeline"`` (``pipeline.PipelineEngine``): groups of blocks on their own devices.
+
+``run_epochs`` is the only epoch loop: resume position, progress, the NaN stop,
+checkpoint cadence, evaluation, logging and results are written once here, and
+every engine gets them.  An engine implements ``Engine``; its state may be any
+pytree that converts to and from the one-program ``steps.TrainState`` (what
+checkpoints hold), so either engine resumes the other's run.
 """
 
 from __future__ import annotations
 
 import functools
+import itertools
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Protocol
 
-import flax
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
-from deinforeg_jax import checkpoint, grad_norms, growth, inference, optim, parallel, rules, stack
-from deinforeg_jax.configuration import validate_config
-from deinforeg_jax.data import (
-  eval_batches,
-  glove,
-  load_dataset,
-  make_augment,
-  steps_per_epoch,
-  train_batches,
+from deinforeg_jax import (
+  checkpoint,
+  grad_norms,
+  growth,
+  inference,
+  models,
+  optim,
+  parallel,
+  pipeline,
+  rules,
+  steps,
 )
+from deinforeg_jax.configuration import validate_config
+from deinforeg_jax.data import eval_batches, glove, load_dataset, make_augment, train_batches
+from deinforeg_jax.data import steps_per_epoch as count_steps_per_epoch
 from deinforeg_jax.reporting import ProgressBar, RunLog
 
-Batch = dict[str, jax.Array]
+
+class Engine(Protocol):
+  """How a parallel mode runs the steps; ``run_epochs`` owns everything else."""
+
+  name: str
+
+  def init(self, rng: jax.Array) -> Any:
+    """The engine's initial state (equal to ``steps.create_train_state`` of the model)."""
+
+  def to_train_state(self, state: Any) -> steps.TrainState:
+    """The one-program ``TrainState`` (what checkpoints hold)."""
+
+  def from_train_state(self, full: steps.TrainState) -> Any:
+    """The inverse of ``to_train_state``."""
+
+  def set_phase(self, phase: growth.Phase) -> float | None:
+    """Run ``phase``'s model and frozen blocks from now on; seconds spent compiling."""
+
+  def train_segment(
+    self, state: Any, batches, position: int, on_step: Callable[[dict], None]
+  ) -> tuple[Any, list[dict]]:
+    """Train on every batch (numbered from ``position`` in the epoch); per-step metrics."""
+
+  def evaluate(self, state: Any, batches) -> np.ndarray:
+    """Per-exit accuracy ``[K]`` over every example of ``batches`` (global)."""
+
+  def variables(self, state: Any) -> dict[str, Any]:
+    """``{"params", "batch_stats"}`` of the whole model, usable on the default device."""
+
+  def describe(self) -> str:
+    """Where the run executes, for the start-up line."""
+
+  def report(self) -> dict[str, Any] | None:
+    """An entry for ``results.json`` (written also as ``<name>.json``), or None."""
 
 
-def model_inputs(batch: Batch) -> jax.Array:
-  """The model's input in ``batch``: ``tokens`` ``[B, T]`` int32 for text, else ``image``."""
-  return batch["tokens"] if "tokens" in batch else batch["image"]
+class DataParallelEngine:
+  """All blocks in one jitted step over a ``data`` mesh (batch sharded, state replicated)."""
+
+  name = "data"
+
+  def __init__(self, config, model, tx, objective, info):
+    self.mesh = parallel.make_data_mesh(config.parallel.num_devices)
+    parallel.check_batch_divisible(config.data.batch_size, self.mesh, "data.batch_size")
+    parallel.check_batch_divisible(config.data.eval_batch_size, self.mesh, "data.eval_batch_size")
+    self.model, self.tx, self.objective, self.info = model, tx, objective, info
+    self.config = config
+    self._phases: dict[int, tuple[Any, Any]] = {}
+    self._train = self._eval = None
+
+  def init(self, rng):
+    init = functools.partial(
+      steps.create_train_state, self.model, self.tx, input_shape=self.info.input_shape
+    )
+    return jax.jit(init, out_shardings=parallel.replicated(self.mesh))(rng)
+
+  def to_train_state(self, state):
+    return state
+
+  def from_train_state(self, full):
+    return full
+
+  def set_phase(self, phase):
+    if phase.first_epoch in self._phases:
+      self._train, self._eval = self._phases[phase.first_epoch]
+      return None
+    config = self.config
+    train_step, eval_step = compile_steps(
+      phase.model,
+      self.objective,
+      self.tx,
+      self.info.num_classes,
+      config.loss,
+      self.mesh,
+      log_grad_norms=config.train.log_grad_norms,
+      seed=config.seed,
+      frozen=phase.frozen,
+    )
+    replicated, sharded = parallel.replicated(self.mesh), parallel.batch_sharding(self.mesh)
+    start = time.perf_counter()
+    state_spec = jax.eval_shape(self.init, jax.random.key(0))
+    state_spec = jax.tree.map(
+      lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=replicated), state_spec
+    )
+    batch = config.data.batch_size
+    dtype = jnp.int32 if self.info.kind == "text" else jnp.float32
+    inputs = jax.ShapeDtypeStruct((batch, *self.info.input_shape), dtype, sharding=sharded)
+    labels = jax.ShapeDtypeStruct((batch,), jnp.int32, sharding=sharded)
+    compiled = train_step.lower(state_spec, inputs, labels).compile()
+    self._phases[phase.first_epoch] = self._train, self._eval = compiled, eval_step
+    return time.perf_counter() - start
+
+  def train_segment(self, state, batches, position, on_step):
+    del position
+    metrics = []
+    for batch in batches:
+      batch = parallel.shard_batch(batch, self.mesh)
+      state, step_metrics, _ = self._train(state, steps.model_inputs(batch), batch["label"])
+      metrics.append(step_metrics)
+      on_step(step_metrics)
+    return state, metrics
+
+  def evaluate(self, state, batches):
+    def count_correct(batch):
+      batch = parallel.shard_batch(batch, self.mesh)
+      out, _ = self._eval(state, steps.model_inputs(batch), batch["label"], batch["mask"])
+      return out["correct"], jnp.sum(batch["mask"])  # global: every process's rows
+
+    return steps.accuracy(batches, count_correct)
+
+  def variables(self, state):
+    return {"params": state.params, "batch_stats": state.batch_stats}
+
+  def describe(self):
+    return f"{self.mesh.shape[parallel.DATA_AXIS]} device(s)"
+
+  def report(self):
+    return None
 
 
-@flax.struct.dataclass
-class TrainState:
-  """Everything that changes during training; a pytree."""
+def compile_steps(model, objective, tx, num_classes, loss_cfg, mesh, **step_options):
+  """Jitted ``steps.make_train_step`` / ``make_eval_step`` of ``model`` over ``mesh``: state
+  replicated, inputs and labels sharded over ``data``; the train step donates the state.
 
-  step: jax.Array
-  params: Any
-  batch_stats: Any
-  opt_state: optax.OptState
-
-
-def create_train_state(
-  model: nn.Module, tx: optax.GradientTransformation, rng: jax.Array, input_shape: tuple[int, ...]
-) -> TrainState:
-  """Initialise parameters with a dummy ``[2, *input_shape]`` batch."""
-  variables = model.init(rng, jnp.zeros((2, *input_shape), jnp.float32), train=False)
-  params = variables["params"]
-  return TrainState(
-    step=jnp.zeros((), jnp.int32),
-    params=params,
-    batch_stats=variables.get("batch_stats", {}),
-    opt_state=tx.init(params),
-  )
-
-
-def make_train_step(
-  model: nn.Module,
-  objective: rules.Objective,
-  tx: optax.GradientTransformation,
-  num_classes: int,
-  loss_cfg,
-  log_grad_norms: bool = False,
-  seed: int = 0,
-  frozen: frozenset[str] = frozenset(),
-) -> Callable[[TrainState, Batch], tuple[TrainState, dict]]:
-  """``(state, {"image", "label"}) -> (state, metrics)``; metrics are ``[num_exits]`` arrays.
-
-  With ``log_grad_norms`` the metrics add ``grad_norm``: the ``[num_layers]``
-  per-layer gradient norms of ``grad_norms.layer_grad_norms`` (before the update).
-  Dropout (text Transformer) draws from ``fold_in(key(seed), state.step)``.
-  Blocks named in ``frozen`` get no gradient and keep their parameters, BatchNorm
-  statistics and optimizer state bit for bit (``growth.keep_frozen``).
+  ``step_options``: ``log_grad_norms``, ``seed``, ``frozen`` of ``make_train_step``.
   """
-
-  def train_step(state: TrainState, batch: Batch):
-
-    def loss_fn(params):
-      outputs, updated = model.apply(
-        {"params": growth.stop_frozen(params, frozen), "batch_stats": state.batch_stats},
-        model_inputs(batch),
-        train=True,
-        mutable=["batch_stats"],
-        rngs={"dropout": jax.random.fold_in(jax.random.key(seed), state.step)},
-      )
-      total, metrics = objective(outputs, batch["label"], num_classes, loss_cfg)
-      return total, (metrics, updated["batch_stats"])
-
-    (total, (metrics, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-    if log_grad_norms:
-      metrics["grad_norm"] = grad_norms.layer_grad_norms(grads)
-    updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
-    params, batch_stats, opt_state = growth.keep_frozen(
-      tx, frozen, state, params, batch_stats, opt_state
-    )
-    metrics["total_loss"] = total
-    new_state = state.replace(
-      step=state.step + 1, params=params, batch_stats=batch_stats, opt_state=opt_state
-    )
-    return new_state, metrics
-
-  return train_step
-
-
-def make_eval_step(model: nn.Module) -> Callable[[TrainState, Batch], dict[str, jax.Array]]:
-  """``(state, {"image", "label", "mask"}) -> {"predictions": [K, B], "correct": [K]}``.
-
-  ``correct`` counts masked-in examples whose prediction equals the label.
-  """
-
-  def eval_step(state: TrainState, batch: Batch):
-    outputs = model.apply(
-      {"params": state.params, "batch_stats": state.batch_stats}, model_inputs(batch), train=False
-    )
-    predictions = jnp.stack([jnp.argmax(logits, axis=-1) for logits in outputs["logits"]])
-    hits = (predictions == batch["label"][None]).astype(jnp.float32) * batch["mask"][None]
-    return {"predictions": predictions.astype(jnp.int32), "correct": jnp.sum(hits, axis=1)}
-
-  return eval_step
-
-
-def compile_steps(
-  model,
-  objective,
-  tx,
-  num_classes,
-  loss_cfg,
-  mesh,
-  log_grad_norms=False,
-  seed: int = 0,
-  frozen: frozenset[str] = frozenset(),
-):
-  """Jitted train and eval steps: state replicated, batch sharded over ``data``."""
-  state_sharding = parallel.replicated(mesh)
-  data_sharding = parallel.batch_sharding(mesh)
+  replicated, sharded = parallel.replicated(mesh), parallel.batch_sharding(mesh)
   train_step = jax.jit(
-    make_train_step(model, objective, tx, num_classes, loss_cfg, log_grad_norms, seed, frozen),
-    in_shardings=(state_sharding, data_sharding),
-    out_shardings=(state_sharding, state_sharding),
+    steps.make_train_step(model, objective, tx, num_classes, loss_cfg, **step_options),
+    in_shardings=(replicated, sharded, sharded),
+    out_shardings=replicated,
     donate_argnums=0,
   )
   eval_step = jax.jit(
-    make_eval_step(model),
-    in_shardings=(state_sharding, data_sharding),
-    out_shardings=state_sharding,
+    steps.make_eval_step(model),
+    in_shardings=(replicated, sharded, sharded, sharded),
+    out_shardings=replicated,
   )
   return train_step, eval_step
 
 
-def evaluate(eval_step, state: TrainState, batches, mesh) -> np.ndarray:
-  """Per-exit accuracy over every example the iterator yields (``[K]`` fractions)."""
-  correct, count = None, 0.0
-  for batch in batches:
-    sharded = parallel.shard_batch(batch, mesh)
-    out = eval_step(state, sharded)
-    correct = out["correct"] if correct is None else correct + out["correct"]
-    count += float(jnp.sum(sharded["mask"]))  # global: every process's rows
-  return np.asarray(correct) / max(count, 1.0)
+ENGINES = {"data": DataParallelEngine, "pipeline": pipeline.PipelineEngine}
 
 
 def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
@@ -180,168 +197,129 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
   validate_config(config)
   data = load_dataset(config.data, workdir=workdir)
   info = data.info
-  augment = make_augment(config.data.augment, info)
-  mesh = parallel.make_data_mesh(config.parallel.num_devices)
-  parallel.check_batch_divisible(config.data.batch_size, mesh, "data.batch_size")
-  parallel.check_batch_divisible(config.data.eval_batch_size, mesh, "data.eval_batch_size")
-
-  model = stack.build_model(config, info.num_classes)
-  model = growth.wrap_model(config, model)  # config.grow: new-feature blocks
+  model = models.create_model(config, info.num_classes)
+  plan = growth.make_plan(config, model)
   objective = rules.get_objective(config.rule)
-  steps = steps_per_epoch(info.num_train, config.data.batch_size)
-  total_steps = steps * config.train.num_epochs
-  schedule = optim.make_schedule(config.optim, total_steps, steps)
+  steps_per_epoch = count_steps_per_epoch(info.num_train, config.data.batch_size)
+  schedule = optim.make_schedule(
+    config.optim, steps_per_epoch * config.train.num_epochs, steps_per_epoch
+  )
   tx = optim.make_optimizer(config.optim, schedule)
-
-  init = functools.partial(create_train_state, model, tx, input_shape=info.input_shape)
-  state = jax.jit(init, out_shardings=parallel.replicated(mesh))(jax.random.key(config.seed))
-  state, glove_note = _init_glove(config, state, data.vocabulary, mesh)
+  engine = ENGINES[config.parallel.mode](config, model, tx, objective, info)
+  state = engine.init(jax.random.key(config.seed))
   log = RunLog(workdir, config)
-  if glove_note:
-    log.info(glove_note)
   checkpointer = checkpoint.RunCheckpointer(
     workdir, keep=config.checkpoint.keep, use_async=config.checkpoint.use_async
   )
   try:
-    num_old = 0  # blocks restored from config.grow.from_workdir
-    if config.grow.from_workdir:
-      state, num_old = growth.restore_old_blocks(state, config.grow.from_workdir)
+    full, glove_note = _init_glove(config, engine.to_train_state(state), data.vocabulary)
+    if glove_note:
+      log.info(glove_note)
+    full = plan.restore(full)
     if checkpointer.latest_step() is not None:  # checked before the slow compile
-      state, saved = checkpointer.restore(state, checkpoint.make_metadata(config, state, info))
+      full, saved = checkpointer.restore(full, checkpoint.make_metadata(config, full, info))
       log.resume(saved)
-
-    @functools.cache
-    def compile_phase(num_active: int, frozen: tuple[int, ...]):
-      """Steps for the blocks that run and train in one phase of config.grow."""
-      return compile_steps(
-        growth.phase_model(model, num_active, frozen),
-        objective,
-        tx,
-        info.num_classes,
-        config.loss,
-        mesh,
-        log_grad_norms=config.train.log_grad_norms,
-        seed=config.seed,
-        frozen=growth.block_names(frozen),
-      )
-
-    def phase_steps(epoch: int):
-      return compile_phase(*growth.phase(config, model, epoch, num_old))
-
-    train_step, eval_step = phase_steps(int(state.step) // steps)
-    compile_start = time.perf_counter()
-    train_step = train_step.lower(state, _batch_spec(config.data.batch_size, info, mesh)).compile()
-    compile_s = time.perf_counter() - compile_start
+    state = engine.from_train_state(full)
+    compile_s = engine.set_phase(plan.at(int(full.step) // steps_per_epoch))
     if data.label_noise:
       log.set_label_noise(data.label_noise)
     log.info(
       f"{config.rule} on {info.name}: {info.num_train} train / {info.num_test} test, "
       f"input {info.input_shape}, {info.num_classes} classes, "
-      f"{parameter_count(state.params):,} parameters, "
-      f"{mesh.shape[parallel.DATA_AXIS]} device(s), from step {int(state.step)}; "
-      f"train step compiled in {compile_s:.1f} s"
+      f"{parameter_count(full.params):,} parameters, {engine.describe()}, from step "
+      f"{int(full.step)}" + (f"; train step compiled in {compile_s:.1f} s" if compile_s else "")
     )
-    state, test_accuracy = _train_epochs(
-      config,
-      state,
-      train_step,
-      eval_step,
-      schedule,
-      log,
-      checkpointer,
-      mesh,
-      data,
-      augment,
-      steps,
-      phase_steps if growth.parse_schedule(config.grow.schedule) else None,
+    state, test_accuracy = run_epochs(
+      config, engine, state, plan, data, log, checkpointer, schedule, steps_per_epoch
     )
     checkpointer.wait()
     if jax.process_count() == 1:
-      final_model = growth.phase_model(
-        model, *growth.phase(config, model, config.train.num_epochs, num_old)
-      )
       log.set_adaptive_inference(
         inference.adaptive_report(
-          final_model,
-          {"params": state.params, "batch_stats": state.batch_stats},
+          plan.final.model,
+          engine.variables(state),
           eval_batches(data.test, info, global_batch_size=config.data.eval_batch_size),
-          model_inputs,
+          steps.model_inputs,
           config.inference,
         )
       )
   finally:
     checkpointer.close()
-  return log.finish(test_accuracy, int(state.step), info)
+  step = int(engine.to_train_state(state).step)
+  report = engine.report()
+  return log.finish(test_accuracy, step, info, {engine.name: report} if report else {})
 
 
-def _train_epochs(
-  config,
-  state,
-  train_step,
-  eval_step,
-  schedule,
-  log,
-  checkpointer,
-  mesh,
-  data,
-  augment,
-  steps,
-  phases=None,
+def run_epochs(
+  config, engine: Engine, state, plan, data, log, checkpointer, schedule, steps_per_epoch: int
 ):
-  """The epoch loop from ``state.step`` on; returns the final state and test accuracy.
+  """The epoch loop from the state's step on; returns the final state and test accuracy.
 
-  ``phases(epoch) -> (train_step, eval_step)`` switches steps when config.grow.schedule
-  adds blocks.
+  An epoch trains in segments that end at checkpoint steps
+  (``config.checkpoint.every_steps``) and at the epoch's end; after each segment
+  the metrics are checked for NaN (the run stops before saving a bad state),
+  then the state is saved; at the epoch's end the test split is evaluated and
+  one line goes to ``metrics.jsonl``.  ``config.train.max_steps`` (0: no limit)
+  ends the run early, as the end of an epoch.
   """
-  train_split, test_split, info = data.train, data.test, data.info
-  step = int(state.step)
+  info, num_epochs = data.info, config.train.num_epochs
+  total = steps_per_epoch * num_epochs
+  if config.train.max_steps:
+    total = min(total, config.train.max_steps)
   every = config.checkpoint.every_steps
+  augment = make_augment(config.data.augment, info)
+  step = int(engine.to_train_state(state).step)
+
+  def save(state):
+    full = engine.to_train_state(state)
+    checkpointer.save(full, checkpoint.make_metadata(config, full, info, **log.bookkeeping()))
 
   def test(state):
     batches = eval_batches(
-      test_split, info, global_batch_size=config.data.eval_batch_size, **_this_process()
+      data.test, info, global_batch_size=config.data.eval_batch_size, **_this_process()
     )
-    return evaluate(eval_step, state, batches, mesh)
+    return engine.evaluate(state, batches)
 
-  test_accuracy = None
-  if step == steps * config.train.num_epochs:  # finished before: evaluate only
-    test_accuracy = test(state)
-  phase = phases(step // steps) if phases else None
-  for epoch in range(step // steps, config.train.num_epochs):
-    if phases and phases(epoch) is not phase:  # config.grow.schedule added a block
-      phase = phases(epoch)
-      train_step, eval_step = phase
-    bar = ProgressBar(steps, f"epoch {epoch + 1}/{config.train.num_epochs}", initial=step % steps)
-    epoch_metrics = []
-    start = time.perf_counter()
-    for batch in train_batches(
-      train_split,
-      info,
-      global_batch_size=config.data.batch_size,
-      seed=config.seed,
-      epoch=epoch,
-      start_step=step % steps,
-      augment=augment,
-      **_this_process(),
-    ):
-      state, metrics = train_step(state, parallel.shard_batch(batch, mesh))
-      step += 1
-      if step == 1 and "grad_norm" in metrics:  # the gradient at initialisation
-        log.grad_norms_at_init(grad_norms.layer_paths(state.params), metrics["grad_norm"])
-      epoch_metrics.append(metrics)
-      bar.update(metrics)
-      if every and step % every == 0 and step % steps:
-        log.check_finite(_mean_metrics(epoch_metrics), epoch)  # never save a NaN state
-        log.add_train_time(time.perf_counter() - start)
-        start = time.perf_counter()
-        checkpointer.save(state, checkpoint.make_metadata(config, state, info, **log.bookkeeping()))
+  test_accuracy = test(state) if step >= total else None  # finished before: evaluate only
+  for epoch in range(step // steps_per_epoch, num_epochs):
+    if step >= total:
+      break
+    engine.set_phase(plan.at(epoch))  # a new phase when config.grow.schedule adds a block
+    epoch_end = min((epoch + 1) * steps_per_epoch, total)
+    position = step % steps_per_epoch
+    bar = ProgressBar(steps_per_epoch, f"epoch {epoch + 1}/{num_epochs}", initial=position)
+    batches = iter(
+      train_batches(
+        data.train,
+        info,
+        global_batch_size=config.data.batch_size,
+        seed=config.seed,
+        epoch=epoch,
+        start_step=position,
+        augment=augment,
+        **_this_process(),
+      )
+    )
+    metrics: list[dict[str, np.ndarray]] = []
+    while step < epoch_end:
+      stop = min(epoch_end, (step // every + 1) * every) if every else epoch_end
+      start = time.perf_counter()
+      state, segment = engine.train_segment(
+        state, itertools.islice(batches, stop - step), step % steps_per_epoch, bar.update
+      )
+      segment = jax.device_get(segment)  # one wait per segment
+      log.add_train_time(time.perf_counter() - start)
+      if step == 0 and segment and "grad_norm" in segment[0]:  # the gradient at initialisation
+        paths = grad_norms.layer_paths(engine.to_train_state(state).params)
+        log.grad_norms_at_init(paths, segment[0]["grad_norm"])
+      step, metrics = stop, metrics + segment
+      summary = log.check_finite(_mean_metrics(metrics), epoch)  # never save a NaN state
+      if step < epoch_end:
+        save(state)
     bar.close()
-    summary = log.check_finite(_mean_metrics(epoch_metrics), epoch)
-    jax.block_until_ready(state)
-    log.add_train_time(time.perf_counter() - start)
     test_accuracy = test(state)
     log.epoch(epoch, step, summary, test_accuracy, schedule(step))
-    checkpointer.save(state, checkpoint.make_metadata(config, state, info, **log.bookkeeping()))
+    save(state)
   return state, test_accuracy
 
 
@@ -350,41 +328,24 @@ def _this_process() -> dict[str, int]:
   return {"process_index": jax.process_index(), "process_count": jax.process_count()}
 
 
-def _init_glove(config, state: TrainState, vocabulary, mesh) -> tuple[TrainState, str]:
-  """Text: the embedding table set from ``config.model.glove`` (if any) after init."""
-  path = config.model.get("glove", "") if vocabulary is not None else ""
+def _init_glove(config, state: steps.TrainState, vocabulary) -> tuple[steps.TrainState, str]:
+  """Text: the embedding table set from ``config.model.glove`` (if any) after init, and a
+  note saying how many vocabulary words GloVe had ("" when nothing changed)."""
+  path = config.model.glove if vocabulary is not None else ""
   if not path:
     return state, ""
   matrix, found = glove.embedding_matrix(
     vocabulary, path, config.model.emb_dim, rows=config.data.vocab_size, seed=config.seed
   )
-  params = glove.with_embedding(state.params, jax.device_put(matrix, parallel.replicated(mesh)))
+  old = state.params["block_00"]["encoder"]["embedding"]
+  params = glove.with_embedding(state.params, jax.device_put(matrix, old.sharding))
   note = f"GloVe {path}: {found} of {len(vocabulary)} vocabulary words found, the rest U[0, 1)"
   return state.replace(params=params), note
 
 
-def _batch_spec(global_batch_size: int, info, mesh) -> dict[str, jax.ShapeDtypeStruct]:
-  """Abstract sharded train batch, for compiling the step before the clock starts."""
-  sharding = parallel.batch_sharding(mesh)
-  if info.kind == "text":
-    return {
-      "tokens": jax.ShapeDtypeStruct(
-        (global_batch_size, *info.input_shape), jnp.int32, sharding=sharding
-      ),
-      "label": jax.ShapeDtypeStruct((global_batch_size,), jnp.int32, sharding=sharding),
-    }
-  return {
-    "image": jax.ShapeDtypeStruct(
-      (global_batch_size, *info.input_shape), jnp.float32, sharding=sharding
-    ),
-    "label": jax.ShapeDtypeStruct((global_batch_size,), jnp.int32, sharding=sharding),
-  }
-
-
-def _mean_metrics(metrics: list[dict[str, jax.Array]]) -> dict[str, np.ndarray]:
-  """Average a list of per-step metric dicts on the host."""
-  stacked = jax.device_get(metrics)
-  return {k: np.mean([m[k] for m in stacked], axis=0) for k in stacked[0]}
+def _mean_metrics(metrics: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+  """Average a list of per-step host metric dicts."""
+  return {k: np.mean([m[k] for m in metrics], axis=0) for k in metrics[0]}
 
 
 def parameter_count(params) -> int:

@@ -11,10 +11,8 @@ import os
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from deinforeg_jax import parallel, pipeline
+from deinforeg_jax import parallel
 from deinforeg_jax.train import train_and_evaluate
-
-MODES = {"data": train_and_evaluate, "pipeline": pipeline.train_pipelined}
 
 _DEFAULT_CONFIG = os.path.join(os.path.dirname(__file__), "configs", "default.py")
 config_flags.DEFINE_config_file(
@@ -31,12 +29,8 @@ def main(argv):
   if not flags.FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO
   config = flags.FLAGS.config
-  if config.parallel.mode not in MODES:
-    raise app.UsageError(
-      f"config.parallel.mode={config.parallel.mode!r} is unknown; choose one of {sorted(MODES)}."
-    )
   parallel.initialize_distributed(config.parallel.distributed)
-  MODES[config.parallel.mode](config, _WORKDIR.value)
+  train_and_evaluate(config, _WORKDIR.value)
 
 
 if __name__ == "__main__":

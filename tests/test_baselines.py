@@ -248,7 +248,7 @@ def test_al_objective_equals_the_per_sample_label_side():
 @pytest.mark.parametrize(
   "rule,section,field,value,message",
   [
-    ("al", "model", "al_activation", "gelu", "config.model.al_activation='gelu' is unknown"),
+    ("al", "model", "al_activation", "gelu", "config.model.al_activation='gelu' must be one of"),
     ("al", "model", "al_bridge", "25x0", "config.model.al_bridge='25x0' does not parse"),
     ("al", "model", "al_hidden", 0, "config.model.al_hidden=0 must be a positive int"),
     ("scpl", "model", "scpl_projector", "a-b", "config.model.scpl_projector='a-b' does not parse"),

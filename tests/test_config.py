@@ -11,7 +11,7 @@ import re
 
 import pytest
 
-from deinforeg_jax import optim, parallel, stack, train
+from deinforeg_jax import models, optim, parallel, train
 from deinforeg_jax.configuration import validate_config
 from helpers import tiny_config
 
@@ -94,18 +94,18 @@ def test_vgg_num_blocks_limit_follows_vgg_blocks():
 
 
 def test_vgg_blocks_spec_parses_to_the_spec_table():
-  assert stack.parse_vgg_blocks("spec") == (
+  assert models.parse_vgg_blocks("spec") == (
     (128, 128, 128, 256, "M"),
     (256, 512, "M"),
     (512, 512, "M"),
     (512, "M"),
   )
-  assert stack.parse_vgg_blocks(" 8, m ;16,M") == ((8, "M"), (16, "M"))
+  assert models.parse_vgg_blocks(" 8, m ;16,M") == ((8, "M"), (16, "M"))
 
 
 def test_vgg_blocks_superscript_digit_names_the_field():
   with pytest.raises(ValueError, match=_field("model.vgg_blocks")):
-    stack.parse_vgg_blocks("2²,M")
+    models.parse_vgg_blocks("2²,M")
 
 
 def test_unknown_optimizer_and_schedule_in_builders():

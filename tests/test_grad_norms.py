@@ -8,7 +8,7 @@ import numpy as np
 import optax
 from helpers import DIGITS_SHAPE, NUM_CLASSES, init_variables, random_batch, tiny_config
 
-from deinforeg_jax import grad_norms, rules, stack, train
+from deinforeg_jax import grad_norms, models, rules, steps, train
 from launch.configs import deep_plain
 
 
@@ -17,7 +17,7 @@ def _plain(rule: str, vgg_blocks: str):
   config = tiny_config(
     "vgg", rule, vgg_blocks=vgg_blocks, batch_norm=False, width=1.0, num_blocks=num_blocks
   )
-  model = stack.build_model(config, NUM_CLASSES)
+  model = models.create_model(config, NUM_CLASSES)
   return config, model, init_variables(model, DIGITS_SHAPE)
 
 
@@ -47,7 +47,7 @@ def test_train_step_reports_the_gradient_norms_before_the_update():
   config, model, variables = _plain("deinforeg", "4,4,M;4")
   batch = random_batch(16, DIGITS_SHAPE)
   tx = optax.sgd(0.1)
-  state = train.TrainState(
+  state = steps.TrainState(
     step=jnp.zeros((), jnp.int32),
     params=variables["params"],
     batch_stats=variables.get("batch_stats", {}),
@@ -64,13 +64,13 @@ def test_train_step_reports_the_gradient_norms_before_the_update():
     return rules.deinforeg_objective(outputs, batch["label"], NUM_CLASSES, config.loss)[0]
 
   expected = grad_norms.layer_grad_norms(jax.grad(loss)(state.params))
-  logged = train.make_train_step(
-    model, rules.deinforeg_objective, tx, NUM_CLASSES, config.loss, True
+  logged = steps.make_train_step(
+    model, rules.deinforeg_objective, tx, NUM_CLASSES, config.loss, log_grad_norms=True
   )
-  _, metrics = jax.jit(logged)(state, batch)
+  _, metrics, _ = jax.jit(logged)(state, batch["image"], batch["label"])
   np.testing.assert_allclose(metrics["grad_norm"], expected, rtol=1e-4)
-  silent = train.make_train_step(model, rules.deinforeg_objective, tx, NUM_CLASSES, config.loss)
-  assert "grad_norm" not in jax.eval_shape(silent, state, batch)[1]
+  silent = steps.make_train_step(model, rules.deinforeg_objective, tx, NUM_CLASSES, config.loss)
+  assert "grad_norm" not in jax.eval_shape(silent, state, batch["image"], batch["label"])[1]
 
 
 def test_plain_vgg_layers_have_bias_and_no_batchnorm_and_the_default_keeps_batchnorm():
@@ -81,7 +81,7 @@ def test_plain_vgg_layers_have_bias_and_no_batchnorm_and_the_default_keeps_batch
     "bias",
   }
   assert "encoder" not in plain.get("batch_stats", {}).get("block_00", {})
-  default = init_variables(stack.build_model(tiny_config(), NUM_CLASSES), DIGITS_SHAPE)
+  default = init_variables(models.create_model(tiny_config(), NUM_CLASSES), DIGITS_SHAPE)
   assert set(default["params"]["block_00"]["encoder"]["ConvBNReLU_0"]) == {"Conv_0", "BatchNorm_0"}
 
 
@@ -93,7 +93,7 @@ def test_deep_plain_network_backprop_gradient_vanishes_but_decoupled_blocks_keep
   for rule in ("bp", "deinforeg"):
     config = deep_plain.get_config()
     config.rule = rule
-    model = stack.build_model(config, NUM_CLASSES)
+    model = models.create_model(config, NUM_CLASSES)
     variables = init_variables(model, DIGITS_SHAPE)
     objective = rules.get_objective(rule)
 

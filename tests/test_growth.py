@@ -18,7 +18,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from deinforeg_jax import checkpoint, growth, optim, rules, stack, train
+from deinforeg_jax import checkpoint, growth, models, optim, rules, steps, train
+from deinforeg_jax.configuration import validate_config
 from deinforeg_jax.data import eval_batches, load_dataset
 from helpers import DIGITS_SHAPE, NUM_CLASSES, init_variables, random_batch, tiny_config
 from test_checkpoint import saved_state
@@ -50,13 +51,16 @@ def _test_predictions(config, workdir):
   """Per-exit test predictions ``[K, N]`` of the run in ``workdir``."""
   variables, _ = checkpoint.read_variables(workdir)
   data = load_dataset(config.data)
-  model = growth.wrap_model(config, stack.build_model(config, NUM_CLASSES))
-  state = train.TrainState(
+  model = models.create_model(config, NUM_CLASSES)
+  state = steps.TrainState(
     jnp.zeros((), jnp.int32), variables["params"], variables["batch_stats"], None
   )
-  eval_step = jax.jit(train.make_eval_step(model))
+  eval_step = jax.jit(steps.make_eval_step(model))
   batches = eval_batches(data.test, data.info, global_batch_size=config.data.eval_batch_size)
-  return np.concatenate([np.asarray(eval_step(state, b)["predictions"]) for b in batches], axis=1)
+  return np.concatenate(
+    [np.asarray(eval_step(state, b["image"], b["label"], b["mask"])[0]["predictions"]) for b in batches],
+    axis=1,
+  )
 
 
 def _differs(a, b) -> bool:
@@ -74,27 +78,28 @@ def _train_losses(workdir):
 
 def test_frozen_blocks_keep_parameters_statistics_and_optimizer_state():
   config = tiny_config(num_blocks=3)
-  model = stack.build_model(config, NUM_CLASSES)
+  model = models.create_model(config, NUM_CLASSES)
   variables = init_variables(model, DIGITS_SHAPE)
   tx = optim.lars(0.2)
   opt_state = jax.tree.map(lambda x: np.full_like(x, 0.5), tx.init(variables["params"]))
-  state = train.TrainState(
+  state = steps.TrainState(
     jnp.zeros((), jnp.int32), variables["params"], variables["batch_stats"], opt_state
   )
   frozen = (0, 1)
   step = jax.jit(
-    train.make_train_step(
-      growth.phase_model(model, 3, frozen),
+    steps.make_train_step(
+      growth.freeze(model, 3, frozen).model,
       rules.get_objective("deinforeg"),
       tx,
       NUM_CLASSES,
       config.loss,
-      frozen=growth.block_names(frozen),
+      frozen=frozenset({"block_00", "block_01"}),
     )
   )
   new = state
   for seed in range(2):
-    new, _ = step(new, jax.tree.map(jnp.asarray, random_batch(32, seed=seed)))
+    batch = random_batch(32, seed=seed)
+    new, _, _ = step(new, batch["image"], batch["label"])
   for tree in ("params", "batch_stats"):
     _assert_blocks_equal(getattr(state, tree), getattr(new, tree), ["block_00", "block_01"])
     assert _differs(getattr(state, tree)["block_02"], getattr(new, tree)["block_02"])
@@ -105,20 +110,30 @@ def test_frozen_blocks_keep_parameters_statistics_and_optimizer_state():
 
 def test_phases_of_the_in_run_schedule():
   config = _run_config(num_blocks=4, num_epochs=6, schedule="2,4")
-  model = stack.build_model(config, NUM_CLASSES)
-  assert [growth.phase(config, model, e, 0) for e in (0, 2, 4)] == [
+  model = models.create_model(config, NUM_CLASSES)
+
+  def phase(config, epoch, num_old=0):
+    module = growth.make_plan(config, model, num_old).at(epoch).model
+    return len(module.blocks), tuple(module.frozen_blocks)
+
+  assert [phase(config, e) for e in (0, 1, 2, 3, 4, 5)] == [
+    (2, (2, 3)),
     (2, (2, 3)),
     (3, (3,)),
+    (3, (3,)),
+    (4, ()),
     (4, ()),
   ]
+  assert growth.make_plan(config, model).at(4).frozen == frozenset()
   config.grow.freeze_on_add = True
-  assert growth.phase(config, model, 4, 0) == (4, (0, 1, 2))
+  assert phase(config, 4) == (4, (0, 1, 2))
+  assert growth.make_plan(config, model).at(4).frozen == {"block_00", "block_01", "block_02"}
   config = _run_config(num_blocks=4, num_epochs=2)
-  assert growth.phase(config, model, 0, num_old=3) == (4, (0, 1, 2))
+  assert phase(config, 0, num_old=3) == (4, (0, 1, 2))
   config.grow.train_old = True
-  assert growth.phase(config, model, 0, num_old=3) == (4, ())
+  assert phase(config, 0, num_old=3) == (4, ())
   with pytest.raises(ValueError, match=r"config.grow.schedule='4'.*< config.train.num_epochs"):
-    growth.wrap_model(_run_config(4, 4, schedule="4"), model)
+    validate_config(_run_config(4, 4, schedule="4"))
 
 
 # ------------------------------------------------------------------ growing a trained run
@@ -153,9 +168,9 @@ def test_grown_stack_keeps_old_blocks_and_trains_the_new_one(old_run, tmp_path):
 
 
 def _state_for(config):
-  model = growth.wrap_model(config, stack.build_model(config, NUM_CLASSES))
+  model = models.create_model(config, NUM_CLASSES)
   variables = jax.tree.map(jnp.asarray, init_variables(model, DIGITS_SHAPE))
-  return train.TrainState(
+  return steps.TrainState(
     jnp.zeros((), jnp.int32), variables["params"], variables["batch_stats"], None
   )
 
@@ -197,7 +212,7 @@ def test_in_run_schedule_adds_a_block_that_was_untouched_before(tmp_path):
 
 def test_new_feature_block_reads_only_the_new_features():
   config = _run_config(num_blocks=2, num_epochs=1, side_split="width:4", side_layers="16")
-  model = growth.wrap_model(config, stack.build_model(config, NUM_CLASSES))
+  model = models.create_model(config, NUM_CLASSES)
   variables = init_variables(model, DIGITS_SHAPE)
   x = jnp.asarray(random_batch(8)["image"])
   changed = x.at[:, :, 4:, :].add(1.0)  # only the new features (columns 4..7)
@@ -243,7 +258,7 @@ def _text_config(arch: str):
 def test_text_new_feature_block_reads_new_tokens_and_trains_over_frozen_blocks():
   """SPEC 9 for text (BiLSTM): tokens 0..4 are old, 5..11 new; embedding and block 1 frozen."""
   config = _text_config("lstm")
-  model = growth.wrap_model(config, stack.build_model(config, 4))
+  model = models.create_model(config, 4)
   variables = init_variables(model, (12,))
   rng = np.random.default_rng(0)
   tokens = jnp.asarray(rng.integers(1, 50, (16, 12)), jnp.int32).at[:8, 10:].set(0)
@@ -252,20 +267,20 @@ def test_text_new_feature_block_reads_new_tokens_and_trains_over_frozen_blocks()
   np.testing.assert_array_equal(before[0], after[0])  # the old exit sees tokens 0..4 only
   assert not np.allclose(before[1], after[1])
   tx = optim.lars(0.2)
-  state = train.TrainState(
+  state = steps.TrainState(
     jnp.zeros((), jnp.int32), variables["params"], {}, tx.init(variables["params"])
   )
   frozen = (0, 1)
   step = jax.jit(
-    train.make_train_step(
-      growth.phase_model(model, 2, frozen),
+    steps.make_train_step(
+      growth.freeze(model, 2, frozen).model,
       rules.get_objective("deinforeg"),
       tx,
       4,
       config.loss,
-      frozen=growth.block_names(frozen),
+      frozen=frozenset({"block_00", "block_01"}),
     )
   )
-  new, _ = step(state, {"tokens": tokens, "label": jnp.arange(16) % 4})
+  new, _, _ = step(state, tokens, jnp.arange(16) % 4)
   _assert_blocks_equal(state.params, new.params, ["block_00", "block_01"])
   assert _differs(state.params["block_02"], new.params["block_02"])

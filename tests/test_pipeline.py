@@ -1,7 +1,7 @@
 """Tests of ``deinforeg_jax.pipeline``: stage programs on separate (fake CPU) devices.
 
 Contracts: stage parameters are the ``block_XX`` subtrees of the one-program state;
-the synchronous *and* the pipelined schedules reproduce ``train.make_train_step``
+the synchronous *and* the pipelined schedules reproduce ``steps.make_train_step``
 (decoupled blocks exchange no gradients, so pipelining only reorders work);
 every stage trains on every batch exactly once per epoch, stage ``k`` on batch ``t``
 at tick ``t + k``; block balancing is an exact min-max partition; errors are clear.
@@ -15,11 +15,12 @@ import json
 import os
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from helpers import DIGITS_SHAPE, NUM_CLASSES, random_batch, tiny_config, to_host
 
-from deinforeg_jax import optim, pipeline, rules, stack, train
+from deinforeg_jax import grad_norms, models, optim, pipeline, rules, stack, steps, train
 from launch.configs import default
 
 BATCH = 32
@@ -31,7 +32,7 @@ MODES = (("synchronous", "auto"), ("pipelined", "threads"), ("pipelined", "ticks
 @pytest.fixture(scope="module")
 def setup():
   config = tiny_config()
-  model = stack.build_model(config, NUM_CLASSES)
+  model = models.create_model(config, NUM_CLASSES)
   # A decaying schedule, so that a stage applying an update with the wrong count would show.
   tx = optim.make_optimizer(config.optim, optim.make_schedule(config.optim, 6, 2))
   objective = rules.get_objective(config.rule)
@@ -43,14 +44,14 @@ def setup():
 def one_program(setup):
   """The reference: ``NUM_STEPS`` one-program steps; initial state, final state, metrics."""
   config, model, tx, objective, batches = setup
-  state = jax.jit(functools.partial(train.create_train_state, model, tx, input_shape=DIGITS_SHAPE))(
+  state = jax.jit(functools.partial(steps.create_train_state, model, tx, input_shape=DIGITS_SHAPE))(
     jax.random.key(0)
   )
   initial = to_host(state)
-  step = jax.jit(train.make_train_step(model, objective, tx, NUM_CLASSES, config.loss))
+  step = jax.jit(steps.make_train_step(model, objective, tx, NUM_CLASSES, config.loss))
   metrics = []
   for batch in batches:
-    state, m = step(state, batch)
+    state, m, _ = step(state, batch["image"], batch["label"])
     metrics.append(to_host(m))
   return initial, to_host(state), metrics
 
@@ -58,7 +59,7 @@ def one_program(setup):
 @functools.cache
 def _pipeline(split_name: str) -> pipeline.Pipeline:
   config = tiny_config()
-  model = stack.build_model(config, NUM_CLASSES)
+  model = models.create_model(config, NUM_CLASSES)
   tx = optim.make_optimizer(config.optim, optim.make_schedule(config.optim, 6, 2))
   return pipeline.Pipeline(
     model,
@@ -129,6 +130,23 @@ def test_schedule_reproduces_the_one_program_step(
     _assert_trees_close(got, {k: np.asarray(v) for k, v in want.items()})
 
 
+def test_pipeline_logs_the_one_program_gradient_norms(setup, one_program):
+  """Per-stage gradient norms, concatenated over stages, are the one-program step's."""
+  config, model, tx, objective, batches = setup
+  initial = one_program[0]
+  step = jax.jit(
+    steps.make_train_step(model, objective, tx, NUM_CLASSES, config.loss, log_grad_norms=True)
+  )
+  _, expected, _ = step(jax.tree.map(jnp.asarray, initial), batches[0]["image"], batches[0]["label"])
+  pipe = pipeline.Pipeline(
+    model, tx, objective, config.loss, DIGITS_SHAPE, SPLITS["2 uneven stages"], jax.devices(),
+    log_grad_norms=True,
+  )
+  _, record = pipe.train_epoch(pipe.from_train_state(initial), batches[:1], "pipelined", "ticks")
+  np.testing.assert_allclose(record.metrics[0]["grad_norm"], expected["grad_norm"], rtol=1e-5)
+  assert record.metrics[0]["grad_norm"].shape == (len(grad_norms.layer_paths(initial.params)),)
+
+
 # ---------------------------------------------------------------- schedule bookkeeping
 
 
@@ -174,8 +192,8 @@ def test_a_failing_stage_stops_the_pipeline_with_its_error(one_program, monkeypa
   def broken(*args):
     raise RuntimeError("stage 2 exploded")
 
-  steps = list(pipe._train_steps)  # pylint: disable=protected-access
-  monkeypatch.setattr(pipe, "_train_steps", steps[:2] + [broken] + steps[3:])
+  stage_steps = list(pipe._train_steps)  # pylint: disable=protected-access
+  monkeypatch.setattr(pipe, "_train_steps", stage_steps[:2] + [broken] + stage_steps[3:])
   with pytest.raises(RuntimeError, match="stage 2 exploded"):
     pipe.train_epoch(states, itertools.repeat(random_batch(BATCH), 50), "pipelined", "threads")
 
@@ -231,7 +249,6 @@ def test_flop_costs_balance_the_stages_and_give_the_ideal_speedup(setup):
     ("rule", "scpl", "config.rule='scpl' is not supported with config.parallel.mode='pipeline'"),
     ("model.arch", "lstm", "config.model.arch='lstm' is not supported"),
     ("grow.schedule", "2", "config.grow.schedule='2' is not supported"),
-    ("train.log_grad_norms", True, "config.train.log_grad_norms=True is not supported"),
   ],
 )
 def test_invalid_pipeline_config_names_the_field(field, value, message):
@@ -254,7 +271,8 @@ def digits_run(tmp_path_factory):
   config.train.num_epochs = 12
   config.parallel.num_stages = 2
   config.parallel.pipeline_schedule = "pipelined"
-  return config, workdir, pipeline.train_pipelined(config, workdir)
+  config.parallel.mode = "pipeline"
+  return config, workdir, train.train_and_evaluate(config, workdir)
 
 
 def test_pipelined_training_on_digits_reaches_90_percent(digits_run):
@@ -275,6 +293,8 @@ def test_pipelined_training_on_digits_reaches_90_percent(digits_run):
 def test_pipeline_checkpoint_is_a_one_program_checkpoint(digits_run):
   """The one-program trainer restores the pipelined run's checkpoint and finds it finished."""
   config, workdir, results = digits_run
+  config = config.copy_and_resolve_references()
+  config.parallel.mode = "data"
   again = train.train_and_evaluate(config, workdir)
   assert again["steps"] == results["steps"]
   assert again["per_block_test_accuracy"] == pytest.approx(results["per_block_test_accuracy"])

@@ -14,7 +14,7 @@ import jax
 import numpy as np
 import pytest
 
-from deinforeg_jax import rules, stack
+from deinforeg_jax import models, rules
 from helpers import (
   DIGITS_SHAPE,
   NUM_CLASSES,
@@ -39,7 +39,7 @@ def _encoder_name(block_params) -> str:
 
 def _setup(arch, input_shape, batch_size=16, rule="deinforeg", **model_overrides):
   config = tiny_config(arch, rule, **model_overrides)
-  model = stack.build_model(config, NUM_CLASSES)
+  model = models.create_model(config, NUM_CLASSES)
   variables = init_variables(model, input_shape)
   batch = random_batch(batch_size, input_shape)
   return config, model, variables, batch

@@ -226,7 +226,7 @@ def test_text_config_errors_name_the_field():
   with pytest.raises(ValueError, match="config.model.projector"):
     models.create_model(tiny_text_config(projector="8-8"), NUM_CLASSES)
   with pytest.raises(ValueError, match="config.model.num_blocks"):
-    models.create_model(tiny_text_config(num_blocks=0), NUM_CLASSES)
+    validate_config(tiny_text_config(num_blocks=0))
   with pytest.raises(ValueError, match="config.model.classifier_mode"):
     models.create_model(tiny_text_config(classifier_mode="unmerge"), NUM_CLASSES)
   model = models.create_model(tiny_text_config("transformer", heads=3), NUM_CLASSES)
@@ -278,7 +278,7 @@ def test_spec_text_configs_validate_with_spec_settings(name):
   [
     ("embedding_pool", "max", "config.model.embedding_pool='max' must be one of"),
     ("lstm_padding", "packed", "config.model.lstm_padding='packed' must be one of"),
-    ("hidden", 0, "config.model.hidden=0 must be a positive number"),
+    ("hidden", 0, "config.model.hidden=0 must be a positive integer"),
   ],
 )
 def test_validate_config_names_bad_text_fields(field, value, message):

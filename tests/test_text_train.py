@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from test_text_data import text_data_config, toy_records, write_jsonl
 
-from deinforeg_jax import optim, parallel, stack, train
+from deinforeg_jax import models, optim, steps, train
 from deinforeg_jax.data import load_dataset, text
 from deinforeg_jax.data.prepare import text as text_prepare
 
@@ -31,12 +31,11 @@ def test_glove_vectors_replace_the_initial_embedding_rows(toy):
   config = text_data_config(toy / "tfds")
   config.model.glove = str(toy / "glove.txt")
   data = load_dataset(config.data)
-  model = stack.build_model(config, data.info.num_classes)
-  mesh = parallel.make_data_mesh(1)
-  state = train.create_train_state(
+  model = models.create_model(config, data.info.num_classes)
+  state = steps.create_train_state(
     model, optim.make_optimizer(config.optim, lambda _: 1e-3), jax.random.key(0), (6,)
   )
-  state, note = train._init_glove(config, state, data.vocabulary, mesh)  # pylint: disable=protected-access
+  state, note = train._init_glove(config, state, data.vocabulary)  # pylint: disable=protected-access
   table = np.asarray(state.params["block_00"]["encoder"]["embedding"])
   assert table.shape == (config.data.vocab_size, 4)
   np.testing.assert_array_equal(table[data.vocabulary.id("alpha")], [1, 2, 3, 4])

@@ -19,7 +19,7 @@ import numpy as np
 import optax
 import pytest
 
-from deinforeg_jax import optim, parallel, rules, stack, train
+from deinforeg_jax import models, optim, parallel, rules, steps, train
 from helpers import (
   DIGITS_SHAPE,
   NUM_CLASSES,
@@ -32,13 +32,13 @@ from helpers import (
 
 
 def _model(config):
-  model = stack.build_model(config, NUM_CLASSES)
+  model = models.create_model(config, NUM_CLASSES)
   return model, init_variables(model, DIGITS_SHAPE)
 
 
-def _state(tx, variables) -> train.TrainState:
+def _state(tx, variables) -> steps.TrainState:
   params = variables["params"]
-  return train.TrainState(
+  return steps.TrainState(
     step=jnp.zeros((), jnp.int32),
     params=params,
     batch_stats=variables["batch_stats"],
@@ -86,12 +86,12 @@ def test_summed_loss_step_equals_per_block_updates(optimizer):
 
   # (a) The library's one-program step.
   step = jax.jit(
-    train.make_train_step(model, rules.deinforeg_objective, tx, NUM_CLASSES, config.loss)
+    steps.make_train_step(model, rules.deinforeg_objective, tx, NUM_CLASSES, config.loss)
   )
   state = _state(tx, variables)
   summed_metrics = []
   for batch in batches:
-    state, metrics = step(state, batch)
+    state, metrics, _ = step(state, batch["image"], batch["label"])
     summed_metrics.append(jax.device_get(metrics))
   summed = to_host(state)
 
@@ -172,9 +172,10 @@ def _run_on_mesh(num_devices, config, model, tx, variables, batches, eval_batch)
   for batch in batches:
     sharded = parallel.shard_batch(batch, mesh)
     assert len(sharded["image"].sharding.device_set) == num_devices
-    state, metrics = train_step(state, sharded)
+    state, metrics, _ = train_step(state, sharded["image"], sharded["label"])
     history.append(jax.device_get(metrics))
-  evaluated = jax.device_get(eval_step(state, parallel.shard_batch(eval_batch, mesh)))
+  sharded = parallel.shard_batch(eval_batch, mesh)
+  evaluated, _ = jax.device_get(eval_step(state, sharded["image"], sharded["label"], sharded["mask"]))
   return to_host(state), history, evaluated
 
 
@@ -235,19 +236,19 @@ def test_local_batch_statistics_would_differ():
 # ------------------------------------------------- determinism of a whole run
 
 
-_ORIGINAL_EVALUATE = train.evaluate
+_ORIGINAL_EVALUATE = train.DataParallelEngine.evaluate
 
 
 def _capture_final_state(monkeypatch):
-  """Record (a host copy of) the state ``train.evaluate`` sees after each epoch."""
+  """Record (a host copy of) the state the engine evaluates after each epoch."""
   seen = []
   original = _ORIGINAL_EVALUATE
 
-  def recording(eval_step, state, batches, mesh):
+  def recording(engine, state, batches):
     seen.append(to_host(state))
-    return original(eval_step, state, batches, mesh)
+    return original(engine, state, batches)
 
-  monkeypatch.setattr(train, "evaluate", recording)
+  monkeypatch.setattr(train.DataParallelEngine, "evaluate", recording)
   return seen
 
 

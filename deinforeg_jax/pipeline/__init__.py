@@ -6,7 +6,7 @@ with its own parameters, BatchNorm statistics and optimizer state (the subtrees
 stage runs forward, its local losses, its backward pass and its optimizer
 update on the input the previous stage sent at the previous tick, then sends
 the detached activation ``stop_gradient(h)`` and the labels on to the next
-stage.  No message ever flows backwards (SPEC 10).
+stage.  No message ever flows backwards (arXiv 2506.18193, the pipeline strategy).
 
 Schedules (``config.parallel.pipeline_schedule``):
 
@@ -23,7 +23,7 @@ batch ``t - k``, whose activation went through stages ``0 .. k-1`` during ticks
 ones those stages hold at tick ``t`` (wall-clock staleness ``k``).  Measured in
 *batches* the staleness is zero: stage ``j`` processed batch ``s`` with the
 parameters it had after ``s`` updates, exactly the ones the one-program step
-(``train.make_train_step``) uses for batch ``s``, and the forward pass that
+(``steps.make_train_step`` over the whole stack) uses for batch ``s``, and the forward pass that
 made the activation is the one whose loss stage ``j`` then minimised (the
 pre-update parameters, as in the one-program step).  Because decoupled blocks
 exchange no gradients, pipelining only reorders independent work in time:
@@ -42,7 +42,7 @@ stage's state and activation raveled into padded buffers and a ``lax.switch``
 on the stage index.  ``benchmarks/pipeline.py --spmd`` times such a prototype
 (its states match MPMD to a relative L2 difference of 7e-7): on XLA:CPU a
 stage step inside ``lax.switch``/``lax.cond`` ran 20x slower than the same step
-on its own (1.83 s vs 0.089 s, SPEC VGG at width 1/8, batch 32), so a 2-stage
+on its own (1.83 s vs 0.089 s, the paper's VGG at width 1/8, batch 32), so a 2-stage
 epoch of 4 batches took 12.8 s vs 0.42 s for MPMD (compile and warm-up 17.6 s vs
 10.3 s).  Besides,
 padding costs ``K x`` the largest stage's state and the per-tick re-ravelling
@@ -57,8 +57,8 @@ each device works through its own queue.  This overlaps GPUs/TPUs and, as
 measured here, fake CPU devices too: two 400-step 128x128 matmul loops on two
 CPU devices took 15.8 ms for one, 32.0 ms for two when the host waited after
 each, 16.8 ms dispatched from one thread without waiting, 18.7 ms from two
-threads (DESIGN 5 saw one thread serialise; here that happens only when the
-host waits between calls).  ``dispatch="threads"`` runs one host thread per stage with bounded
+threads (one thread serialises the devices only when the host waits between
+calls).  ``dispatch="threads"`` runs one host thread per stage with bounded
 queues; it waits for each step, which gives per-stage busy times.  Both run
 the same per-stage updates in the same order.
 
@@ -67,13 +67,14 @@ per-block costs: XLA's FLOP estimate of a one-block train step
 (``Lowered.cost_analysis()``), measured step time, or a uniform cost.
 ``StagePlan.ideal_speedup`` is ``total cost / max stage cost``.
 
-Entry point for the launcher (``config.parallel.mode == "pipeline"``):
-``train_pipelined(config, workdir)``, which returns the same results dict as
-``train.train_and_evaluate`` plus a ``"pipeline"`` entry.
+The engine of ``train.run_epochs`` for ``config.parallel.mode == "pipeline"``
+is ``PipelineEngine``: the one epoch loop (resume, progress, NaN stop,
+checkpoints, evaluation, results) is shared with the data-parallel engine;
+checkpoints hold the one-program ``TrainState``, so either mode resumes the
+other's run.
 
-Modules: ``stages`` (a stage's blocks and its train/eval steps), ``balance``
-(costs and the partition), ``executor`` (``Pipeline``: states and schedules),
-``trainer`` (``train_pipelined``).
+Modules: ``executor`` (``Pipeline``: stage programs, states and schedules),
+``balance`` (costs and the partition), ``engine`` (``PipelineEngine``).
 """
 
 from deinforeg_jax.pipeline.balance import (
@@ -83,15 +84,16 @@ from deinforeg_jax.pipeline.balance import (
   partition_blocks,
   plan_stages,
 )
-from deinforeg_jax.pipeline.executor import DISPATCH_MODES, SCHEDULES, EpochRecord, Pipeline
-from deinforeg_jax.pipeline.stages import (
+from deinforeg_jax.pipeline.engine import PipelineEngine, pipeline_settings
+from deinforeg_jax.pipeline.executor import (
+  DISPATCH_MODES,
   LOCAL_RULES,
-  StageStack,
-  make_stage_eval_step,
-  make_stage_train_step,
+  SCHEDULES,
+  EpochRecord,
+  Pipeline,
   stage_input_shapes,
+  stage_model,
 )
-from deinforeg_jax.pipeline.trainer import pipeline_settings, train_pipelined
 
 __all__ = [
   "BALANCE_METHODS",
@@ -100,14 +102,12 @@ __all__ = [
   "SCHEDULES",
   "EpochRecord",
   "Pipeline",
+  "PipelineEngine",
   "StagePlan",
-  "StageStack",
   "block_costs",
-  "make_stage_eval_step",
-  "make_stage_train_step",
   "partition_blocks",
   "pipeline_settings",
   "plan_stages",
   "stage_input_shapes",
-  "train_pipelined",
+  "stage_model",
 ]

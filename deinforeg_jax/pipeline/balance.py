@@ -18,8 +18,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import SingleDeviceSharding
 
-from deinforeg_jax import stack, train
-from deinforeg_jax.pipeline.stages import StageStack, make_stage_train_step, stage_input_shapes
+from deinforeg_jax import stack, steps
+from deinforeg_jax.pipeline.executor import stage_input_shapes, stage_model
 
 BALANCE_METHODS = ("flops", "time", "uniform")
 
@@ -110,13 +110,13 @@ def block_costs(
   num_blocks = len(model.blocks)
   if method == "uniform":
     return [1.0] * num_blocks
-  singles = [StageStack((spec,), model.num_classes, i) for i, spec in enumerate(model.blocks)]
+  singles = [stage_model(model, i, i + 1) for i in range(num_blocks)]
   shapes = stage_input_shapes(singles, input_shape)
   device = device or jax.devices()[0]
   costs = []
   for single, shape in zip(singles, shapes):
-    init = functools.partial(train.create_train_state, single, tx, input_shape=shape)
-    step = jax.jit(make_stage_train_step(single, objective, tx, model.num_classes, loss_cfg))
+    init = functools.partial(steps.create_train_state, single, tx, input_shape=shape)
+    step = jax.jit(steps.make_train_step(single, objective, tx, model.num_classes, loss_cfg))
     x = jax.ShapeDtypeStruct((batch_size, *shape), jnp.float32)
     labels = jax.ShapeDtypeStruct((batch_size,), jnp.int32)
     if method == "flops":

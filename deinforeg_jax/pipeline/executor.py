@@ -20,14 +20,9 @@ import numpy as np
 import optax
 from jax.sharding import SingleDeviceSharding
 
-from deinforeg_jax import rules, stack, train
-from deinforeg_jax.pipeline.stages import (
-  LOCAL_RULES,
-  StageStack,
-  make_stage_eval_step,
-  make_stage_train_step,
-  stage_input_shapes,
-)
+from deinforeg_jax import rules, stack, steps
+
+LOCAL_RULES = ("deinforeg",)  # rules whose loss is a sum of per-block local losses
 
 SCHEDULES = ("pipelined", "synchronous")
 DISPATCH_MODES = ("auto", "threads", "ticks")
@@ -42,7 +37,7 @@ class EpochRecord:
   busy_s: list[float | None]  # per stage: seconds from dequeue to result ready (None: "ticks")
   ticks: list[list[int]] | None  # per stage: the tick of each batch (None: "threads")
   wall_s: float
-  metrics: list[dict[str, np.ndarray]]  # per batch: per-block arrays + "total_loss"
+  metrics: list[dict[str, np.ndarray]]  # per batch: per-block arrays + summed "total_loss"
   schedule: str
   dispatch: str
 
@@ -57,8 +52,10 @@ _END = object()
 class Pipeline:
   """Stage programs of a ``DecoupledStack`` over ``devices`` (one stage per device).
 
-  ``model`` is the full stack (``stack.build_model``); ``bounds`` the block range
-  of each stage (``partition_blocks``); ``input_shape`` one example's shape.
+  ``model`` is the full stack (``models.create_model``); ``bounds`` the block range
+  of each stage (``partition_blocks``); ``input_shape`` one example's shape.  Stage
+  ``k`` runs ``stage_model(model, *bounds[k])`` with the one step builder of
+  ``steps`` (``make_train_step`` / ``make_eval_step``).
   """
 
   def __init__(
@@ -70,6 +67,7 @@ class Pipeline:
     input_shape: tuple[int, ...],
     bounds: Sequence[tuple[int, int]],
     devices: Sequence[jax.Device],
+    log_grad_norms: bool = False,
   ):
     if not isinstance(model, stack.DecoupledStack):
       raise TypeError(
@@ -89,15 +87,18 @@ class Pipeline:
     self.model, self.tx, self.bounds = model, tx, tuple(bounds)
     self.devices = list(devices[: len(bounds)])
     self.num_classes = model.num_classes
-    self.stages = [StageStack(tuple(model.blocks[a:b]), model.num_classes, a) for a, b in bounds]
+    self.stages = [stage_model(model, a, b) for a, b in bounds]
     self.input_shapes = stage_input_shapes(self.stages, input_shape)
     self._train_steps = [
       jax.jit(
-        make_stage_train_step(s, objective, tx, model.num_classes, loss_cfg), donate_argnums=0
+        steps.make_train_step(
+          s, objective, tx, model.num_classes, loss_cfg, log_grad_norms=log_grad_norms
+        ),
+        donate_argnums=0,
       )
       for s in self.stages
     ]
-    self._eval_steps = [jax.jit(make_stage_eval_step(s)) for s in self.stages]
+    self._eval_steps = [jax.jit(steps.make_eval_step(s)) for s in self.stages]
     self._inits: dict[jax.Device, Callable] = {}
 
   @property
@@ -106,7 +107,7 @@ class Pipeline:
 
   # ---------------------------------------------------------------- state
 
-  def init(self, rng: jax.Array, device: jax.Device | None = None) -> list[train.TrainState]:
+  def init(self, rng: jax.Array, device: jax.Device | None = None) -> list[steps.TrainState]:
     """Per-stage states on their devices, equal to the full stack's init at ``rng``.
 
     All stages are initialised by one program on ``device`` (default: stage 0's;
@@ -118,7 +119,7 @@ class Pipeline:
 
       def init_all(key):
         return [
-          train.create_train_state(stage, self.tx, key, shape)
+          steps.create_train_state(stage, self.tx, key, shape)
           for stage, shape in zip(self.stages, self.input_shapes)
         ]
 
@@ -126,7 +127,7 @@ class Pipeline:
     states = self._inits[device](rng)
     return [jax.device_put(s, d) for s, d in zip(states, self.devices)]
 
-  def to_train_state(self, states: Sequence[train.TrainState]) -> train.TrainState:
+  def to_train_state(self, states: Sequence[steps.TrainState]) -> steps.TrainState:
     """The one-program ``TrainState`` holding every stage's subtrees (arrays stay on their
     stage's device; shared counters come from stage 0)."""
     params = {k: v for s in states for k, v in s.params.items()}
@@ -136,11 +137,11 @@ class Pipeline:
     opt_state = jax.tree_util.tree_unflatten(
       treedef, [leaves[self._owner(path)][path] for path, _ in flat]
     )
-    return train.TrainState(
+    return steps.TrainState(
       step=states[0].step, params=params, batch_stats=batch_stats, opt_state=opt_state
     )
 
-  def from_train_state(self, state: train.TrainState) -> list[train.TrainState]:
+  def from_train_state(self, state: steps.TrainState) -> list[steps.TrainState]:
     """Split a one-program ``TrainState`` into per-stage states on the stage devices."""
     full = dict(jax.tree_util.tree_flatten_with_path(state.opt_state)[0])
     out = []
@@ -152,7 +153,7 @@ class Pipeline:
       opt_state = jax.tree_util.tree_unflatten(treedef, [full[path] for path, _ in flat])
       out.append(
         jax.device_put(
-          train.TrainState(
+          steps.TrainState(
             step=state.step,
             params=params,
             batch_stats={n: state.batch_stats[n] for n in names if n in state.batch_stats},
@@ -176,14 +177,14 @@ class Pipeline:
 
   def train_epoch(
     self,
-    states: list[train.TrainState],
+    states: list[steps.TrainState],
     batches: Iterable[dict[str, np.ndarray]],
     schedule: str = "pipelined",
     dispatch: str = "auto",
     on_batch: Callable[[int, dict[str, Any]], None] | None = None,
     first_batch: int = 0,
     queue_size: int = 1,
-  ) -> tuple[list[train.TrainState], EpochRecord]:
+  ) -> tuple[list[steps.TrainState], EpochRecord]:
     """Train every stage once on every batch (fill and drain included).
 
     Batches are numbered from ``first_batch``.  ``on_batch(batch_id, {"total_loss":
@@ -231,12 +232,13 @@ class Pipeline:
 
   def _stage(self, k: int, state, x, labels):
     x, labels = jax.device_put((x, labels), self.devices[k])
-    return self._train_steps[k](state, x, labels) + (labels,)
+    state, metrics, h = self._train_steps[k](state, x, labels)
+    return state, h, metrics, labels
 
   def _run_synchronous(self, states, batches, ctx, queue_size):
     del queue_size
     for tick, (t, batch) in enumerate(batches):
-      x, labels = train.model_inputs(batch), batch["label"]
+      x, labels = steps.model_inputs(batch), batch["label"]
       for k in range(self.num_stages):
         start = time.perf_counter()
         states[k], x, metrics, labels = self._stage(k, states[k], x, labels)
@@ -253,7 +255,7 @@ class Pipeline:
         t, batch = next(batches, (None, None))
         exhausted = t is None
         if not exhausted:
-          pending[0] = (t, train.model_inputs(batch), batch["label"])
+          pending[0] = (t, steps.model_inputs(batch), batch["label"])
       outputs = []
       for k in reversed(range(self.num_stages)):  # stage k+1 consumes before stage k produces
         if pending[k] is None:
@@ -320,7 +322,7 @@ class Pipeline:
       thread.start()
     try:
       for t, batch in batches:
-        put(queues[0], (t, train.model_inputs(batch), batch["label"]))
+        put(queues[0], (t, steps.model_inputs(batch), batch["label"]))
       put(queues[0], _END)
     except _Stop:
       pass
@@ -336,15 +338,38 @@ class Pipeline:
 
   # ---------------------------------------------------------------- evaluation
 
-  def eval_step(self, states: Sequence[train.TrainState], batch: dict[str, Any]) -> dict:
-    """``train.evaluate``-compatible: ``{"correct": [num_blocks]}`` through all stages."""
-    x, labels, mask = train.model_inputs(batch), batch["label"], batch["mask"]
+  def count_correct(self, states: Sequence[steps.TrainState], batch: dict[str, Any]):
+    """``(correct [num_blocks], count)`` of one masked batch through all stages (on the
+    last stage's device), for ``steps.accuracy``."""
+    x, labels, mask = steps.model_inputs(batch), batch["label"], batch["mask"]
     correct = []
     for k, (state, device) in enumerate(zip(states, self.devices)):
       x, labels, mask = jax.device_put((x, labels, mask), device)
-      x, hits = self._eval_steps[k](state, x, labels, mask)
-      correct.append(hits)
-    return {"correct": np.concatenate(jax.device_get(correct))}
+      out, x = self._eval_steps[k](state, x, labels, mask)
+      correct.append(out["correct"])
+    last = self.devices[-1]
+    return jnp.concatenate(jax.device_put(correct, last)), jnp.sum(mask)
+
+
+def stage_model(model: stack.DecoupledStack, first: int, stop: int) -> stack.DecoupledStack:
+  """Blocks ``[first, stop)`` of ``model``, named as in the full stack, returning the carry."""
+  return model.clone(blocks=tuple(model.blocks[first:stop]), first_block=first, with_carry=True)
+
+
+def stage_input_shapes(
+  stages: Sequence[stack.DecoupledStack], input_shape: tuple[int, ...]
+) -> list[tuple[int, ...]]:
+  """One example's input shape for each stage (the previous stage's output shape)."""
+  shapes, shape = [], tuple(input_shape)
+  for stage in stages:
+    shapes.append(shape)
+    outputs, _ = jax.eval_shape(
+      functools.partial(stage.init_with_output, train=False),
+      jax.random.key(0),
+      jax.ShapeDtypeStruct((2, *shape), jnp.float32),
+    )
+    shape = tuple(outputs["carry"].shape[1:])
+  return shapes
 
 
 class _EpochContext:
@@ -365,7 +390,7 @@ class _EpochContext:
     self.ticks[k].append(tick)
     self._metrics[k][t] = metrics
     if self._on_batch is not None and k == len(self._metrics) - 1:
-      totals = [jax.device_put(m[t]["total"], self._last_device) for m in self._metrics]
+      totals = [jax.device_put(m[t]["total_loss"], self._last_device) for m in self._metrics]
       self._on_batch(t, {"total_loss": functools.reduce(jnp.add, totals)})
 
   def merged_metrics(self) -> list[dict[str, np.ndarray]]:
@@ -377,8 +402,8 @@ class _EpochContext:
       row = {
         name: np.concatenate([np.atleast_1d(m[name]) for m in per_stage])
         for name in per_stage[0]
-        if name != "total"
+        if name != "total_loss"
       }
-      row["total_loss"] = np.float32(sum(m["total"] for m in per_stage))
+      row["total_loss"] = np.float32(sum(m["total_loss"] for m in per_stage))
       merged.append(row)
     return merged

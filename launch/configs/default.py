@@ -66,6 +66,7 @@ def get_config() -> ml_collections.ConfigDict:
 
   config.train = ml_collections.ConfigDict()
   config.train.num_epochs = 20
+  config.train.max_steps = 0  # stop after this many steps in all (0: every epoch); quick checks
   config.train.log_grad_norms = False  # per-layer encoder gradient norms in the step metrics
 
   config.checkpoint = ml_collections.ConfigDict()

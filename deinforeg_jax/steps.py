@@ -1,0 +1,145 @@
+"""The train state and the one train-step / eval-step builder of every engine.
+
+``make_train_step`` sums every local loss of the model it is given and takes one
+``jax.value_and_grad``: for the whole stack (data-parallel engine, one XLA
+program for all blocks) or for a pipeline stage's blocks (``stack.DecoupledStack``
+with ``first_block`` and ``with_carry``).  Because the stack cuts gradients at
+block boundaries both give the same update as training the blocks one after
+another.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from deinforeg_jax import grad_norms, growth, rules
+
+Batch = dict[str, jax.Array]
+TrainStep = Callable[..., tuple["TrainState", dict[str, jax.Array], Any]]
+
+
+def model_inputs(batch: Batch) -> jax.Array:
+  """The model's input in ``batch``: ``tokens`` ``[B, T]`` int32 for text, else ``image``."""
+  return batch["tokens"] if "tokens" in batch else batch["image"]
+
+
+@flax.struct.dataclass
+class TrainState:
+  """Everything that changes during training; a pytree."""
+
+  step: jax.Array
+  params: Any
+  batch_stats: Any
+  opt_state: optax.OptState
+
+
+def create_train_state(
+  model: nn.Module,
+  tx: optax.GradientTransformation,
+  rng: jax.Array,
+  input_shape: tuple[int, ...],
+) -> TrainState:
+  """Initialise parameters with a dummy ``[2, *input_shape]`` batch."""
+  variables = model.init(rng, jnp.zeros((2, *input_shape), jnp.float32), train=False)
+  params = variables["params"]
+  return TrainState(
+    step=jnp.zeros((), jnp.int32),
+    params=params,
+    batch_stats=variables.get("batch_stats", {}),
+    opt_state=tx.init(params),
+  )
+
+
+def make_train_step(
+  model: nn.Module,
+  objective: rules.Objective,
+  tx: optax.GradientTransformation,
+  num_classes: int,
+  loss_cfg,
+  *,
+  log_grad_norms: bool = False,
+  seed: int = 0,
+  frozen: frozenset[str] = frozenset(),
+) -> TrainStep:
+  """``(state, inputs [B, ...], labels [B]) -> (state, metrics, carry)``.
+
+  ``metrics`` holds ``[num_exits]`` arrays per loss term and the scalar
+  ``total_loss``; with ``log_grad_norms`` also ``grad_norm``, the ``[num_layers]``
+  per-layer gradient norms of ``grad_norms.layer_grad_norms`` (before the update).
+  ``carry`` is the model's ``outputs["carry"]`` (a pipeline stage's detached output,
+  the next stage's input), else None.  Dropout (text Transformer) draws from
+  ``fold_in(key(seed), state.step)``.  Blocks named in ``frozen`` get no gradient
+  and keep their parameters, BatchNorm statistics and optimizer state bit for bit
+  (``growth.keep_frozen``).
+  """
+
+  def train_step(state: TrainState, inputs, labels):
+
+    def loss_fn(params):
+      outputs, updated = model.apply(
+        {"params": growth.stop_frozen(params, frozen), "batch_stats": state.batch_stats},
+        inputs,
+        train=True,
+        mutable=["batch_stats"],
+        rngs={"dropout": jax.random.fold_in(jax.random.key(seed), state.step)},
+      )
+      carry = outputs.pop("carry", None)
+      total, metrics = objective(outputs, labels, num_classes, loss_cfg)
+      return total, (metrics, updated["batch_stats"], carry)
+
+    (total, (metrics, batch_stats, carry)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+      state.params
+    )
+    if log_grad_norms:
+      metrics["grad_norm"] = grad_norms.layer_grad_norms(grads)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    params, batch_stats, opt_state = growth.keep_frozen(
+      tx, frozen, state, params, batch_stats, opt_state
+    )
+    metrics["total_loss"] = total
+    new_state = state.replace(
+      step=state.step + 1, params=params, batch_stats=batch_stats, opt_state=opt_state
+    )
+    return new_state, metrics, carry
+
+  return train_step
+
+
+def make_eval_step(model: nn.Module) -> Callable[..., tuple[dict[str, jax.Array], Any]]:
+  """``(state, inputs, labels, mask) -> ({"predictions": [K, B], "correct": [K]}, carry)``.
+
+  ``correct`` counts masked-in examples whose prediction equals the label; ``carry``
+  as in ``make_train_step``.
+  """
+
+  def eval_step(state: TrainState, inputs, labels, mask):
+    outputs = model.apply(
+      {"params": state.params, "batch_stats": state.batch_stats}, inputs, train=False
+    )
+    carry = outputs.pop("carry", None)
+    predictions = jnp.stack([jnp.argmax(logits, axis=-1) for logits in outputs["logits"]])
+    hits = (predictions == labels[None]).astype(jnp.float32) * mask[None]
+    return {"predictions": predictions.astype(jnp.int32), "correct": jnp.sum(hits, axis=1)}, carry
+
+  return eval_step
+
+
+def accuracy(batches, count_correct: Callable[[Batch], tuple[Any, Any]]) -> np.ndarray:
+  """Per-exit accuracy ``[K]`` over ``batches``; ``count_correct(batch) -> (correct [K], count)``.
+
+  Sums stay on the device until the end, so evaluation never waits per batch.
+  """
+  correct, count = None, 0.0
+  for batch in batches:
+    hits, n = count_correct(batch)
+    correct, count = (hits, n) if correct is None else (correct + hits, count + n)
+  correct, count = jax.device_get((correct, count))
+  return np.asarray(correct) / max(float(count), 1.0)
