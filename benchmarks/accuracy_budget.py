@@ -62,7 +62,7 @@ def summary_line(config, results: dict) -> dict:
 
 def _text_fields(config) -> dict:
   """Text settings of the line (none for vision configs)."""
-  if "max_len" not in config.data:
+  if config.data.kind != "text":
     return {}
   m = config.model
   fields = {"num_blocks": m.num_blocks, "emb_dim": m.emb_dim, "max_len": config.data.max_len}

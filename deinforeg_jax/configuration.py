@@ -12,6 +12,7 @@ import math
 
 from deinforeg_jax import baselines, growth, inference, models, optim, rules
 from deinforeg_jax.data import augment, label_noise
+from deinforeg_jax.data import text as data_text
 from deinforeg_jax.modules import heads, text
 
 MODES = ("data", "pipeline")
@@ -23,6 +24,7 @@ CHOICES = {
   "model.al_activation": tuple(baselines.ACTIVATIONS),
   "optim.name": optim.OPTIMIZERS,
   "optim.schedule": optim.SCHEDULES,
+  "data.kind": ("image", "text"),
   "data.augment": augment.KINDS,
   "data.label_noise.kind": label_noise.KINDS,
   "inference.exit_mode": inference.EXIT_MODES,
@@ -31,6 +33,7 @@ CHOICES = {
 TEXT_CHOICES = {
   "model.embedding_pool": text.EMBEDDING_POOLS,
   "model.lstm_padding": text.LSTM_PADDING,
+  "data.vocab_from": data_text.VOCAB_FROM,
 }
 POSITIVE_INTS = (
   "data.batch_size",
@@ -41,7 +44,16 @@ POSITIVE_INTS = (
   "inference.patience",
   "checkpoint.keep",
 )
-NON_NEGATIVE_INTS = ("seed", "train.max_steps", "checkpoint.every_steps", "parallel.num_devices")
+NON_NEGATIVE_INTS = (
+  "seed",
+  "train.max_steps",
+  "checkpoint.every_steps",
+  "parallel.num_devices",
+  "parallel.num_stages",
+  "data.max_len",
+  "data.split_seed",
+  "data.label_noise.seed",
+)
 POSITIVE_NUMBERS = ("model.width", "optim.base_lr", "loss.contrastive_temperature")
 NON_NEGATIVE_NUMBERS = (
   "optim.end_lr",
@@ -51,8 +63,15 @@ NON_NEGATIVE_NUMBERS = (
   "loss.variance_weight",
   "loss.covariance_weight",
   "loss.ce_weight",
+  "data.label_noise.rate",
 )
-TEXT_POSITIVE_INTS = ("model.emb_dim", "model.hidden", "model.ff_dim", "model.heads")
+TEXT_POSITIVE_INTS = (
+  "model.emb_dim",
+  "model.hidden",
+  "model.ff_dim",
+  "model.heads",
+  "data.vocab_size",
+)
 
 
 def _get(config, field: str):
@@ -73,6 +92,12 @@ def _is_int(value) -> bool:
 def validate_config(config) -> None:
   """Raise ``ValueError`` naming the first invalid field of ``config``."""
   is_text = config.model.arch in models.TEXT_ARCHITECTURES
+  if is_text != (config.data.kind == "text"):
+    raise ValueError(
+      f"config.model.arch={config.model.arch!r} does not fit config.data.kind="
+      f"{config.data.kind!r}: text models ({', '.join(models.TEXT_ARCHITECTURES)}) read "
+      "kind='text' data; start from launch/configs/agnews_lstm.py (spec_text.py) for text."
+    )
   choices = {**CHOICES, **(TEXT_CHOICES if is_text else {})}
   for field, allowed in choices.items():
     if _get(config, field) not in allowed:
@@ -112,11 +137,6 @@ def _num_blocks_hint(config) -> str:
 
 def _validate_text(config) -> None:
   """Text fields (``launch/configs/spec_text.py``), checked before any data is read."""
-  if "max_len" not in config.data:
-    raise ValueError(
-      f"config.model.arch={config.model.arch!r} needs a text config (config.data.max_len, "
-      "vocab_size, ...): start from launch/configs/agnews_lstm.py or spec_text.py."
-    )
   m = config.model
   if m.arch == "transformer" and m.emb_dim % m.heads:
     raise ValueError(

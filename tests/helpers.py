@@ -32,6 +32,17 @@ def tiny_config(arch: str = "vgg", rule: str = "deinforeg", **model_overrides: A
   return config
 
 
+def data_config(**overrides: Any):
+  """The default ``config.data`` with ``overrides`` (a dict value updates a sub-config)."""
+  data = default.get_config().data
+  for name, value in overrides.items():
+    if isinstance(value, dict):
+      data[name].update(value)
+    else:
+      data[name] = value
+  return data
+
+
 def random_batch(
   batch_size: int, input_shape=DIGITS_SHAPE, seed: int = 0, num_classes: int = NUM_CLASSES
 ) -> dict[str, np.ndarray]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from helpers import data_config
 from deinforeg_jax.data import ArraySplit, DatasetInfo, train_batches
 from deinforeg_jax.data.label_noise import (
   CIFAR10_CLASSES,
@@ -146,10 +147,10 @@ def test_relabeled_source_feeds_noisy_labels_to_batches():
 
 
 def test_load_dataset_noise_on_digits_train_only():
-  clean = load_dataset({"name": "digits"})
+  clean = load_dataset(data_config())
   assert clean.label_noise is None
   noise = {"kind": "symmetric", "rate": 50, "seed": 0}
-  data = load_dataset({"name": "digits", "label_noise": noise})
+  data = load_dataset(data_config(label_noise=noise))
   assert isinstance(data.train, ArraySplit)
   np.testing.assert_array_equal(data.train.images, clean.train.images)
   changed = np.mean(data.train.labels != clean.train.labels)

@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from helpers import data_config
 from deinforeg_jax.data import prepare
 from deinforeg_jax.data.prepare.image_folder import image_shape
 from deinforeg_jax.data.registry import load_dataset
@@ -62,7 +63,7 @@ def run_python(code: str, timeout: float = 120) -> subprocess.CompletedProcess:
 
 
 def data_cfg(name, data_dir, **extra):
-  return {"name": name, "data_dir": str(data_dir), "download": False, **extra}
+  return data_config(name=name, data_dir=str(data_dir), download=False, **extra)
 
 
 def all_records(source):
@@ -290,9 +291,12 @@ def test_cli_prepares_and_a_fresh_process_reads_by_name(tmp_path):
 import json, sys
 import numpy as np
 from deinforeg_jax.data.registry import load_dataset
+from launch.configs import default
 out = {{}}
 for name in ("cli_npz", "cli_folder"):
-    data = load_dataset({{"name": name, "data_dir": {str(data_dir)!r}, "download": False}})
+    cfg = default.get_config().data
+    cfg.update({{"name": name, "data_dir": {str(data_dir)!r}}})
+    data = load_dataset(cfg)
     first = data.train[0]
     out[name] = dict(shape=list(data.info.input_shape), classes=data.info.num_classes,
                      n=[data.info.num_train, data.info.num_test], mean=list(data.info.mean),

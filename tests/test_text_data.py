@@ -12,6 +12,7 @@ import os
 import numpy as np
 import pytest
 
+from helpers import data_config
 from deinforeg_jax.data import glove, load_dataset, prepare, text
 from deinforeg_jax.data.loader import eval_batches, train_batches
 from launch.configs.spec_text import spec_text_config
@@ -204,7 +205,7 @@ def test_bad_jsonl_records_get_clear_errors(tmp_path):
 def test_image_config_on_a_text_dataset_says_to_use_a_text_config(prepared):
   root, _ = prepared
   with pytest.raises(ValueError, match="toy_text is a text dataset; train it with a text config"):
-    load_dataset({"name": "toy_text", "data_dir": str(root / "tfds")})
+    load_dataset(data_config(name="toy_text", data_dir=str(root / "tfds")))
 
 
 @pytest.mark.parametrize(

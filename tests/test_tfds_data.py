@@ -15,6 +15,8 @@ import pytest
 import tensorflow_datasets as tfds
 from test_prepare_data import png_bytes
 
+from deinforeg_jax.configuration import validate_config
+from helpers import data_config, tiny_config
 from deinforeg_jax.data import eval_batches, make_augment, prepare, train_batches
 from deinforeg_jax.data.label_noise import CIFAR10_CLASSES
 from deinforeg_jax.data.registry import LoadedData, load_dataset
@@ -127,7 +129,7 @@ def tiny_dataset(tmp_path_factory):
 
 
 def cfg(name, data_dir, **extra):
-  return {"name": name, "data_dir": str(data_dir), **extra}
+  return data_config(name=name, data_dir=str(data_dir), **extra)
 
 
 # --- not prepared / download opt-in ------------------------------------------------------
@@ -251,14 +253,16 @@ def test_grain_batches_from_a_tfds_source(tiny_dataset):
 
 
 def test_loaded_digits_splits_match_their_info():
-  data = load_dataset({"name": "digits"})
+  data = load_dataset(data_config())
   train, test, info = data.train, data.test, data.info
   assert info.name == "digits" and info.pixel_max == 1.0
   assert len(train.labels) == info.num_train and len(test.labels) == info.num_test
 
 
 def test_bad_config_values_fail_early():
+  config = tiny_config()
+  config.data.augment = "flip"
   with pytest.raises(ValueError, match="data.augment='flip' must be one of"):
-    load_dataset({"name": "digits", "augment": "flip"})
+    validate_config(config)
   with pytest.raises(ValueError, match="kind='none'"):
-    load_dataset({"name": "digits", "label_noise": {"kind": "none", "rate": 20}})
+    load_dataset(data_config(label_noise={"kind": "none", "rate": 20}))

@@ -8,17 +8,18 @@
     converted by ``python -m launch.prepare_data``. With ``config.data.download=True``
     TFDS downloads and prepares a catalogue dataset first.
 
-Text: a config with ``config.data.max_len`` (the text configs) reads a prepared TFDS
-text dataset (``imdb_reviews``, ``ag_news_subset``, ``dbpedia`` or one made by
+Text (``config.data.kind == "text"``) reads a prepared TFDS text dataset
+(``imdb_reviews``, ``ag_news_subset``, ``dbpedia`` or one made by
 ``launch.prepare_data --jsonl_train``), normalises and tokenises it into memory
 (``data.text``) with ``max_len`` (0: the reference code's length for a catalogue dataset),
-``vocab_size`` (30000), ``stop_words`` (True) and ``vocab_from`` ("train" |
-"train_test"); ``load_dataset(..., workdir=W)`` reuses / saves ``W/vocab.json``.
+``vocab_size``, ``stop_words`` and ``vocab_from``; ``load_dataset(..., workdir=W)``
+reuses / saves ``W/vocab.json``.
 
-Other fields (missing ones take the defaults shown): ``split_seed`` (digits only, 0),
-``download`` (False), ``augment`` ("none"; used with ``augment.make_augment``) and
-``label_noise`` (``kind`` "none" | "symmetric" | "asymmetric", ``rate`` in percent,
-``seed``; training labels only, see ``label_noise``).
+Other fields: ``split_seed`` (digits only), ``download``, ``label_noise`` (``kind``,
+``rate`` in percent, ``seed``; training labels only, see ``label_noise``).  Every
+field must be present: the defaults live in ``launch/configs/default.py`` (its
+``get_config().data`` is a complete ``config.data``), and ``validate_config``
+checks the allowed values.
 """
 
 from __future__ import annotations
@@ -28,7 +29,6 @@ from typing import Any
 
 import numpy as np
 
-from deinforeg_jax.data import augment as augment_lib
 from deinforeg_jax.data.digits import load_digits
 from deinforeg_jax.data.label_noise import RelabeledSource, apply_label_noise
 from deinforeg_jax.data.loader import ArraySplit, DatasetInfo, RecordSource, validate_labels
@@ -53,15 +53,6 @@ class LoadedData:
   vocabulary: Any = None
 
 
-def _field(cfg, name: str, default: Any) -> Any:
-  """``cfg.name`` for a ConfigDict or a mapping, ``default`` when absent."""
-  if cfg is None:
-    return default
-  if isinstance(cfg, dict):
-    return cfg.get(name, default)
-  return getattr(cfg, name, default)
-
-
 def split_labels(split: ArraySplit | RecordSource) -> np.ndarray:
   """Every label of ``split`` as an array (TFDS splits read them without decoding images)."""
   if isinstance(split, ArraySplit):
@@ -80,7 +71,7 @@ def _load_text(data_cfg, name: str, workdir: str | None):
     read_text_splits,
   )
 
-  max_len = _field(data_cfg, "max_len", 0) or TEXT_MAX_LEN.get(name, 0)
+  max_len = data_cfg.max_len or TEXT_MAX_LEN.get(name, 0)
   if not max_len:
     raise ValueError(
       f"config.data.max_len=0 and {name!r} has no reference length; set config.data.max_len "
@@ -88,15 +79,15 @@ def _load_text(data_cfg, name: str, workdir: str | None):
     )
   settings = text.TextSettings(
     dataset=name,
-    vocab_size=_field(data_cfg, "vocab_size", 30000),
+    vocab_size=data_cfg.vocab_size,
     max_len=max_len,
-    stop_words=bool(_field(data_cfg, "stop_words", True)),
-    vocab_from=_field(data_cfg, "vocab_from", "train"),
+    stop_words=bool(data_cfg.stop_words),
+    vocab_from=data_cfg.vocab_from,
   )
   splits, class_names = read_text_splits(
     name,
-    _field(data_cfg, "data_dir", "") or "",
-    download=bool(_field(data_cfg, "download", False)),
+    data_cfg.data_dir,
+    download=bool(data_cfg.download),
   )
   train_ids, test_ids, vocab = text.tokenize_splits(
     splits["train"][0], splits["test"][0], settings, workdir
@@ -124,39 +115,33 @@ def load_dataset(data_cfg, workdir: str | None = None) -> LoadedData:
   ``workdir`` (text only) holds the run's vocabulary: reused when saved there
   (refused when its settings differ), else built from the data and saved.
   """
-  name = _field(data_cfg, "name", "digits")
-  augment = _field(data_cfg, "augment", "none")
-  if augment not in augment_lib.KINDS:  # fail before reading any data
-    raise ValueError(f"data.augment={augment!r} must be one of {augment_lib.KINDS}")
+  name = data_cfg.name
   vocabulary = None
-  if _field(data_cfg, "max_len", None) is not None:
-    if augment != "none":
-      raise ValueError(f"data.augment={augment!r}: text data takes no augmentation; use 'none'.")
+  if data_cfg.kind == "text":
     train, test, info, vocabulary = _load_text(data_cfg, name, workdir)
   elif name in EMBEDDED:
-    train, test, info = EMBEDDED[name](seed=_field(data_cfg, "split_seed", 0))
+    train, test, info = EMBEDDED[name](seed=data_cfg.split_seed)
   else:
     from deinforeg_jax.data.tfds_source import load_tfds  # pylint: disable=import-outside-toplevel
 
     train, test, info = load_tfds(
       name,
-      _field(data_cfg, "data_dir", "") or "",
-      download=bool(_field(data_cfg, "download", False)),
+      data_cfg.data_dir,
+      download=bool(data_cfg.download),
     )
   train_labels = split_labels(train)
   validate_labels(train_labels, info.num_classes, split_name=f"{info.name}/train")
   validate_labels(split_labels(test), info.num_classes, split_name=f"{info.name}/test")
 
-  noise_cfg = _field(data_cfg, "label_noise", None)
-  kind = _field(noise_cfg, "kind", "none")
+  noise_cfg = data_cfg.label_noise
   noise = None
-  if kind != "none":
+  if noise_cfg.kind != "none":
     noisy, noise = apply_label_noise(
       train_labels,
       info.num_classes,
-      kind=kind,
-      rate=_field(noise_cfg, "rate", 0),
-      seed=_field(noise_cfg, "seed", 0),
+      kind=noise_cfg.kind,
+      rate=noise_cfg.rate,
+      seed=noise_cfg.seed,
       class_names=info.class_names,
     )
     if isinstance(train, ArraySplit):
@@ -165,9 +150,9 @@ def load_dataset(data_cfg, workdir: str | None = None) -> LoadedData:
       train = type(train)(train.tokens, noisy)
     else:
       train = RelabeledSource(train, noisy)
-  elif _field(noise_cfg, "rate", 0):
+  elif noise_cfg.rate:
     raise ValueError(
-      f"data.label_noise.rate={_field(noise_cfg, 'rate', 0)} with kind='none'; set "
+      f"data.label_noise.rate={noise_cfg.rate} with kind='none'; set "
       "data.label_noise.kind to 'symmetric' or 'asymmetric' (or the rate to 0)"
     )
   return LoadedData(train=train, test=test, info=info, label_noise=noise, vocabulary=vocabulary)

@@ -14,6 +14,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.seed = 0
 
   config.data = ml_collections.ConfigDict()
+  config.data.kind = "image"  # "image" | "text": what the dataset holds (text: spec_text.py)
   config.data.name = "digits"  # sklearn's bundled 8x8 digits, 1,437 train / 360 test
   # Any other name is a TFDS dataset read from config.data.data_dir (array_record), e.g. one
   # made by `python -m launch.prepare_data`; input shape and class count come from it.
@@ -27,6 +28,13 @@ def get_config() -> ml_collections.ConfigDict:
   config.data.label_noise.seed = 0
   config.data.batch_size = 64
   config.data.eval_batch_size = 360
+  # Text data (kind="text"): tokens kept per text (0: the reference length of a catalogue
+  # dataset), vocabulary size including <pad> = 0 and <unk> = 1, English stop words removed
+  # (scikit-learn's list), vocabulary from "train" | "train_test" (the reference).
+  config.data.max_len = 0
+  config.data.vocab_size = 30000
+  config.data.stop_words = True
+  config.data.vocab_from = "train"
 
   config.model = ml_collections.ConfigDict()
   config.model.arch = "vgg"  # "vgg" | "resnet18" | "resnet34" | "resnet50"
@@ -45,6 +53,17 @@ def get_config() -> ml_collections.ConfigDict:
   # AL activation: "tanh" | "sigmoid" (the reference's vision AL) | "relu".  Sigmoid label codes
   # shrink towards 0.5 block after block and the deeper exits stay at chance under LARS.
   config.model.al_activation = "tanh"
+  # Text stacks (arch "lstm" | "transformer"; launch/configs/spec_text.py):
+  config.model.emb_dim = 300
+  config.model.glove = ""  # GloVe .txt/.npz path, width emb_dim; "" = random init
+  config.model.freeze_embedding = False  # True: the embedding table is not trained
+  config.model.embedding_pool = "masked"  # "masked" | "all" (reference: padding included)
+  config.model.hidden = 300  # BiLSTM hidden size H per direction (output 2H)
+  config.model.lstm_padding = "masked"  # "masked" (real tokens only) | "read" (reference)
+  config.model.heads = 6  # Transformer heads (reference: DeInfoReg 6, BP 4)
+  config.model.ff_dim = 300  # Transformer feed-forward width (d_model = emb_dim)
+  config.model.dropout = 0.1  # Transformer dropout
+  config.model.positional_encoding = False  # sinusoidal codes before block_01 (reference: off)
 
   config.loss = ml_collections.ConfigDict()
   config.loss.invariance_weight = 1.0
