@@ -40,7 +40,7 @@ def parse_vgg_blocks(spec: str) -> tuple[tuple[int | str, ...], ...]:
     ValueError: naming ``config.model.vgg_blocks`` when the text does not parse.
   """
   if spec.strip() == "spec":
-    return vision.VGG_SPEC_BLOCKS
+    return vision.VGG_PAPER_BLOCKS
   blocks = []
   for chunk in spec.split(";"):
     layers: list[int | str] = []

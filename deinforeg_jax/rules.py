@@ -3,7 +3,7 @@
 A rule turns the model's outputs into the scalar that one ``jax.value_and_grad``
 differentiates, and per-exit metrics.  Because the stack cuts gradients at
 block boundaries, the DeInfoReg sum ``Σ_k L_k`` trains every block only by its
-own ``L_k = L_InfoReg(z_k, y) + ce_weight · CE(ŷ_k, y)`` (SPEC 2.1).
+own ``L_k = L_InfoReg(z_k, y) + ce_weight · CE(ŷ_k, y)`` (arXiv 2506.18193).
 
 Metrics are arrays of shape ``[num_exits]`` (one entry per block classifier;
 one entry for ``bp``).  ``scpl`` adds its per-block ``contrastive`` losses
@@ -88,7 +88,7 @@ def bp_objective(
 def scpl_objective(
   outputs, labels, num_classes: int, loss_cfg
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
-  """SCPL: ``Σ_k SupCon_τ(c_k, y) + CE(final head)`` (SPEC 6.3).
+  """SCPL: ``Σ_k SupCon_τ(c_k, y) + CE(final head)`` (supervised contrastive parallel learning).
 
   ``outputs["contrastive"]`` holds the per-block contrastive embeddings; the
   stack cuts the gradient between blocks and before the final head, so each
@@ -118,7 +118,7 @@ def scpl_objective(
 def al_objective(
   outputs, labels, num_classes: int, loss_cfg
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
-  """Associated learning: ``Σ_k MSE(b_k(s_k), sg(t_k)) + MSE(inv_k(t_k), t_{k-1})`` (SPEC 6.2).
+  """Associated learning: ``Σ_k MSE(b_k(s_k), sg(t_k)) + MSE(inv_k(t_k), t_{k-1})`` (Kao & Chen, arXiv 1906.05560).
 
   The stack gives the label side per class (``[C, ·]``); the rows of ``labels``
   turn it into the per-sample codes.  Every metric has one entry per block,

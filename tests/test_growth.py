@@ -1,4 +1,4 @@
-"""Growing a trained stack (SPEC 8) and new-feature blocks (SPEC 9).
+"""Growing a trained stack and new-feature blocks (the growth plan and its training runs).
 
 * Frozen blocks keep parameters, BatchNorm statistics and optimizer state bit for bit.
 * Grown from a checkpoint, the old blocks' parameters and test predictions are unchanged
@@ -256,7 +256,7 @@ def _text_config(arch: str):
 
 
 def test_text_new_feature_block_reads_new_tokens_and_trains_over_frozen_blocks():
-  """SPEC 9 for text (BiLSTM): tokens 0..4 are old, 5..11 new; embedding and block 1 frozen."""
+  """New features for text (BiLSTM): tokens 0..4 are old, 5..11 new; embedding and block 1 frozen."""
   config = _text_config("lstm")
   model = models.create_model(config, 4)
   variables = init_variables(model, (12,))

@@ -1,6 +1,6 @@
 """Tests of ``deinforeg_jax.stack``: gradient isolation, output shapes, classifier modes.
 
-The central contract (DESIGN 3, SPEC 2.1): block ``k+1`` sees ``stop_gradient(h_k)``,
+The central contract (arXiv 2506.18193, the decoupled paradigm): block ``k+1`` sees ``stop_gradient(h_k)``,
 so the gradient of block ``k``'s local loss with respect to any other block's
 parameters is exactly zero, while BP (no cuts) sends its gradient into every block.
 """
@@ -175,7 +175,7 @@ def test_backprop_net_has_one_exit():
 
 def test_projector_and_classifier_shapes_follow_the_spec():
   """Projector ``flatten(h) -> 32 -> 32``; merge classifier BN-ReLU-Dense(C) on z;
-  unmerge classifier an MLP ``flatten(h) -> 32 -> C`` (SPEC 3.6)."""
+  unmerge classifier an MLP ``flatten(h) -> 32 -> C`` (the reference code's ``Classifier``)."""
   _, _, merge, _ = _setup("vgg", DIGITS_SHAPE)
   _, _, unmerge, _ = _setup("vgg", DIGITS_SHAPE, classifier_mode="unmerge")
   # Default vgg_blocks "32,32,M;64,M;128,M;128" at width 1/8 on 8x8: block 0 -> 4x4x4.

@@ -1,9 +1,9 @@
 """Tests of ``deinforeg_jax.train`` and ``deinforeg_jax.optim``.
 
-* One step on the summed loss equals K separate per-block updates (DESIGN 3).
+* One step on the summed loss equals K separate per-block updates.
 * Data parallelism over 8 fake CPU devices equals one device (global-batch semantics).
 * ``train_and_evaluate`` is deterministic for a seed.
-* LARS follows the reference update order under a varying learning rate (SPEC 5.1),
+* LARS follows the reference update order under a varying learning rate (reference ``utils/utils.py`` ``LARS``),
   and the cosine schedules hit their endpoints.
 """
 
@@ -49,7 +49,7 @@ def _state(tx, variables) -> steps.TrainState:
 # ------------------------------------------------- summed loss == per-block updates
 
 OPTIMIZERS = {
-  # LARS with the SPEC hyper-parameters and a cosine LR that changes every step.
+  # LARS with the paper's hyper-parameters and a cosine LR that changes every step.
   "lars": lambda: optim.lars(optim.cosine_schedule(0.2, 0.002, total_steps=3)),
   "adam": lambda: optax.adam(optim.cosine_schedule(1e-3, 1e-4, total_steps=3)),
 }
@@ -285,11 +285,11 @@ def test_train_and_evaluate_is_deterministic(tmp_path, monkeypatch):
   assert max(jax.tree.leaves(gaps)) > 0
 
 
-# ------------------------------------------------- LARS and schedules (SPEC 5.1)
+# ------------------------------------------------- LARS and schedules
 
 
 def _reference_lars(params, grads_per_step, lrs, *, wd, momentum, eta):
-  """NumPy transcription of SPEC 5.1: g += wd·w; g *= eta·‖w‖/‖g‖; μ = m·μ + g; w -= lr·μ,
+  """NumPy transcription of the reference LARS: g += wd·w; g *= eta·‖w‖/‖g‖; μ = m·μ + g; w -= lr·μ,
   the first two skipped for 1-D parameters."""
   params = {k: np.array(v, np.float64) for k, v in params.items()}
   mu = {k: np.zeros_like(v) for k, v in params.items()}

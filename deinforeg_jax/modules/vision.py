@@ -22,7 +22,7 @@ import jax.numpy as jnp
 
 # The reference VGG's four blocks (``layer_cfg`` of ``VGG_DeInfoReg``): ints are
 # conv-BN-ReLU widths, "M" is 2x2 max-pool.
-VGG_SPEC_BLOCKS: tuple[tuple[Union[int, str], ...], ...] = (
+VGG_PAPER_BLOCKS: tuple[tuple[Union[int, str], ...], ...] = (
   (128, 128, 128, 256, "M"),
   (256, 512, "M"),
   (512, 512, "M"),

@@ -1,4 +1,4 @@
-"""ag_news_subset x lstm with the SPEC text settings; the rule is chosen by ``--config.rule``.
+"""ag_news_subset x lstm with the paper's text settings; the rule is chosen by ``--config.rule``.
 
   python -m launch.train --config=launch/configs/agnews_lstm.py --workdir=W \
       --config.data.data_dir=DIR [--config.model.glove=glove.6B.300d.txt] [--config.rule=bp]

@@ -1,4 +1,4 @@
-"""cifar100 x resnet18 with the SPEC settings; the rule is chosen by ``--config.rule``.
+"""cifar100 x resnet18 with the paper's settings; the rule is chosen by ``--config.rule``.
 
   python -m launch.train --config=launch/configs/cifar100_resnet18.py --workdir=W \
       --config.data.data_dir=DIR [--config.rule=bp]

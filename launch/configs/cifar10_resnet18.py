@@ -1,4 +1,4 @@
-"""cifar10 x resnet18 with the SPEC settings; the rule is chosen by ``--config.rule``.
+"""cifar10 x resnet18 with the paper's settings; the rule is chosen by ``--config.rule``.
 
   python -m launch.train --config=launch/configs/cifar10_resnet18.py --workdir=W \
       --config.data.data_dir=DIR [--config.rule=bp]

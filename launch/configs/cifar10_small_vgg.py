@@ -2,7 +2,7 @@
 
 Four blocks ``32,M;64,M;128,M;128,M``, ``256-256`` projectors, Adam 1e-3 -> 1e-5
 cosine, crop+flip, batch 128, 4 epochs: about a minute per epoch on 2 CPU cores
-for the 20,000-image ``cifar10_20k`` subset.  Not the SPEC protocol (see
+for the 20,000-image ``cifar10_20k`` subset.  Not the paper's protocol (see
 ``cifar10_vgg.py`` for that).
 
   python -m launch.train --config=launch/configs/cifar10_small_vgg.py \\

@@ -1,4 +1,4 @@
-"""cifar10 x vgg with the SPEC settings; the rule is chosen by ``--config.rule``.
+"""cifar10 x vgg with the paper's settings; the rule is chosen by ``--config.rule``.
 
   python -m launch.train --config=launch/configs/cifar10_vgg.py --workdir=W \
       --config.data.data_dir=DIR [--config.rule=bp]

@@ -1,4 +1,4 @@
-"""dbpedia x lstm with the SPEC text settings; the rule is chosen by ``--config.rule``.
+"""dbpedia x lstm with the paper's text settings; the rule is chosen by ``--config.rule``.
 
   python -m launch.train --config=launch/configs/dbpedia_lstm.py --workdir=W \
       --config.data.data_dir=DIR [--config.model.glove=glove.6B.300d.txt] [--config.rule=bp]

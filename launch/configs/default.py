@@ -10,7 +10,7 @@ import ml_collections
 
 def get_config() -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
-  config.rule = "deinforeg"  # "deinforeg" | "bp" | "scpl" | "al" (baselines, SPEC 6)
+  config.rule = "deinforeg"  # "deinforeg" | "bp" | "scpl" | "al" (baselines: SCPL, associated learning)
   config.seed = 0
 
   config.data = ml_collections.ConfigDict()
@@ -21,9 +21,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.data.data_dir = ""  # "": ~/tensorflow_datasets
   config.data.download = False  # opt-in TFDS download_and_prepare; never implicit
   config.data.split_seed = 0  # digits train/test split
-  config.data.augment = "none"  # "none" | "crop_flip" | "strong" (SPEC 5.1's default pipeline)
+  config.data.augment = "none"  # "none" | "crop_flip" | "strong" (the reference code's default pipeline)
   config.data.label_noise = ml_collections.ConfigDict()
-  config.data.label_noise.kind = "none"  # "none" | "symmetric" | "asymmetric" (SPEC 5.3)
+  config.data.label_noise.kind = "none"  # "none" | "symmetric" | "asymmetric" (training labels only)
   config.data.label_noise.rate = 0  # percent of training samples relabelled
   config.data.label_noise.seed = 0
   config.data.batch_size = 64
@@ -38,15 +38,15 @@ def get_config() -> ml_collections.ConfigDict:
 
   config.model = ml_collections.ConfigDict()
   config.model.arch = "vgg"  # "vgg" | "resnet18" | "resnet34" | "resnet50"
-  # Blocks separated by ';', conv widths and 'M' (max-pool); 'spec' is SPEC 4.1's VGG.
+  # Blocks separated by ';', conv widths and 'M' (max-pool); 'spec' is the paper's VGG.
   config.model.vgg_blocks = "32,32,M;64,M;128,M;128"
   config.model.width = 1.0  # channel multiplier
   config.model.num_blocks = 4
-  config.model.projector = "256-256"  # SPEC: "2048-2048-2048"
+  config.model.projector = "256-256"  # the paper: "2048-2048-2048"
   config.model.classifier_mode = "merge"  # "merge" | "unmerge"
   config.model.bp_head_hidden = 2048  # BP VGG head: Flatten-Dense(2048)-ReLU-Dense(C)
   config.model.batch_norm = True  # False: plain conv-ReLU VGG layers (deep plain networks)
-  # Baselines, vision (text stacks use SPEC 6's NLP heads: identity, Tanh, width model.hidden):
+  # Baselines, vision (text stacks use the reference's NLP heads: identity, Tanh, width model.hidden):
   config.model.scpl_projector = "512-1024"  # SCPL contrastive head: Dense-ReLU-Dense
   config.model.al_hidden = 500  # AL label-code width
   config.model.al_bridge = "2500"  # AL bridge hidden widths before Dense(al_hidden)
@@ -103,14 +103,14 @@ def get_config() -> ml_collections.ConfigDict:
   config.parallel.pipeline_balance = "flops"  # "flops" | "time" | "uniform"
   config.parallel.pipeline_dispatch = "auto"  # "auto" | "threads" | "ticks"
 
-  # Adaptive inference path (SPEC 7, deinforeg_jax/inference.py), reported in results.json.
+  # Adaptive inference path (deinforeg_jax/inference.py), reported in results.json.
   config.inference = ml_collections.ConfigDict()
   config.inference.patience = 1  # agreements of consecutive exits needed to stop
   config.inference.cosine_threshold = 0.8  # agreement also needs logit cosine > this
   config.inference.exit_mode = "sample"  # "sample" | "batch" (the reference: one exit per batch)
   config.inference.patience_reset = True  # False: the reference's never-resetting counter
 
-  # Growing a stack (SPEC 8, 9; deinforeg_jax/growth.py).  Defaults: no growth.
+  # Growing a stack (deinforeg_jax/growth.py).  Defaults: no growth.
   config.grow = ml_collections.ConfigDict()
   config.grow.from_workdir = ""  # restore block_00.. from this run's checkpoint, train the rest
   config.grow.train_old = False  # True: restored blocks keep training (default: frozen)

@@ -1,4 +1,4 @@
-"""New-feature block on digits (SPEC 9): the old stack sees columns 0..3, a new block adds 4..7.
+"""New-feature block on digits (dynamic extended layers with new features): the old stack sees columns 0..3, a new block adds 4..7.
 
 Step 1 trains two blocks on the old features only (``grow.side_split``); step 2
 restores them frozen and trains one new block whose encoder reads the old top

@@ -1,4 +1,4 @@
-"""imdb_reviews x transformer with the SPEC text settings; the rule is chosen by ``--config.rule``.
+"""imdb_reviews x transformer with the paper's text settings; the rule is chosen by ``--config.rule``.
 
   python -m launch.train --config=launch/configs/imdb_transformer.py --workdir=W \
       --config.data.data_dir=DIR [--config.model.glove=glove.6B.300d.txt] [--config.rule=bp]

@@ -1,4 +1,4 @@
-"""The SPEC vision settings (SPEC 4-5), shared by the ``<dataset>_<arch>.py`` configs.
+"""The paper's vision settings (the reference code's ``vision/setting.py``), shared by the ``<dataset>_<arch>.py`` configs.
 
 Four blocks, 2048-2048-2048 projectors, LARS 0.2 -> 0.002 cosine, wd 1e-4,
 batch 128 (test 1024), 200 epochs.  The input shape and class count come from
@@ -12,7 +12,7 @@ from launch.configs import default
 
 
 def spec_vision_config(dataset: str, arch: str) -> ml_collections.ConfigDict:
-  """SPEC settings for ``dataset`` (a TFDS name) and ``arch`` ("vgg" | "resnet18")."""
+  """The paper's settings for ``dataset`` (a TFDS name) and ``arch`` ("vgg" | "resnet18")."""
   config = default.get_config()
   config.data.name = dataset
   config.data.batch_size = 128

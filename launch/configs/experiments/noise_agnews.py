@@ -2,7 +2,7 @@
 
 A short CPU budget, so a small BiLSTM stack and Adam for every rule: GloVe 50d
 (the 5k-word subset in ``../shared/data``), embedding block + 2 BiLSTM blocks of
-hidden size 64, ``max_len`` 60, Adam 1e-3 constant (SPEC 5.2), batch 128, 2 epochs:
+hidden size 64, ``max_len`` 60, Adam 1e-3 constant (the reference's NLP setting), batch 128, 2 epochs:
 
   python -m launch.prepare_data --name=ag_news_5k --data_dir=$HOME/tfds \\
       --jsonl_train=../shared/data/ag_news_train_subset.jsonl.gz \\
