@@ -8,10 +8,17 @@
       --jsonl_train=train.jsonl.gz --jsonl_test=test.jsonl.gz   # {"text": ..., "label": int}
 
 Writes the array_record dataset ``<data_dir>/<name>/1.0.0`` and prints the command
-that trains on it. Labels must be 0-based class ids. The train split's per-channel
-pixel mean/std are stored with the dataset; ``--mean``/``--std`` (in [0, 1] units,
-as for torchvision's Normalize) replace them, e.g. with the reference code's CIFAR-10
-constants (vision/setting.py; ``config.data.name=cifar10`` uses them):
+that trains on it. The dataset is written to a temporary folder in ``data_dir`` and
+renamed into place only when complete, so a failed run (or ``--overwrite`` with bad
+input) leaves an existing dataset as it was. Labels must be 0-based class ids, and the
+train split needs two classes or more (``--allow_one_class`` to accept one).
+
+Images: ``.npz`` integer arrays must hold 0..255 (stored as uint8); float arrays must be
+finite, in [0, 1] or 0..255 (the range is inferred from the data and stored as
+``pixel_max``). The train split's per-channel pixel mean/std are stored with the dataset;
+``--mean``/``--std`` (in [0, 1] units, as for torchvision's Normalize; finite, std > 0)
+replace them, e.g. with the reference code's CIFAR-10 constants (vision/setting.py;
+``config.data.name=cifar10`` uses them):
   --mean=0.4914,0.4822,0.4465 --std=0.2023,0.1994,0.2010
 Names of TFDS catalogue datasets (cifar10, mnist, ...) are refused: TFDS would read
 them with its own builder; use e.g. cifar10_local.
@@ -46,7 +53,22 @@ _MEAN = flags.DEFINE_list(
 _STD = flags.DEFINE_list(
   "std", None, "Per-channel pixel std in [0, 1] units (default: computed from the train split)."
 )
-_OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace an existing prepared dataset.")
+_OVERWRITE = flags.DEFINE_bool(
+  "overwrite", False, "Replace an existing prepared dataset (only once the new one is written)."
+)
+_ALLOW_ONE_CLASS = flags.DEFINE_bool(
+  "allow_one_class", False, "Accept a train split whose labels are all one class."
+)
+
+
+def _floats(flag) -> list[float] | None:
+  """The values of a list flag as floats; a value that is not a number is a usage error."""
+  if flag.value is None:
+    return None
+  try:
+    return [float(v) for v in flag.value]
+  except ValueError as error:
+    raise app.UsageError(f"--{flag.name}={','.join(flag.value)}: {error}") from error
 
 
 def main(argv):
@@ -58,45 +80,31 @@ def main(argv):
   if sum(v is not None for v in given) != 1:
     raise app.UsageError("give exactly one of --npz, --image_folder and --jsonl_train/--jsonl_test")
   if _JSONL_TRAIN.value is not None:
+    if _MEAN.value is not None or _STD.value is not None:
+      raise app.UsageError("--mean/--std apply to images (--npz, --image_folder), not text")
     _prepare_text()
     return
   if (_MEAN.value is None) != (_STD.value is None):
     raise app.UsageError("give both --mean and --std, or neither")
+  mean, std = _floats(_MEAN), _floats(_STD)
   # Imported here so that --help and flag errors need no TFDS import.
   import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
 
   from deinforeg_jax.data import prepare  # pylint: disable=import-outside-toplevel
 
   tfds.disable_progress_bar()
-  stats = {}
-  if _MEAN.value is not None:
-    # [0, 1] units -> raw uint8 units (the loader normalises raw stored values).
-    stats = dict(
-      mean=[255.0 * float(m) for m in _MEAN.value],
-      std=[255.0 * float(s) for s in _STD.value],
-      stats_source="given (--mean/--std)",
-    )
+  options = dict(overwrite=_OVERWRITE.value, allow_one_class=_ALLOW_ONE_CLASS.value)
+  if mean is not None:
+    # [0, 1] units, scaled to the stored pixel range (inferred from the data).
+    options.update(mean=mean, std=std, stats_units="unit", stats_source="given (--mean/--std)")
   try:
     if _NPZ.value is not None:
-      if stats:
-        import numpy as np  # pylint: disable=import-outside-toplevel
-
-        with np.load(_NPZ.value) as data:
-          if data["x_train"].dtype != np.uint8:  # float data: [0, 1] units are raw units
-            stats.update(
-              mean=[m / 255.0 for m in stats["mean"]], std=[s / 255.0 for s in stats["std"]]
-            )
       prepared = prepare.prepare_npz(
-        _NAME.value,
-        _DATA_DIR.value,
-        _NPZ.value,
-        num_classes=_NUM_CLASSES.value,
-        overwrite=_OVERWRITE.value,
-        **stats,
+        _NAME.value, _DATA_DIR.value, _NPZ.value, num_classes=_NUM_CLASSES.value, **options
       )
     else:
       prepared = prepare.prepare_image_folder(
-        _NAME.value, _DATA_DIR.value, _IMAGE_FOLDER.value, overwrite=_OVERWRITE.value, **stats
+        _NAME.value, _DATA_DIR.value, _IMAGE_FOLDER.value, **options
       )
   except (ValueError, OSError) as error:  # OSError: missing file, existing dataset
     print(f"prepare_data: error: {error}", file=sys.stderr)
@@ -106,8 +114,9 @@ def main(argv):
   fmt = lambda values: "(" + ", ".join(f"{v:.2f}" for v in values) + ")"  # noqa: E731
   print(
     f"Prepared {prepared.name} in {prepared.seconds:.1f} s: {counts} images of shape "
-    f"{prepared.image_shape}, {prepared.num_classes} classes, pixel mean {fmt(prepared.mean)} "
-    f"std {fmt(prepared.std)}\n  -> {prepared.dataset_dir}"
+    f"{prepared.image_shape}, {prepared.num_classes} classes, pixel range "
+    f"[0, {prepared.metadata['pixel_max']:g}], mean {fmt(prepared.mean)} std "
+    f"{fmt(prepared.std)}\n  -> {prepared.dataset_dir}"
   )
   print(
     "Train on it with:\n"
@@ -130,6 +139,7 @@ def _prepare_text():
       _JSONL_TRAIN.value,
       _JSONL_TEST.value,
       num_classes=_NUM_CLASSES.value,
+      allow_one_class=_ALLOW_ONE_CLASS.value,
       overwrite=_OVERWRITE.value,
     )
   except (ValueError, OSError) as error:

@@ -2,12 +2,15 @@
 
 Nothing here touches the network: not-prepared datasets must fail at once, and the
 ``download=True`` opt-in is exercised with builders defined here whose generators need
-no download. Their images use ``tfds.features.Image`` (PNG bytes), like TFDS's catalogue
-image datasets.
+no download (its connection probe pointed at a local socket, or a closed local port).
+Their images use ``tfds.features.Image`` (PNG bytes), like TFDS's catalogue image
+datasets.
 """
 
 from __future__ import annotations
 
+import socket
+import threading
 import time
 
 import numpy as np
@@ -20,7 +23,12 @@ from helpers import data_config, tiny_config
 from deinforeg_jax.data import eval_batches, make_augment, prepare, train_batches
 from deinforeg_jax.data.label_noise import CIFAR10_CLASSES
 from deinforeg_jax.data.registry import LoadedData, load_dataset
-from deinforeg_jax.data.tfds_source import DatasetNotPreparedError, load_tfds
+from deinforeg_jax.data import tfds_source
+from deinforeg_jax.data.tfds_source import (
+  DatasetNotPreparedError,
+  DownloadUnavailableError,
+  load_tfds,
+)
 
 TOY_SHAPE = (6, 5, 3)
 
@@ -132,6 +140,23 @@ def cfg(name, data_dir, **extra):
   return data_config(name=name, data_dir=str(data_dir), **extra)
 
 
+@pytest.fixture
+def network_up(monkeypatch):
+  """The download probe pointed at a listening local socket: "the network is up"."""
+  server = socket.create_server(("127.0.0.1", 0))
+  for variable in ("DEINFOREG_DOWNLOAD_PROBE", "HTTPS_PROXY", "https_proxy"):
+    monkeypatch.delenv(variable, raising=False)
+  monkeypatch.setattr(tfds_source, "DOWNLOAD_PROBE", server.getsockname()[:2])
+  yield
+  server.close()
+
+
+def closed_port() -> tuple[str, int]:
+  """A local address nothing listens on: connecting is refused at once."""
+  with socket.create_server(("127.0.0.1", 0)) as probe:
+    return probe.getsockname()[:2]
+
+
 # --- not prepared / download opt-in ------------------------------------------------------
 
 
@@ -149,7 +174,7 @@ def test_not_prepared_fails_fast_with_instructions(tmp_path, name):
   assert "--config.data.download=True" in message
 
 
-def test_download_opt_in_prepares_then_reads(tmp_path):
+def test_download_opt_in_prepares_then_reads(tmp_path, network_up):
   with pytest.raises(DatasetNotPreparedError):
     load_dataset(cfg("deinforeg_test_toy_images", tmp_path, download=False))
   data = load_dataset(cfg("deinforeg_test_toy_images", tmp_path, download=True))
@@ -176,9 +201,54 @@ def test_download_opt_in_prepares_then_reads(tmp_path):
   assert again.info == info
 
 
-def test_download_of_a_builder_that_needs_tensorflow_says_so(tmp_path):
+def test_download_of_a_builder_that_needs_tensorflow_says_so(tmp_path, network_up):
   with pytest.raises(RuntimeError, match="needs TensorFlow to generate.*tfds build"):
     load_dataset(cfg("deinforeg_test_toy_needs_tf", tmp_path, download=True))
+
+
+def test_download_without_network_fails_fast_naming_the_offline_way(tmp_path, monkeypatch):
+  for variable in ("DEINFOREG_DOWNLOAD_PROBE", "HTTPS_PROXY", "https_proxy"):
+    monkeypatch.delenv(variable, raising=False)
+  monkeypatch.setattr(tfds_source, "DOWNLOAD_PROBE", closed_port())
+  start = time.perf_counter()
+  with pytest.raises(DownloadUnavailableError) as error:
+    load_dataset(cfg("deinforeg_test_toy_images", tmp_path, download=True))
+  assert time.perf_counter() - start < 5.0
+  message = str(error.value)
+  assert message.startswith("config.data.download=True, but 127.0.0.1:")
+  assert "cannot be reached (ConnectionRefusedError" in message
+  assert "launch.prepare_data" in message and "config.data.download=False" in message
+  local = "--name=deinforeg_test_toy_images_local"
+  assert f"python -m launch.prepare_data {local} --data_dir={tmp_path}" in message
+  assert not (tmp_path / "deinforeg_test_toy_images" / "2.0.0" / "dataset_info.json").exists()
+  # DEINFOREG_DOWNLOAD_PROBE=off skips the probe (this builder needs no network) ...
+  monkeypatch.setattr(tfds_source, "probe_network", lambda *a: pytest.fail("probed"))
+  monkeypatch.setenv("DEINFOREG_DOWNLOAD_PROBE", "off")
+  data = load_dataset(cfg("deinforeg_test_toy_images", tmp_path, download=True))
+  assert data.info.num_train == 12
+  # ... and a prepared dataset is read with download=True without probing.
+  monkeypatch.delenv("DEINFOREG_DOWNLOAD_PROBE")
+  assert load_dataset(cfg("deinforeg_test_toy_images", tmp_path, download=True)).info == data.info
+
+
+def test_download_probe_bounds_slow_name_resolution(monkeypatch):
+  release = threading.Event()
+
+  def hanging_connection(address, timeout=None):
+    release.wait(10)  # a resolver that does not answer, whatever the socket timeout
+    raise OSError("too late")
+
+  monkeypatch.setattr(socket, "create_connection", hanging_connection)
+  start = time.perf_counter()
+  assert tfds_source.probe_network(("example.invalid", 443), 0.2) == "no answer within 0.2 s"
+  assert time.perf_counter() - start < 2.0
+  release.set()
+  # Behind a proxy, the proxy is what must answer.
+  monkeypatch.setenv("HTTPS_PROXY", "http://proxy.example:3128")
+  assert tfds_source._probe_address() == ("proxy.example", 3128)  # pylint: disable=protected-access
+  monkeypatch.setenv("DEINFOREG_DOWNLOAD_PROBE", "localhost:80x")
+  with pytest.raises(ValueError, match="PROBE='localhost:80x' must be host:port or 'off'"):
+    tfds_source.check_download_possible("x", "/tmp")
 
 
 def test_catalogue_cifar10_reads_spec_stats_and_png_images(tmp_path):
@@ -198,7 +268,7 @@ def test_catalogue_cifar10_reads_spec_stats_and_png_images(tmp_path):
   assert set(train[0]) == {"image", "label"}  # the "id" feature is dropped
 
 
-def test_labels_out_of_range_rejected_at_load(tmp_path):
+def test_labels_out_of_range_rejected_at_load(tmp_path, network_up):
   with pytest.raises(ValueError, match=r"test labels out of range.*value\(s\) \[-1\] at index"):
     load_dataset(cfg("deinforeg_test_toy_no_label", tmp_path, download=True))
 

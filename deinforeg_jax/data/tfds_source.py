@@ -4,12 +4,17 @@ A dataset is read from its array_record files in ``data_dir`` with
 ``tfds.builder(name, data_dir=...)`` + ``builder.as_data_source(split)`` (what
 ``tfds.data_source(name, data_dir=..., download=False)`` does). Nothing is downloaded
 unless ``download=True``; a dataset that is not prepared raises ``DatasetNotPreparedError``
-at once, saying how to prepare it.
+at once, saying how to prepare it. With ``download=True`` a short connection probe to
+the download host comes first, so that a machine without network fails in seconds
+(``DownloadUnavailableError``) instead of TFDS retrying DNS for minutes.
 """
 
 from __future__ import annotations
 
 import os
+import socket
+import threading
+import urllib.parse
 from collections.abc import Sequence
 from typing import Any
 
@@ -27,8 +32,75 @@ STATS_SAMPLE = 4096  # images read to compute mean/std of a dataset without stor
 _LABEL_CHUNK = 4096
 
 
+# Where TFDS looks first for prepared catalogue datasets (and hosts many raw files):
+# reachable means the network is up. With HTTPS_PROXY set, the proxy is probed instead.
+# DEINFOREG_DOWNLOAD_PROBE=host:port overrides both, DEINFOREG_DOWNLOAD_PROBE=off skips
+# the probe (e.g. a builder that needs no network).
+DOWNLOAD_PROBE = ("storage.googleapis.com", 443)
+DOWNLOAD_PROBE_TIMEOUT_S = 5.0
+
+
 class DatasetNotPreparedError(FileNotFoundError):
   """The dataset is not prepared (as array_record) in the data directory."""
+
+
+class DownloadUnavailableError(ConnectionError):
+  """``download=True`` was asked for, but the download host cannot be reached."""
+
+
+def _probe_address() -> tuple[str, int] | None:
+  """``DEINFOREG_DOWNLOAD_PROBE``, else the HTTPS proxy (downloads go through it when one
+  is set), else ``DOWNLOAD_PROBE``; ``None``: do not probe."""
+  setting = os.environ.get("DEINFOREG_DOWNLOAD_PROBE", "").strip()
+  if not setting:
+    proxy = os.environ.get("HTTPS_PROXY") or os.environ.get("https_proxy")
+    if proxy:
+      parts = urllib.parse.urlsplit(proxy if "://" in proxy else f"http://{proxy}")
+      if parts.hostname:
+        return parts.hostname, parts.port or (443 if parts.scheme == "https" else 80)
+    return DOWNLOAD_PROBE
+  if setting.lower() == "off":
+    return None
+  host, _, port = setting.rpartition(":")
+  if not host or not port.isdigit():
+    raise ValueError(f"DEINFOREG_DOWNLOAD_PROBE={setting!r} must be host:port or 'off'")
+  return host, int(port)
+
+
+def probe_network(address: tuple[str, int], timeout: float) -> str | None:
+  """``None`` when a TCP connection to ``address`` opens within ``timeout`` seconds, else
+  why not. Name resolution is bounded too: it runs in a daemon thread that is left
+  behind (not waited for) when it is slow."""
+  outcome: list[str | None] = []
+
+  def connect():
+    try:
+      with socket.create_connection(address, timeout=timeout):
+        outcome.append(None)
+    except OSError as error:
+      outcome.append(f"{type(error).__name__}: {error}")
+
+  thread = threading.Thread(target=connect, name="deinforeg-download-probe", daemon=True)
+  thread.start()
+  thread.join(timeout)
+  return outcome[0] if outcome else f"no answer within {timeout:g} s"
+
+
+def check_download_possible(name: str, data_dir: str) -> None:
+  """Raises ``DownloadUnavailableError`` when the download host cannot be reached."""
+  address = _probe_address()
+  if address is None:
+    return
+  problem = probe_network(address, DOWNLOAD_PROBE_TIMEOUT_S)
+  if problem is None:
+    return
+  raise DownloadUnavailableError(
+    f"config.data.download=True, but {address[0]}:{address[1]} cannot be reached "
+    f"({problem}): no network? Nothing was downloaded for {name!r}; without a network, "
+    "prepare the data locally with launch.prepare_data and train with "
+    "config.data.download=False. (DEINFOREG_DOWNLOAD_PROBE=host:port probes another "
+    "host, =off skips the probe.)\n" + _how_to_prepare(name, data_dir)
+  )
 
 
 def default_data_dir() -> str:
@@ -91,6 +163,7 @@ def open_builder(name: str, data_dir: str, *, download: bool = False):
       name, data_dir, f"no dataset files under {os.path.join(data_dir, name)}"
     ) from error
   if download and not builder.is_prepared():
+    check_download_possible(name, data_dir)
     try:
       builder.download_and_prepare(file_format="array_record")
     except ModuleNotFoundError as error:

@@ -7,6 +7,11 @@ A ``LocalDataset`` names one input feature (``image`` or ``text``) next to a
 by name with ``tfds.data_source(name, data_dir=data_dir, download=False)``: TFDS finds it
 from the files alone, no builder class needed. Records keep the source order
 (``disable_shuffling``): record ``i`` of a split is example ``i``.
+
+A dataset is never lost to a failed run: it is written into a temporary folder in
+``data_dir`` (``.<name>.incomplete-*``) and renamed into place only once every split is
+written; with ``overwrite`` the old version is moved aside, the new one renamed in, and
+only then is the old one deleted. Any error leaves the previous dataset as it was.
 """
 
 from __future__ import annotations
@@ -27,10 +32,14 @@ _NAME_RE = re.compile(r"^[a-z][a-z0-9_]*$")
 
 @dataclasses.dataclass(frozen=True)
 class SplitData:
-  """One split: ``num_examples`` and a factory of ``(input, label)`` pairs in order."""
+  """One split: ``num_examples`` and a factory of ``(input, label)`` pairs in order.
+
+  ``source`` names where the split comes from (a file or folder), for error messages.
+  """
 
   num_examples: int
   examples: Callable[[], Iterator[tuple[Any, int]]]
+  source: str = ""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,17 +94,60 @@ def check_name(name: str) -> None:
 
 
 def dataset_directory(data_dir: str, name: str, overwrite: bool) -> tuple[str, str]:
-  """``(absolute data_dir, <data_dir>/<name>/1.0.0)``; an existing dataset is removed only
-  when ``overwrite``, else ``FileExistsError``."""
+  """``(absolute data_dir, <data_dir>/<name>/1.0.0)``; an existing dataset is an error
+  (``FileExistsError``) unless ``overwrite``. Nothing is deleted here."""
   data_dir = os.path.abspath(os.path.expanduser(data_dir))
   dataset_dir = os.path.join(data_dir, name, DATASET_VERSION)
-  if os.path.exists(dataset_dir):
-    if not overwrite:
-      raise FileExistsError(
-        f"{dataset_dir} already exists; delete it or pass --overwrite to replace it"
-      )
-    shutil.rmtree(dataset_dir)
+  if os.path.exists(dataset_dir) and not overwrite:
+    raise FileExistsError(
+      f"{dataset_dir} already exists; delete it or pass --overwrite to replace it"
+    )
   return data_dir, dataset_dir
+
+
+def _prefix(source: str) -> str:
+  return f"{source}: " if source else ""
+
+
+def check_splits(splits: Mapping[str, SplitData]) -> None:
+  """Refuses an empty split, naming its source (TFDS would fail with a bare assertion)."""
+  for split, data in splits.items():
+    if data.num_examples == 0:
+      raise ValueError(
+        f"{_prefix(data.source)}the {split} split is empty (0 examples); every split needs "
+        "at least one example"
+      )
+
+
+def check_classes(labels: Sequence[int], source: str, *, allow_one_class: bool = False) -> None:
+  """Refuses train labels with fewer than two distinct classes, unless ``allow_one_class``.
+
+  A classifier trained on one class reaches accuracy 1.0 and learns nothing; this is
+  almost always a labelling mistake (a wrong column, a filter that kept one class).
+  """
+  classes = sorted({int(label) for label in labels})
+  if len(classes) < 2 and not allow_one_class:
+    raise ValueError(
+      f"{source}: the train split has only one class (label {classes[0] if classes else None}"
+      f" on all {len(labels)} examples); a classifier learns nothing from it. Check the "
+      "labels, or pass --allow_one_class (allow_one_class=True) if this is intended"
+    )
+
+
+def _swap_in(new_dir: str, dataset_dir: str, trash: str) -> None:
+  """Renames ``new_dir`` to ``dataset_dir``; an existing ``dataset_dir`` is first renamed
+  to ``trash`` (and renamed back if the swap fails). Renames in one folder are atomic."""
+  old = None
+  if os.path.exists(dataset_dir):
+    os.rename(dataset_dir, trash)
+    old = trash
+  try:
+    os.makedirs(os.path.dirname(dataset_dir), exist_ok=True)
+    os.rename(new_dir, dataset_dir)
+  except BaseException:
+    if old is not None and not os.path.exists(dataset_dir):
+      os.rename(old, dataset_dir)
+    raise
 
 
 def _builder_class(dataset: LocalDataset):
@@ -132,11 +184,13 @@ def _builder_class(dataset: LocalDataset):
       return {split: self._generate_examples(split) for split in dataset.splits}
 
     def _generate_examples(self, split):
-      for index, (value, label) in enumerate(dataset.splits[split].examples()):
+      data = dataset.splits[split]
+      where = _prefix(data.source)
+      for index, (value, label) in enumerate(data.examples()):
         if not 0 <= int(label) < dataset.num_classes:
           raise ValueError(
-            f"{split} example {index}: label {label} is outside [0, {dataset.num_classes}); "
-            "labels must be 0-based class ids"
+            f"{where}{split} example {index}: label {label} is outside "
+            f"[0, {dataset.num_classes}); labels must be 0-based class ids"
           )
         yield index, {dataset.input_key: value, "label": int(label)}
       if dataset.metadata is not None:
@@ -149,23 +203,36 @@ def _builder_class(dataset: LocalDataset):
 def write_dataset(dataset: LocalDataset, data_dir: str, *, overwrite: bool = False) -> Prepared:
   """Writes ``dataset`` as the array_record TFDS dataset ``<data_dir>/<name>/1.0.0``.
 
-  Needs a ``train`` split. No network is used. An existing dataset is replaced only
-  when ``overwrite``.
+  Needs a ``train`` split; no split may be empty. No network is used. An existing
+  dataset is replaced only when ``overwrite``, and only once the new one is complete.
   """
   import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
 
   check_name(dataset.name)
   if "train" not in dataset.splits:
     raise ValueError(f"a 'train' split is required, got splits {sorted(dataset.splits)}")
+  check_splits(dataset.splits)
   data_dir, dataset_dir = dataset_directory(data_dir, dataset.name, overwrite)
-  builder = _builder_class(dataset)(data_dir=data_dir)
-  start = time.perf_counter()
-  with tempfile.TemporaryDirectory(prefix=f"{dataset.name}_downloads_") as downloads:
+  os.makedirs(data_dir, exist_ok=True)
+  # Written next to the target (same file system, so the final rename is atomic).
+  staging = tempfile.mkdtemp(prefix=f".{dataset.name}.incomplete-", dir=data_dir)
+  try:
+    builder = _builder_class(dataset)(data_dir=staging)
+    start = time.perf_counter()
+    downloads = os.path.join(staging, "downloads")
     builder.download_and_prepare(
       file_format="array_record",
       download_dir=downloads,
       download_config=tfds.download.DownloadConfig(try_download_gcs=False),
     )
+    dataset_directory(data_dir, dataset.name, overwrite)  # written meanwhile by another run?
+    _swap_in(
+      os.path.join(staging, dataset.name, DATASET_VERSION),
+      dataset_dir,
+      os.path.join(staging, "replaced"),
+    )
+  finally:
+    shutil.rmtree(staging, ignore_errors=True)
   return Prepared(
     name=dataset.name,
     data_dir=data_dir,

@@ -1,18 +1,21 @@
 """Image folders (``<root>/{train,test}/<class>/*``) -> TFDS, decoded with Pillow.
 
 Any format Pillow reads is accepted (PNG, JPEG, BMP, GIF, WebP...). A file Pillow cannot
-open or decode raises ``ValueError`` naming the file.
+open or decode (unknown format, truncated, corrupt compressed data) raises ``ValueError``
+naming the file. Images are stored as uint8, ``pixel_max = 255``.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import struct
+import zlib
 from collections.abc import Iterator, Sequence
 
 import numpy as np
 
-from deinforeg_jax.data.prepare.builder import SplitData
+from deinforeg_jax.data.prepare.builder import SplitData, check_classes
 from deinforeg_jax.data.prepare.images import PreparedImages, write_images
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
@@ -27,7 +30,15 @@ def open_image(path: str):
   try:
     with Image.open(path) as image:
       yield image
-  except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
+  except (
+    OSError,  # includes PIL.UnidentifiedImageError and "image file is truncated"
+    EOFError,
+    SyntaxError,
+    ValueError,
+    struct.error,
+    zlib.error,  # corrupt compressed PNG data
+    Image.DecompressionBombError,
+  ) as error:
     raise ValueError(f"cannot read image {path}: {error}") from error
 
 
@@ -83,7 +94,9 @@ def prepare_image_folder(
   *,
   mean: Sequence[float] | None = None,
   std: Sequence[float] | None = None,
+  stats_units: str = "raw",
   stats_source: str = "given",
+  allow_one_class: bool = False,
   overwrite: bool = False,
 ) -> PreparedImages:
   """Prepares ``folder/train/<class>/*`` and ``folder/test/<class>/*`` images.
@@ -91,7 +104,8 @@ def prepare_image_folder(
   Class ids are the sorted class folder names of ``train``; every class folder of
   ``test`` must also exist in ``train``. Records are ordered by class, then file name.
   All images must have the same height and width. Images are RGB when any image has
-  colour, else greyscale; alpha is dropped.
+  colour, else greyscale; alpha is dropped. Both splits need images, and the train split
+  two classes or more unless ``allow_one_class``. ``mean``/``std``: see ``write_images``.
   """
   listing = {split: _list_split(folder, split) for split in ("train", "test")}
   class_names = sorted(listing["train"])
@@ -109,8 +123,15 @@ def prepare_image_folder(
     ]
     for split in ("train", "test")
   }
-  if not files["train"]:
-    raise ValueError(f"no images found under {folder}/train/<class>/")
+  for split in ("train", "test"):
+    if not files[split]:
+      raise ValueError(
+        f"{folder}/{split}: the {split} split is empty: no {'/'.join(IMAGE_SUFFIXES)} files "
+        f"in its class folders {sorted(listing[split])}"
+      )
+  check_classes(
+    [label for _, label in files["train"]], f"{folder}/train", allow_one_class=allow_one_class
+  )
   sizes, channels = {}, 1
   for split in ("train", "test"):
     for path, _ in files[split]:
@@ -130,7 +151,7 @@ def prepare_image_folder(
       for path, label in files[split]:
         yield read_image(path, channels), label
 
-    return SplitData(len(files[split]), examples)
+    return SplitData(len(files[split]), examples, source=f"{folder}/{split}")
 
   return write_images(
     name,
@@ -141,6 +162,7 @@ def prepare_image_folder(
     class_names=class_names,
     mean=mean,
     std=std,
+    stats_units=stats_units,
     stats_source=stats_source,
     description=f"Prepared from the image folder {os.path.abspath(folder)}.",
     overwrite=overwrite,
