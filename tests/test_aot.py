@@ -1,0 +1,164 @@
+"""``launch.aot``: TPU ahead-of-time compilation of a tiny run for ``v5e:2x2``, without a TPU.
+
+Needs libtpu (``pip install -e ".[tpu]"``; ``.ci/run`` installs it): without it these
+tests fail with the install command, they are never skipped.  The compiled config is
+``helpers.tiny_config()`` (a few thousand parameters); a full-size reference VGG step
+takes minutes to compile on a 2-core CPU, so none is compiled here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import importlib.util
+import math
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+from deinforeg_jax import steps
+from launch import aot
+
+from helpers import tiny_config
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+GLOBAL_BATCH, EVAL_BATCH, CHIPS = 64, 360, 4  # the default digits batches over v5e:2x2
+
+
+def _tile_padded_bytes(shape, itemsize: int = 4) -> int:
+  """Bytes of an array whose last two dimensions are padded to TPU (8, 128) tiles: an upper
+  bound on the memory one array takes in HBM."""
+  dims = [1] * max(0, 2 - len(shape)) + list(shape)
+  dims[-1], dims[-2] = -(-dims[-1] // 128) * 128, -(-dims[-2] // 8) * 8
+  return math.prod(dims) * itemsize
+
+
+@pytest.fixture(scope="module")
+def compiled():
+  """The tiny run compiled once for v5e:2x2, with its abstract state and steps."""
+  config = tiny_config()
+  report = aot.check_topology(config, "v5e:2x2")
+  shapes = aot.run_shapes(config)
+  run = aot.build_run(config, shapes)
+  state = jax.eval_shape(
+    functools.partial(steps.create_train_state, run["model"], run["tx"],
+                      input_shape=shapes.input_shape),
+    jax.random.key(0),
+  )
+  return config, report, run, state
+
+
+def test_libtpu_is_installed():
+  assert importlib.util.find_spec("libtpu") is not None, aot.LIBTPU_MISSING
+
+
+def test_missing_libtpu_message(monkeypatch):
+  monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
+  with pytest.raises(aot.AotError, match=r'pip install -e "\.\[tpu\]"'):
+    aot.require_libtpu()
+
+
+def test_dataset_table_and_overrides():
+  config = tiny_config()
+  assert aot.run_shapes(config).input_shape == (8, 8, 1)
+  config.data.name = "cifar100"
+  assert aot.run_shapes(config) == aot.RunShapes((32, 32, 3), 100, 50000, "image")
+  config.data.name = "my_images"
+  with pytest.raises(aot.AotError, match="--input_shape"):
+    aot.run_shapes(config)
+  assert aot.run_shapes(config, 7, (16, 16, 3)).num_classes == 7
+  config.data.kind, config.model.arch, config.data.name = "text", "lstm", "ag_news_subset"
+  shapes = aot.run_shapes(config)
+  assert (shapes.input_shape, shapes.num_classes, shapes.dtype) == ((60,), 4, jnp.int32)
+
+
+def test_v5e_2x2_data_parallel_report(compiled):
+  _, report, _, state = compiled
+  assert (report.chips, report.hosts, report.chips_used) == (4, 1, CHIPS)
+  assert report.device_kind == "TPU v5 lite" and report.hbm_bytes == 16 * aot.GIB
+  assert [s.name for s in report.steps] == ["train", "eval"]
+  train_step, eval_step = report.steps
+  for step in report.steps:
+    assert step.argument_bytes > 0 and step.output_bytes > 0 and step.flops > 0
+    assert step.compile_s > 0 and 0 < step.total_bytes < report.hbm_bytes
+  # Per chip: the replicated state plus this chip's rows of the batch, at least as their
+  # logical size and at most with every array padded to (8, 128) tiles.
+  leaves = jax.tree.leaves(state)
+  logical = sum(math.prod(x.shape) * x.dtype.itemsize for x in leaves)
+  rows = GLOBAL_BATCH // CHIPS
+  batch_logical = rows * (8 * 8 * 1 + 1) * 4
+  padded = sum(_tile_padded_bytes(x.shape) for x in leaves)
+  padded += _tile_padded_bytes((rows, 8, 8, 1)) + _tile_padded_bytes((rows,))
+  assert logical + batch_logical <= train_step.argument_bytes <= padded
+  # The donated state comes back in the same buffers.
+  assert logical <= train_step.alias_bytes <= train_step.argument_bytes
+  assert train_step.alias_bytes <= train_step.output_bytes
+  assert eval_step.alias_bytes == 0
+  assert report.fits is True and report.peak_bytes == max(s.total_bytes for s in report.steps)
+
+
+def test_flops_are_per_chip_and_plausible(compiled):
+  """XLA:TPU's FLOPs for one chip's rows agree with XLA's HLO estimate of the same step
+  lowered (not compiled) for one device at the per-chip batch, within 2x."""
+  config, report, run, state = compiled
+  phase = run["phase"]
+  rows = GLOBAL_BATCH // CHIPS
+  train_step = jax.jit(
+    steps.make_train_step(phase.model, run["objective"], run["tx"], 10, config.loss)
+  )
+  lowered = train_step.lower(
+    state, jax.ShapeDtypeStruct((rows, 8, 8, 1), jnp.float32),
+    jax.ShapeDtypeStruct((rows,), jnp.int32),
+  )
+  cost = lowered.cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  assert 0.5 <= report.steps[0].flops / cost["flops"] <= 2.0
+
+
+def test_report_text_and_no_fit_message(compiled):
+  config, report, _, _ = compiled
+  text = aot.format_report(report, config)
+  assert "v5e:2x2: TPU v5 lite, 4 chip(s) on 1 host(s), 16.00 GiB HBM per chip" in text
+  assert "global batch 64 (16 per chip)" in text and "FITS" in text and "optimal" not in text
+  small = dataclasses.replace(report, hbm_bytes=report.peak_bytes)  # no room for the headroom
+  assert small.fits is False
+  message = aot.no_fit_message(small)
+  for field in ("data.batch_size", "model.width", "model.projector", "parallel.num_devices",
+                "parallel.num_stages"):
+    assert f"config.{field}" in message
+
+
+def test_refusals_name_the_field():
+  config = tiny_config()
+  config.data.batch_size = 66
+  with pytest.raises(aot.AotError, match="config.data.batch_size=66 is not divisible"):
+    aot.check_topology(config, "v5e:2x2")
+  config = tiny_config(rule="bp")
+  config.parallel.mode = "pipeline"
+  with pytest.raises(aot.AotError, match="config.rule='bp' cannot be pipelined"):
+    aot.check_topology(config, "v5e:2x2")
+  config = tiny_config()
+  config.parallel.mode, config.parallel.num_stages = "pipeline", 5
+  with pytest.raises(aot.AotError, match="config.parallel.num_stages=5"):
+    aot.check_topology(config, "v5e:2x2")
+  with pytest.raises(aot.AotError, match="--topology='v9z:1x1'"):
+    aot.check_topology(tiny_config(), "v9z:1x1")
+
+
+def test_command_line_exit_status():
+  """The CLI prints the report and exits 1 when the run does not fit (1 MiB of HBM)."""
+  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+  env["PYTHONPATH"] = os.pathsep.join(filter(None, [REPO_ROOT, env.get("PYTHONPATH")]))
+  env["JAX_PLATFORMS"] = "cpu"
+  proc = subprocess.run(
+    [sys.executable, "-m", "launch.aot", "--topology=v5e:2x2", "--hbm_gib=0.001",
+     "--config.model.width=0.125", "--config.model.projector=32-32"],
+    cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300, check=False,
+  )
+  assert proc.returncode == 1, proc.stderr[-3000:]
+  assert "DOES NOT FIT" in proc.stdout and "FLOPs/chip" in proc.stdout
+  assert "config.data.batch_size" in proc.stderr and "config.model.width" in proc.stderr
