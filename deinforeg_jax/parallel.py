@@ -11,7 +11,8 @@ global batch exactly as on one device.  This is the modern form of the
 
 from __future__ import annotations
 
-from typing import Any
+import os
+from typing import Any, Callable, Mapping
 
 import jax
 import numpy as np
@@ -20,17 +21,67 @@ from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 DATA_AXIS = "data"
 
 
-def initialize_distributed(enabled: bool) -> None:
-  """Join a multi-host job (``config.parallel.distributed``): ``jax.distributed.initialize()``.
+DISTRIBUTED_ENV = ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID")
 
-  On TPU VMs and SLURM/Kubernetes clusters the coordinator, process count and
-  process id are detected; elsewhere set ``JAX_COORDINATOR_ADDRESS``,
-  ``JAX_NUM_PROCESSES`` and ``JAX_PROCESS_ID``.  Each process then reads its own
-  ``1/process_count`` of every global batch (``data.train_batches``) and the
-  data mesh spans every process's devices.
+
+def initialize_distributed(
+  enabled: bool,
+  coordinator_address: str = "",
+  num_processes: int = 0,
+  process_id: int = -1,
+  *,
+  environ: Mapping[str, str] | None = None,
+  info: Callable[[str], None] = print,
+) -> None:
+  """Join a multi-process job (``config.parallel.distributed``) with ``jax.distributed.initialize``.
+
+  Each of ``coordinator_address`` (``host:port`` of process 0), ``num_processes``
+  and ``process_id`` comes from its argument (``launch.train``'s flags of the same
+  names), else from ``JAX_COORDINATOR_ADDRESS`` / ``JAX_NUM_PROCESSES`` /
+  ``JAX_PROCESS_ID`` in ``environ``; what is still unset is found by JAX's cluster
+  detection: Cloud TPU VMs (TPU metadata), Slurm (``srun``), Open MPI, Kubernetes.
+  CPU processes exchange collectives over gloo (JAX's default,
+  ``jax_cpu_collectives_implementation``).  Every process must be started; the job
+  runs when all ``num_processes`` have joined.  Then each process reads its own
+  ``1/process_count`` of every global batch (``data.train_batches``), the data mesh
+  spans every process's devices, and one line saying so is passed to ``info``.
+
+  Raises:
+    ValueError: values given without ``enabled``, or a job JAX cannot complete
+      (the message names the flags and environment variables).
   """
-  if enabled:
-    jax.distributed.initialize()
+  environ = os.environ if environ is None else environ
+  given = {"coordinator_address": coordinator_address or None,
+           "num_processes": num_processes or None,
+           "process_id": process_id if process_id >= 0 else None}
+  if not enabled:
+    if any(v is not None for v in given.values()):
+      raise ValueError(
+        f"--{next(k for k, v in given.items() if v is not None)} is set but "
+        "config.parallel.distributed=False; add --config.parallel.distributed=True."
+      )
+    return
+  for (name, value), variable in zip(list(given.items()), DISTRIBUTED_ENV):
+    if value is None and environ.get(variable):
+      text = environ[variable]
+      if name != "coordinator_address" and not text.strip().isdigit():
+        raise ValueError(f"{variable}={text!r} must be a non-negative integer.")
+      given[name] = text if name == "coordinator_address" else int(text)
+  try:
+    jax.distributed.initialize(**given)
+  except (ValueError, TypeError) as error:
+    raise ValueError(
+      f"multi-process start failed ({error}); outside Cloud TPU VMs, Slurm, Open MPI and "
+      "Kubernetes give every process --coordinator_address=HOST:PORT (process 0's host), "
+      "--num_processes=N and its own --process_id=0..N-1 (or JAX_COORDINATOR_ADDRESS, "
+      "JAX_NUM_PROCESSES, JAX_PROCESS_ID)."
+    ) from error
+  info(
+    f"process {jax.process_index()} of {jax.process_count()} (coordinator "
+    f"{given['coordinator_address'] or 'from the cluster'}): {jax.local_device_count()} local of "
+    f"{jax.device_count()} devices; this process loads 1/{jax.process_count()} of every "
+    "global batch"
+  )
 
 
 def make_data_mesh(num_devices: int | None = None) -> Mesh:

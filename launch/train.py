@@ -4,6 +4,8 @@ python -m launch.train --workdir=runs/default                      # embedded de
 python -m launch.train --config=launch/configs/cifar10_vgg.py --workdir=W --config.rule=bp
 XLA_FLAGS=--xla_force_host_platform_device_count=4 python -m launch.train --workdir=W \
     --config.parallel.mode=pipeline                            # 4 stages on 4 fake devices
+python -m launch.train --workdir=W --config.parallel.distributed=True \
+    --coordinator_address=HOST0:1234 --num_processes=2 --process_id=I   # on each host, I = 0, 1
 """
 
 import os
@@ -21,6 +23,14 @@ config_flags.DEFINE_config_file(
 _WORKDIR = flags.DEFINE_string(
   "workdir", None, "Directory for metrics.jsonl and results.json.", required=True
 )
+# Multi-process jobs (--config.parallel.distributed=True); every process gets the same flags but
+# its own --process_id.  Unset: JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID,
+# else JAX's cluster detection (Cloud TPU VMs, Slurm, Open MPI, Kubernetes).
+_COORDINATOR = flags.DEFINE_string(
+  "coordinator_address", "", "Multi-process: HOST:PORT of process 0, the same for every process."
+)
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", 0, "Multi-process: processes in the job.")
+_PROCESS_ID = flags.DEFINE_integer("process_id", -1, "Multi-process: this process, 0..N-1.")
 
 
 def main(argv):
@@ -29,7 +39,9 @@ def main(argv):
   if not flags.FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO
   config = flags.FLAGS.config
-  parallel.initialize_distributed(config.parallel.distributed)
+  parallel.initialize_distributed(
+    config.parallel.distributed, _COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value
+  )
   train_and_evaluate(config, _WORKDIR.value)
 
 
