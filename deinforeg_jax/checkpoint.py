@@ -19,16 +19,91 @@ an uninterrupted run.
 from __future__ import annotations
 
 import os
-from typing import Any
+import shutil
+from typing import Any, Callable
 
 import flax
 import jax
+import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
+
+# Config fields that do not change the training path: a resumed run may change them freely.
+# Everything else (model, data order and content, loss, optimizer, schedule, epochs, seed) is
+# part of the checkpoint's identity (``changed_fields``).
+RESUMABLE_FIELDS = (
+  "checkpoint",
+  "parallel",
+  "inference",
+  "train.max_steps",
+  "train.log_grad_norms",
+  "data.data_dir",
+  "data.download",
+  "data.eval_batch_size",
+)
 
 
 class CheckpointMismatchError(ValueError):
   """The checkpoint in the workdir does not fit the model or data being trained."""
+
+
+class CorruptCheckpointError(RuntimeError):
+  """No kept checkpoint of the workdir could be read and verified."""
+
+
+# ------------------------------------------------------------------ checksums
+
+
+def _words(x: jax.Array) -> jax.Array:
+  """``x``'s bytes as ``uint32`` words (one word per element up to 4 bytes wide)."""
+  size = x.dtype.itemsize
+  if size in (4, 8):
+    return jax.lax.bitcast_convert_type(x, jnp.uint32).reshape(-1)
+  unsigned = {2: jnp.uint16, 1: jnp.uint8}[size]
+  return jax.lax.bitcast_convert_type(x, unsigned).reshape(-1).astype(jnp.uint32)
+
+
+@jax.jit
+def _checksum_leaves(leaves: list) -> list:
+  """Per array: ``Σ_i w_i · (2654435761·i | 1)`` over its uint32 words, mod 2**32 (position-
+  weighted, so a changed, swapped or zeroed word changes the sum).  Computed on device."""
+
+  def checksum(x):
+    words = _words(jnp.asarray(x))
+    weights = jnp.arange(words.size, dtype=jnp.uint32) * jnp.uint32(2654435761) | jnp.uint32(1)
+    return jnp.sum(words * weights, dtype=jnp.uint32)
+
+  return [checksum(x) for x in leaves]
+
+
+def checksums(state_dict) -> dict[str, int]:
+  """``{"params/block_00/.../kernel": checksum, ...}`` of a state dict (host ints).
+
+  Arrays are summed where they live, one program per placement (a pipeline's stages
+  sit on different devices).
+  """
+  flat = flax.traverse_util.flatten_dict(state_dict, sep="/")
+  groups: dict[Any, list[str]] = {}
+  for path, leaf in flat.items():
+    groups.setdefault(getattr(leaf, "sharding", None), []).append(path)
+  sums = {}
+  for paths in groups.values():
+    values = jax.device_get(_checksum_leaves([flat[p] for p in paths]))
+    sums.update({p: int(v) for p, v in zip(paths, values)})
+  return {path: sums[path] for path in flat}
+
+
+def changed_fields(saved_config: dict, config: dict) -> dict[str, tuple[Any, Any]]:
+  """``{field: (saved, now)}`` for the config fields outside ``RESUMABLE_FIELDS`` that differ."""
+  old = flax.traverse_util.flatten_dict(saved_config, sep=".")
+  new = flax.traverse_util.flatten_dict(config, sep=".")
+  changed = {}
+  for field in sorted(set(old) | set(new)):
+    if any(field == f or field.startswith(f + ".") for f in RESUMABLE_FIELDS):
+      continue
+    if old.get(field, "<absent>") != new.get(field, "<absent>"):
+      changed[field] = (old.get(field, "<absent>"), new.get(field, "<absent>"))
+  return changed
 
 
 def _shapes(tree) -> dict[str, list[int]]:
@@ -42,11 +117,12 @@ def parameter_shapes(params) -> dict[str, list[int]]:
 
 
 def make_metadata(config, state, info, **bookkeeping) -> dict[str, Any]:
-  """JSON-able description of a checkpoint (see the module docstring)."""
+  """JSON-able description of a checkpoint (see the module docstring); ``state`` may be
+  abstract (``jax.eval_shape``), to check a checkpoint before anything is built."""
   shapes = parameter_shapes(state.params)
   blocks = sorted({path.split("/")[0] for path in shapes if path.startswith("block_")})
   return {
-    "step": int(state.step),
+    "step": None if isinstance(state.step, jax.ShapeDtypeStruct) else int(state.step),
     "rule": config.rule,
     "num_blocks": len(blocks),
     "parameter_shapes": shapes,
@@ -64,8 +140,12 @@ def make_metadata(config, state, info, **bookkeeping) -> dict[str, Any]:
   }
 
 
-def check_compatible(saved: dict[str, Any], expected: dict[str, Any], directory: str) -> None:
-  """Raise ``CheckpointMismatchError`` naming the first block/shape or dataset field that differs."""
+def check_compatible(
+  saved: dict[str, Any], expected: dict[str, Any], directory: str, allowed: tuple[str, ...] = ()
+) -> dict[str, tuple[Any, Any]]:
+  """Raise ``CheckpointMismatchError`` naming the first block/shape or dataset field that
+  differs, then every config field of the run's identity that differs and is not in
+  ``allowed`` (``config.checkpoint.allow_changed``).  Returns the allowed changes."""
   hint = (
     f"The checkpoint in {directory} was written by a different model or dataset. Use a new "
     "--workdir, or restore the config that wrote it (its config is in the checkpoint's "
@@ -98,13 +178,35 @@ def check_compatible(saved: dict[str, Any], expected: dict[str, Any], directory:
       f"the optimizer state does not match the checkpoint (checkpoint optimizer "
       f"{saved['optimizer']!r}, config.optim.name {expected['optimizer']!r}). {hint}"
     )
+  changes = changed_fields(saved["config"], expected["config"])
+  refused = {f: v for f, v in changes.items() if f not in allowed}
+  if refused:
+    listed = "; ".join(f"config.{f}: saved {o!r}, now {n!r}" for f, (o, n) in refused.items())
+    raise CheckpointMismatchError(
+      f"the run in {directory} was trained with other settings, so resuming it would not "
+      f"continue that run: {listed}. Resume with the saved values, use a new --workdir, or "
+      f"accept the change explicitly with --config.checkpoint.allow_changed={','.join(refused)}"
+    )
+  return changes
 
 
 class RunCheckpointer:
-  """A ``CheckpointManager`` in ``<workdir>/checkpoints`` that keeps ``keep`` steps."""
+  """A ``CheckpointManager`` in ``<workdir>/checkpoints`` that keeps ``keep`` steps.
 
-  def __init__(self, workdir: str, *, keep: int = 2, use_async: bool = True):
-    self.directory = os.path.abspath(os.path.join(workdir, "checkpoints"))
+  Every save records a checksum of each array in the metadata (``checksums``);
+  ``restore`` verifies them and falls back to the previous kept step when the
+  latest one cannot be read or verified, moving the bad step folder to
+  ``<workdir>/corrupt_checkpoints/`` (nothing is deleted).  ``info`` prints notes.
+  """
+
+  def __init__(
+    self, workdir: str, *, keep: int = 2, use_async: bool = True, info: Callable = print
+  ):
+    if not isinstance(keep, int) or keep < 1:
+      raise ValueError(f"config.checkpoint.keep={keep!r} must be an integer >= 1.")
+    self.workdir = os.path.abspath(workdir)
+    self.directory = os.path.join(self.workdir, "checkpoints")
+    self._info = info
     options = ocp.CheckpointManagerOptions(
       max_to_keep=keep,
       create=True,
@@ -117,26 +219,66 @@ class RunCheckpointer:
     return self._manager.latest_step()
 
   def save(self, state, metadata: dict[str, Any]) -> None:
-    """Save ``state`` at ``metadata["step"]`` (asynchronously when enabled)."""
+    """Save ``state`` at ``metadata["step"]`` (asynchronously when enabled), with checksums."""
+    state_dict = flax.serialization.to_state_dict(state)
+    metadata = {**metadata, "checksums": checksums(state_dict)}
     self._manager.save(
       metadata["step"],
       force=True,
       args=ocp.args.Composite(
-        state=ocp.args.PyTreeSave(flax.serialization.to_state_dict(state)),
+        state=ocp.args.PyTreeSave(state_dict),
         metadata=ocp.args.JsonSave(metadata),
       ),
     )
 
-  def restore(self, state, expected_metadata: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
-    """The latest checkpoint restored into ``state``'s structure and shardings.
+  def check_latest(self, expected_metadata: dict[str, Any], allowed: tuple[str, ...] = ()) -> int:
+    """``check_compatible`` against the newest readable metadata, before anything is built;
+    returns its step (-1 when none is readable: ``restore`` then reports the damage)."""
+    for step in sorted(self._manager.all_steps(), reverse=True):
+      try:
+        metadata = self._metadata(step)
+      except Exception:  # noqa: BLE001  # unreadable: restore() sets it aside with a message
+        continue
+      check_compatible(metadata, expected_metadata, self.directory, allowed)
+      return int(metadata["step"])
+    return -1
+
+  def restore(
+    self, state, expected_metadata: dict[str, Any], allowed: tuple[str, ...] = ()
+  ) -> tuple[Any, dict[str, Any], dict[str, tuple[Any, Any]]]:
+    """The newest readable, verified checkpoint restored into ``state``'s structure and
+    shardings; returns ``(state, metadata, allowed config changes)``.
 
     Raises:
-      CheckpointMismatchError: the saved model/dataset differs from ``expected_metadata``.
+      CheckpointMismatchError: the saved model/dataset/run differs from ``expected_metadata``.
+      CorruptCheckpointError: no kept step could be read and verified.
     """
-    step = self._manager.latest_step()
-    saved = self._manager.restore(step, args=ocp.args.Composite(metadata=ocp.args.JsonRestore()))
-    metadata = saved["metadata"]
-    check_compatible(metadata, expected_metadata, self.directory)
+    failures = []
+    for step in sorted(self._manager.all_steps(), reverse=True):
+      try:
+        metadata = self._metadata(step)
+      except Exception as error:  # noqa: BLE001  # any unreadable step: try the previous one
+        failures.append(self._set_aside(step, error))
+        continue
+      changes = check_compatible(metadata, expected_metadata, self.directory, allowed)
+      try:
+        restored = self._restore_verified(step, state, metadata)
+      except Exception as error:  # noqa: BLE001
+        failures.append(self._set_aside(step, error))
+        continue
+      return restored, metadata, changes
+    raise CorruptCheckpointError(
+      f"no checkpoint in {self.directory} could be restored: " + "; ".join(failures) + ". The "
+      f"damaged step folders were moved to {self.workdir}/corrupt_checkpoints/; use a new "
+      "--workdir or delete the checkpoints folder to start over."
+    )
+
+  def _metadata(self, step: int) -> dict[str, Any]:
+    return self._manager.restore(step, args=ocp.args.Composite(metadata=ocp.args.JsonRestore()))[
+      "metadata"
+    ]
+
+  def _restore_verified(self, step: int, state, metadata: dict[str, Any]):
     target = flax.serialization.to_state_dict(state)
     abstract = jax.tree.map(
       lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), target
@@ -148,8 +290,31 @@ class RunCheckpointer:
           item=abstract, restore_args=ocp.checkpoint_utils.construct_restore_args(abstract)
         )
       ),
+    )["state"]
+    expected = metadata.get("checksums")
+    if expected is not None:
+      found = checksums(restored)
+      bad = sorted(path for path in expected if found.get(path) != expected[path])
+      if bad or set(found) != set(expected):
+        raise CorruptCheckpointError(
+          f"array {bad[0] if bad else '(structure)'} does not match its saved checksum"
+        )
+    return flax.serialization.from_state_dict(state, restored)
+
+  def _set_aside(self, step: int, error: Exception) -> str:
+    """Move a bad step folder to ``corrupt_checkpoints/`` and say so; returns the reason."""
+    source = os.path.join(self.directory, str(step))
+    target = os.path.join(self.workdir, "corrupt_checkpoints", str(step))
+    reason = f"step folder {source}: {type(error).__name__}: {str(error)[:300]}"
+    if jax.process_index() == 0 and os.path.isdir(source):
+      os.makedirs(os.path.dirname(target), exist_ok=True)
+      shutil.move(source, target if not os.path.exists(target) else f"{target}.{os.getpid()}")
+    self._manager.reload()
+    self._info(
+      f"WARNING: the checkpoint {reason} cannot be restored; moved it to {target} and trying "
+      "the previous kept step."
     )
-    return flax.serialization.from_state_dict(state, restored["state"]), metadata
+    return reason
 
   def wait(self) -> None:
     """Block until pending asynchronous saves are on disk."""

@@ -120,6 +120,14 @@ def validate_config(config) -> None:
       f"config.inference.cosine_threshold={config.inference.cosine_threshold!r} must lie in "
       "[-1, 1]."
     )
+  for field in filter(None, config.checkpoint.allow_changed.split(",")):
+    try:
+      _get(config, field)
+    except (KeyError, AttributeError):
+      raise ValueError(
+        f"config.checkpoint.allow_changed names {field!r}, which is not a config field; list "
+        "fields as dotted names separated by ',', e.g. 'train.num_epochs,optim.base_lr'."
+      ) from None
   if is_text:
     _validate_text(config)
   _validate_growth(config)

@@ -28,7 +28,8 @@ import numpy as np
 
 def _read_jsonl(path: str) -> list[dict[str, Any]]:
   with open(path) as f:
-    return [json.loads(line) for line in f if line.strip()]
+    records = [json.loads(line) for line in f if line.strip()]
+  return [r for r in records if "epoch" in r]  # event lines (e.g. a resume with changes) skipped
 
 
 def _save(fig, path: str) -> str:

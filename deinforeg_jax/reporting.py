@@ -3,7 +3,9 @@
 Files written in the workdir:
 
 * ``metrics.jsonl`` - one JSON object per epoch (per-block train loss terms and
-  accuracy, per-block test accuracy, learning rate);
+  accuracy, per-block test accuracy, learning rate), plus an ``"event"`` line when a
+  run resumes with config changes the user allowed; always valid JSON (a non-finite
+  number is written as ``null``);
 * ``grad_norms.json`` - with ``config.train.log_grad_norms``: the encoder layers
   and their gradient norms at initialisation (first step);
 * ``results.json`` - the final summary (``rule``, ``best_test_accuracy``,
@@ -57,12 +59,27 @@ class NonFiniteLossError(FloatingPointError):
   """Raised when a training loss becomes NaN or Inf."""
 
 
+class NonFiniteStateError(NonFiniteLossError):
+  """Raised when an updated state has non-finite values or a non-finite loss (not saved)."""
+
+
 def _to_json(value: Any) -> Any:
+  """A JSON-able copy of ``value``: arrays to lists, NaN and infinities to None (null)."""
   if isinstance(value, np.ndarray):
-    return value.tolist()
+    return _to_json(value.tolist())
   if isinstance(value, (np.floating, np.integer)):
-    return value.item()
+    return _to_json(value.item())
+  if isinstance(value, float) and not math.isfinite(value):
+    return None
+  if isinstance(value, dict):
+    return {k: _to_json(v) for k, v in value.items()}
+  if isinstance(value, (list, tuple)):
+    return [_to_json(v) for v in value]
   return value
+
+
+def _dumps(record: dict[str, Any], **kwargs) -> str:
+  return json.dumps(_to_json(record), allow_nan=False, **kwargs)
 
 
 class RunLog:
@@ -80,16 +97,35 @@ class RunLog:
     self._label_noise = None
     self._adaptive_inference = None
 
-  def resume(self, saved: dict[str, Any]) -> None:
-    """Continue from a checkpoint's metadata; drop metric lines written after it."""
+  def resume(self, saved: dict[str, Any], changes: dict[str, tuple] | None = None) -> None:
+    """Continue from a checkpoint's metadata: drop metric lines written after it (and a
+    line cut short by a kill, with a note), and record the config ``changes`` the user
+    allowed as an ``"event"`` line."""
     self._best_epoch_accuracy = saved.get("best_epoch_test_accuracy", 0.0)
     self._train_time_s = saved.get("train_time_s", 0.0)
     if self._chief and os.path.exists(self._metrics_path):
+      kept = []
       with open(self._metrics_path) as f:
-        kept = [line for line in f if json.loads(line)["step"] <= saved["step"]]
+        for number, line in enumerate(f, 1):
+          try:
+            record = json.loads(line)
+          except json.JSONDecodeError:
+            self.info(f"note: skipped line {number} of {self._metrics_path} (cut short by a kill)")
+            continue
+          if record["step"] <= saved["step"]:
+            kept.append(_dumps(record) + "\n")
       with open(self._metrics_path, "w") as f:
         f.writelines(kept)
     self.info(f"resuming from the checkpoint at step {saved['step']}")
+    if changes:
+      changed = {field: {"saved": old, "now": new} for field, (old, new) in changes.items()}
+      self.info("config changes allowed on resume: " + ", ".join(changed))
+      self._append({"event": "resumed_with_changes", "step": saved["step"], "changed": changed})
+
+  def _append(self, record: dict[str, Any]) -> None:
+    if self._chief:
+      with open(self._metrics_path, "a") as f:
+        f.write(_dumps(record) + "\n")
 
   def set_label_noise(self, report: dict[str, Any]) -> None:
     """Record (and print) the label noise applied to the training split."""
@@ -105,7 +141,7 @@ class RunLog:
     if self._chief:
       record = {"layers": list(layers), "init": np.asarray(norms).tolist()}
       with open(os.path.join(self.workdir, "grad_norms.json"), "w") as f:
-        json.dump(record, f, indent=1)
+        f.write(_dumps(record, indent=1))
 
   def set_adaptive_inference(self, report: dict[str, Any] | None) -> None:
     """Record (and print) the adaptive-exit result of ``inference.adaptive_report``."""
@@ -159,9 +195,7 @@ class RunLog:
       "test_accuracy": test_accuracy,
     }
     record.update({f"train_{k}": v for k, v in train.items()})
-    if self._chief:
-      with open(self._metrics_path, "a") as f:
-        f.write(json.dumps({k: _to_json(v) for k, v in record.items()}) + "\n")
+    self._append(record)
     blocks = " ".join(
       f"[{k}] {tr:.3f}/{te:.3f}"
       for k, (tr, te) in enumerate(zip(np.atleast_1d(train["accuracy"]), test_accuracy))
@@ -199,7 +233,7 @@ class RunLog:
     if self._chief:
       for name, entry in {"results": results, **(extras or {})}.items():
         with open(os.path.join(self.workdir, f"{name}.json"), "w") as f:
-          json.dump(entry, f, indent=2, default=_to_json)
+          f.write(_dumps(entry, indent=2))
     self.info(
       f"best block {best_block}: test accuracy {results['best_test_accuracy']:.4f} "
       f"({results['wall_time_s']:.1f} s, {results['steps_per_s']:.2f} steps/s); "

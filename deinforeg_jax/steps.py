@@ -57,6 +57,25 @@ def create_train_state(
   )
 
 
+def _make_loss(model, objective, num_classes: int, loss_cfg, seed: int, frozen: frozenset[str]):
+  """``loss(params, state, inputs, labels) -> (total, (metrics, batch_stats, carry))``: the
+  summed local losses of ``model`` in training mode (BatchNorm on the batch statistics)."""
+
+  def loss(params, state: TrainState, inputs, labels):
+    outputs, updated = model.apply(
+      {"params": growth.stop_frozen(params, frozen), "batch_stats": state.batch_stats},
+      inputs,
+      train=True,
+      mutable=["batch_stats"],
+      rngs={"dropout": jax.random.fold_in(jax.random.key(seed), state.step)},
+    )
+    carry = outputs.pop("carry", None)
+    total, metrics = objective(outputs, labels, num_classes, loss_cfg)
+    return total, (metrics, updated["batch_stats"], carry)
+
+  return loss
+
+
 def make_train_step(
   model: nn.Module,
   objective: rules.Objective,
@@ -79,23 +98,11 @@ def make_train_step(
   and keep their parameters, BatchNorm statistics and optimizer state bit for bit
   (``growth.keep_frozen``).
   """
+  loss = _make_loss(model, objective, num_classes, loss_cfg, seed, frozen)
 
   def train_step(state: TrainState, inputs, labels):
-
-    def loss_fn(params):
-      outputs, updated = model.apply(
-        {"params": growth.stop_frozen(params, frozen), "batch_stats": state.batch_stats},
-        inputs,
-        train=True,
-        mutable=["batch_stats"],
-        rngs={"dropout": jax.random.fold_in(jax.random.key(seed), state.step)},
-      )
-      carry = outputs.pop("carry", None)
-      total, metrics = objective(outputs, labels, num_classes, loss_cfg)
-      return total, (metrics, updated["batch_stats"], carry)
-
-    (total, (metrics, batch_stats, carry)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-      state.params
+    (total, (metrics, batch_stats, carry)), grads = jax.value_and_grad(loss, has_aux=True)(
+      state.params, state, inputs, labels
     )
     if log_grad_norms:
       metrics["grad_norm"] = grad_norms.layer_grad_norms(grads)
@@ -111,6 +118,47 @@ def make_train_step(
     return new_state, metrics, carry
 
   return train_step
+
+
+def make_check_step(
+  model: nn.Module,
+  objective: rules.Objective,
+  num_classes: int,
+  loss_cfg,
+  *,
+  seed: int = 0,
+  frozen: frozenset[str] = frozenset(),
+) -> Callable[..., tuple[dict[str, jax.Array], Any]]:
+  """``(state, inputs, labels) -> ({"total_loss", "finite"}, carry)``: is ``state`` good to save?
+
+  ``total_loss`` is the summed loss of the state's own parameters on a batch (a
+  forward pass, no update): an exploding update leaves finite parameters whose next
+  loss is not.  ``finite`` maps every top-level parameter entry (``block_00``, ...,
+  ``head``) and ``"optimizer state"`` to whether all its values are finite.
+  """
+  loss = _make_loss(model, objective, num_classes, loss_cfg, seed, frozen)
+
+  def all_finite(tree) -> jax.Array:
+    leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.inexact)]
+    return jnp.all(jnp.stack(leaves)) if leaves else jnp.array(True)
+
+  def check_step(state: TrainState, inputs, labels):
+    total, (_, _, carry) = loss(state.params, state, inputs, labels)
+    finite = {name: all_finite(tree) for name, tree in state.params.items()}
+    finite["optimizer state"] = all_finite(state.opt_state)
+    return {"total_loss": total, "finite": finite}, carry
+
+  return check_step
+
+
+def state_problem(check: dict[str, Any]) -> str:
+  """What makes a checked state unfit to save (``make_check_step``'s host output), or ""."""
+  bad = [name for name, ok in check["finite"].items() if not ok]
+  if bad:
+    return f"non-finite values in {bad[0]}" + (f" (and {len(bad) - 1} more)" if len(bad) > 1 else "")
+  if not np.isfinite(check["total_loss"]):
+    return f"the loss of the updated parameters is {float(check['total_loss'])} (an exploding update)"
+  return ""
 
 
 def make_eval_step(model: nn.Module) -> Callable[..., tuple[dict[str, jax.Array], Any]]:

@@ -17,14 +17,19 @@ checkpoints hold), so either engine resumes the other's run.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import itertools
+import os
+import signal
+import threading
 import time
 from typing import Any, Callable, Protocol
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.experimental import multihost_utils
 
 from deinforeg_jax import (
   checkpoint,
@@ -41,7 +46,8 @@ from deinforeg_jax import (
 from deinforeg_jax.configuration import validate_config
 from deinforeg_jax.data import eval_batches, glove, load_dataset, make_augment, train_batches
 from deinforeg_jax.data import steps_per_epoch as count_steps_per_epoch
-from deinforeg_jax.reporting import ProgressBar, RunLog
+from deinforeg_jax.reporting import NonFiniteStateError, ProgressBar, RunLog
+from deinforeg_jax.workdir_lock import WorkdirLock
 
 
 class Engine(Protocol):
@@ -65,6 +71,10 @@ class Engine(Protocol):
     self, state: Any, batches, position: int, on_step: Callable[[dict], None]
   ) -> tuple[Any, list[dict]]:
     """Train on every batch (numbered from ``position`` in the epoch); per-step metrics."""
+
+  def check_state(self, state: Any) -> str:
+    """Why ``state`` must not be saved (non-finite values, or a non-finite loss of its own
+    parameters on the last trained batch), or "" when it is good."""
 
   def evaluate(self, state: Any, batches) -> np.ndarray:
     """Per-exit accuracy ``[K]`` over every example of ``batches`` (global)."""
@@ -90,8 +100,9 @@ class DataParallelEngine:
     parallel.check_batch_divisible(config.data.eval_batch_size, self.mesh, "data.eval_batch_size")
     self.model, self.tx, self.objective, self.info = model, tx, objective, info
     self.config = config
-    self._phases: dict[int, tuple[Any, Any]] = {}
-    self._train = self._eval = None
+    self._phases: dict[int, tuple[Any, Any, Any]] = {}
+    self._train = self._eval = self._check = None
+    self._last_batch = None
 
   def init(self, rng):
     init = functools.partial(
@@ -107,7 +118,7 @@ class DataParallelEngine:
 
   def set_phase(self, phase):
     if phase.first_epoch in self._phases:
-      self._train, self._eval = self._phases[phase.first_epoch]
+      self._train, self._eval, self._check = self._phases[phase.first_epoch]
       return None
     config = self.config
     train_step, eval_step = compile_steps(
@@ -122,6 +133,18 @@ class DataParallelEngine:
       frozen=phase.frozen,
     )
     replicated, sharded = parallel.replicated(self.mesh), parallel.batch_sharding(self.mesh)
+    check_step = jax.jit(
+      steps.make_check_step(
+        phase.model,
+        self.objective,
+        self.info.num_classes,
+        config.loss,
+        seed=config.seed,
+        frozen=phase.frozen,
+      ),
+      in_shardings=(replicated, sharded, sharded),
+      out_shardings=replicated,
+    )
     start = time.perf_counter()
     state_spec = jax.eval_shape(self.init, jax.random.key(0))
     state_spec = jax.tree.map(
@@ -132,7 +155,8 @@ class DataParallelEngine:
     inputs = jax.ShapeDtypeStruct((batch, *self.info.input_shape), dtype, sharding=sharded)
     labels = jax.ShapeDtypeStruct((batch,), jnp.int32, sharding=sharded)
     compiled = train_step.lower(state_spec, inputs, labels).compile()
-    self._phases[phase.first_epoch] = self._train, self._eval = compiled, eval_step
+    self._phases[phase.first_epoch] = compiled, eval_step, check_step
+    self._train, self._eval, self._check = compiled, eval_step, check_step
     return time.perf_counter() - start
 
   def train_segment(self, state, batches, position, on_step):
@@ -140,10 +164,15 @@ class DataParallelEngine:
     metrics = []
     for batch in batches:
       batch = parallel.shard_batch(batch, self.mesh)
-      state, step_metrics, _ = self._train(state, steps.model_inputs(batch), batch["label"])
+      self._last_batch = steps.model_inputs(batch), batch["label"]
+      state, step_metrics, _ = self._train(state, *self._last_batch)
       metrics.append(step_metrics)
       on_step(step_metrics)
     return state, metrics
+
+  def check_state(self, state):
+    check, _ = self._check(state, *self._last_batch)
+    return steps.state_problem(jax.device_get(check))
 
   def evaluate(self, state, batches):
     def count_correct(batch):
@@ -192,9 +221,20 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
 
   Writes ``metrics.jsonl``, ``checkpoints/`` and ``results.json`` to ``workdir``
   and returns the results dict.  A run interrupted at any point and started
-  again with the same command continues exactly where its last checkpoint was.
+  again with the same command continues exactly where its last checkpoint was;
+  a run with other settings is refused (``checkpoint.check_compatible``), and so
+  is a second run on the same workdir (``workdir_lock``).
+
+  Raises:
+    Preempted: SIGTERM/SIGINT arrived; a checkpoint at the current step was saved.
   """
   validate_config(config)
+  workdir = os.path.expanduser(workdir)
+  with WorkdirLock(workdir) if jax.process_index() == 0 else contextlib.nullcontext():
+    return _train_and_evaluate(config, workdir)
+
+
+def _train_and_evaluate(config, workdir: str) -> dict[str, Any]:
   data = load_dataset(config.data, workdir=workdir)
   info = data.info
   model = models.create_model(config, info.num_classes)
@@ -206,19 +246,29 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
   )
   tx = optim.make_optimizer(config.optim, schedule)
   engine = ENGINES[config.parallel.mode](config, model, tx, objective, info)
-  state = engine.init(jax.random.key(config.seed))
+  key = jax.random.key(config.seed)
   log = RunLog(workdir, config)
   checkpointer = checkpoint.RunCheckpointer(
-    workdir, keep=config.checkpoint.keep, use_async=config.checkpoint.use_async
+    workdir, keep=config.checkpoint.keep, use_async=config.checkpoint.use_async, info=log.info
   )
   try:
+    allowed = tuple(f for f in config.checkpoint.allow_changed.split(",") if f)
+    if checkpointer.latest_step() is not None:  # a changed run is refused before compiling
+      abstract = jax.eval_shape(lambda k: engine.to_train_state(engine.init(k)), key)
+      expected = checkpoint.make_metadata(config, abstract, info)
+      saved_step = checkpointer.check_latest(expected, allowed)
+      _check_not_past_the_end(config, saved_step, steps_per_epoch, workdir)
+    state = engine.init(key)
     full, glove_note = _init_glove(config, engine.to_train_state(state), data.vocabulary)
     if glove_note:
       log.info(glove_note)
     full = plan.restore(full)
-    if checkpointer.latest_step() is not None:  # checked before the slow compile
-      full, saved = checkpointer.restore(full, checkpoint.make_metadata(config, full, info))
-      log.resume(saved)
+    if checkpointer.latest_step() is not None:
+      full, saved, changes = checkpointer.restore(
+        full, checkpoint.make_metadata(config, full, info), allowed
+      )
+      _check_not_past_the_end(config, int(full.step), steps_per_epoch, workdir)
+      log.resume(saved, changes)
     state = engine.from_train_state(full)
     compile_s = engine.set_phase(plan.at(int(full.step) // steps_per_epoch))
     if data.label_noise:
@@ -250,27 +300,107 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
   return log.finish(test_accuracy, step, info, {engine.name: report} if report else {})
 
 
+def _total_steps(config, steps_per_epoch: int) -> int:
+  """Steps the run trains in all: ``num_epochs`` epochs, cut at ``train.max_steps`` if set."""
+  total = steps_per_epoch * config.train.num_epochs
+  return min(total, config.train.max_steps) if config.train.max_steps else total
+
+
+def _check_not_past_the_end(config, step: int, steps_per_epoch: int, workdir: str) -> None:
+  """A resumed run must not already be past where ``config`` ends."""
+  total = _total_steps(config, steps_per_epoch)
+  if step > total:
+    raise ValueError(
+      f"the checkpoint in {workdir} is at step {step} ({step / steps_per_epoch:.3g} epochs "
+      f"of {steps_per_epoch} steps done), past the end of this run (config.train.num_epochs="
+      f"{config.train.num_epochs}, config.train.max_steps={config.train.max_steps}: {total} "
+      "steps). Raise them to at least what is done (allowing the change with "
+      "--config.checkpoint.allow_changed=train.num_epochs), or use a new --workdir."
+    )
+
+
+class Preempted(Exception):
+  """SIGTERM/SIGINT stopped the run after a checkpoint at ``step`` was saved."""
+
+  def __init__(self, step: int, signal_name: str, workdir: str):
+    super().__init__(
+      f"{signal_name} received: stopped after step {step} and saved a checkpoint there; run the "
+      f"same command again to resume from it (workdir {workdir})."
+    )
+    self.step = step
+
+
+class _StopRequests:
+  """Turns SIGTERM/SIGINT into a request to stop after the current step.
+
+  One process: Python signal handlers set a flag.  Several processes: JAX's
+  preemption notice (``jax.distributed``) is polled with
+  ``multihost_utils.reached_preemption_sync_point``, so every process stops after
+  the same step.
+  """
+
+  def __init__(self):
+    self.signal_name = ""
+    self._previous = {}
+
+  def __enter__(self):
+    if jax.process_count() == 1 and threading.current_thread() is threading.main_thread():
+      for sig in (signal.SIGTERM, signal.SIGINT):
+        self._previous[sig] = signal.signal(sig, self._request)
+    return self
+
+  def __exit__(self, *exc):
+    for sig, handler in self._previous.items():
+      signal.signal(sig, handler)
+
+  def _request(self, signum, frame):
+    del frame
+    self.signal_name = signal.Signals(signum).name
+
+  def requested(self, step: int) -> bool:
+    if jax.process_count() > 1 and multihost_utils.reached_preemption_sync_point(step):
+      self.signal_name = self.signal_name or "a preemption notice"
+    return bool(self.signal_name)
+
+  def until_requested(self, batches, step: int):
+    """``batches`` until a stop is requested (checked before each step)."""
+    for batch in batches:
+      if self.requested(step):
+        return
+      step += 1
+      yield batch
+
+
 def run_epochs(
   config, engine: Engine, state, plan, data, log, checkpointer, schedule, steps_per_epoch: int
 ):
   """The epoch loop from the state's step on; returns the final state and test accuracy.
 
   An epoch trains in segments that end at checkpoint steps
-  (``config.checkpoint.every_steps``) and at the epoch's end; after each segment
-  the metrics are checked for NaN (the run stops before saving a bad state),
-  then the state is saved; at the epoch's end the test split is evaluated and
-  one line goes to ``metrics.jsonl``.  ``config.train.max_steps`` (0: no limit)
-  ends the run early, as the end of an epoch.
+  (``config.checkpoint.every_steps``) and at the epoch's end.  After each segment
+  the metrics are checked for NaN and the new state is checked (finite values, a
+  finite loss of its own parameters on the last batch: ``Engine.check_state``) before
+  it is saved, so a bad state never becomes the checkpoint a run resumes from; at the
+  epoch's end the test split is evaluated and one line goes to ``metrics.jsonl``.
+  ``config.train.max_steps`` (0: no limit) ends the run early, as the end of an epoch.
+  SIGTERM/SIGINT end the current segment after the running step, save, and raise
+  ``Preempted``.
   """
   info, num_epochs = data.info, config.train.num_epochs
-  total = steps_per_epoch * num_epochs
-  if config.train.max_steps:
-    total = min(total, config.train.max_steps)
+  total = _total_steps(config, steps_per_epoch)
   every = config.checkpoint.every_steps
   augment = make_augment(config.data.augment, info)
   step = int(engine.to_train_state(state).step)
 
-  def save(state):
+  def save(state, step: int, epoch: int):
+    problem = engine.check_state(state)
+    if problem:
+      last = checkpointer.latest_step()
+      raise NonFiniteStateError(
+        f"the state after step {step} (epoch {epoch + 1}) is not fit to save: {problem}. It was "
+        f"not saved; the checkpoint at step {last} stays the latest. Lower "
+        "config.optim.base_lr, check the input data, or change the optimizer."
+      )
     full = engine.to_train_state(state)
     checkpointer.save(full, checkpoint.make_metadata(config, full, info, **log.bookkeeping()))
 
@@ -281,45 +411,54 @@ def run_epochs(
     return engine.evaluate(state, batches)
 
   test_accuracy = test(state) if step >= total else None  # finished before: evaluate only
-  for epoch in range(step // steps_per_epoch, num_epochs):
-    if step >= total:
-      break
-    engine.set_phase(plan.at(epoch))  # a new phase when config.grow.schedule adds a block
-    epoch_end = min((epoch + 1) * steps_per_epoch, total)
-    position = step % steps_per_epoch
-    bar = ProgressBar(steps_per_epoch, f"epoch {epoch + 1}/{num_epochs}", initial=position)
-    batches = iter(
-      train_batches(
-        data.train,
-        info,
-        global_batch_size=config.data.batch_size,
-        seed=config.seed,
-        epoch=epoch,
-        start_step=position,
-        augment=augment,
-        **_this_process(),
+  with _StopRequests() as stop:
+    for epoch in range(step // steps_per_epoch, num_epochs):
+      if step >= total:
+        break
+      engine.set_phase(plan.at(epoch))  # a new phase when config.grow.schedule adds a block
+      epoch_end = min((epoch + 1) * steps_per_epoch, total)
+      position = step % steps_per_epoch
+      bar = ProgressBar(steps_per_epoch, f"epoch {epoch + 1}/{num_epochs}", initial=position)
+      batches = iter(
+        train_batches(
+          data.train,
+          info,
+          global_batch_size=config.data.batch_size,
+          seed=config.seed,
+          epoch=epoch,
+          start_step=position,
+          augment=augment,
+          **_this_process(),
+        )
       )
-    )
-    metrics: list[dict[str, np.ndarray]] = []
-    while step < epoch_end:
-      stop = min(epoch_end, (step // every + 1) * every) if every else epoch_end
-      start = time.perf_counter()
-      state, segment = engine.train_segment(
-        state, itertools.islice(batches, stop - step), step % steps_per_epoch, bar.update
-      )
-      segment = jax.device_get(segment)  # one wait per segment
-      log.add_train_time(time.perf_counter() - start)
-      if step == 0 and segment and "grad_norm" in segment[0]:  # the gradient at initialisation
-        paths = grad_norms.layer_paths(engine.to_train_state(state).params)
-        log.grad_norms_at_init(paths, segment[0]["grad_norm"])
-      step, metrics = stop, metrics + segment
-      summary = log.check_finite(_mean_metrics(metrics), epoch)  # never save a NaN state
-      if step < epoch_end:
-        save(state)
-    bar.close()
-    test_accuracy = test(state)
-    log.epoch(epoch, step, summary, test_accuracy, schedule(step))
-    save(state)
+      metrics: list[dict[str, np.ndarray]] = []
+      while step < epoch_end:
+        stop_at = min(epoch_end, (step // every + 1) * every) if every else epoch_end
+        start = time.perf_counter()
+        segment_batches = stop.until_requested(itertools.islice(batches, stop_at - step), step)
+        state, segment = engine.train_segment(
+          state, segment_batches, step % steps_per_epoch, bar.update
+        )
+        segment = jax.device_get(segment)  # one wait per segment
+        log.add_train_time(time.perf_counter() - start)
+        if step == 0 and segment and "grad_norm" in segment[0]:  # the gradient at initialisation
+          paths = grad_norms.layer_paths(engine.to_train_state(state).params)
+          log.grad_norms_at_init(paths, segment[0]["grad_norm"])
+        step, metrics = step + len(segment), metrics + segment
+        if metrics:
+          summary = log.check_finite(_mean_metrics(metrics), epoch)  # never save a NaN state
+        if stop.requested(step):
+          bar.close()
+          if segment:
+            save(state, step, epoch)
+          checkpointer.wait()
+          raise Preempted(step, stop.signal_name, checkpointer.workdir)
+        if step < epoch_end:
+          save(state, step, epoch)
+      bar.close()
+      test_accuracy = test(state)
+      log.epoch(epoch, step, summary, test_accuracy, schedule(step))
+      save(state, step, epoch)
   return state, test_accuracy
 
 

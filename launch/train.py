@@ -9,17 +9,34 @@ python -m launch.train --workdir=W --config.parallel.distributed=True \
 """
 
 import os
+import sys
 
 from absl import app, flags, logging
 from ml_collections import config_flags
 
 from deinforeg_jax import parallel
-from deinforeg_jax.train import train_and_evaluate
+from deinforeg_jax.train import Preempted, train_and_evaluate
+
+EXIT_PREEMPTED = 75  # EX_TEMPFAIL: a checkpoint was saved; run the same command to resume
 
 _DEFAULT_CONFIG = os.path.join(os.path.dirname(__file__), "configs", "default.py")
-config_flags.DEFINE_config_file(
-  "config", _DEFAULT_CONFIG, "Run config (ml_collections file).", lock_config=True
-)
+
+
+def _unknown_field(error: Exception, argv: list[str]) -> str:
+  overrides = [a.split("=")[0] for a in argv[1:] if a.startswith("--config.")]
+  return (
+    f"error: unknown config field {error} (in {', '.join(overrides)}): every --config.<field> "
+    "must exist in the config file; the fields and their defaults are in "
+    "launch/configs/default.py."
+  )
+
+
+try:  # config_flags applies the --config.<field> overrides of sys.argv here
+  config_flags.DEFINE_config_file(
+    "config", _DEFAULT_CONFIG, "Run config (ml_collections file).", lock_config=True
+  )
+except (AttributeError, KeyError) as unknown:
+  sys.exit(_unknown_field(unknown, sys.argv))
 _WORKDIR = flags.DEFINE_string(
   "workdir", None, "Directory for metrics.jsonl and results.json.", required=True
 )
@@ -42,8 +59,20 @@ def main(argv):
   parallel.initialize_distributed(
     config.parallel.distributed, _COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value
   )
-  train_and_evaluate(config, _WORKDIR.value)
+  try:
+    train_and_evaluate(config, _WORKDIR.value)
+  except Preempted as stopped:
+    print(stopped, flush=True)
+    sys.exit(EXIT_PREEMPTED)
+
+
+def _parse_flags(argv):
+  """absl's flag parsing, with a one-line error for a ``--config.<field>`` that does not exist."""
+  try:
+    return flags.FLAGS(argv)
+  except (AttributeError, KeyError) as error:
+    sys.exit(_unknown_field(error, argv))
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=_parse_flags)

@@ -131,6 +131,7 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
   diverging.optim.schedule = "constant"
   diverging.optim.base_lr = 1e30
   diverging.checkpoint.every_steps = 3
+  diverging.checkpoint.allow_changed = "train.num_epochs,optim.schedule,optim.base_lr"
   with pytest.raises(NonFiniteLossError, match="non-finite training metrics in epoch 2"):
     train_and_evaluate(diverging, workdir)
   after, after_step = saved_state(workdir)

@@ -117,6 +117,7 @@ class PipelineEngine:
       log_grad_norms=config.train.log_grad_norms,
     )
     self.busy, self.wall_s, self.dispatch = np.zeros(self.pipe.num_stages), 0.0, None
+    self._last_batch = None
 
   def init(self, rng):
     return self.pipe.init(rng)
@@ -132,9 +133,15 @@ class PipelineEngine:
     return None  # stage programs compile on their first batch
 
   def train_segment(self, state, batches, position, on_step):
+
+    def remembered(batches):
+      for batch in batches:
+        self._last_batch = steps.model_inputs(batch), batch["label"]
+        yield batch
+
     state, record = self.pipe.train_epoch(
       state,
-      batches,
+      remembered(batches),
       self.settings["schedule"],
       self.settings["dispatch"],
       on_batch=lambda t, m: on_step(m),
@@ -144,6 +151,9 @@ class PipelineEngine:
     self.wall_s += record.wall_s
     self.dispatch = record.dispatch
     return state, record.metrics
+
+  def check_state(self, state):
+    return steps.state_problem(self.pipe.check(state, *self._last_batch))
 
   def evaluate(self, state, batches):
     return steps.accuracy(batches, lambda batch: self.pipe.count_correct(state, batch))

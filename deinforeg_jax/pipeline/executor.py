@@ -99,6 +99,10 @@ class Pipeline:
       for s in self.stages
     ]
     self._eval_steps = [jax.jit(steps.make_eval_step(s)) for s in self.stages]
+    self._check_steps = [
+      jax.jit(steps.make_check_step(s, objective, model.num_classes, loss_cfg))
+      for s in self.stages
+    ]
     self._inits: dict[jax.Device, Callable] = {}
 
   @property
@@ -337,6 +341,19 @@ class Pipeline:
     return states
 
   # ---------------------------------------------------------------- evaluation
+
+  def check(self, states: Sequence[steps.TrainState], inputs, labels) -> dict[str, Any]:
+    """``steps.make_check_step``'s output for the whole stack: the stages' losses summed
+    and their ``finite`` maps merged (host values)."""
+    x, total, finite = inputs, 0.0, {}
+    for k, (state, device) in enumerate(zip(states, self.devices)):
+      x, labels = jax.device_put((x, labels), device)
+      out, x = self._check_steps[k](state, x, labels)
+      out = jax.device_get(out)
+      total += float(out["total_loss"])
+      finite.update({name: ok for name, ok in out["finite"].items() if name != "optimizer state"})
+      finite["optimizer state"] = finite.get("optimizer state", True) and out["finite"]["optimizer state"]
+    return {"total_loss": total, "finite": finite}
 
   def count_correct(self, states: Sequence[steps.TrainState], batch: dict[str, Any]):
     """``(correct [num_blocks], count)`` of one masked batch through all stages (on the

@@ -91,6 +91,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.checkpoint = ml_collections.ConfigDict()
   config.checkpoint.every_steps = 0  # also save every N steps inside an epoch (0: epoch ends only)
   config.checkpoint.keep = 2  # checkpoints kept in <workdir>/checkpoints
+  # Resuming with other settings is refused; list fields to accept a change, e.g.
+  # "train.num_epochs,optim.base_lr" (recorded in metrics.jsonl).
+  config.checkpoint.allow_changed = ""
   config.checkpoint.use_async = True
 
   config.parallel = ml_collections.ConfigDict()

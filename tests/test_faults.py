@@ -1,0 +1,357 @@
+"""Fault injection: only good, verified state is saved and restored; changed runs are refused.
+
+Each case reproduces a fault a careful user can cause (a NaN or exploding update, a
+damaged checkpoint, a resumed run with other settings, two runs on one workdir, a log
+cut by a kill, SIGTERM) and asserts what the run does instead: a message that names the
+problem, and saved state that stays good.  Runs are tiny (digits, width 1/8, a few
+steps via ``config.train.max_steps``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from test_checkpoint import assert_trees_equal, saved_state, tiny_config
+
+from deinforeg_jax import checkpoint, train
+from deinforeg_jax.configuration import validate_config
+from deinforeg_jax.reporting import NonFiniteLossError, RunLog
+from deinforeg_jax.workdir_lock import WorkdirLock, WorkdirLockedError
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def short_config(max_steps: int, every_steps: int = 0, **changes):
+  """``tiny_config`` that stops after ``max_steps`` steps, saving every ``every_steps``."""
+  config = tiny_config(num_epochs=1)
+  config.train.max_steps = max_steps
+  config.checkpoint.every_steps = every_steps
+  config.checkpoint.use_async = False
+  for path, value in changes.items():
+    section, name = path.split("__")
+    config[section][name] = value
+  return config
+
+
+def metrics_lines(workdir) -> list[dict]:
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    return [json.loads(line) for line in f]  # every line must be valid JSON
+
+
+def saved_steps(workdir) -> list[int]:
+  directory = os.path.join(workdir, "checkpoints")
+  if not os.path.isdir(directory):
+    return []
+  return sorted(int(d) for d in os.listdir(directory) if d.isdigit())
+
+
+# ------------------------------------------------------------------ only good state is saved
+
+
+def test_exploding_update_at_step_one_is_never_saved(tmp_path):
+  """lr 1e30: the first update leaves parameters whose own loss is not finite."""
+  workdir = str(tmp_path / "run")
+  config = short_config(4, every_steps=1, optim__base_lr=1e30, optim__schedule="constant")
+  with pytest.raises(NonFiniteLossError, match=r"step 1 \(epoch 1\)|non-finite training metrics"):
+    train.train_and_evaluate(config, workdir)
+  assert saved_steps(workdir) == []  # no checkpoint of a blown-up state
+  if os.path.exists(os.path.join(workdir, "metrics.jsonl")):
+    metrics_lines(workdir)
+
+
+def test_exploding_update_keeps_the_previous_good_checkpoint_and_names_the_block(tmp_path):
+  workdir = str(tmp_path / "run")
+  train.train_and_evaluate(short_config(2, every_steps=1), workdir)
+  good, good_step = saved_state(workdir)
+  config = short_config(
+    4,
+    every_steps=1,
+    optim__base_lr=1e30,
+    optim__schedule="constant",
+    checkpoint__allow_changed="optim.base_lr,optim.schedule",
+  )
+  with pytest.raises(NonFiniteLossError) as error:
+    train.train_and_evaluate(config, workdir)
+  message = str(error.value)
+  assert "step 3" in message and "checkpoint at step 2 stays the latest" in message
+  assert "block_0" in message or "loss of the updated parameters" in message
+  after, after_step = saved_state(workdir)
+  assert after_step == good_step == 2
+  assert_trees_equal(good, after)
+
+
+def test_check_step_names_the_first_non_finite_block():
+  from deinforeg_jax import steps  # pylint: disable=import-outside-toplevel
+
+  check = {
+    "total_loss": np.float32(1.0),
+    "finite": {"block_00": True, "block_01": False, "block_02": False, "optimizer state": True},
+  }
+  assert steps.state_problem(check) == "non-finite values in block_01 (and 1 more)"
+  check["finite"]["block_01"] = check["finite"]["block_02"] = True
+  assert steps.state_problem(check) == ""
+  check["total_loss"] = np.float32(np.inf)
+  assert "loss of the updated parameters is inf" in steps.state_problem(check)
+
+
+def test_nan_in_metrics_is_written_as_null(tmp_path):
+  log = RunLog(str(tmp_path), tiny_config())
+  log.epoch(0, 5, {"accuracy": np.array([0.5, np.nan]), "total_loss": np.float32(np.inf)},
+            np.array([0.1, 0.2]), 0.1)
+  (line,) = metrics_lines(str(tmp_path))
+  assert line["train_accuracy"] == [0.5, None] and line["train_total_loss"] is None
+
+
+@pytest.mark.parametrize(
+  "field,value,message",
+  [
+    ("optim.base_lr", float("nan"), "config.optim.base_lr=nan must be a positive finite"),
+    ("optim.end_lr", float("inf"), "config.optim.end_lr=inf must be a finite number >= 0"),
+    ("loss.ce_weight", float("nan"), "config.loss.ce_weight=nan must be a finite"),
+    ("seed", -1, "config.seed=-1 must be an integer >= 0"),
+    ("checkpoint.keep", 0, "config.checkpoint.keep=0 must be a positive integer"),
+    ("checkpoint.keep", -1, "config.checkpoint.keep=-1 must be a positive integer"),
+    ("checkpoint.allow_changed", "optim.nope", "allow_changed names 'optim.nope'"),
+  ],
+)
+def test_bad_numbers_and_checkpoint_settings_are_refused_before_compiling(field, value, message):
+  config = tiny_config()
+  section, name = field.rsplit(".", 1) if "." in field else ("", field)
+  (config[section] if section else config)[name] = value
+  with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
+    validate_config(config)
+
+
+# ------------------------------------------------------------------ verified checkpoints
+
+
+def _largest_array_file(step_dir: str) -> str:
+  """The largest file of array data (OCDBT chunks) in a step folder."""
+  data_dir = os.path.join(step_dir, "state", "ocdbt.process_0", "d")
+  files = [os.path.join(data_dir, name) for name in os.listdir(data_dir)]
+  return max(files, key=os.path.getsize)
+
+
+@pytest.fixture(scope="module")
+def reference_and_partial(tmp_path_factory):
+  """A 6-step reference run's final state, and a run stopped at step 4 (checkpoints 2, 4)."""
+  root = tmp_path_factory.mktemp("damage")
+  train.train_and_evaluate(short_config(6, every_steps=2), str(root / "reference"))
+  train.train_and_evaluate(short_config(4, every_steps=2), str(root / "partial"))
+  assert saved_steps(str(root / "partial")) == [2, 4]
+  return saved_state(str(root / "reference"))[0], str(root / "partial")
+
+
+@pytest.mark.parametrize("damage", ["overwrite", "truncate", "delete", "checksum"])
+def test_damaged_newest_checkpoint_falls_back_to_the_previous_and_ends_right(
+  tmp_path, reference_and_partial, damage, capsys
+):
+  expected, partial = reference_and_partial
+  workdir = str(tmp_path / "run")
+  shutil.copytree(partial, workdir)
+  step_dir = os.path.join(workdir, "checkpoints", "4")
+  target = _largest_array_file(step_dir)
+  if damage == "overwrite":  # 16 random bytes inside every chunk file (some may hold no data)
+    data_dir = os.path.dirname(target)
+    for name in os.listdir(data_dir):
+      with open(os.path.join(data_dir, name), "r+b") as f:
+        f.seek(os.path.getsize(f.name) // 2)
+        f.write(np.random.default_rng(0).bytes(16))
+  elif damage == "truncate":
+    with open(target, "r+b") as f:
+      f.truncate(os.path.getsize(target) // 3)
+  elif damage == "delete":
+    os.remove(target)
+  else:  # arrays intact, one recorded checksum differs: verification alone must catch it
+    path = os.path.join(step_dir, "metadata", "metadata")
+    with open(path) as f:
+      metadata = json.load(f)
+    name = sorted(metadata["checksums"])[0]
+    metadata["checksums"][name] = (metadata["checksums"][name] + 1) % 2**32
+    with open(path, "w") as f:
+      json.dump(metadata, f)
+
+  capsys.readouterr()
+  train.train_and_evaluate(short_config(6, every_steps=2), workdir)
+  out = capsys.readouterr().out
+  assert f"{step_dir}:" in out and "trying the previous kept step" in out
+  if damage == "checksum":
+    assert "does not match its saved checksum" in out
+  assert os.path.isdir(os.path.join(workdir, "corrupt_checkpoints", "4"))  # kept, not deleted
+  final, step = saved_state(workdir)
+  assert step == 6
+  assert_trees_equal(final, expected)
+
+
+def test_checksums_detect_a_changed_word_and_verification_accepts_the_intact_state():
+  state = {"params": {"w": np.arange(12, dtype=np.float32).reshape(3, 4)}, "step": np.int32(3)}
+  before = checkpoint.checksums(state)
+  assert set(before) == {"params/w", "step"}
+  changed = {"params": {"w": state["params"]["w"].copy()}, "step": np.int32(3)}
+  changed["params"]["w"][1, 2] = np.nextafter(np.float32(6.0), np.float32(7.0))
+  assert checkpoint.checksums(changed)["params/w"] != before["params/w"]
+  swapped = {"params": {"w": state["params"]["w"][::-1].copy()}, "step": np.int32(3)}
+  assert checkpoint.checksums(swapped)["params/w"] != before["params/w"]
+  assert checkpoint.checksums(state) == before
+
+
+# ------------------------------------------------------------------ the run's identity
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+  workdir = str(tmp_path_factory.mktemp("identity") / "run")
+  train.train_and_evaluate(short_config(3), workdir)
+  return workdir
+
+
+@pytest.mark.parametrize(
+  "change",
+  [
+    {"data__batch_size": 32},
+    {"data__split_seed": 1},
+    {"seed": 1},
+    {"loss__ce_weight": 0.01},
+    {"data__augment": "crop_flip"},
+  ],
+  ids=lambda c: next(iter(c)),
+)
+def test_resume_with_other_settings_is_refused_by_field(finished_run, change):
+  (key, value), = change.items()
+  config = short_config(3)
+  if "__" in key:
+    section, name = key.split("__")
+    config[section][name] = value
+    field = f"{section}.{name}"
+  else:
+    config[key] = value
+    field = key
+  before = metrics_lines(finished_run)
+  with pytest.raises(checkpoint.CheckpointMismatchError, match=rf"config\.{field}: saved .*, now") as error:
+    train.train_and_evaluate(config, finished_run)
+  assert f"--config.checkpoint.allow_changed={field}" in str(error.value)
+  assert metrics_lines(finished_run) == before
+
+
+def test_label_noise_change_is_refused(finished_run):
+  config = short_config(3)
+  config.data.label_noise.kind, config.data.label_noise.rate = "symmetric", 20
+  with pytest.raises(checkpoint.CheckpointMismatchError, match=r"data\.label_noise\.kind.*data\.label_noise\.rate"):
+    train.train_and_evaluate(config, finished_run)
+
+
+def test_an_allowed_change_is_accepted_and_recorded(tmp_path):
+  workdir = str(tmp_path / "run")
+  train.train_and_evaluate(short_config(2), workdir)
+  config = short_config(4, optim__base_lr=0.1, checkpoint__allow_changed="optim.base_lr")
+  results = train.train_and_evaluate(config, workdir)
+  assert results["steps"] == 4
+  events = [line for line in metrics_lines(workdir) if "event" in line]
+  assert events == [
+    {"event": "resumed_with_changes", "step": 2, "changed": {"optim.base_lr": {"saved": 0.2, "now": 0.1}}}
+  ]
+
+
+def test_fewer_steps_than_already_done_gets_a_clear_message(finished_run):
+  config = short_config(2, checkpoint__allow_changed="train.max_steps")
+  with pytest.raises(ValueError, match=r"at step 3 .*past the end of this run .*2 steps"):
+    train.train_and_evaluate(config, finished_run)
+
+
+# ------------------------------------------------------------------ one run per workdir
+
+
+def test_a_second_run_on_a_held_workdir_is_refused_and_a_dead_holder_is_taken_over(tmp_path):
+  workdir = str(tmp_path / "run")
+  holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+  try:
+    os.makedirs(workdir)
+    with open(os.path.join(workdir, "run.lock"), "w") as f:
+      json.dump({"pid": holder.pid, "host": os.uname().nodename, "started": 0}, f)
+    with pytest.raises(WorkdirLockedError, match=rf"in use by pid {holder.pid} on host"):
+      train.train_and_evaluate(short_config(2), workdir)
+    assert not os.path.exists(os.path.join(workdir, "metrics.jsonl"))  # nothing was touched
+  finally:
+    holder.kill()
+    holder.wait()
+  notes = []
+  with WorkdirLock(workdir, info=notes.append):  # the holder is gone: its lock is stale
+    assert json.load(open(os.path.join(workdir, "run.lock")))["pid"] == os.getpid()
+  assert "no longer running" in notes[0]
+  assert not os.path.exists(os.path.join(workdir, "run.lock"))  # released
+
+
+# ------------------------------------------------------------------ torn log, ~, flags
+
+
+def test_resume_skips_a_metrics_line_cut_by_a_kill(tmp_path, capsys):
+  workdir = str(tmp_path / "run")
+  train.train_and_evaluate(short_config(2), workdir)
+  with open(os.path.join(workdir, "metrics.jsonl"), "a") as f:
+    f.write('{"epoch": 2, "step": 4, "test_acc')  # a kill in the middle of a write
+  capsys.readouterr()
+  train.train_and_evaluate(short_config(3, checkpoint__allow_changed=""), workdir)
+  assert "skipped line 2" in capsys.readouterr().out
+  assert [line["step"] for line in metrics_lines(workdir)] == [2, 3]
+
+
+def test_tilde_in_the_workdir_is_the_home_directory(tmp_path, monkeypatch):
+  monkeypatch.setenv("HOME", str(tmp_path))
+  train.train_and_evaluate(short_config(1), "~/tilde_run")
+  assert os.path.exists(tmp_path / "tilde_run" / "results.json")
+  assert not os.path.exists("~")
+
+
+def test_unknown_config_field_is_a_one_line_error():
+  proc = subprocess.run(
+    [sys.executable, "-m", "launch.train", "--workdir=/nonexistent/x", "--config.optim.lr=1"],
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    timeout=120,
+    check=False,
+  )
+  assert proc.returncode == 1
+  assert proc.stderr.strip().startswith("error: unknown config field")
+  assert "--config.optim.lr" in proc.stderr and "Traceback" not in proc.stderr
+
+
+# ------------------------------------------------------------------ preemption
+
+
+def test_sigterm_saves_at_the_step_it_arrived_and_the_resumed_run_is_bit_identical(
+  tmp_path, monkeypatch
+):
+  reference = str(tmp_path / "reference")
+  train.train_and_evaluate(short_config(8), reference)
+  expected, _ = saved_state(reference)
+
+  workdir = str(tmp_path / "run")
+  calls = []
+  original = train.ProgressBar.update
+
+  def update(self, metrics):
+    calls.append(1)
+    if len(calls) == 3:  # during the run, after step 3 has been dispatched
+      signal.raise_signal(signal.SIGTERM)
+    original(self, metrics)
+
+  monkeypatch.setattr(train.ProgressBar, "update", update)
+  with pytest.raises(train.Preempted, match="SIGTERM received: stopped after step 3") as stopped:
+    train.train_and_evaluate(short_config(8), workdir)
+  assert stopped.value.step == 3
+  assert saved_steps(workdir) == [3]
+  monkeypatch.setattr(train.ProgressBar, "update", original)
+  assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # handlers restored
+
+  train.train_and_evaluate(short_config(8), workdir)
+  final, step = saved_state(workdir)
+  assert step == 8
+  assert_trees_equal(final, expected)
