@@ -16,7 +16,9 @@ materialised, the state comes from ``jax.eval_shape``):
 * pipeline (``"pipeline"``): the stages ``pipeline.plan_stages`` balances, each
   stage's train and eval step compiled for its own chip of one host.
 
-It prints, per topology, the chips and hosts, per chip and step the argument,
+It prints, per topology, the chips and hosts (as libtpu lays the topology out: 4 chips
+per host, so an 8-chip single-host VM such as v5litepod-8 shows as 2 hosts; the compiled
+data-parallel program is the same), per chip and step the argument,
 temporary and output bytes (``Compiled.memory_analysis()``; ``aliased`` is the
 part of the outputs that reuses the donated state's buffers) against the chip's
 HBM, whether the step fits with ``--headroom``, XLA's FLOPs per chip and step
