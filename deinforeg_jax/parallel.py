@@ -2,7 +2,10 @@
 
 Data parallelism is ``jax.jit`` over a one-axis ``Mesh`` named ``data``: the
 batch is sharded along its first dimension with ``NamedSharding(mesh,
-P("data"))`` and the train state is replicated.  XLA (GSPMD) inserts the
+P("data"))`` and the train state is replicated, or, with
+``config.parallel.shard_state`` (``state_shardings``), every large array of the
+state is sharded over the same axis (ZeRO-3 / FSDP style: XLA all-gathers a
+parameter where it is used and reduce-scatters its gradient).  XLA (GSPMD) inserts the
 collectives, so every reduction in the loss - the ``B x B`` similarity matrix,
 the variance and covariance statistics, BatchNorm's batch moments - covers the
 global batch exactly as on one device.  This is the modern form of the
@@ -127,6 +130,42 @@ def shard_batch(batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array
   """
   sharding = batch_sharding(mesh)
   return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in batch.items()}
+
+
+SHARD_MIN_ELEMENTS = 2**16  # smaller arrays stay replicated: sharding them saves little
+
+
+def state_shardings(state_shapes: Any, mesh: Mesh, shard: bool) -> Any:
+  """A sharding per array of a state pytree (arrays or ``jax.ShapeDtypeStruct``).
+
+  Replicated unless ``shard``; then each array with at least ``SHARD_MIN_ELEMENTS``
+  elements is split over ``data`` along its largest dimension that the device count
+  divides (optimizer moments follow their parameters, having the same shapes).
+  """
+  count = mesh.shape[DATA_AXIS]
+
+  def choose(x) -> NamedSharding:
+    shape = tuple(x.shape)
+    if not shard or count == 1 or int(np.prod(shape, dtype=np.int64)) < SHARD_MIN_ELEMENTS:
+      return replicated(mesh)
+    divisible = [d for d in range(len(shape)) if shape[d] % count == 0]
+    if not divisible:
+      return replicated(mesh)
+    axis = max(divisible, key=lambda d: shape[d])
+    spec = [None] * len(shape)
+    spec[axis] = DATA_AXIS
+    return NamedSharding(mesh, PartitionSpec(*spec))
+
+  return jax.tree.map(choose, state_shapes)
+
+
+def bytes_per_device(tree: Any) -> int:
+  """The bytes of ``tree``'s arrays held by each device (the largest share)."""
+  total = 0
+  for x in jax.tree.leaves(tree):
+    shard = x.sharding.shard_shape(x.shape) if hasattr(x, "sharding") else x.shape
+    total += int(np.prod(shard, dtype=np.int64)) * np.dtype(x.dtype).itemsize
+  return total
 
 
 def replicate(tree: Any, mesh: Mesh) -> Any:

@@ -100,15 +100,18 @@ class DataParallelEngine:
     parallel.check_batch_divisible(config.data.eval_batch_size, self.mesh, "data.eval_batch_size")
     self.model, self.tx, self.objective, self.info = model, tx, objective, info
     self.config = config
+    self.state_sharding = parallel.state_shardings(
+      jax.eval_shape(self._create, jax.random.key(0)), self.mesh, config.parallel.shard_state
+    )
     self._phases: dict[int, tuple[Any, Any, Any]] = {}
     self._train = self._eval = self._check = None
     self._last_batch = None
 
   def init(self, rng):
-    init = functools.partial(
-      steps.create_train_state, self.model, self.tx, input_shape=self.info.input_shape
-    )
-    return jax.jit(init, out_shardings=parallel.replicated(self.mesh))(rng)
+    return jax.jit(self._create, out_shardings=self.state_sharding)(rng)
+
+  def _create(self, rng):
+    return steps.create_train_state(self.model, self.tx, rng, self.info.input_shape)
 
   def to_train_state(self, state):
     return state
@@ -128,6 +131,7 @@ class DataParallelEngine:
       self.info.num_classes,
       config.loss,
       self.mesh,
+      state_sharding=self.state_sharding,
       log_grad_norms=config.train.log_grad_norms,
       seed=config.seed,
       frozen=phase.frozen,
@@ -142,13 +146,14 @@ class DataParallelEngine:
         seed=config.seed,
         frozen=phase.frozen,
       ),
-      in_shardings=(replicated, sharded, sharded),
+      in_shardings=(self.state_sharding, sharded, sharded),
       out_shardings=replicated,
     )
     start = time.perf_counter()
-    state_spec = jax.eval_shape(self.init, jax.random.key(0))
     state_spec = jax.tree.map(
-      lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=replicated), state_spec
+      lambda s, sharding: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding),
+      jax.eval_shape(self._create, jax.random.key(0)),
+      self.state_sharding,
     )
     batch = config.data.batch_size
     dtype = jnp.int32 if self.info.kind == "text" else jnp.float32
@@ -186,28 +191,42 @@ class DataParallelEngine:
     return {"params": state.params, "batch_stats": state.batch_stats}
 
   def describe(self):
-    return f"{self.mesh.shape[parallel.DATA_AXIS]} device(s)"
+    shapes = jax.eval_shape(self._create, jax.random.key(0))
+    placed = jax.tree.map(
+      lambda s, sharding: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding),
+      shapes,
+      self.state_sharding,
+    )
+    kind = "sharded" if self.config.parallel.shard_state else "replicated"
+    return (
+      f"{self.mesh.shape[parallel.DATA_AXIS]} device(s), state {kind}: "
+      f"{parallel.bytes_per_device(placed) / 2**20:.1f} MiB per device"
+    )
 
   def report(self):
     return None
 
 
-def compile_steps(model, objective, tx, num_classes, loss_cfg, mesh, **step_options):
+def compile_steps(
+  model, objective, tx, num_classes, loss_cfg, mesh, state_sharding=None, **step_options
+):
   """Jitted ``steps.make_train_step`` / ``make_eval_step`` of ``model`` over ``mesh``: state
-  replicated, inputs and labels sharded over ``data``; the train step donates the state.
-
-  ``step_options``: ``log_grad_norms``, ``seed``, ``frozen`` of ``make_train_step``.
+  placed by ``state_sharding`` (a pytree of shardings, ``parallel.state_shardings``;
+  default replicated), inputs and labels sharded over ``data``; the train step donates
+  the state.  ``step_options``: ``log_grad_norms``, ``seed``, ``frozen`` of
+  ``make_train_step``.
   """
   replicated, sharded = parallel.replicated(mesh), parallel.batch_sharding(mesh)
+  state_sharding = replicated if state_sharding is None else state_sharding
   train_step = jax.jit(
     steps.make_train_step(model, objective, tx, num_classes, loss_cfg, **step_options),
-    in_shardings=(replicated, sharded, sharded),
-    out_shardings=replicated,
+    in_shardings=(state_sharding, sharded, sharded),
+    out_shardings=(state_sharding, replicated, replicated),
     donate_argnums=0,
   )
   eval_step = jax.jit(
     steps.make_eval_step(model),
-    in_shardings=(replicated, sharded, sharded, sharded),
+    in_shardings=(state_sharding, sharded, sharded, sharded),
     out_shardings=replicated,
   )
   return train_step, eval_step

@@ -67,6 +67,11 @@ def _unsupported_feature(config) -> str:
       config.model.arch in models.TEXT_ARCHITECTURES,
       "stages pass one activation array, text blocks pass a sequence and its mask",
     ),
+    (
+      "parallel.shard_state",
+      config.parallel.shard_state,
+      "each stage's state lives whole on its own device",
+    ),
     *(
       (f"grow.{name}", bool(config.grow[name]), "growth changes which blocks run, stages are fixed")
       for name in ("from_workdir", "schedule", "side_split")

@@ -99,6 +99,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.parallel = ml_collections.ConfigDict()
   config.parallel.mode = "data"  # "data" | "pipeline" (blocks on their own devices)
   config.parallel.num_devices = 0  # data mode: 0 = every visible device on the data axis
+  # Data mode: shard every large parameter and its optimizer state over the devices (ZeRO-3 /
+  # FSDP style) instead of replicating them; results equal the replicated run.
+  config.parallel.shard_state = False
   config.parallel.distributed = False  # multi-host: jax.distributed.initialize() first
   # Pipeline mode (deinforeg_jax/pipeline.py):
   config.parallel.num_stages = 0  # 0: one stage per local device, at most one per block
