@@ -283,17 +283,29 @@ def static_exits(cached: list[dict], flops: dict[str, np.ndarray], blocks: list[
   return rows
 
 
+def exit_accuracy(cached: list[dict]) -> np.ndarray:
+  """Per-exit accuracy ``[K]`` over cached exit logits (``exit_logits``)."""
+  hits = sum(
+    np.sum((np.argmax(c["logits"], -1) == c["label"][None]) * c["mask"][None], axis=1)
+    for c in cached
+  )
+  return np.asarray(hits, np.float64) / max(sum(float(np.sum(c["mask"])) for c in cached), 1.0)
+
+
 def adaptive_report(
-  model, variables, batches: Iterable[dict], inputs: Callable, inference_cfg
+  model, variables, batches: Iterable[dict], inputs: Callable, inference_cfg, cached=None
 ) -> dict[str, Any] | None:
   """``results.json``'s ``adaptive_inference`` for ``config.inference``; None for < 2 exits.
 
-  ``inputs(batch)`` is the model input of a batch (``train.model_inputs``).
+  ``inputs(batch)`` is the model input of a batch (``train.model_inputs``).  ``cached``:
+  the ``exit_logits`` of those batches when already computed (the run's last test pass),
+  so the test set is not run twice.
   """
   variables = flax.core.unfreeze(variables)
   batches = iter(batches)
   first = next(batches)
-  cached = exit_logits(model, variables, itertools.chain([first], batches), inputs)
+  if cached is None:
+    cached = exit_logits(model, variables, itertools.chain([first], batches), inputs)
   num_exits = cached[0]["logits"].shape[0]
   if num_exits < 2:
     return None

@@ -44,11 +44,16 @@ class ProgressBar:
     )
     self._refresh_every = refresh_every
     self._count = 0
+    self._pending = None  # a recent step's loss, shown once the device has computed it
 
   def update(self, metrics: dict[str, Any]) -> None:
+    """Count one step; never waits for the device (the loss shown may lag a few steps)."""
     self._count += 1
-    if self._count % self._refresh_every == 0:  # reading the loss waits for the device
-      self._bar.set_postfix(loss=f"{float(metrics['total_loss']):.4f}", refresh=False)
+    if self._count % self._refresh_every == 0:
+      loss = metrics["total_loss"]
+      if self._pending is not None and getattr(self._pending, "is_ready", lambda: True)():
+        self._bar.set_postfix(loss=f"{float(self._pending):.4f}", refresh=False)
+      self._pending = loss
     self._bar.update(1)
 
   def close(self) -> None:

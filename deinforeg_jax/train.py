@@ -298,8 +298,29 @@ def _train_and_evaluate(config, workdir: str) -> dict[str, Any]:
       f"{parameter_count(full.params):,} parameters, {engine.describe()}, from step "
       f"{int(full.step)}" + (f"; train step compiled in {compile_s:.1f} s" if compile_s else "")
     )
+    final_pass = {}
+
+    def final_test(state) -> np.ndarray:
+      """The last test pass: exit logits once, for the accuracy and the adaptive report."""
+      final_pass["cached"] = inference.exit_logits(
+        plan.final.model, engine.variables(state), test_batches(), steps.model_inputs
+      )
+      return inference.exit_accuracy(final_pass["cached"])
+
+    def test_batches():
+      return eval_batches(data.test, info, global_batch_size=config.data.eval_batch_size)
+
     state, test_accuracy = run_epochs(
-      config, engine, state, plan, data, log, checkpointer, schedule, steps_per_epoch
+      config,
+      engine,
+      state,
+      plan,
+      data,
+      log,
+      checkpointer,
+      schedule,
+      steps_per_epoch,
+      final_test if jax.process_count() == 1 else None,
     )
     checkpointer.wait()
     if jax.process_count() == 1:
@@ -307,9 +328,10 @@ def _train_and_evaluate(config, workdir: str) -> dict[str, Any]:
         inference.adaptive_report(
           plan.final.model,
           engine.variables(state),
-          eval_batches(data.test, info, global_batch_size=config.data.eval_batch_size),
+          test_batches(),
           steps.model_inputs,
           config.inference,
+          cached=final_pass.get("cached"),
         )
       )
   finally:
@@ -391,7 +413,16 @@ class _StopRequests:
 
 
 def run_epochs(
-  config, engine: Engine, state, plan, data, log, checkpointer, schedule, steps_per_epoch: int
+  config,
+  engine: Engine,
+  state,
+  plan,
+  data,
+  log,
+  checkpointer,
+  schedule,
+  steps_per_epoch: int,
+  final_test: Callable[[Any], np.ndarray] | None = None,
 ):
   """The epoch loop from the state's step on; returns the final state and test accuracy.
 
@@ -402,8 +433,9 @@ def run_epochs(
   it is saved, so a bad state never becomes the checkpoint a run resumes from; at the
   epoch's end the test split is evaluated and one line goes to ``metrics.jsonl``.
   ``config.train.max_steps`` (0: no limit) ends the run early, as the end of an epoch.
-  SIGTERM/SIGINT end the current segment after the running step, save, and raise
-  ``Preempted``.
+  ``final_test(state) -> [K]`` replaces the engine's evaluation after the last step
+  (the caller reuses that pass).  SIGTERM/SIGINT end the current segment after the
+  running step, save, and raise ``Preempted``.
   """
   info, num_epochs = data.info, config.train.num_epochs
   total = _total_steps(config, steps_per_epoch)
@@ -429,7 +461,10 @@ def run_epochs(
     )
     return engine.evaluate(state, batches)
 
-  test_accuracy = test(state) if step >= total else None  # finished before: evaluate only
+  def test_at(state, step: int):
+    return final_test(state) if final_test is not None and step >= total else test(state)
+
+  test_accuracy = test_at(state, step) if step >= total else None  # finished: evaluate only
   with _StopRequests() as stop:
     for epoch in range(step // steps_per_epoch, num_epochs):
       if step >= total:
@@ -475,7 +510,7 @@ def run_epochs(
         if step < epoch_end:
           save(state, step, epoch)
       bar.close()
-      test_accuracy = test(state)
+      test_accuracy = test_at(state, step)
       log.epoch(epoch, step, summary, test_accuracy, schedule(step))
       save(state, step, epoch)
   return state, test_accuracy

@@ -19,7 +19,7 @@ import numpy as np
 import optax
 import pytest
 
-from deinforeg_jax import models, optim, parallel, rules, steps, train
+from deinforeg_jax import checkpoint, models, optim, parallel, rules, steps, train
 from helpers import (
   DIGITS_SHAPE,
   NUM_CLASSES,
@@ -236,19 +236,18 @@ def test_local_batch_statistics_would_differ():
 # ------------------------------------------------- determinism of a whole run
 
 
-_ORIGINAL_EVALUATE = train.DataParallelEngine.evaluate
+_ORIGINAL_SAVE = checkpoint.RunCheckpointer.save
 
 
 def _capture_final_state(monkeypatch):
-  """Record (a host copy of) the state the engine evaluates after each epoch."""
+  """Record (a host copy of) the state saved at the end of each epoch."""
   seen = []
-  original = _ORIGINAL_EVALUATE
 
-  def recording(engine, state, batches):
+  def recording(checkpointer, state, metadata):
     seen.append(to_host(state))
-    return original(engine, state, batches)
+    return _ORIGINAL_SAVE(checkpointer, state, metadata)
 
-  monkeypatch.setattr(train.DataParallelEngine, "evaluate", recording)
+  monkeypatch.setattr(checkpoint.RunCheckpointer, "save", recording)
   return seen
 
 
@@ -267,7 +266,7 @@ def test_train_and_evaluate_is_deterministic(tmp_path, monkeypatch):
     runs.append((results, lines, states))
 
   (results_a, lines_a, states_a), (results_b, lines_b, states_b) = runs
-  assert len(states_a) == len(states_b) == 2  # one evaluation per epoch
+  assert len(states_a) == len(states_b) == 2  # one save per epoch
   assert results_a["steps"] == results_b["steps"] == 2 * (1437 // 128)
   assert results_a["per_block_test_accuracy"] == results_b["per_block_test_accuracy"]
   assert len(results_a["per_block_test_accuracy"]) == 2
