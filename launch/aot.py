@@ -274,7 +274,10 @@ def _abstract_state(model, tx, input_shape, sharding):
 def _batch_args(config, input_shape, dtype, sharding, eval_step: bool):
   """Abstract ``(inputs, labels[, mask])`` of a global train (or eval) batch."""
   batch = config.data.eval_batch_size if eval_step else config.data.batch_size
-  args = [_abstract((batch, *input_shape), dtype, sharding), _abstract((batch,), jnp.int32, sharding)]
+  args = [
+    _abstract((batch, *input_shape), dtype, sharding),
+    _abstract((batch,), jnp.int32, sharding),
+  ]
   if eval_step:
     args.append(_abstract((batch,), jnp.float32, sharding))
   return args
@@ -525,6 +528,9 @@ def main(argv):
   if not flags.FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)
   config = flags.FLAGS.config
+  # The numbers must be those of the program a TPU would run: XLA's full optimisation, even when
+  # JAX_DISABLE_MOST_OPTIMIZATIONS is set (the test suite sets it for quicker compiles).
+  jax.config.update("jax_disable_most_optimizations", False)
   try:
     require_libtpu()
     input_shape = tuple(int(v) for v in _INPUT_SHAPE.value)

@@ -13,11 +13,11 @@ from step 4 and finish at ``train.max_steps=10``.
 Checked: each process read exactly its half of every global batch (rows
 ``[p*32, (p+1)*32)`` of the single-process batch); only process 0 wrote the run files;
 the checkpoint reads back in this (single) process; the final parameters and BatchNorm
-statistics equal those of one process on 4 fake CPU devices to ``ATOL``, not bit for bit:
-the two-process job sums across processes through gloo, in another order than XLA:CPU's
-all-reduce inside one process, so the global-batch statistics (similarity matrix,
-variance/covariance, BatchNorm moments) differ in the last bits, and so do the updates
-made from them.  The kill and resume add nothing: the killed and resumed job's final
+statistics equal those of one process on 4 fake CPU devices to ``RTOL``/``ATOL``, not bit
+for bit: the two-process job sums across processes through gloo, in another order than
+XLA:CPU's all-reduce inside one process (a global sum of the same 64 rows differed in 345 of
+1,000 columns), so the global-batch statistics (similarity matrix, variance/covariance,
+BatchNorm moments) differ in the last bits, and so do the updates made from them.  The kill and resume add nothing: the killed and resumed job's final
 state equals an uninterrupted two-process run bit for bit (checked by hand; a third job
 would make this test too slow for 2 cores).
 """
@@ -44,9 +44,11 @@ from launch.configs import default
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BATCH, EVERY, HOLD_AT, MAX_STEPS = 64, 4, 7, 10
 TIMEOUT_S = 300
-# Largest difference allowed between the two-process and the one-process parameters and
-# BatchNorm statistics after 10 steps; measured: 7.7e-7 (77 of 81 arrays differ).
-ATOL = 2e-6
+# Difference allowed between the two-process and the one-process parameters and BatchNorm
+# statistics after 10 steps (assert_allclose).  Measured largest differences: 7.7e-7 with XLA's
+# optimisations, 1.1e-5 on a BatchNorm scale of 1.02 (2.6e-6 on a bias of 1e-3) with
+# JAX_DISABLE_MOST_OPTIMIZATIONS=1, which tests/conftest.py passes on to the launched processes.
+RTOL, ATOL = 1e-4, 1e-5
 
 PROBE = '''\
 """tests/test_multiprocess.py's probe, imported at start-up by every launch.train it starts."""
@@ -231,7 +233,7 @@ def test_two_processes_killed_and_resumed_equal_one_process(tmp_path):
   assert {r["process"] for r in writes} == {0}
 
   # One process reads the two-process checkpoint; it equals the one-process run up to the
-  # order of the cross-process sums (ATOL: see the module docstring).
+  # order of the cross-process sums (see RTOL, ATOL).
   variables, metadata = checkpoint.read_variables(str(multi))
   reference_variables, reference_metadata = checkpoint.read_variables(str(single))
   assert metadata["step"] == reference_metadata["step"] == MAX_STEPS
@@ -239,7 +241,7 @@ def test_two_processes_killed_and_resumed_equal_one_process(tmp_path):
   ref_flat, ref_tree = jax.tree_util.tree_flatten_with_path(reference_variables)
   assert tree == ref_tree and len(flat) > 10
   for (path, value), (_, ref_value) in zip(flat, ref_flat):
-    np.testing.assert_allclose(value, ref_value, rtol=0, atol=ATOL,
+    np.testing.assert_allclose(value, ref_value, rtol=RTOL, atol=ATOL,
                                err_msg=jax.tree_util.keystr(path))
   lines = [json.loads(line) for line in open(multi / "metrics.jsonl")]
   reference_lines = [json.loads(line) for line in open(single / "metrics.jsonl")]
