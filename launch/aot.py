@@ -12,7 +12,9 @@ materialised, the state comes from ``jax.eval_shape``):
 
 * data parallel (``config.parallel.mode="data"``): ``train.compile_steps`` over a
   ``data`` mesh of the topology's chips (``config.parallel.num_devices``, 0 = all):
-  the global batch sharded over the chips, the state replicated;
+  the global batch sharded over the chips, the state replicated, or with
+  ``config.parallel.shard_state`` its large arrays split over the chips
+  (``parallel.state_shardings``);
 * pipeline (``"pipeline"``): the stages ``pipeline.plan_stages`` balances, each
   stage's train and eval step compiled for its own chip of one host.
 
@@ -100,6 +102,7 @@ LIBTPU_MISSING = (
 CHANGE_FIELDS = (
   "config.data.batch_size / config.data.eval_batch_size (activations, temporaries), "
   "config.model.width and config.model.projector (parameters and optimizer state), "
+  "config.parallel.shard_state=True (data parallel: the state split over the chips), "
   "config.parallel.num_devices (data parallel: more chips share the batch) or "
   "config.parallel.num_stages (pipeline: fewer blocks per chip)"
 )
@@ -264,11 +267,17 @@ def _abstract(shape, dtype, sharding) -> jax.ShapeDtypeStruct:
   return jax.ShapeDtypeStruct(shape, dtype, sharding=sharding)
 
 
-def _abstract_state(model, tx, input_shape, sharding):
-  """``steps.create_train_state``'s shapes (``jax.eval_shape``) placed by ``sharding``."""
+def state_shapes_of(model, tx, input_shape):
+  """``steps.create_train_state``'s shapes and dtypes (``jax.eval_shape``: nothing is built)."""
   init = functools.partial(steps.create_train_state, model, tx, input_shape=input_shape)
-  state = jax.eval_shape(init, jax.random.key(0))
-  return jax.tree.map(lambda s: _abstract(s.shape, s.dtype, sharding), state)
+  return jax.eval_shape(init, jax.random.key(0))
+
+
+def _placed(state_shapes, shardings):
+  """``state_shapes`` with a sharding per array (a pytree of them, or one for all)."""
+  if isinstance(shardings, jax.sharding.Sharding):
+    shardings = jax.tree.map(lambda _: shardings, state_shapes)
+  return jax.tree.map(lambda s, p: _abstract(s.shape, s.dtype, p), state_shapes, shardings)
 
 
 def _batch_args(config, input_shape, dtype, sharding, eval_step: bool):
@@ -297,6 +306,9 @@ def _data_parallel(config, run, shapes: RunShapes, devices) -> tuple[int, list[S
   except ValueError as e:
     raise AotError(str(e)) from e
   phase = run["phase"]
+  state_shapes = state_shapes_of(run["model"], run["tx"], shapes.input_shape)
+  # Replicated, or with config.parallel.shard_state every large array split over the chips.
+  state_sharding = parallel.state_shardings(state_shapes, mesh, config.parallel.shard_state)
   train_step, eval_step = train.compile_steps(
     phase.model,
     run["objective"],
@@ -304,12 +316,13 @@ def _data_parallel(config, run, shapes: RunShapes, devices) -> tuple[int, list[S
     shapes.num_classes,
     config.loss,
     mesh,
+    state_sharding,
     log_grad_norms=config.train.log_grad_norms,
     seed=config.seed,
     frozen=phase.frozen,
   )
   sharded = parallel.batch_sharding(mesh)
-  state = _abstract_state(run["model"], run["tx"], shapes.input_shape, parallel.replicated(mesh))
+  state = _placed(state_shapes, state_sharding)
   batch = functools.partial(_batch_args, config, shapes.input_shape, shapes.dtype, sharded)
   reports = [
     _compile("train", train_step, state, *batch(False)),
@@ -359,7 +372,7 @@ def _pipeline(config, run, shapes: RunShapes, devices) -> tuple[int, list[StepRe
     )
     eval_step = jax.jit(steps.make_eval_step(stage), in_shardings=(place,) * 4,
                         out_shardings=place)
-    state = _abstract_state(stage, run["tx"], shape, place)
+    state = _placed(state_shapes_of(stage, run["tx"], shape), place)
     batch = functools.partial(_batch_args, config, shape, jnp.float32, place)  # images only
     blocks = f"blocks {plan.bounds[k][0]}-{plan.bounds[k][1] - 1}"
     reports.append(_compile(f"train stage {k} ({blocks})", train_step, state, *batch(False)))
@@ -444,8 +457,9 @@ def format_report(report: TopologyReport, config) -> str:
     where = f"pipeline, {report.chips_used} stage(s) on the chips of one host"
   else:
     per_chip = config.data.batch_size // report.chips_used
+    state = "sharded (parallel.shard_state)" if config.parallel.shard_state else "replicated"
     where = (f"data parallel over {report.chips_used} chip(s), global batch "
-             f"{config.data.batch_size} ({per_chip} per chip), state replicated")
+             f"{config.data.batch_size} ({per_chip} per chip), state {state}")
   lines = [
     f"{report.topology}: {report.device_kind}, {report.chips} chip(s) on {report.hosts} "
     f"host(s), {hbm}; {where}",
@@ -486,7 +500,8 @@ def no_fit_message(report: TopologyReport) -> str:
   worst = max(report.steps, key=lambda s: s.total_bytes)
   state_heavy = worst.argument_bytes >= worst.temp_bytes
   first = (
-    "config.model.width / config.model.projector (the replicated state dominates)"
+    "config.parallel.shard_state=True or config.model.width / config.model.projector (the "
+    "state dominates)"
     if state_heavy
     else "config.data.batch_size / config.data.eval_batch_size (temporaries dominate)"
   )

@@ -9,7 +9,6 @@ takes minutes to compile on a 2-core CPU, so none is compiled here.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import importlib.util
 import math
 import os
@@ -44,12 +43,7 @@ def compiled():
   report = aot.check_topology(config, "v5e:2x2")
   shapes = aot.run_shapes(config)
   run = aot.build_run(config, shapes)
-  state = jax.eval_shape(
-    functools.partial(steps.create_train_state, run["model"], run["tx"],
-                      input_shape=shapes.input_shape),
-    jax.random.key(0),
-  )
-  return config, report, run, state
+  return config, report, run, aot.state_shapes_of(run["model"], run["tx"], shapes.input_shape)
 
 
 def test_libtpu_is_installed():
@@ -99,6 +93,22 @@ def test_v5e_2x2_data_parallel_report(compiled):
   assert train_step.alias_bytes <= train_step.output_bytes
   assert eval_step.alias_bytes == 0
   assert report.fits is True and report.peak_bytes == max(s.total_bytes for s in report.steps)
+
+
+def test_sharded_state_splits_the_large_arrays():
+  """``config.parallel.shard_state``: each chip holds about a quarter of the large arrays."""
+  config = tiny_config(projector="512-512")  # 512 x 512 kernels: split, large enough to count
+  config.parallel.shard_state = True
+  report = aot.check_topology(config, "v5e:2x2")
+  shapes = aot.run_shapes(config)
+  run = aot.build_run(config, shapes)
+  leaves = jax.tree.leaves(aot.state_shapes_of(run["model"], run["tx"], shapes.input_shape))
+  whole = sum(math.prod(x.shape) * x.dtype.itemsize for x in leaves)
+  large = sum(math.prod(x.shape) * x.dtype.itemsize for x in leaves if math.prod(x.shape) >= 2**16)
+  train_step = report.steps[0]
+  assert large > 0.85 * whole  # the projectors' 512 x 512 kernels and their LARS momenta
+  assert large / CHIPS <= train_step.argument_bytes < 0.5 * whole
+  assert "state sharded (parallel.shard_state)" in aot.format_report(report, config)
 
 
 def test_flops_are_per_chip_and_plausible(compiled):
