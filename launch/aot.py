@@ -30,8 +30,9 @@ change), 2 when libtpu is missing or a flag is wrong.
 
 No dataset is read: the input shape and class count come from ``DATASETS`` for
 the shipped datasets (``digits`` 8x8x1/10, ``cifar10`` 32x32x3/10, ``cifar100``
-32x32x3/100; text: ``(config.data.max_len,)`` int32 token ids, the reference
-length when 0, with ``config.data.vocab_size`` embedding rows) or from
+32x32x3/100, ``tiny_imagenet`` 32x32x3/200 as prepared with ``--resize=32``; text:
+``(config.data.max_len,)`` int32 token ids, the reference length when 0, with
+``config.data.vocab_size`` embedding rows) or from
 ``--input_shape`` / ``--num_classes`` for any other ``config.data.name``.
 
 Needs libtpu (``pip install -e ".[tpu]"``, i.e. ``jax[tpu]`` at the pinned JAX
@@ -89,6 +90,7 @@ DATASETS = {
   "digits": ((8, 8, 1), 10, 1437),
   "cifar10": ((32, 32, 3), 10, 50000),
   "cifar100": ((32, 32, 3), 100, 50000),
+  "tiny_imagenet": ((32, 32, 3), 200, 100000),  # launch.prepare_data --resize=32
   "imdb_reviews": (None, 2, 25000),
   "ag_news_subset": (None, 4, 120000),
   "dbpedia": (None, 14, 560000),
@@ -523,11 +525,11 @@ _TOPOLOGY = flags.DEFINE_list(
 )
 _NUM_CLASSES = flags.DEFINE_integer(
   "num_classes", 0, "Classes; 0: from config.data.name (digits/cifar10 10, cifar100 100, "
-  "imdb_reviews 2, ag_news_subset 4, dbpedia 14). No dataset is read."
+  "tiny_imagenet 200, imdb_reviews 2, ag_news_subset 4, dbpedia 14). No dataset is read."
 )
 _INPUT_SHAPE = flags.DEFINE_list(
   "input_shape", [], "One example's shape, e.g. 32,32,3; empty: from config.data.name (digits "
-  "8,8,1; cifar10/cifar100 32,32,3; text: config.data.max_len token ids, int32)."
+  "8,8,1; cifar10/cifar100/tiny_imagenet 32,32,3; text: config.data.max_len token ids, int32)."
 )
 _HEADROOM = flags.DEFINE_float(
   "headroom", 0.1, "Fraction of each chip's HBM kept free for the runtime, input buffers and "

@@ -4,6 +4,8 @@
       --npz=data.npz                 # x_train, y_train, x_test, y_test [, class_names]
   python -m launch.prepare_data --name=my_data --data_dir=DIR \
       --image_folder=FOLDER          # FOLDER/{train,test}/<class>/*.png|jpg
+  python -m launch.prepare_data --name=tiny_imagenet --data_dir=DIR \
+      --tiny_imagenet=tiny-imagenet-200 --resize=32   # val is the test split
   python -m launch.prepare_data --name=ag_news_local --data_dir=DIR \
       --jsonl_train=train.jsonl.gz --jsonl_test=test.jsonl.gz   # {"text": ..., "label": int}
 
@@ -13,13 +15,18 @@ renamed into place only when complete, so a failed run (or ``--overwrite`` with 
 input) leaves an existing dataset as it was. Labels must be 0-based class ids, and the
 train split needs two classes or more (``--allow_one_class`` to accept one).
 
+Image files (``--image_folder``, ``--tiny_imagenet``) are decoded with Pillow;
+``--resize=N`` resizes each to NxN (bilinear, as torchvision's Resize; the thesis trains
+on Tiny-ImageNet at 32x32). Tiny-ImageNet's labels follow the order of its ``wnids.txt``.
+
 Images: ``.npz`` integer arrays must hold 0..255 (stored as uint8); float arrays must be
 finite, in [0, 1] or 0..255 (the range is inferred from the data and stored as
 ``pixel_max``). The train split's per-channel pixel mean/std are stored with the dataset;
 ``--mean``/``--std`` (in [0, 1] units, as for torchvision's Normalize; finite, std > 0)
-replace them, e.g. with the reference code's CIFAR-10 constants (vision/setting.py;
-``config.data.name=cifar10`` uses them):
-  --mean=0.4914,0.4822,0.4465 --std=0.2023,0.1994,0.2010
+replace them, e.g. with the reference code's constants (vision/setting.py;
+``config.data.name=cifar10`` uses CIFAR-10's):
+  --mean=0.4914,0.4822,0.4465 --std=0.2023,0.1994,0.2010   # CIFAR-10
+  --mean=0.4802,0.4481,0.3975 --std=0.2770,0.2691,0.2821   # Tiny-ImageNet
 Names of TFDS catalogue datasets (cifar10, mnist, ...) are refused: TFDS would read
 them with its own builder; use e.g. cifar10_local.
 """
@@ -37,6 +44,15 @@ _NPZ = flags.DEFINE_string(
 )
 _IMAGE_FOLDER = flags.DEFINE_string(
   "image_folder", None, "A folder with train/<class>/* and test/<class>/* images."
+)
+_TINY_IMAGENET = flags.DEFINE_string(
+  "tiny_imagenet",
+  None,
+  "The tiny-imagenet-200 folder (wnids.txt, train/<wnid>/images, val/images, "
+  "val/val_annotations.txt); val becomes the test split.",
+)
+_RESIZE = flags.DEFINE_integer(
+  "resize", None, "Resize every image to NxN (--image_folder, --tiny_imagenet), e.g. 32."
 )
 _JSONL_TRAIN = flags.DEFINE_string(
   "jsonl_train", None, "Text: JSON Lines (optionally .gz) train records with 'text' and 'label'."
@@ -76,12 +92,18 @@ def main(argv):
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   if (_JSONL_TRAIN.value is None) != (_JSONL_TEST.value is None):
     raise app.UsageError("give both --jsonl_train and --jsonl_test")
-  given = [_NPZ.value, _IMAGE_FOLDER.value, _JSONL_TRAIN.value]
+  given = [_NPZ.value, _IMAGE_FOLDER.value, _TINY_IMAGENET.value, _JSONL_TRAIN.value]
   if sum(v is not None for v in given) != 1:
-    raise app.UsageError("give exactly one of --npz, --image_folder and --jsonl_train/--jsonl_test")
+    raise app.UsageError(
+      "give exactly one of --npz, --image_folder, --tiny_imagenet and --jsonl_train/--jsonl_test"
+    )
+  if _RESIZE.value is not None and _IMAGE_FOLDER.value is None and _TINY_IMAGENET.value is None:
+    raise app.UsageError("--resize applies to image files (--image_folder, --tiny_imagenet)")
   if _JSONL_TRAIN.value is not None:
     if _MEAN.value is not None or _STD.value is not None:
-      raise app.UsageError("--mean/--std apply to images (--npz, --image_folder), not text")
+      raise app.UsageError(
+        "--mean/--std apply to images (--npz, --image_folder, --tiny_imagenet), not text"
+      )
     _prepare_text()
     return
   if (_MEAN.value is None) != (_STD.value is None):
@@ -102,9 +124,13 @@ def main(argv):
       prepared = prepare.prepare_npz(
         _NAME.value, _DATA_DIR.value, _NPZ.value, num_classes=_NUM_CLASSES.value, **options
       )
-    else:
+    elif _IMAGE_FOLDER.value is not None:
       prepared = prepare.prepare_image_folder(
-        _NAME.value, _DATA_DIR.value, _IMAGE_FOLDER.value, **options
+        _NAME.value, _DATA_DIR.value, _IMAGE_FOLDER.value, resize=_RESIZE.value, **options
+      )
+    else:
+      prepared = prepare.prepare_tiny_imagenet(
+        _NAME.value, _DATA_DIR.value, _TINY_IMAGENET.value, resize=_RESIZE.value, **options
       )
   except (ValueError, OSError) as error:  # OSError: missing file, existing dataset
     print(f"prepare_data: error: {error}", file=sys.stderr)
@@ -118,9 +144,10 @@ def main(argv):
     f"[0, {prepared.metadata['pixel_max']:g}], mean {fmt(prepared.mean)} std "
     f"{fmt(prepared.std)}\n  -> {prepared.dataset_dir}"
   )
+  config = "tinyimagenet_vgg" if _TINY_IMAGENET.value is not None else "default"
   print(
     "Train on it with:\n"
-    f"  python -m launch.train --config=launch/configs/default.py "
+    f"  python -m launch.train --config=launch/configs/{config}.py "
     f"--config.data.name={prepared.name} --config.data.data_dir={prepared.data_dir} "
     "--workdir=W"
   )

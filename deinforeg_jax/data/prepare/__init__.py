@@ -4,7 +4,9 @@ Run by ``launch.prepare_data``; the runtime path (``deinforeg_jax.data``) never 
 this package. Every dataset goes through the one builder in ``builder``:
 
 - ``images``: ``.npz`` arrays (and the image-writing path shared with folders);
-- ``image_folder``: ``<root>/{train,test}/<class>/*`` image files, decoded with Pillow;
+- ``image_folder``: ``<root>/{train,test}/<class>/*`` image files, decoded with Pillow
+  (and the writing path of every layout of image files);
+- ``tiny_imagenet``: the ``tiny-imagenet-200/`` folder (``wnids.txt``, train, val);
 - ``text``: JSON Lines files with ``text`` and ``label``.
 """
 
@@ -12,6 +14,7 @@ from deinforeg_jax.data.prepare.builder import LocalDataset, Prepared, SplitData
 from deinforeg_jax.data.prepare.image_folder import prepare_image_folder, read_image
 from deinforeg_jax.data.prepare.images import PreparedImages, prepare_npz
 from deinforeg_jax.data.prepare.text import prepare_jsonl, read_jsonl
+from deinforeg_jax.data.prepare.tiny_imagenet import prepare_tiny_imagenet
 
 __all__ = [
   "LocalDataset",
@@ -21,6 +24,7 @@ __all__ = [
   "prepare_image_folder",
   "prepare_jsonl",
   "prepare_npz",
+  "prepare_tiny_imagenet",
   "read_image",
   "read_jsonl",
   "write_dataset",

@@ -2,7 +2,9 @@
 
 Any format Pillow reads is accepted (PNG, JPEG, BMP, GIF, WebP...). A file Pillow cannot
 open or decode (unknown format, truncated, corrupt compressed data) raises ``ValueError``
-naming the file. Images are stored as uint8, ``pixel_max = 255``.
+naming the file. Images are stored as uint8, ``pixel_max = 255``, optionally resized to
+``resize x resize``. ``write_image_files`` is the writing path of every layout of image
+files (this one and ``tiny_imagenet``).
 """
 
 from __future__ import annotations
@@ -11,12 +13,13 @@ import contextlib
 import os
 import struct
 import zlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Unpack
 
 import numpy as np
 
 from deinforeg_jax.data.prepare.builder import SplitData, check_classes
-from deinforeg_jax.data.prepare.images import PreparedImages, write_images
+from deinforeg_jax.data.prepare.images import PreparedImages, WriteOptions, write_images
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
 _GREY_BANDS = frozenset({"1", "L", "I", "F", "A"})  # Pillow band names without colour
@@ -52,11 +55,14 @@ def image_shape(path: str) -> tuple[int, int, int]:
     return height, width, 1 if set(image.getbands()) <= _GREY_BANDS else 3
 
 
-def read_image(path: str, channels: int) -> np.ndarray:
-  """The image at ``path`` as uint8 ``[H, W, channels]`` (``channels`` 1 or 3).
+def read_image(path: str, channels: int, size: int | None = None) -> np.ndarray:
+  """The image at ``path`` as uint8 ``[H, W, channels]`` (``channels`` 1 or 3), or
+  ``[size, size, channels]`` when ``size`` is given.
 
   Alpha is dropped; grey -> RGB repeats the grey value, RGB -> grey uses Pillow's
   ITU-R 601-2 luma. 16-bit grey is scaled to 8 bits (``round(v * 255 / 65535)``).
+  Resizing (after the conversion) is Pillow's bilinear filter, antialiased when it
+  shrinks: what torchvision's ``Resize`` does to a Pillow image.
   """
   from PIL import Image  # pylint: disable=import-outside-toplevel
 
@@ -64,7 +70,10 @@ def read_image(path: str, channels: int) -> np.ndarray:
     if image.mode.startswith("I"):  # 16/32-bit integer grey
       wide = np.asarray(image, np.float64)
       image = Image.fromarray(np.clip(np.round(wide * (255.0 / 65535.0)), 0, 255).astype(np.uint8))
-    pixels = np.asarray(image.convert("L" if channels == 1 else "RGB"))
+    image = image.convert("L" if channels == 1 else "RGB")
+    if size is not None:
+      image = image.resize((size, size), Image.Resampling.BILINEAR)
+    pixels = np.asarray(image)
   return pixels.reshape(*pixels.shape[:2], channels)
 
 
@@ -87,25 +96,79 @@ def _list_split(root: str, split: str) -> dict[str, list[str]]:
   return classes
 
 
+def write_image_files(
+  name: str,
+  data_dir: str,
+  files: Mapping[str, Sequence[tuple[str, int]]],
+  *,
+  class_names: Sequence[str],
+  sources: Mapping[str, str],
+  description: str,
+  resize: int | None = None,
+  allow_one_class: bool = False,
+  **options: Unpack[WriteOptions],
+) -> PreparedImages:
+  """Writes labelled image files ``{split: [(path, label), ...]}``, records in list order.
+
+  ``sources`` names each split's folder for error messages. Images are RGB when any image
+  has colour, else greyscale; alpha is dropped. Without ``resize`` every image must have
+  the same height and width; with it each becomes ``[resize, resize]`` (``read_image``).
+  The train split needs two classes or more unless ``allow_one_class``. ``options``
+  (``mean``/``std``...): see ``write_images``.
+  """
+  if resize is not None and resize < 1:
+    raise ValueError(f"resize (--resize) must be a positive number of pixels, got {resize}")
+  check_classes(
+    [label for _, label in files["train"]], sources["train"], allow_one_class=allow_one_class
+  )
+  sizes, channels = {}, 1
+  for split_files in files.values():
+    for path, _ in split_files:
+      height, width, colours = image_shape(path)
+      sizes.setdefault((height, width), path)
+      channels = max(channels, colours)
+  if resize is None and len(sizes) > 1:
+    shown = ", ".join(f"{hw} (e.g. {p})" for hw, p in list(sizes.items())[:3])
+    raise ValueError(
+      f"images under {', '.join(sources.values())} differ in size (height, width): {shown}; "
+      "resize them to one size first (--resize=N makes every image N x N)"
+    )
+  height, width = next(iter(sizes)) if resize is None else (resize, resize)
+
+  def split_data(split: str) -> SplitData:
+    def examples() -> Iterator[tuple[np.ndarray, int]]:
+      for path, label in files[split]:
+        yield read_image(path, channels, resize), label
+
+    return SplitData(len(files[split]), examples, source=sources[split])
+
+  return write_images(
+    name,
+    data_dir,
+    {split: split_data(split) for split in files},
+    image_shape=(height, width, channels),
+    image_dtype=np.uint8,
+    class_names=class_names,
+    description=description,
+    **options,
+  )
+
+
 def prepare_image_folder(
   name: str,
   data_dir: str,
   folder: str,
   *,
-  mean: Sequence[float] | None = None,
-  std: Sequence[float] | None = None,
-  stats_units: str = "raw",
-  stats_source: str = "given",
+  resize: int | None = None,
   allow_one_class: bool = False,
-  overwrite: bool = False,
+  **options: Unpack[WriteOptions],
 ) -> PreparedImages:
   """Prepares ``folder/train/<class>/*`` and ``folder/test/<class>/*`` images.
 
   Class ids are the sorted class folder names of ``train``; every class folder of
   ``test`` must also exist in ``train``. Records are ordered by class, then file name.
-  All images must have the same height and width. Images are RGB when any image has
-  colour, else greyscale; alpha is dropped. Both splits need images, and the train split
-  two classes or more unless ``allow_one_class``. ``mean``/``std``: see ``write_images``.
+  Both splits need images. ``resize``, ``allow_one_class``, ``options``: see
+  ``write_image_files``.
   """
   listing = {split: _list_split(folder, split) for split in ("train", "test")}
   class_names = sorted(listing["train"])
@@ -129,41 +192,14 @@ def prepare_image_folder(
         f"{folder}/{split}: the {split} split is empty: no {'/'.join(IMAGE_SUFFIXES)} files "
         f"in its class folders {sorted(listing[split])}"
       )
-  check_classes(
-    [label for _, label in files["train"]], f"{folder}/train", allow_one_class=allow_one_class
-  )
-  sizes, channels = {}, 1
-  for split in ("train", "test"):
-    for path, _ in files[split]:
-      height, width, colours = image_shape(path)
-      sizes.setdefault((height, width), path)
-      channels = max(channels, colours)
-  if len(sizes) > 1:
-    shown = ", ".join(f"{hw} (e.g. {p})" for hw, p in list(sizes.items())[:3])
-    raise ValueError(
-      f"images under {folder} differ in size (height, width): {shown}; resize them to "
-      "one size first"
-    )
-  ((height, width),) = sizes
-
-  def split_data(split: str) -> SplitData:
-    def examples() -> Iterator[tuple[np.ndarray, int]]:
-      for path, label in files[split]:
-        yield read_image(path, channels), label
-
-    return SplitData(len(files[split]), examples, source=f"{folder}/{split}")
-
-  return write_images(
+  return write_image_files(
     name,
     data_dir,
-    {"train": split_data("train"), "test": split_data("test")},
-    image_shape=(height, width, channels),
-    image_dtype=np.uint8,
+    files,
     class_names=class_names,
-    mean=mean,
-    std=std,
-    stats_units=stats_units,
-    stats_source=stats_source,
+    sources={split: f"{folder}/{split}" for split in files},
     description=f"Prepared from the image folder {os.path.abspath(folder)}.",
-    overwrite=overwrite,
+    resize=resize,
+    allow_one_class=allow_one_class,
+    **options,
   )

@@ -25,6 +25,7 @@ import os
 import zipfile
 import zlib
 from collections.abc import Iterator, Sequence
+from typing import TypedDict, Unpack
 
 import numpy as np
 
@@ -40,6 +41,16 @@ from deinforeg_jax.data.prepare.builder import (
 
 _CHUNK = 4096  # images per vectorised pass over in-memory arrays (bounds temporary memory)
 NPZ_KEYS = ("x_train", "y_train", "x_test", "y_test")
+
+
+class WriteOptions(TypedDict, total=False):
+  """The keywords every image ``prepare_*`` passes on to ``write_images`` unchanged."""
+
+  mean: Sequence[float] | None
+  std: Sequence[float] | None
+  stats_units: str
+  stats_source: str
+  overwrite: bool
 
 
 @dataclasses.dataclass(frozen=True)
@@ -250,12 +261,8 @@ def prepare_npz(
   npz_path: str,
   *,
   num_classes: int | None = None,
-  mean: Sequence[float] | None = None,
-  std: Sequence[float] | None = None,
-  stats_units: str = "raw",
-  stats_source: str = "given",
   allow_one_class: bool = False,
-  overwrite: bool = False,
+  **options: Unpack[WriteOptions],
 ) -> PreparedImages:
   """Prepares ``x_train, y_train, x_test, y_test`` (+ optional ``class_names``) arrays.
 
@@ -263,8 +270,8 @@ def prepare_npz(
   0..255 (stored as uint8) or finite floats in [0, 1] or [0, 255] (stored as float32; the
   pixel range is inferred, see the module docstring). Labels ``[N]`` must be 0-based ids
   below ``num_classes`` (default: ``len(class_names)``, else the largest label + 1); the
-  train labels need two classes or more unless ``allow_one_class``. ``mean``/``std``:
-  see ``write_images``.
+  train labels need two classes or more unless ``allow_one_class``. ``options``
+  (``mean``/``std``...): see ``write_images``.
   """
   arrays, class_names = read_npz(npz_path)
   images, highs = {}, {}
@@ -308,13 +315,14 @@ def prepare_npz(
     validate_labels(labels[split], num_classes, split_name=f"{npz_path}: y_{split}")
   check_classes(labels["train"], f"{npz_path} (y_train)", allow_one_class=allow_one_class)
 
-  if mean is None:
+  if options.get("mean") is None:
     # The arrays are in memory already: one vectorised pass, in chunks to bound memory.
     stats = StatsAccumulator(images["train"].shape[-1])
     for start in range(0, len(images["train"]), _CHUNK):
       stats.add(images["train"][start : start + _CHUNK])
     mean, std = stats.result()
-    stats_units, stats_source = "raw", f"train split, {len(images['train'])} images"
+    source = f"train split, {len(images['train'])} images"
+    options.update(mean=mean, std=std, stats_units="raw", stats_source=source)
   return write_images(
     name,
     data_dir,
@@ -324,12 +332,8 @@ def prepare_npz(
     pixel_max=pixel_max,
     class_names=class_names,
     num_classes=num_classes,
-    mean=mean,
-    std=std,
-    stats_units=stats_units,
-    stats_source=stats_source,
     description=f"Prepared from {os.path.abspath(npz_path)}.",
-    overwrite=overwrite,
+    **options,
   )
 
 
