@@ -37,6 +37,7 @@ import jax.numpy as jnp
 
 from deinforeg_jax import stack
 from deinforeg_jax.modules import vision
+from deinforeg_jax.modules.layers import FLAX, Conventions
 
 ACTIVATIONS = {"sigmoid": nn.sigmoid, "tanh": nn.tanh, "relu": nn.relu}
 BASELINE_RULES = ("scpl", "al")
@@ -49,11 +50,12 @@ class DenseStack(nn.Module):
   widths: Sequence[int]
   activation: str = "relu"
   activate_last: bool = False
+  conventions: Conventions = FLAX
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     for i, width in enumerate(self.widths):
-      x = nn.Dense(width)(x)
+      x = self.conventions.dense(x, width)
       if self.activate_last or i < len(self.widths) - 1:
         x = ACTIVATIONS[self.activation](x)
     return x
@@ -70,12 +72,15 @@ class SCPLStack(nn.Module):
   head: Callable[..., nn.Module]
   projector: tuple[int, ...]
   pool: Callable[[Any], jax.Array] = vision.flatten
+  conventions: Conventions = FLAX
 
   @nn.compact
   def __call__(self, x: Any, train: bool) -> dict[str, list[jax.Array]]:
     contrastive = []
     for k, make_encoder in enumerate(self.encoders):
-      block = _SCPLBlock(make_encoder, self.projector, self.pool, name=stack.block_name(k))
+      block = _SCPLBlock(
+        make_encoder, self.projector, self.pool, self.conventions, name=stack.block_name(k)
+      )
       h, c = block(x, train)
       contrastive.append(c)
       x = jax.lax.stop_gradient(h)
@@ -86,11 +91,13 @@ class _SCPLBlock(nn.Module):
   make_encoder: stack.EncoderFactory
   projector: tuple[int, ...]
   pool: Callable[[Any], jax.Array]
+  conventions: Conventions
 
   @nn.compact
   def __call__(self, x: Any, train: bool) -> tuple[Any, jax.Array]:
     h = self.make_encoder(name="encoder")(x, train)
-    return h, DenseStack(self.projector, "relu", name="projector")(self.pool(h))
+    projector = DenseStack(self.projector, "relu", conventions=self.conventions, name="projector")
+    return h, projector(self.pool(h))
 
 
 class ALBlock(nn.Module):
@@ -102,12 +109,14 @@ class ALBlock(nn.Module):
   bridge_hidden: tuple[int, ...]
   activation: str
   pool: Callable[[Any], jax.Array] = vision.flatten
+  conventions: Conventions = FLAX
 
   def setup(self):
+    c = self.conventions
     self.encoder = self.make_encoder()
-    self.bridge = DenseStack((*self.bridge_hidden, self.hidden), self.activation, True)
-    self.label_encoder = DenseStack((self.hidden,), self.activation, True)
-    self.decoder = DenseStack((self.label_dim,), self.activation, True)
+    self.bridge = DenseStack((*self.bridge_hidden, self.hidden), self.activation, True, c)
+    self.label_encoder = DenseStack((self.hidden,), self.activation, True, c)
+    self.decoder = DenseStack((self.label_dim,), self.activation, True, c)
 
   def __call__(self, x: Any, previous_code: jax.Array, train: bool):
     """``(s, b(pool(s)), t = g(t_prev), inv(t))`` for input ``x`` and label code ``t_prev``."""
@@ -134,6 +143,7 @@ class ALStack(nn.Module):
   bridge_hidden: tuple[int, ...] = (2500,)
   activation: str = "sigmoid"
   pool: Callable[[Any], jax.Array] = vision.flatten
+  conventions: Conventions = FLAX
 
   @nn.compact
   def __call__(self, x: Any, train: bool) -> dict[str, list[jax.Array]]:
@@ -145,6 +155,7 @@ class ALStack(nn.Module):
         self.bridge_hidden,
         self.activation,
         self.pool,
+        self.conventions,
         name=stack.block_name(k),
       )
       for k, make_encoder in enumerate(self.encoders)

@@ -13,7 +13,7 @@ import math
 from deinforeg_jax import baselines, growth, inference, models, optim, rules
 from deinforeg_jax.data import augment, label_noise
 from deinforeg_jax.data import text as data_text
-from deinforeg_jax.modules import heads, text
+from deinforeg_jax.modules import heads, layers, text
 
 MODES = ("data", "pipeline")
 
@@ -22,6 +22,8 @@ CHOICES = {
   "model.arch": models.VISION_ARCHITECTURES + models.TEXT_ARCHITECTURES,
   "model.classifier_mode": heads.CLASSIFIER_MODES,
   "model.al_activation": tuple(baselines.ACTIVATIONS),
+  "model.init": layers.INITS,
+  "model.bn_running_var": layers.BN_RUNNING_VARS,
   "optim.name": optim.OPTIMIZERS,
   "optim.schedule": optim.SCHEDULES,
   "data.kind": ("image", "text"),

@@ -13,8 +13,10 @@
   code's BP head;
 * ``rule="scpl" | "al"``: ``baselines.SCPLStack`` / ``baselines.ALStack``.
 
-``model.num_blocks`` counts the exits, for vision and text.  Every error names
-the ``config`` field to change.
+``model.num_blocks`` counts the exits, for vision and text.  ``model.init`` and
+``model.bn_running_var`` choose Flax's or PyTorch's initialisers and BatchNorm
+running variance for every layer (``modules.layers.Conventions``).  Every error
+names the ``config`` field to change.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import flax.linen as nn
 
 from deinforeg_jax import baselines, stack
 from deinforeg_jax.modules import heads, text, vision
+from deinforeg_jax.modules.layers import Conventions
 
 VISION_ARCHITECTURES = ("vgg", "resnet18", "resnet34", "resnet50")
 TEXT_ARCHITECTURES = ("lstm", "transformer")
@@ -78,10 +81,21 @@ def parse_split(spec: str) -> tuple[int, int] | None:
 # ------------------------------------------------------------------ encoders and heads
 
 
+def conventions(model_cfg) -> Conventions:
+  """``config.model.init`` and ``config.model.bn_running_var`` as a ``Conventions``."""
+  return Conventions(model_cfg.init, model_cfg.bn_running_var)
+
+
 def _vgg_encoders(model_cfg) -> list[stack.EncoderFactory]:
   return [
-    functools.partial(vision.VGGStage, layers, model_cfg.width, model_cfg.batch_norm)
-    for layers in parse_vgg_blocks(model_cfg.vgg_blocks)
+    functools.partial(
+      vision.VGGStage,
+      stage,
+      model_cfg.width,
+      model_cfg.batch_norm,
+      conventions=conventions(model_cfg),
+    )
+    for stage in parse_vgg_blocks(model_cfg.vgg_blocks)
   ]
 
 
@@ -90,7 +104,14 @@ def _resnet_encoders(model_cfg) -> list[stack.EncoderFactory]:
   unit = "bottleneck" if depth >= 50 else "basic"
   return [
     functools.partial(
-      vision.ResNetStage, features, units, 1 if k == 0 else 2, unit, k == 0, model_cfg.width
+      vision.ResNetStage,
+      features,
+      units,
+      1 if k == 0 else 2,
+      unit,
+      k == 0,
+      model_cfg.width,
+      conventions=conventions(model_cfg),
     )
     for k, (features, units) in enumerate(zip(vision.RESNET_WIDTHS, vision.RESNET_DEPTHS[depth]))
   ]
@@ -108,7 +129,12 @@ def _text_encoders(config, vocab_size: int) -> list[stack.EncoderFactory]:
     else:
       factories.append(
         functools.partial(
-          text.TransformerEncoder, m.heads, m.ff_dim, m.dropout, m.positional_encoding and k == 0
+          text.TransformerEncoder,
+          m.heads,
+          m.ff_dim,
+          m.dropout,
+          m.positional_encoding and k == 0,
+          conventions=conventions(m),
         )
       )
   return factories
@@ -123,10 +149,15 @@ def vision_encoders(model_cfg) -> list[stack.EncoderFactory]:
 
 def bp_head(model_cfg, num_classes: int) -> Callable[..., nn.Module]:
   """The reference code's BP head factory for a vision ``config.model`` (VGG or ResNet)."""
+  c = conventions(model_cfg)
   if model_cfg.arch == "vgg":
     hidden = vision.scale_width(model_cfg.bp_head_hidden, model_cfg.width)
-    return functools.partial(stack.VGGHead, hidden, num_classes)
-  return functools.partial(stack.ResNetHead, num_classes)
+    return functools.partial(stack.VGGHead, hidden, num_classes, conventions=c)
+  return functools.partial(stack.ResNetHead, num_classes, conventions=c)
+
+
+def _text_head(model_cfg, num_classes: int) -> Callable[..., nn.Module]:
+  return functools.partial(text.TextHead, num_classes, conventions=conventions(model_cfg))
 
 
 def _baseline(config, encoders, num_classes: int, is_text: bool) -> nn.Module:
@@ -140,20 +171,24 @@ def _baseline(config, encoders, num_classes: int, is_text: bool) -> nn.Module:
   """
   m = config.model
   pool = text.pooled if is_text else vision.flatten
+  c = conventions(m)
   if config.rule == "scpl":
     if is_text:
-      return baselines.SCPLStack(tuple(encoders), functools.partial(text.TextHead, num_classes), (), pool)
+      return baselines.SCPLStack(tuple(encoders), _text_head(m, num_classes), (), pool, c)
     projector = heads.parse_layer_spec(m.scpl_projector, "model.scpl_projector")
-    return baselines.SCPLStack(tuple(encoders), bp_head(m, num_classes), projector, pool)
+    return baselines.SCPLStack(tuple(encoders), bp_head(m, num_classes), projector, pool, c)
   if is_text:
-    return baselines.ALStack(tuple(encoders), num_classes, m.hidden, (), "tanh", pool)
+    return baselines.ALStack(tuple(encoders), num_classes, m.hidden, (), "tanh", pool, c)
   bridge = heads.parse_layer_spec(m.al_bridge, "model.al_bridge")
-  return baselines.ALStack(tuple(encoders), num_classes, m.al_hidden, bridge, m.al_activation, pool)
+  return baselines.ALStack(
+    tuple(encoders), num_classes, m.al_hidden, bridge, m.al_activation, pool, c
+  )
 
 
 def _block_specs(config, encoders, is_text: bool) -> tuple[stack.BlockSpec, ...]:
   """DeInfoReg blocks: text has an embedding block and identity projectors."""
   m = config.model
+  c = conventions(m)
   if is_text:
     if m.classifier_mode != "merge":
       raise ValueError(
@@ -165,14 +200,23 @@ def _block_specs(config, encoders, is_text: bool) -> tuple[stack.BlockSpec, ...]
         f"config.model.projector={m.projector!r}: text blocks use the identity projector "
         "(as the reference code's NLP models); set it to ''."
       )
-    specs = [stack.BlockSpec(encoders[0], (), pool=text.pooled, has_classifier=False)]
+    specs = [
+      stack.BlockSpec(encoders[0], (), pool=text.pooled, has_classifier=False, conventions=c)
+    ]
     specs += [
-      stack.BlockSpec(e, (), classifier_style="tanh", pool=text.pooled) for e in encoders[1:]
+      stack.BlockSpec(e, (), classifier_style="tanh", pool=text.pooled, conventions=c)
+      for e in encoders[1:]
     ]
     return tuple(specs)
   projector = heads.parse_layer_spec(m.projector, "model.projector")
   return tuple(
-    stack.BlockSpec(e, projector, classifier_mode=m.classifier_mode, classifier_hidden=projector)
+    stack.BlockSpec(
+      e,
+      projector,
+      classifier_mode=m.classifier_mode,
+      classifier_hidden=projector,
+      conventions=c,
+    )
     for e in encoders
   )
 
@@ -199,7 +243,7 @@ def create_model(config, num_classes: int, *, vocab_size: int | None = None) -> 
       )
     encoders = encoders[: m.num_blocks]
   if config.rule == "bp":
-    head = functools.partial(text.TextHead, num_classes) if is_text else bp_head(m, num_classes)
+    head = _text_head(m, num_classes) if is_text else bp_head(m, num_classes)
     model = stack.BackpropNet(tuple(encoders), head)
   elif config.rule in baselines.BASELINE_RULES:
     model = _baseline(config, encoders, num_classes, is_text)
@@ -244,23 +288,26 @@ def _with_new_features(config, model: nn.Module, is_text: bool) -> nn.Module:
   side = side_encoder = None
   if grow.side_layers:
     side = stack.BlockSpec(
-      encoder=_vgg_stage(grow.side_layers, "grow.side_layers", config.model.width),
+      encoder=_vgg_stage(grow.side_layers, "grow.side_layers", config.model),
       projector=last.projector,
       classifier_mode=last.classifier_mode,
       classifier_hidden=last.classifier_hidden,
+      conventions=last.conventions,
     )
     if grow.side_encoder:
-      side_encoder = _vgg_stage(grow.side_encoder, "grow.side_encoder", config.model.width)
+      side_encoder = _vgg_stage(grow.side_encoder, "grow.side_encoder", config.model)
   return stack.SplitInputStack(blocks, model.num_classes, split, side, side_encoder)
 
 
-def _vgg_stage(spec: str, field: str, width: float) -> stack.EncoderFactory:
+def _vgg_stage(spec: str, field: str, model_cfg) -> stack.EncoderFactory:
   """One VGG stage factory from ``"64,M"``; errors name ``config.<field>``."""
   try:
-    (layers,) = parse_vgg_blocks(spec)
+    (stage,) = parse_vgg_blocks(spec)
   except ValueError:
     raise ValueError(
       f"config.{field}={spec!r} must be one VGG stage: ','-separated conv widths and 'M' "
       "(max-pool), e.g. '64,M'."
     ) from None
-  return functools.partial(vision.VGGStage, layers, width)
+  return functools.partial(
+    vision.VGGStage, stage, model_cfg.width, conventions=conventions(model_cfg)
+  )

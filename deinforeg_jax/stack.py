@@ -24,6 +24,7 @@ import jax
 import jax.numpy as jnp
 
 from deinforeg_jax.modules import heads, vision
+from deinforeg_jax.modules.layers import FLAX, Conventions
 
 EncoderFactory = Callable[..., nn.Module]  # called with ``name=`` only
 
@@ -35,7 +36,7 @@ def block_name(index: int) -> str:
 
 @dataclasses.dataclass(frozen=True)
 class BlockSpec:
-  """How to build one block: an encoder factory plus head settings."""
+  """How to build one block: an encoder factory plus head settings (``conventions``: the heads')."""
 
   encoder: EncoderFactory
   projector: tuple[int, ...]
@@ -44,6 +45,7 @@ class BlockSpec:
   classifier_hidden: tuple[int, ...] = ()
   pool: Callable[[Any], jax.Array] = vision.flatten
   has_classifier: bool = True  # False: the text embedding block (its z is an ``extra_z``)
+  conventions: Conventions = FLAX
 
 
 class Block(nn.Module):
@@ -59,7 +61,7 @@ class Block(nn.Module):
   def __call__(self, x: Any, train: bool) -> tuple[Any, jax.Array, jax.Array]:
     h = self.spec.encoder(name="encoder")(x, train)
     u = self.spec.pool(h)
-    z = heads.MLP(self.spec.projector, name="projector")(u, train)
+    z = heads.MLP(self.spec.projector, self.spec.conventions, name="projector")(u, train)
     if not self.spec.has_classifier:
       return h, z, None
     classifier_input = z if self.spec.classifier_mode == "merge" else jax.lax.stop_gradient(u)
@@ -68,6 +70,7 @@ class Block(nn.Module):
       self.spec.classifier_mode,
       self.spec.classifier_style,
       self.spec.classifier_hidden,
+      self.spec.conventions,
       name="classifier",
     )(classifier_input, train)
     return h, z, logits
@@ -164,23 +167,25 @@ class VGGHead(nn.Module):
 
   hidden: int
   num_classes: int
+  conventions: Conventions = FLAX
 
   @nn.compact
   def __call__(self, h: jax.Array, train: bool) -> jax.Array:
     del train
-    x = nn.relu(nn.Dense(self.hidden)(vision.flatten(h)))
-    return nn.Dense(self.num_classes)(x)
+    x = nn.relu(self.conventions.dense(vision.flatten(h), self.hidden))
+    return self.conventions.dense(x, self.num_classes)
 
 
 class ResNetHead(nn.Module):
   """The BP ResNet head of the reference code: global average pool -> Dense(C)."""
 
   num_classes: int
+  conventions: Conventions = FLAX
 
   @nn.compact
   def __call__(self, h: jax.Array, train: bool) -> jax.Array:
     del train
-    return nn.Dense(self.num_classes)(jnp.mean(h, axis=(1, 2)))
+    return self.conventions.dense(jnp.mean(h, axis=(1, 2)), self.num_classes)
 
 
 # ------------------------------------------------------------------ new input features

@@ -1,6 +1,7 @@
 """Pure Flax linen building blocks (no training logic)."""
 
 from deinforeg_jax.modules.heads import BlockClassifier, MLP, parse_layer_spec
+from deinforeg_jax.modules.layers import Conventions
 from deinforeg_jax.modules.vision import (
   BasicBlock,
   Bottleneck,
@@ -16,6 +17,7 @@ __all__ = [
   "BlockClassifier",
   "Bottleneck",
   "CifarStem",
+  "Conventions",
   "ConvBNReLU",
   "MLP",
   "ResNetStage",

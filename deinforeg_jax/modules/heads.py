@@ -16,7 +16,7 @@ from typing import Sequence
 import flax.linen as nn
 import jax
 
-from deinforeg_jax.modules.vision import batch_norm
+from deinforeg_jax.modules.layers import FLAX, Conventions
 
 CLASSIFIER_MODES = ("merge", "unmerge")
 
@@ -50,14 +50,16 @@ class MLP(nn.Module):
   """
 
   widths: Sequence[int]
+  conventions: Conventions = FLAX
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+    c = self.conventions
     for i, width in enumerate(self.widths):
       last = i == len(self.widths) - 1
-      x = nn.Dense(width)(x)
+      x = c.dense(x, width)
       if not last:
-        x = nn.relu(batch_norm(train)(x))
+        x = nn.relu(c.batch_norm(train)(x))
     return x
 
 
@@ -75,13 +77,15 @@ class BlockClassifier(nn.Module):
   mode: str = "merge"
   style: str = "bn_relu"
   hidden: Sequence[int] = ()
+  conventions: Conventions = FLAX
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+    c = self.conventions
     if self.mode == "unmerge":
-      return MLP(tuple(self.hidden[:-1]) + (self.num_classes,))(x, train)
+      return MLP(tuple(self.hidden[:-1]) + (self.num_classes,), c)(x, train)
     if self.style == "bn_relu":
-      x = nn.relu(batch_norm(train)(x))
+      x = nn.relu(c.batch_norm(train)(x))
     else:
       x = nn.tanh(x)
-    return nn.Dense(self.num_classes)(x)
+    return c.dense(x, self.num_classes)

@@ -28,6 +28,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from deinforeg_jax.modules.layers import FLAX, Conventions
+
 PAD_ID = 0
 EMBEDDING_POOLS = ("masked", "all")
 LSTM_PADDING = ("masked", "read")
@@ -184,13 +186,16 @@ class TransformerEncoder(nn.Module):
   are Xavier-uniform.  ``pooled`` is the masked mean of ``h``.  With
   ``positional`` (off in the reference) sinusoidal codes are added to the input.
   LayerNorm is the standard one (biased variance inside the square root,
-  eps 1e-6); the reference's divides by the unbiased std + 1e-6.
+  eps 1e-6); the reference's divides by the unbiased std + 1e-6.  Biases are
+  0, or with ``conventions.init="torch"`` ``U(+-1/sqrt(fan_in))`` as the
+  reference's ``nn.Linear`` layers (their weights are Xavier-uniform either way).
   """
 
   heads: int
   ff_dim: int
   dropout: float = 0.1
   positional: bool = False
+  conventions: Conventions = FLAX
 
   @nn.compact
   def __call__(self, x: TextState, train: bool) -> TextState:
@@ -204,18 +209,20 @@ class TransformerEncoder(nn.Module):
     if self.positional:
       h = h + sinusoidal_positions(h.shape[1], d_model)[None].astype(h.dtype)
     xavier = nn.initializers.xavier_uniform()
+    bias = self.conventions.bias_init
     drop = lambda y: nn.Dropout(self.dropout)(y, deterministic=not train)
     y = nn.LayerNorm(epsilon=1e-6)(h)
     y = nn.MultiHeadDotProductAttention(
       num_heads=self.heads,
       kernel_init=xavier,
+      bias_init=bias(d_model),
       dropout_rate=self.dropout,
       deterministic=not train,
     )(y, y, mask=mask[:, None, None, :])
     h = h + drop(y)
     y = nn.LayerNorm(epsilon=1e-6)(h)
-    y = nn.Dense(d_model, kernel_init=xavier)(
-      drop(nn.relu(nn.Dense(self.ff_dim, kernel_init=xavier)(y)))
+    y = nn.Dense(d_model, kernel_init=xavier, bias_init=bias(self.ff_dim))(
+      drop(nn.relu(nn.Dense(self.ff_dim, kernel_init=xavier, bias_init=bias(d_model))(y)))
     )
     h = nn.LayerNorm(epsilon=1e-6)(h + drop(y))
     return {"h": h, "mask": mask, "pooled": masked_mean(h, mask)}
@@ -225,8 +232,9 @@ class TextHead(nn.Module):
   """The reference BP text head: ``Tanh -> Dense(C)`` on the last block's ``pooled`` vector."""
 
   num_classes: int
+  conventions: Conventions = FLAX
 
   @nn.compact
   def __call__(self, x: TextState, train: bool) -> jax.Array:
     del train
-    return nn.Dense(self.num_classes)(jnp.tanh(x["pooled"]))
+    return self.conventions.dense(jnp.tanh(x["pooled"]), self.num_classes)

@@ -9,7 +9,8 @@ Convolutions are 3x3 (1x1 in shortcuts and bottleneck units), stride 1 unless
 stated, 'SAME' padding, no bias, followed by BatchNorm (PyTorch defaults:
 momentum 0.1, i.e. Flax ``0.9``, epsilon 1e-5).  Inputs are NHWC.  A ``width``
 multiplier scales every channel count so that tests and small configs use the
-same code as the paper's models.
+same code as the paper's models.  Initialisers and the BatchNorm running
+variance follow each module's ``conventions`` (``layers.Conventions``).
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ from typing import Sequence, Union
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+
+from deinforeg_jax.modules.layers import FLAX, Conventions
 
 # The reference VGG's four blocks (``layer_cfg`` of ``VGG_DeInfoReg``): ints are
 # conv-BN-ReLU widths, "M" is 2x2 max-pool.
@@ -38,32 +41,30 @@ def scale_width(channels: int, width: float) -> int:
   return max(1, int(round(channels * width)))
 
 
-def batch_norm(train: bool, name: str | None = None) -> nn.BatchNorm:
-  """BatchNorm with PyTorch's defaults; batch statistics in training."""
-  return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, name=name)
-
-
 class ConvBNReLU(nn.Module):
   """3x3 conv (no bias) -> BatchNorm -> ReLU.  ``[B,H,W,Cin]`` -> ``[B,H/s,W/s,features]``."""
 
   features: int
   strides: int = 1
+  conventions: Conventions = FLAX
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-    x = nn.Conv(self.features, (3, 3), strides=self.strides, padding=1, use_bias=False)(x)
-    return nn.relu(batch_norm(train)(x))
+    c = self.conventions
+    x = c.conv(x, self.features, (3, 3), strides=self.strides, padding=1, use_bias=False)
+    return nn.relu(c.batch_norm(train)(x))
 
 
 class ConvReLU(nn.Module):
   """3x3 conv (with bias) -> ReLU, no normalisation: a layer of a *plain* network."""
 
   features: int
+  conventions: Conventions = FLAX
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
     del train
-    return nn.relu(nn.Conv(self.features, (3, 3), padding=1)(x))
+    return nn.relu(self.conventions.conv(x, self.features, (3, 3), padding=1))
 
 
 class VGGStage(nn.Module):
@@ -76,6 +77,7 @@ class VGGStage(nn.Module):
   layers: Sequence[Union[int, str]]
   width: float = 1.0
   batch_norm: bool = True
+  conventions: Conventions = FLAX
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
@@ -84,7 +86,7 @@ class VGGStage(nn.Module):
       if layer == "M":
         x = nn.max_pool(x, (2, 2), strides=(2, 2))
       else:
-        x = layer_cls(scale_width(int(layer), self.width))(x, train)
+        x = layer_cls(scale_width(int(layer), self.width), conventions=self.conventions)(x, train)
     return x
 
 
@@ -92,10 +94,11 @@ class CifarStem(nn.Module):
   """ResNet CIFAR stem: conv3x3 (stride 1) -> BN -> ReLU, no max-pool."""
 
   features: int = 64
+  conventions: Conventions = FLAX
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-    return ConvBNReLU(self.features)(x, train)
+    return ConvBNReLU(self.features, conventions=self.conventions)(x, train)
 
 
 class BasicBlock(nn.Module):
@@ -103,13 +106,15 @@ class BasicBlock(nn.Module):
 
   features: int
   strides: int = 1
+  conventions: Conventions = FLAX
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-    y = ConvBNReLU(self.features, self.strides)(x, train)
-    y = nn.Conv(self.features, (3, 3), padding=1, use_bias=False)(y)
-    y = batch_norm(train)(y)
-    return nn.relu(y + _shortcut(x, self.features, self.strides, train))
+    c = self.conventions
+    y = ConvBNReLU(self.features, self.strides, c)(x, train)
+    y = c.conv(y, self.features, (3, 3), padding=1, use_bias=False)
+    y = c.batch_norm(train)(y)
+    return nn.relu(y + _shortcut(x, self.features, self.strides, train, c))
 
 
 class Bottleneck(nn.Module):
@@ -117,25 +122,31 @@ class Bottleneck(nn.Module):
 
   features: int
   strides: int = 1
+  conventions: Conventions = FLAX
   expansion = 4
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-    y = nn.Conv(self.features, (1, 1), use_bias=False)(x)
-    y = nn.relu(batch_norm(train)(y))
-    y = ConvBNReLU(self.features, self.strides)(y, train)
+    c = self.conventions
+    y = c.conv(x, self.features, (1, 1), use_bias=False)
+    y = nn.relu(c.batch_norm(train)(y))
+    y = ConvBNReLU(self.features, self.strides, c)(y, train)
     out_features = self.features * self.expansion
-    y = nn.Conv(out_features, (1, 1), use_bias=False)(y)
-    y = batch_norm(train)(y)
-    return nn.relu(y + _shortcut(x, out_features, self.strides, train))
+    y = c.conv(y, out_features, (1, 1), use_bias=False)
+    y = c.batch_norm(train)(y)
+    return nn.relu(y + _shortcut(x, out_features, self.strides, train, c))
 
 
-def _shortcut(x: jax.Array, features: int, strides: int, train: bool) -> jax.Array:
+def _shortcut(
+  x: jax.Array, features: int, strides: int, train: bool, conventions: Conventions
+) -> jax.Array:
   """Identity, or 1x1 conv + BN when the stride or the width changes (inside a compact scope)."""
   if strides == 1 and x.shape[-1] == features:
     return x
-  x = nn.Conv(features, (1, 1), strides=strides, use_bias=False, name="shortcut_conv")(x)
-  return batch_norm(train, name="shortcut_bn")(x)
+  x = conventions.conv(
+    x, features, (1, 1), strides=strides, use_bias=False, name="shortcut_conv"
+  )
+  return conventions.batch_norm(train, name="shortcut_bn")(x)
 
 
 class ResNetStage(nn.Module):
@@ -150,15 +161,16 @@ class ResNetStage(nn.Module):
   unit: str = "basic"
   stem: bool = False
   width: float = 1.0
+  conventions: Conventions = FLAX
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
     if self.stem:
-      x = CifarStem(scale_width(64, self.width))(x, train)
+      x = CifarStem(scale_width(64, self.width), self.conventions)(x, train)
     unit_cls = {"basic": BasicBlock, "bottleneck": Bottleneck}[self.unit]
     features = scale_width(self.features, self.width)
     for i in range(self.num_units):
-      x = unit_cls(features, self.strides if i == 0 else 1)(x, train)
+      x = unit_cls(features, self.strides if i == 0 else 1, self.conventions)(x, train)
     return x
 
 

@@ -46,6 +46,11 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.classifier_mode = "merge"  # "merge" | "unmerge"
   config.model.bp_head_hidden = 2048  # BP VGG head: Flatten-Dense(2048)-ReLU-Dense(C)
   config.model.batch_norm = True  # False: plain conv-ReLU VGG layers (deep plain networks)
+  # Dense/Conv kernels and biases: "flax" (LeCun normal, bias 0) | "torch" (PyTorch's default,
+  # U(+-1/sqrt(fan_in)), as the reference code); modules/layers.py.
+  config.model.init = "flax"
+  # BatchNorm running variance: "biased" (Flax) | "unbiased" (PyTorch: batch variance * n/(n-1)).
+  config.model.bn_running_var = "biased"
   # Baselines, vision (text stacks use the reference's NLP heads: identity, Tanh, width model.hidden):
   config.model.scpl_projector = "512-1024"  # SCPL contrastive head: Dense-ReLU-Dense
   config.model.al_hidden = 500  # AL label-code width

@@ -1,0 +1,115 @@
+"""Layer conventions: Flax's or PyTorch's initialisers and BatchNorm running variance.
+
+Every module that creates a Dense, Conv or BatchNorm layer carries a
+``Conventions`` value (attribute ``conventions``, set by
+``models.create_model`` from ``config.model.init`` and
+``config.model.bn_running_var``) and creates those layers through it.  Layer
+names and parameter shapes do not depend on the conventions.
+
+``init`` (every Dense and Conv kernel and bias; ``fan_in`` = ``in_features``
+for Dense, ``kh * kw * in_channels`` for Conv):
+
+* ``"flax"`` (default): Flax's defaults, kernel LeCun normal
+  (truncated normal, variance ``1 / fan_in``), bias 0.
+* ``"torch"``: PyTorch's ``nn.Linear`` / ``nn.Conv2d`` defaults
+  (``kaiming_uniform_(a=sqrt(5))``): kernel and bias ``U(-b, b)`` with
+  ``b = 1 / sqrt(fan_in)``, so ``std = b / sqrt(3)``.
+
+``bn_running_var`` (BatchNorm in training mode, momentum ``m = 0.9``,
+i.e. PyTorch's 0.1; normalisation always uses the biased batch variance
+``s2 = mean((x - mean(x))^2)`` over the ``n`` values of a feature):
+
+* ``"biased"`` (default): Flax's ``var <- m var + (1 - m) s2``.
+* ``"unbiased"``: PyTorch's ``var <- m var + (1 - m) s2 n / (n - 1)``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+INITS = ("flax", "torch")
+BN_RUNNING_VARS = ("biased", "unbiased")
+
+Initializer = Callable[..., jax.Array]
+
+
+def torch_uniform(fan_in: int) -> Initializer:
+  """``U(-1/sqrt(fan_in), 1/sqrt(fan_in))``: PyTorch's Linear/Conv kernel and bias default."""
+  bound = 1.0 / math.sqrt(fan_in)
+
+  def init(key: jax.Array, shape: tuple[int, ...], dtype: Any = jnp.float32) -> jax.Array:
+    return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+  return init
+
+
+class BatchNorm(nn.BatchNorm):
+  """``nn.BatchNorm`` whose running variance takes the unbiased batch variance (PyTorch).
+
+  Same class name, so auto-named instances (``BatchNorm_0``) and the variables
+  match ``nn.BatchNorm``'s.  After Flax's update ``var = m v + (1 - m) s2`` it adds
+  ``(1 - m) s2 / (n - 1)``, giving ``m v + (1 - m) s2 n / (n - 1)``.
+  """
+
+  @nn.compact
+  def __call__(self, x: jax.Array, use_running_average: bool | None = None) -> jax.Array:
+    y = super().__call__(x, use_running_average)
+    training = not nn.merge_param(
+      "use_running_average", self.use_running_average, use_running_average
+    )
+    if training and not self.is_initializing():
+      axes = tuple(range(x.ndim - 1))
+      n = math.prod(x.shape[:-1])
+      s2 = jnp.var(x.astype(jnp.float32), axis=axes)
+      var = self.get_variable("batch_stats", "var")
+      self.put_variable("batch_stats", "var", var + (1 - self.momentum) * s2 / max(n - 1, 1))
+    return y
+
+
+@dataclasses.dataclass(frozen=True)
+class Conventions:
+  """How Dense/Conv layers are initialised and BatchNorm keeps its running variance."""
+
+  init: str = "flax"
+  bn_running_var: str = "biased"
+
+  def __post_init__(self):
+    if self.init not in INITS:
+      raise ValueError(f"config.model.init={self.init!r} must be one of {list(INITS)}.")
+    if self.bn_running_var not in BN_RUNNING_VARS:
+      raise ValueError(
+        f"config.model.bn_running_var={self.bn_running_var!r} must be one of "
+        f"{list(BN_RUNNING_VARS)}."
+      )
+
+  def bias_init(self, fan_in: int) -> Initializer:
+    """Bias initialiser of a layer with ``fan_in`` inputs: 0 (flax) or ``torch_uniform``."""
+    return torch_uniform(fan_in) if self.init == "torch" else nn.initializers.zeros_init()
+
+  def _inits(self, fan_in: int) -> dict[str, Initializer]:
+    if self.init == "flax":
+      return {}
+    return {"kernel_init": torch_uniform(fan_in), "bias_init": torch_uniform(fan_in)}
+
+  def dense(self, x: jax.Array, features: int, **kwargs) -> jax.Array:
+    """``nn.Dense(features, **kwargs)(x)`` initialised by the convention (in a compact scope)."""
+    return nn.Dense(features, **self._inits(x.shape[-1]), **kwargs)(x)
+
+  def conv(self, x: jax.Array, features: int, kernel_size: tuple[int, ...], **kwargs) -> jax.Array:
+    """``nn.Conv(features, kernel_size, **kwargs)(x)``, initialised by the convention."""
+    fan_in = x.shape[-1] * math.prod(kernel_size)
+    return nn.Conv(features, kernel_size, **self._inits(fan_in), **kwargs)(x)
+
+  def batch_norm(self, train: bool, name: str | None = None) -> nn.BatchNorm:
+    """BatchNorm with PyTorch's defaults (momentum 0.1, i.e. Flax 0.9; epsilon 1e-5)."""
+    cls = BatchNorm if self.bn_running_var == "unbiased" else nn.BatchNorm
+    return cls(use_running_average=not train, momentum=0.9, epsilon=1e-5, name=name)
+
+
+FLAX = Conventions()
