@@ -32,6 +32,11 @@ every earlier exit* need (the rule reads them all), found by dead-code
 elimination on the model's jaxpr, so a block's projector counts only when its
 classifier reads it (merge mode).  ``compute_fraction`` = cost of the exits
 used / cost of running every exit (full depth).
+
+``make_predict`` computes every exit and then applies the rule (exits are
+counted, not skipped); ``make_skipping_predict`` runs a decoupled stack exit by
+exit and stops a batch as soon as the rule has fired for all of its rows, with
+the same exits and predictions.
 """
 
 from __future__ import annotations
@@ -45,6 +50,8 @@ import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from deinforeg_jax import stack
 
 EXIT_MODES = ("sample", "batch")
 _EPS = 1e-8
@@ -72,6 +79,36 @@ def _cosine(a: jax.Array, b: jax.Array) -> jax.Array:
   return jnp.sum(a * b, axis=-1) / (norm(a) * norm(b))
 
 
+def _agree(
+  prev: jax.Array, cur: jax.Array, mask: jax.Array, cosine_threshold, mode: str
+) -> jax.Array:
+  """Whether consecutive exits agree: ``prev``, ``cur`` ``[..., B, C]`` -> bool ``[..., B]``.
+
+  "sample": per row, same argmax and cosine > τ.  "batch": one decision per
+  ``[B, C]`` slice (same argmax of the flattened real rows, batch-mean cosine
+  over real rows > τ), broadcast to every row; ``mask`` ``[B]`` float.
+  """
+  cosines = _cosine(prev, cur)  # [..., B]
+  if mode == "sample":
+    return (jnp.argmax(prev, -1) == jnp.argmax(cur, -1)) & (cosines > cosine_threshold)
+  flat = lambda y: jnp.argmax(
+    jnp.reshape(jnp.where(mask[:, None] > 0, y, -jnp.inf), (*y.shape[:-2], -1)), axis=-1
+  )
+  mean_cos = jnp.sum(cosines * mask, axis=-1) / jnp.maximum(jnp.sum(mask), 1.0)
+  agree = (flat(prev) == flat(cur)) & (mean_cos > cosine_threshold)
+  return jnp.broadcast_to(agree[..., None], cosines.shape)
+
+
+def _count(counter: jax.Array, agreed: jax.Array, reset: bool) -> jax.Array:
+  """The patience counter after one more comparison."""
+  return jnp.where(agreed, counter + 1, 0 if reset else counter)
+
+
+def _check_mode(mode: str) -> None:
+  if mode not in EXIT_MODES:
+    raise ValueError(f"config.inference.exit_mode={mode!r} is unknown; choose one of {EXIT_MODES}.")
+
+
 def decide_exits(
   logits: jax.Array,
   patience: jax.Array | int,
@@ -94,29 +131,20 @@ def decide_exits(
   Returns:
     ``{"exit": int32 [B], "prediction": int32 [B]}``.
   """
-  if mode not in EXIT_MODES:
-    raise ValueError(f"config.inference.exit_mode={mode!r} is unknown; choose one of {EXIT_MODES}.")
+  _check_mode(mode)
   num_exits, batch, _ = logits.shape
-  predictions = jnp.argmax(logits, axis=-1).astype(jnp.int32)  # [K, B]
   mask = jnp.ones((batch,), jnp.float32) if mask is None else mask.astype(jnp.float32)
-  cosines = _cosine(logits[:-1], logits[1:])  # [K-1, B]
-  if mode == "sample":
-    agree = (predictions[:-1] == predictions[1:]) & (cosines > cosine_threshold)
-  else:
-    masked = jnp.where(mask[None, :, None] > 0, logits, -jnp.inf)
-    flat = jnp.argmax(jnp.reshape(masked, (num_exits, -1)), axis=-1)  # [K]
-    mean_cos = jnp.sum(cosines * mask, axis=-1) / jnp.maximum(jnp.sum(mask), 1.0)
-    agree = (flat[:-1] == flat[1:]) & (mean_cos > cosine_threshold)
-    agree = jnp.broadcast_to(agree[:, None], (num_exits - 1, batch))
+  agree = _agree(logits[:-1], logits[1:], mask, cosine_threshold, mode)  # [K-1, B]
 
   def count(counter, agreed):
-    counter = jnp.where(agreed, counter + 1, 0 if reset else counter)
+    counter = _count(counter, agreed, reset)
     return counter, counter
 
   _, counters = jax.lax.scan(count, jnp.zeros((batch,), jnp.int32), agree)  # [K-1, B]
   done = counters >= patience
   exits = jnp.where(jnp.any(done, axis=0), jnp.argmax(done, axis=0) + 1, num_exits - 1)
   exits = exits.astype(jnp.int32)
+  predictions = jnp.argmax(logits, axis=-1).astype(jnp.int32)  # [K, B]
   prediction = jnp.take_along_axis(predictions, exits[None], axis=0)[0]
   return {"exit": exits, "prediction": prediction}
 
@@ -207,6 +235,162 @@ def make_predict(
     return decide_exits(logits, patience, cosine_threshold, mask, mode=mode, reset=reset)
 
   return jax.jit(predict)
+
+
+# ------------------------------------------------------------------ skipping prediction
+
+SKIP_METHODS = ("host", "cond")
+
+
+def _stages(model) -> list[list[tuple[str, Any]]]:
+  """``stages[e]``: the ``(block name, stack.Block)`` run after exit ``e-1`` to give exit ``e``.
+
+  A block without classifier (a text stack's embedding block) joins the next exit's stage.
+  """
+  if not isinstance(model, stack.DecoupledStack):
+    raise ValueError(
+      f"skipping inference runs a decoupled stack block by block; a {type(model).__name__} "
+      "(config.rule other than 'deinforeg', or config.grow.side_split set) is not supported."
+    )
+  stages, pending = [], []
+  for i, spec in enumerate(model.blocks):
+    pending.append((stack.block_name(model.first_block + i), stack.Block(spec, model.num_classes)))
+    if spec.has_classifier:
+      stages.append(pending)
+      pending = []
+  return stages
+
+
+def _stage_variables(variables, stage) -> list[dict]:
+  """Each block's own variables (``{collection: variables[collection][name]}``)."""
+  return [{c: tree[name] for c, tree in variables.items() if name in tree} for name, _ in stage]
+
+
+def _run_stage(stage, stage_variables: list[dict], h):
+  """``(h, logits [B, C])`` after the stage's blocks, in inference mode."""
+  for (_, block), block_variables in zip(stage, stage_variables):
+    h, _, logits = block.apply(block_variables, h, False)
+  return h, logits
+
+
+def _initial_state(batch: int) -> dict[str, jax.Array]:
+  zeros = jnp.zeros((batch,), jnp.int32)
+  return {"counter": zeros, "exit": zeros, "prediction": zeros, "done": jnp.zeros((batch,), bool)}
+
+
+def _step(e, prev, logits, state, mask, patience, cosine_threshold, mode, reset):
+  """The rule's state after comparing exit ``e``'s logits with exit ``e-1``'s (``[B, C]`` each).
+
+  A row whose counter first reaches ``patience`` exits at ``e`` with ``argmax(logits)``.
+  """
+  agreed = _agree(prev, logits, mask, cosine_threshold, mode)
+  counter = _count(state["counter"], agreed, reset)
+  fire = (counter >= patience) & ~state["done"]
+  return {
+    "counter": counter,
+    "exit": jnp.where(fire, e, state["exit"]).astype(jnp.int32),
+    "prediction": jnp.where(fire, jnp.argmax(logits, -1), state["prediction"]).astype(jnp.int32),
+    "done": state["done"] | fire,
+  }
+
+
+def _all_done(state, mask) -> jax.Array:
+  """Scalar bool: every real row (``mask > 0``) has exited."""
+  return jnp.all(state["done"] | (mask <= 0))
+
+
+def _finish(e, logits, state) -> dict[str, jax.Array]:
+  """Outputs when the batch stops after exit ``e``: rows not yet exited take exit ``e``."""
+  return {
+    "exit": jnp.where(state["done"], state["exit"], e).astype(jnp.int32),
+    "prediction": jnp.where(state["done"], state["prediction"], jnp.argmax(logits, -1)).astype(
+      jnp.int32
+    ),
+    "stop_exit": jnp.asarray(e, jnp.int32),
+  }
+
+
+def make_skipping_predict(
+  model, *, mode: str = "sample", reset: bool = True, method: str = "cond"
+) -> Callable[..., dict[str, jax.Array]]:
+  """``(variables, x, mask, patience, cosine_threshold) -> {"exit", "prediction", "stop_exit"}``
+  that runs a ``stack.DecoupledStack`` exit by exit and stops once every real row has exited.
+
+  Exit ``e`` runs only the blocks after exit ``e-1``'s block and exit ``e``'s head;
+  after each exit ``e >= 1`` the rule of ``decide_exits`` is advanced one step
+  (counter ``c_b ← c_b + 1`` on agreement, else ``0`` with ``reset``), and the batch
+  stops at the first ``e`` where every row with ``mask > 0`` has reached
+  ``patience`` (``mode="batch"``: all rows at once, the reference's rule), else at
+  ``K-1``.  ``exit`` and ``prediction`` (int32 ``[B]``) equal ``decide_exits`` on
+  the full-depth logits for every real row; padded rows that had not exited take
+  ``stop_exit`` (int32 scalar: the last exit computed).  Batch size 1 is per-sample
+  inference, where both modes are the same rule.
+
+  ``method="cond"`` (default): one jitted program, exit ``e+1`` nested in the
+  false branch of ``lax.cond(stop after e)``.  ``method="host"``: one jitted
+  program per exit, the stop test read on the host between them (a dispatch and
+  a device sync per exit).  ``patience`` and ``cosine_threshold`` are traced in
+  both.  On CPU ``cond`` was faster than ``host``, or within noise, at every
+  batch size measured (``benchmarks/adaptive_inference.py``; docs/results.md).
+  """
+  _check_mode(mode)
+  if method not in SKIP_METHODS:
+    raise ValueError(f"method={method!r} is unknown; choose one of {SKIP_METHODS}.")
+  stages = _stages(model)
+  last = len(stages) - 1
+  step = lambda e, prev, logits, state, mask, p, tau: _step(
+    e, prev, logits, state, mask, p, tau, mode, reset
+  )
+
+  if method == "cond":
+
+    def predict(variables, x, mask, patience, cosine_threshold):
+      mask = mask.astype(jnp.float32)
+
+      def from_exit(e, h, prev, state):
+        h, logits = _run_stage(stages[e], _stage_variables(variables, stages[e]), h)
+        state = step(e, prev, logits, state, mask, patience, cosine_threshold)
+        if e == last:
+          return _finish(e, logits, state)
+        return jax.lax.cond(
+          _all_done(state, mask),
+          lambda: _finish(e, logits, state),
+          lambda: from_exit(e + 1, h, logits, state),
+        )
+
+      h, logits = _run_stage(stages[0], _stage_variables(variables, stages[0]), x)
+      state = _initial_state(x.shape[0])
+      return from_exit(1, h, logits, state) if last else _finish(0, logits, state)
+
+    return jax.jit(predict)
+
+  def first(stage_variables, x):
+    h, logits = _run_stage(stages[0], stage_variables, x)
+    return h, logits, _initial_state(x.shape[0])
+
+  def make_next(e):
+    def next_exit(stage_variables, h, prev, state, mask, patience, cosine_threshold):
+      h, logits = _run_stage(stages[e], stage_variables, h)
+      state = step(e, prev, logits, state, mask, patience, cosine_threshold)
+      return h, logits, state, _all_done(state, mask)
+
+    return jax.jit(next_exit)
+
+  first, rest, finish = jax.jit(first), [make_next(e) for e in range(1, last + 1)], jax.jit(_finish)
+
+  def predict(variables, x, mask, patience, cosine_threshold):
+    mask = jnp.asarray(mask, jnp.float32)
+    h, logits, state = first(_stage_variables(variables, stages[0]), x)
+    e = 0
+    for e in range(1, last + 1):
+      h, logits, state, stop = rest[e - 1](
+        _stage_variables(variables, stages[e]), h, logits, state, mask, patience, cosine_threshold
+      )
+      if e < last and bool(stop):
+        break
+    return finish(e, logits, state)
+
+  return predict
 
 
 def exit_logits(model, variables, batches: Iterable[dict], inputs: Callable) -> list[dict]:
