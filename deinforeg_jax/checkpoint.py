@@ -93,9 +93,16 @@ def checksums(state_dict) -> dict[str, int]:
   return {path: sums[path] for path in flat}
 
 
+# Config fields added after checkpoints were first written, with the behaviour every run had
+# before the field existed: a saved config without the field is read as having that value, so
+# older workdirs still resume (and a resume that asks for another value is refused by name).
+FIELDS_ADDED_LATER = {"model.init": "flax", "model.bn_running_var": "biased"}
+
+
 def changed_fields(saved_config: dict, config: dict) -> dict[str, tuple[Any, Any]]:
-  """``{field: (saved, now)}`` for the config fields outside ``RESUMABLE_FIELDS`` that differ."""
-  old = flax.traverse_util.flatten_dict(saved_config, sep=".")
+  """``{field: (saved, now)}`` for the config fields outside ``RESUMABLE_FIELDS`` that differ
+  (a field in ``FIELDS_ADDED_LATER`` that the saved config lacks has its earlier value)."""
+  old = {**FIELDS_ADDED_LATER, **flax.traverse_util.flatten_dict(saved_config, sep=".")}
   new = flax.traverse_util.flatten_dict(config, sep=".")
   changed = {}
   for field in sorted(set(old) | set(new)):

@@ -9,6 +9,7 @@ steps via ``config.train.max_steps``).
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import shutil
@@ -24,6 +25,7 @@ from deinforeg_jax import checkpoint, train
 from deinforeg_jax.configuration import validate_config
 from deinforeg_jax.reporting import NonFiniteLossError, RunLog
 from deinforeg_jax.workdir_lock import WorkdirLock, WorkdirLockedError
+from launch.configs import default
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -349,3 +351,14 @@ def test_sigterm_saves_at_the_step_it_arrived_and_the_resumed_run_is_bit_identic
   final, step = saved_state(workdir)
   assert step == 8
   assert_trees_equal(final, expected)
+
+
+def test_a_field_added_later_reads_as_its_earlier_behaviour_in_an_older_checkpoint():
+  now = default.get_config().to_dict()
+  older = copy.deepcopy(now)
+  for field in checkpoint.FIELDS_ADDED_LATER:
+    section, name = field.split(".")
+    del older[section][name]
+  assert checkpoint.changed_fields(older, now) == {}
+  now["model"]["init"] = "torch"
+  assert checkpoint.changed_fields(older, now) == {"model.init": ("flax", "torch")}
