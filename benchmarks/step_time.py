@@ -17,6 +17,7 @@ import argparse
 import json
 import os
 import re
+import resource
 import statistics
 import sys
 import time
@@ -36,6 +37,11 @@ def _parser() -> argparse.ArgumentParser:
   parser.add_argument("--steps", type=int, default=5, help="timed steps per measurement")
   parser.add_argument("--warmup", type=int, default=2, help="untimed steps after compiling")
   parser.add_argument("--devices", type=int, default=1, help="fake CPU devices on the data axis")
+  parser.add_argument(
+    "--shard_state",
+    action="store_true",
+    help="shard large parameters and optimizer state over the devices (config.parallel.shard_state)",
+  )
   parser.add_argument("--seed", type=int, default=0)
   parser.add_argument(
     "--matmul_peak", action="store_true", help="also measure the fp32 matmul GFLOP/s of one device"
@@ -81,6 +87,7 @@ def make_config(model: str, rule: str, args: argparse.Namespace):
   config.data.batch_size = args.batch_size
   config.data.eval_batch_size = args.batch_size
   config.parallel.num_devices = args.devices
+  config.parallel.shard_state = args.shard_state
   config.model.update(MODEL_OVERRIDES[model])
   config.model.width = args.width
   config.model.projector = args.projector
@@ -108,6 +115,24 @@ def compiled_flops(compiled) -> float:
   return float(cost.get("flops", 0.0))
 
 
+def compiled_memory(compiled) -> dict[str, int]:
+  """Per-device bytes of a compiled step (``Compiled.memory_analysis()``): arguments,
+  temporaries, outputs, and outputs aliased to (donated) arguments."""
+  analysis = compiled.memory_analysis()
+  fields = {
+    "argument_bytes": "argument_size_in_bytes",
+    "temp_bytes": "temp_size_in_bytes",
+    "output_bytes": "output_size_in_bytes",
+    "alias_bytes": "alias_size_in_bytes",
+  }
+  return {name: int(getattr(analysis, attr, 0) or 0) for name, attr in fields.items()}
+
+
+def peak_rss_bytes() -> int:
+  """This process's peak resident set size so far (Linux reports ``ru_maxrss`` in KiB)."""
+  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
 class StepRunner:
   """One rule's compiled train step and its (donated, updated) train state."""
 
@@ -115,16 +140,18 @@ class StepRunner:
     model = models.create_model(config, NUM_CLASSES)
     schedule = optim.make_schedule(config.optim, total_steps, total_steps)
     tx = optim.make_optimizer(config.optim, schedule)
-    init = jax.jit(
-      lambda rng: steps.create_train_state(model, tx, rng, INPUT_SHAPE),
-      out_shardings=parallel.replicated(mesh),
+    create = lambda rng: steps.create_train_state(model, tx, rng, INPUT_SHAPE)  # noqa: E731
+    state_sharding = parallel.state_shardings(
+      jax.eval_shape(create, jax.random.key(0)), mesh, config.parallel.shard_state
     )
+    init = jax.jit(create, out_shardings=state_sharding)
     self.name = f"{config.model.arch}/{config.rule}"
     self.state = init(jax.random.key(config.seed))
     self.params = train.parameter_count(self.state.params)
     self.metrics = None
+    self.state_bytes_per_device = parallel.bytes_per_device(self.state)
     train_step, _ = train.compile_steps(
-      model, rules.get_objective(config.rule), tx, NUM_CLASSES, config.loss, mesh
+      model, rules.get_objective(config.rule), tx, NUM_CLASSES, config.loss, mesh, state_sharding
     )
     start = time.perf_counter()
     self.step = train_step.lower(
@@ -132,6 +159,7 @@ class StepRunner:
     ).compile()
     self.compile_s = time.perf_counter() - start
     self.flops = compiled_flops(self.step) * mesh.shape[parallel.DATA_AXIS]
+    self.memory = compiled_memory(self.step)
 
   def timed_step(self, batch) -> float:
     """Run one train step to completion; its wall time in seconds."""
@@ -176,6 +204,9 @@ def measure_model(configs: dict, args: argparse.Namespace, mesh) -> dict[str, di
       "flops_per_step": runner.flops,
       "achieved_gflops_per_s": runner.flops / median / 1e9,
       "compile_s": runner.compile_s,
+      "state_bytes_per_device": runner.state_bytes_per_device,
+      **runner.memory,
+      "process_peak_rss_bytes": peak_rss_bytes(),
       "host_load_1m": os.getloadavg()[0],
     }
   return rows
@@ -231,6 +262,8 @@ def main(argv: list[str] | None = None) -> None:
       "devices": args.devices,
       "width": args.width,
       "projector": args.projector,
+      "shard_state": args.shard_state,
+      "xla_flags": os.environ.get("XLA_FLAGS", ""),
     }
     rows = measure_model(model_configs, args, mesh)
     for rule, row in rows.items():

@@ -99,6 +99,7 @@ class RunLog:
     self._metrics_path = os.path.join(workdir, "metrics.jsonl")
     self._best_epoch_accuracy = 0.0
     self._train_time_s = 0.0
+    self._eval_time_s = 0.0
     self._label_noise = None
     self._adaptive_inference = None
 
@@ -108,6 +109,7 @@ class RunLog:
     allowed as an ``"event"`` line."""
     self._best_epoch_accuracy = saved.get("best_epoch_test_accuracy", 0.0)
     self._train_time_s = saved.get("train_time_s", 0.0)
+    self._eval_time_s = saved.get("eval_time_s", 0.0)
     if self._chief and os.path.exists(self._metrics_path):
       kept = []
       with open(self._metrics_path) as f:
@@ -161,11 +163,15 @@ class RunLog:
   def add_train_time(self, seconds: float) -> None:
     self._train_time_s += seconds
 
+  def add_eval_time(self, seconds: float) -> None:
+    self._eval_time_s += seconds
+
   def bookkeeping(self) -> dict[str, float]:
     """What a checkpoint must carry for the final results to survive a restart."""
     return {
       "best_epoch_test_accuracy": self._best_epoch_accuracy,
       "train_time_s": self._train_time_s,
+      "eval_time_s": self._eval_time_s,
     }
 
   def info(self, message: str) -> None:
@@ -211,7 +217,9 @@ class RunLog:
     )
 
   def finish(self, test_accuracy: np.ndarray, steps: int, info, extras=None) -> dict:
-    """Write and return ``results.json`` (``train_time_s`` summed over restarts).
+    """Write and return ``results.json`` (``train_time_s``: the train steps, excluding
+    compilation; ``eval_time_s``: the test-set evaluations, including compiling the eval step
+    once per process; both summed over restarts).
 
     Each ``extras`` entry (e.g. ``{"pipeline": {...}}``) is added to the results and
     also written as ``<name>.json``.
@@ -232,6 +240,7 @@ class RunLog:
       "wall_time_s": time.perf_counter() - self._start,
       "train_time_s": train_time_s,
       "steps_per_s": steps / train_time_s if train_time_s > 0 else math.nan,
+      "eval_time_s": self._eval_time_s,
       "config": self.config.to_dict(),
       **(extras or {}),
     }

@@ -462,7 +462,10 @@ def run_epochs(
     return engine.evaluate(state, batches)
 
   def test_at(state, step: int):
-    return final_test(state) if final_test is not None and step >= total else test(state)
+    start = time.perf_counter()
+    accuracy = final_test(state) if final_test is not None and step >= total else test(state)
+    log.add_eval_time(time.perf_counter() - start)
+    return accuracy
 
   test_accuracy = test_at(state, step) if step >= total else None  # finished: evaluate only
   with _StopRequests() as stop:

@@ -6,6 +6,8 @@ compiles in seconds and runs in milliseconds on 2 CPU cores.
 
 from __future__ import annotations
 
+import contextlib
+import os
 from typing import Any
 
 import jax
@@ -17,6 +19,33 @@ from launch.configs import default
 NUM_CLASSES = 10
 DIGITS_SHAPE = (8, 8, 1)
 RGB_SHAPE = (16, 16, 3)
+
+
+@contextlib.contextmanager
+def optimized_compiles():
+  """Compile with every XLA optimisation inside the block.
+
+  ``conftest`` turns most XLA optimisations off for the session (quick compiles,
+  slower programs), the right trade for short runs; a run of hundreds of steps that
+  must reach an accuracy runs faster optimised.  Programs already compiled (jitted
+  functions cached in memory) are not recompiled.
+  """
+  before = jax.config.read("jax_disable_most_optimizations")
+  jax.config.update("jax_disable_most_optimizations", False)
+  try:
+    yield
+  finally:
+    jax.config.update("jax_disable_most_optimizations", before)
+
+
+def launch_env(num_devices: int = 1) -> dict[str, str]:
+  """The environment for a process a test launches: this session's (``conftest``) XLA
+  flags, compilation cache and compile setting, with ``num_devices`` fake CPU devices."""
+  env = dict(os.environ)
+  device_flag = "--xla_force_host_platform_device_count"
+  flags = [f for f in env.get("XLA_FLAGS", "").split() if not f.startswith(device_flag)]
+  env["XLA_FLAGS"] = " ".join([*flags, f"{device_flag}={num_devices}"])
+  return env
 
 
 def tiny_config(arch: str = "vgg", rule: str = "deinforeg", **model_overrides: Any):

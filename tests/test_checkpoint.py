@@ -15,6 +15,7 @@ import pytest
 from deinforeg_jax import checkpoint
 from deinforeg_jax.reporting import NonFiniteLossError
 from deinforeg_jax.train import train_and_evaluate
+from helpers import launch_env
 from launch.configs import default
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -50,7 +51,7 @@ def assert_trees_equal(a, b):
 
 
 def run_launcher(workdir: str, *extra: str, **popen_kwargs):
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1")
+  env = launch_env(num_devices=1)
   cmd = [sys.executable, "-m", "launch.train", f"--workdir={workdir}", *TINY, *extra]
   return subprocess.Popen(
     cmd,

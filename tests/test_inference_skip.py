@@ -30,27 +30,37 @@ def _lean(variables, strength):
   return {**variables, "params": params}
 
 
-def _compare(model, variables, x, mask, method, batch_size):
-  """Runs both paths over ``x`` in batches; returns the stop exits seen."""
+def _predictors(model, method):
+  """The counted and the skipping predictor of every (mode, reset), built once per test so
+  that each is traced and compiled once."""
+  return {
+    (mode, reset): (
+      inference.make_predict(model, mode=mode, reset=reset),
+      inference.make_skipping_predict(model, mode=mode, reset=reset, method=method),
+    )
+    for mode in inference.EXIT_MODES
+    for reset in (True, False)
+  }
+
+
+def _compare(predictors, variables, x, mask, batch_size):
+  """Runs both paths of every (mode, reset) over ``x`` in batches; returns the stop exits seen."""
   stops = []
-  for mode in inference.EXIT_MODES:
-    for reset in (True, False):
-      counted = inference.make_predict(model, mode=mode, reset=reset)
-      skipping = inference.make_skipping_predict(model, mode=mode, reset=reset, method=method)
-      for patience, tau in RULES:
-        for start in range(0, len(x), batch_size):
-          xb, mb = x[start : start + batch_size], mask[start : start + batch_size]
-          want = counted(variables, xb, mb, patience, tau)
-          got = skipping(variables, xb, mb, patience, tau)
-          real = np.asarray(mb) > 0
-          for key in ("exit", "prediction"):
-            np.testing.assert_array_equal(
-              np.asarray(got[key])[real], np.asarray(want[key])[real], err_msg=f"{mode} {key}"
-            )
-          # The batch stops at its last real row's exit (an all-padding batch at the first test).
-          last_exit = int(np.max(np.asarray(want["exit"])[real])) if real.any() else 1
-          assert int(got["stop_exit"]) == last_exit
-          stops.append(int(got["stop_exit"]))
+  for (mode, _), (counted, skipping) in predictors.items():
+    for patience, tau in RULES:
+      for start in range(0, len(x), batch_size):
+        xb, mb = x[start : start + batch_size], mask[start : start + batch_size]
+        want = counted(variables, xb, mb, patience, tau)
+        got = skipping(variables, xb, mb, patience, tau)
+        real = np.asarray(mb) > 0
+        for key in ("exit", "prediction"):
+          np.testing.assert_array_equal(
+            np.asarray(got[key])[real], np.asarray(want[key])[real], err_msg=f"{mode} {key}"
+          )
+        # The batch stops at its last real row's exit (an all-padding batch at the first test).
+        last_exit = int(np.max(np.asarray(want["exit"])[real])) if real.any() else 1
+        assert int(got["stop_exit"]) == last_exit
+        stops.append(int(got["stop_exit"]))
   return stops
 
 
@@ -61,9 +71,9 @@ def test_skipping_equals_the_counted_rule(method, batch_size):
   model, variables = _model()
   x = jnp.asarray(random_batch(16, seed=1)["image"])
   mask = jnp.asarray(np.r_[np.ones(14), np.zeros(2)], jnp.float32)
-  stops = []
+  predictors, stops = _predictors(model, method), []
   for strength in (0.0, 1.0, 3.0):
-    stops += _compare(model, _lean(variables, strength), x, mask, method, batch_size)
+    stops += _compare(predictors, _lean(variables, strength), x, mask, batch_size)
   assert min(stops) < 3 and max(stops) == 3  # batches stopped early and at full depth
 
 
@@ -77,7 +87,7 @@ def test_block_without_classifier_runs_with_the_next_exit(method):
   for tree in variables.values():
     tree["block_00"] = {k: v for k, v in tree["block_00"].items() if k != "classifier"}
   x = jnp.asarray(random_batch(6, seed=2)["image"])
-  stops = _compare(model, variables, x, jnp.ones(6), method, 1)
+  stops = _compare(_predictors(model, method), variables, x, jnp.ones(6), 1)
   assert max(stops) == 2
 
 

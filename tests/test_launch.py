@@ -1,7 +1,7 @@
 """End-to-end: the ``launch.train`` command line on the embedded digits.
 
-Runs in a subprocess with one CPU device (``XLA_FLAGS`` from ``conftest`` removed),
-exactly as a user would start it from the repository root.
+Runs in a subprocess with one CPU device (``helpers.launch_env``: the session's XLA flags
+less ``conftest``'s eight devices), exactly as a user would start it from the repository root.
 """
 
 from __future__ import annotations
@@ -12,12 +12,13 @@ import subprocess
 import sys
 
 import numpy as np
+from helpers import launch_env
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _launch(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+  env = launch_env(num_devices=1)
   env["PYTHONPATH"] = os.pathsep.join(filter(None, [REPO_ROOT, env.get("PYTHONPATH")]))
   env["JAX_PLATFORMS"] = "cpu"
   return subprocess.run(
@@ -45,6 +46,8 @@ def test_launch_train_writes_results_and_metrics(tmp_path):
     "best_block",
     "wall_time_s",
     "steps_per_s",
+    "train_time_s",
+    "eval_time_s",
   ):
     assert key in results, key
   assert results["rule"] == "deinforeg"
@@ -60,6 +63,9 @@ def test_launch_train_writes_results_and_metrics(tmp_path):
   )
   assert results["wall_time_s"] > 0
   assert results["steps_per_s"] > 0
+  # Training and evaluation are timed apart; both happen within the run's wall time.
+  assert 0 < results["train_time_s"] and 0 < results["eval_time_s"]
+  assert results["train_time_s"] + results["eval_time_s"] < results["wall_time_s"]
   assert results["steps"] == 1437 // 64
   assert results["config"]["model"]["width"] == 0.25
 

@@ -46,6 +46,7 @@ def test_glove_vectors_replace_the_initial_embedding_rows(toy):
 def test_text_run_logs_embedding_loss_and_refuses_another_vocabulary_on_resume(toy, tmp_path):
   config = text_data_config(toy / "tfds")
   config.model.glove = str(toy / "glove.txt")
+  config.parallel.num_devices = 1  # an 8-device mesh only compiles and runs slower
   results = train.train_and_evaluate(config, str(tmp_path))
   assert len(results["per_block_test_accuracy"]) == 1  # one LSTM block = one exit
   with open(tmp_path / "metrics.jsonl") as f:
