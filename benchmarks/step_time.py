@@ -42,6 +42,12 @@ def _parser() -> argparse.ArgumentParser:
     action="store_true",
     help="shard large parameters and optimizer state over the devices (config.parallel.shard_state)",
   )
+  parser.add_argument(
+    "--conv_impl",
+    default="auto",
+    choices=("auto", "xla", "winograd"),
+    help="3x3 convolutions (config.model.conv_impl; auto: Winograd on CPU)",
+  )
   parser.add_argument("--seed", type=int, default=0)
   parser.add_argument(
     "--matmul_peak", action="store_true", help="also measure the fp32 matmul GFLOP/s of one device"
@@ -67,6 +73,7 @@ import numpy as np
 
 from deinforeg_jax import models, optim, parallel, rules, steps, train
 from deinforeg_jax.configuration import validate_config
+from deinforeg_jax.modules import layers
 from launch.configs import default
 
 INPUT_SHAPE = (32, 32, 3)
@@ -88,6 +95,7 @@ def make_config(model: str, rule: str, args: argparse.Namespace):
   config.data.eval_batch_size = args.batch_size
   config.parallel.num_devices = args.devices
   config.parallel.shard_state = args.shard_state
+  config.model.conv_impl = args.conv_impl
   config.model.update(MODEL_OVERRIDES[model])
   config.model.width = args.width
   config.model.projector = args.projector
@@ -108,7 +116,7 @@ def synthetic_batches(count: int, batch_size: int, seed: int) -> list[dict[str, 
 
 
 def compiled_flops(compiled) -> float:
-  """FLOPs of one call of a compiled executable (per device under SPMD)."""
+  """FLOPs of one call of a compiled (or lowered) program (per device under SPMD)."""
   cost = compiled.cost_analysis()
   if isinstance(cost, (list, tuple)):  # older JAX: one dict per executable
     return float(sum(c.get("flops", 0.0) for c in cost))
@@ -150,15 +158,25 @@ class StepRunner:
     self.params = train.parameter_count(self.state.params)
     self.metrics = None
     self.state_bytes_per_device = parallel.bytes_per_device(self.state)
-    train_step, _ = train.compile_steps(
-      model, rules.get_objective(config.rule), tx, NUM_CLASSES, config.loss, mesh, state_sharding
-    )
+    args = (self.state, example_batch["image"], example_batch["label"])
+
+    def train_step(conv_impl: str):
+      config_impl = config.copy_and_resolve_references()
+      config_impl.model.conv_impl = conv_impl
+      objective = rules.get_objective(config.rule)
+      built = models.create_model(config_impl, NUM_CLASSES)
+      return train.compile_steps(
+        built, objective, tx, NUM_CLASSES, config.loss, mesh, state_sharding
+      )[0]
+
+    self.conv_impl = layers.resolve_conv_impl(config.model.conv_impl)
     start = time.perf_counter()
-    self.step = train_step.lower(
-      self.state, example_batch["image"], example_batch["label"]
-    ).compile()
+    self.step = train_step(self.conv_impl).lower(*args).compile()
     self.compile_s = time.perf_counter() - start
-    self.flops = compiled_flops(self.step) * mesh.shape[parallel.DATA_AXIS]
+    # The model's FLOPs are those of direct convolutions (XLA's cost analysis of the step
+    # with conv_impl="xla", lowered only): a Winograd step computes the same result with
+    # fewer multiplications, and its achieved rate is quoted against the same count.
+    self.flops = compiled_flops(train_step("xla").lower(*args)) * mesh.shape[parallel.DATA_AXIS]
     self.memory = compiled_memory(self.step)
 
   def timed_step(self, batch) -> float:
@@ -204,6 +222,7 @@ def measure_model(configs: dict, args: argparse.Namespace, mesh) -> dict[str, di
       "flops_per_step": runner.flops,
       "achieved_gflops_per_s": runner.flops / median / 1e9,
       "compile_s": runner.compile_s,
+      "conv_impl": runner.conv_impl,
       "state_bytes_per_device": runner.state_bytes_per_device,
       **runner.memory,
       "process_peak_rss_bytes": peak_rss_bytes(),

@@ -36,6 +36,7 @@ RESUMABLE_FIELDS = (
   "parallel",
   "inference",
   "train.max_steps",
+  "model.conv_impl",  # how convolutions are computed, not what: the state is the same
   "train.log_grad_norms",
   "data.data_dir",
   "data.download",

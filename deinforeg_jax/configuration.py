@@ -24,6 +24,7 @@ CHOICES = {
   "model.al_activation": tuple(baselines.ACTIVATIONS),
   "model.init": layers.INITS,
   "model.bn_running_var": layers.BN_RUNNING_VARS,
+  "model.conv_impl": layers.CONV_IMPLS,
   "optim.name": optim.OPTIMIZERS,
   "optim.schedule": optim.SCHEDULES,
   "data.kind": ("image", "text"),

@@ -28,7 +28,7 @@ from typing import Callable
 import flax.linen as nn
 
 from deinforeg_jax import baselines, stack
-from deinforeg_jax.modules import heads, text, vision
+from deinforeg_jax.modules import heads, layers, text, vision
 from deinforeg_jax.modules.layers import Conventions
 
 VISION_ARCHITECTURES = ("vgg", "resnet18", "resnet34", "resnet50")
@@ -82,8 +82,11 @@ def parse_split(spec: str) -> tuple[int, int] | None:
 
 
 def conventions(model_cfg) -> Conventions:
-  """``config.model.init`` and ``config.model.bn_running_var`` as a ``Conventions``."""
-  return Conventions(model_cfg.init, model_cfg.bn_running_var)
+  """``config.model.init``, ``bn_running_var`` and ``conv_impl`` (``"auto"`` resolved for the
+  default backend, ``layers.resolve_conv_impl``) as a ``Conventions``."""
+  return Conventions(
+    model_cfg.init, model_cfg.bn_running_var, layers.resolve_conv_impl(model_cfg.conv_impl)
+  )
 
 
 def _vgg_encoders(model_cfg) -> list[stack.EncoderFactory]:

@@ -69,6 +69,7 @@ from ml_collections import config_flags
 from deinforeg_jax import growth, models, optim, parallel, pipeline, rules, steps, train
 from deinforeg_jax.configuration import validate_config
 from deinforeg_jax.data.tfds_source import TEXT_MAX_LEN
+from deinforeg_jax.modules import layers
 
 GIB = 2**30
 
@@ -385,7 +386,10 @@ def _pipeline(config, run, shapes: RunShapes, devices) -> tuple[int, list[StepRe
 def build_run(config, shapes: RunShapes) -> dict[str, Any]:
   """The model, final growth phase, objective and optimizer of ``config``, as
   ``train.train_and_evaluate`` builds them (the final phase runs every block; blocks a
-  grown run would freeze are compiled as trainable, an upper bound on memory)."""
+  grown run would freeze are compiled as trainable, an upper bound on memory).
+  ``config.model.conv_impl="auto"`` is resolved for TPU, not for this host's CPU."""
+  config = config.copy_and_resolve_references()
+  config.model.conv_impl = layers.resolve_conv_impl(config.model.conv_impl, "tpu")
   model = models.create_model(config, shapes.num_classes)
   steps_per_epoch = max(shapes.num_train // config.data.batch_size, 1)
   schedule = optim.make_schedule(

@@ -1,4 +1,5 @@
-"""Layer conventions: Flax's or PyTorch's initialisers and BatchNorm running variance.
+"""Layer conventions: Flax's or PyTorch's initialisers, BatchNorm running variance, and how
+3x3 convolutions are computed.
 
 Every module that creates a Dense, Conv or BatchNorm layer carries a
 ``Conventions`` value (attribute ``conventions``, set by
@@ -21,6 +22,11 @@ i.e. PyTorch's 0.1; normalisation always uses the biased batch variance
 
 * ``"biased"`` (default): Flax's ``var <- m var + (1 - m) s2``.
 * ``"unbiased"``: PyTorch's ``var <- m var + (1 - m) s2 n / (n - 1)``.
+
+``conv_impl`` (``config.model.conv_impl``, ``"auto"`` resolved by ``resolve_conv_impl``):
+``"xla"`` computes every convolution with ``lax.conv_general_dilated``; ``"winograd"``
+computes the stride-1 3x3 ones with ``winograd.winograd_conv3x3`` (matmuls; the same
+parameters, equal results up to fp32 rounding).
 """
 
 from __future__ import annotations
@@ -33,8 +39,23 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from deinforeg_jax.modules import winograd
+
 INITS = ("flax", "torch")
 BN_RUNNING_VARS = ("biased", "unbiased")
+CONV_IMPLS = ("auto", "xla", "winograd")
+# "auto": the fastest measured implementation per backend (benchmarks/step_time.py): Winograd
+# on XLA:CPU, whose direct convolution runs far below its matmul rate; XLA's convolution on
+# GPU/TPU, whose libraries choose their own algorithms.
+AUTO_CONV_IMPL = {"cpu": "winograd"}
+
+
+def resolve_conv_impl(name: str, platform: str | None = None) -> str:
+  """``"xla"`` or ``"winograd"``: ``name``, with ``"auto"`` chosen for ``platform`` (default:
+  the default backend's)."""
+  if name != "auto":
+    return name
+  return AUTO_CONV_IMPL.get(platform or jax.default_backend(), "xla")
 
 Initializer = Callable[..., jax.Array]
 
@@ -78,6 +99,7 @@ class Conventions:
 
   init: str = "flax"
   bn_running_var: str = "biased"
+  conv_impl: str = "xla"
 
   def __post_init__(self):
     if self.init not in INITS:
@@ -86,6 +108,10 @@ class Conventions:
       raise ValueError(
         f"config.model.bn_running_var={self.bn_running_var!r} must be one of "
         f"{list(BN_RUNNING_VARS)}."
+      )
+    if self.conv_impl not in ("xla", "winograd"):
+      raise ValueError(
+        f"conv_impl={self.conv_impl!r} must be 'xla' or 'winograd' (resolve 'auto' first)."
       )
 
   def bias_init(self, fan_in: int) -> Initializer:
@@ -104,6 +130,8 @@ class Conventions:
   def conv(self, x: jax.Array, features: int, kernel_size: tuple[int, ...], **kwargs) -> jax.Array:
     """``nn.Conv(features, kernel_size, **kwargs)(x)``, initialised by the convention."""
     fan_in = x.shape[-1] * math.prod(kernel_size)
+    if self.conv_impl == "winograd":  # same parameters; 3x3 stride-1 layers by matmuls
+      kwargs["conv_general_dilated"] = winograd.conv_general_dilated
     return nn.Conv(features, kernel_size, **self._inits(fan_in), **kwargs)(x)
 
   def batch_norm(self, train: bool, name: str | None = None) -> nn.BatchNorm:

@@ -51,6 +51,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.init = "flax"
   # BatchNorm running variance: "biased" (Flax) | "unbiased" (PyTorch: batch variance * n/(n-1)).
   config.model.bn_running_var = "biased"
+  # 3x3 stride-1 convolutions: "auto" (Winograd F(2x2,3x3) matmuls on CPU, where XLA's own
+  # convolution is slow; XLA's elsewhere) | "xla" | "winograd" (modules/winograd.py).
+  config.model.conv_impl = "auto"
   # Baselines, vision (text stacks use the reference's NLP heads: identity, Tanh, width model.hidden):
   config.model.scpl_projector = "512-1024"  # SCPL contrastive head: Dense-ReLU-Dense
   config.model.al_hidden = 500  # AL label-code width
