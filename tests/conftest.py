@@ -22,7 +22,7 @@ subprocess a test starts (``launch.train`` runs), even those that drop ``XLA_FLA
   ~2x) and run slower (a tiny model's step ~2x, the default width's ~8x).  That
   is the right trade for the many short runs here; the runs that must reach an
   accuracy (hundreds of steps, marked ``slow``) compile with every optimisation
-  inside ``helpers.optimized_compiles()``.  Both sides of every comparison run in
+  (but their initial state's program, run once) inside ``helpers.optimized_compiles()``.  Both sides of every comparison run in
   the same session (or in subprocesses that inherit the setting), so
   bit-for-bit tests compare like with like.
 * ``--xla_cpu_use_fusion_emitters=false`` (``QUICK_COMPILE_FLAGS``): XLA:CPU's older

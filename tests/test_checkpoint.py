@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -64,6 +65,17 @@ def run_launcher(workdir: str, *extra: str, **popen_kwargs):
   )
 
 
+def _as_config(*flags: str):
+  """The default config with ``--config.<section>.<field>=<value>`` flags applied."""
+  config = default.get_config()
+  for flag in flags:
+    field, value = flag.removeprefix("--config.").split("=")
+    section, name = field.split(".")
+    kind = type(config[section][name])
+    config[section][name] = value == "True" if kind is bool else kind(value)
+  return config
+
+
 def test_killed_run_resumes_to_the_uninterrupted_parameters(tmp_path):
   """kill -9 after a mid-epoch checkpoint; the same command finishes with identical state."""
   args = (
@@ -71,7 +83,6 @@ def test_killed_run_resumes_to_the_uninterrupted_parameters(tmp_path):
     "--config.checkpoint.every_steps=5",
     "--config.checkpoint.use_async=False",
   )
-  reference = run_launcher(str(tmp_path / "reference"), *args)
   interrupted_dir = str(tmp_path / "interrupted")
   victim = run_launcher(interrupted_dir, *args)
   ckpt_dir = os.path.join(interrupted_dir, "checkpoints")
@@ -87,10 +98,10 @@ def test_killed_run_resumes_to_the_uninterrupted_parameters(tmp_path):
   assert 0 < killed_at < 44, "the kill must land before the end of the run"
 
   resumed = run_launcher(interrupted_dir, *args)
+  # Meanwhile the uninterrupted reference: the same run in this process (one launch fewer).
+  train_and_evaluate(_as_config(*TINY, *args), str(tmp_path / "reference"))
   resumed_out, _ = resumed.communicate(timeout=300)
-  reference_out, _ = reference.communicate(timeout=300)
   assert resumed.returncode == 0, resumed_out
-  assert reference.returncode == 0, reference_out
   assert f"resuming from the checkpoint at step {killed_at}" in resumed_out
 
   final, step = saved_state(interrupted_dir)
@@ -99,9 +110,17 @@ def test_killed_run_resumes_to_the_uninterrupted_parameters(tmp_path):
   assert_trees_equal(final, expected)
 
 
-def test_checkpoint_from_a_different_model_is_refused(tmp_path):
+@pytest.fixture(scope="module")
+def one_epoch_run(tmp_path_factory):
+  """A finished one-epoch run of ``tiny_config()``; tests resume copies of it."""
+  workdir = str(tmp_path_factory.mktemp("one_epoch") / "run")
+  train_and_evaluate(tiny_config(num_epochs=1), workdir)
+  return workdir
+
+
+def test_checkpoint_from_a_different_model_is_refused(one_epoch_run, tmp_path):
   workdir = str(tmp_path / "run")
-  train_and_evaluate(tiny_config(), workdir)
+  shutil.copytree(one_epoch_run, workdir)
   before, step = saved_state(workdir)
   grown = tiny_config(num_epochs=2)
   grown.model.projector = "16-8"
@@ -124,9 +143,9 @@ def test_checkpoint_from_a_different_model_is_refused(tmp_path):
   assert_trees_equal(before, after)
 
 
-def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(one_epoch_run, tmp_path):
   workdir = str(tmp_path / "run")
-  train_and_evaluate(tiny_config(num_epochs=1), workdir)
+  shutil.copytree(one_epoch_run, workdir)
   good, good_step = saved_state(workdir)
   diverging = tiny_config(num_epochs=2)
   diverging.optim.schedule = "constant"

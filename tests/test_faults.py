@@ -243,15 +243,15 @@ def test_label_noise_change_is_refused(finished_run):
     train.train_and_evaluate(config, finished_run)
 
 
-def test_an_allowed_change_is_accepted_and_recorded(tmp_path):
+def test_an_allowed_change_is_accepted_and_recorded(finished_run, tmp_path):
   workdir = str(tmp_path / "run")
-  train.train_and_evaluate(short_config(2), workdir)
-  config = short_config(4, optim__base_lr=0.1, checkpoint__allow_changed="optim.base_lr")
+  shutil.copytree(finished_run, workdir)  # 3 steps
+  config = short_config(5, optim__base_lr=0.1, checkpoint__allow_changed="optim.base_lr")
   results = train.train_and_evaluate(config, workdir)
-  assert results["steps"] == 4
+  assert results["steps"] == 5
   events = [line for line in metrics_lines(workdir) if "event" in line]
   assert events == [
-    {"event": "resumed_with_changes", "step": 2, "changed": {"optim.base_lr": {"saved": 0.2, "now": 0.1}}}
+    {"event": "resumed_with_changes", "step": 3, "changed": {"optim.base_lr": {"saved": 0.2, "now": 0.1}}}
   ]
 
 
@@ -287,15 +287,15 @@ def test_a_second_run_on_a_held_workdir_is_refused_and_a_dead_holder_is_taken_ov
 # ------------------------------------------------------------------ torn log, ~, flags
 
 
-def test_resume_skips_a_metrics_line_cut_by_a_kill(tmp_path, capsys):
+def test_resume_skips_a_metrics_line_cut_by_a_kill(finished_run, tmp_path, capsys):
   workdir = str(tmp_path / "run")
-  train.train_and_evaluate(short_config(2), workdir)
+  shutil.copytree(finished_run, workdir)  # 3 steps
   with open(os.path.join(workdir, "metrics.jsonl"), "a") as f:
-    f.write('{"epoch": 2, "step": 4, "test_acc')  # a kill in the middle of a write
+    f.write('{"epoch": 2, "step": 5, "test_acc')  # a kill in the middle of a write
   capsys.readouterr()
-  train.train_and_evaluate(short_config(3, checkpoint__allow_changed=""), workdir)
+  train.train_and_evaluate(short_config(4, checkpoint__allow_changed=""), workdir)
   assert "skipped line 2" in capsys.readouterr().out
-  assert [line["step"] for line in metrics_lines(workdir)] == [2, 3]
+  assert [line["step"] for line in metrics_lines(workdir)] == [3, 4]
 
 
 def test_tilde_in_the_workdir_is_the_home_directory(tmp_path, monkeypatch):
@@ -323,11 +323,9 @@ def test_unknown_config_field_is_a_one_line_error():
 
 
 def test_sigterm_saves_at_the_step_it_arrived_and_the_resumed_run_is_bit_identical(
-  tmp_path, monkeypatch
+  tmp_path, monkeypatch, reference_and_partial
 ):
-  reference = str(tmp_path / "reference")
-  train.train_and_evaluate(short_config(8), reference)
-  expected, _ = saved_state(reference)
+  expected = reference_and_partial[0]  # 6 steps uninterrupted (saving every 2, which changes nothing)
 
   workdir = str(tmp_path / "run")
   calls = []
@@ -341,15 +339,15 @@ def test_sigterm_saves_at_the_step_it_arrived_and_the_resumed_run_is_bit_identic
 
   monkeypatch.setattr(train.ProgressBar, "update", update)
   with pytest.raises(train.Preempted, match="SIGTERM received: stopped after step 3") as stopped:
-    train.train_and_evaluate(short_config(8), workdir)
+    train.train_and_evaluate(short_config(6), workdir)
   assert stopped.value.step == 3
   assert saved_steps(workdir) == [3]
   monkeypatch.setattr(train.ProgressBar, "update", original)
   assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # handlers restored
 
-  train.train_and_evaluate(short_config(8), workdir)
+  train.train_and_evaluate(short_config(6), workdir)
   final, step = saved_state(workdir)
-  assert step == 8
+  assert step == 6
   assert_trees_equal(final, expected)
 
 
