@@ -24,14 +24,12 @@ import json
 import os
 import shutil
 import statistics
-import time
 
-import jax
-import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
-from deinforeg_jax import models, optim, parallel, rules, steps, train
+from benchmarks import step_time
+from deinforeg_jax import parallel, train
 from deinforeg_jax.configuration import validate_config
 from deinforeg_jax.data import load_dataset
 
@@ -47,37 +45,15 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "the run goes to <workdir>/run",
 
 
 def isolated_step_times(config, info, reps: int) -> list[float]:
-  """Seconds per call of the run's compiled train step on a fixed synthetic batch."""
-  model = models.create_model(config, info.num_classes)
-  tx = optim.make_optimizer(config.optim, optim.make_schedule(config.optim, 1000, 100))
+  """Seconds per call of the run's compiled train step (``step_time.StepRunner``) on one
+  synthetic batch of the run's shapes, after one warm-up call."""
   mesh = parallel.make_data_mesh(config.parallel.num_devices)
-
-  def create(rng):
-    return steps.create_train_state(model, tx, rng, info.input_shape)
-
-  sharding = parallel.state_shardings(
-    jax.eval_shape(create, jax.random.key(0)), mesh, config.parallel.shard_state
-  )
-  state = jax.jit(create, out_shardings=sharding)(jax.random.key(config.seed))
-  train_step, _ = train.compile_steps(
-    model, rules.get_objective(config.rule), tx, info.num_classes, config.loss, mesh, sharding
-  )
-  rng = np.random.default_rng(0)
+  shapes = (info.input_shape, info.num_classes)
   batch = parallel.shard_batch(
-    {
-      "image": rng.standard_normal((config.data.batch_size, *info.input_shape), np.float32),
-      "label": rng.integers(0, info.num_classes, config.data.batch_size, dtype=np.int32),
-    },
-    mesh,
+    step_time.synthetic_batches(1, config.data.batch_size, 0, *shapes)[0], mesh
   )
-  times = []
-  for rep in range(reps + 1):  # the first call compiles and warms up
-    start = time.perf_counter()
-    state, metrics, _ = train_step(state, batch["image"], batch["label"])
-    jax.block_until_ready((state, metrics))
-    if rep:
-      times.append(time.perf_counter() - start)
-  return times
+  runner = step_time.StepRunner(config, reps + 1, mesh, batch, *shapes)
+  return [runner.timed_step(batch) for _ in range(reps + 1)][1:]
 
 
 def main(argv):

@@ -103,13 +103,15 @@ def make_config(model: str, rule: str, args: argparse.Namespace):
   return config
 
 
-def synthetic_batches(count: int, batch_size: int, seed: int) -> list[dict[str, np.ndarray]]:
+def synthetic_batches(
+  count: int, batch_size: int, seed: int, input_shape=INPUT_SHAPE, num_classes: int = NUM_CLASSES
+) -> list[dict[str, np.ndarray]]:
   """``count`` host batches of standard-normal images and uniform labels."""
   rng = np.random.default_rng(seed)
   return [
     {
-      "image": rng.standard_normal((batch_size, *INPUT_SHAPE), np.float32),
-      "label": rng.integers(0, NUM_CLASSES, batch_size, dtype=np.int32),
+      "image": rng.standard_normal((batch_size, *input_shape), np.float32),
+      "label": rng.integers(0, num_classes, batch_size, dtype=np.int32),
     }
     for _ in range(count)
   ]
@@ -142,13 +144,22 @@ def peak_rss_bytes() -> int:
 
 
 class StepRunner:
-  """One rule's compiled train step and its (donated, updated) train state."""
+  """One rule's compiled train step and its (donated, updated) train state, for inputs of
+  ``input_shape`` and ``num_classes`` labels."""
 
-  def __init__(self, config, total_steps: int, mesh, example_batch):
-    model = models.create_model(config, NUM_CLASSES)
+  def __init__(
+    self,
+    config,
+    total_steps: int,
+    mesh,
+    example_batch,
+    input_shape=INPUT_SHAPE,
+    num_classes: int = NUM_CLASSES,
+  ):
+    model = models.create_model(config, num_classes)
     schedule = optim.make_schedule(config.optim, total_steps, total_steps)
     tx = optim.make_optimizer(config.optim, schedule)
-    create = lambda rng: steps.create_train_state(model, tx, rng, INPUT_SHAPE)  # noqa: E731
+    create = lambda rng: steps.create_train_state(model, tx, rng, input_shape)  # noqa: E731
     state_sharding = parallel.state_shardings(
       jax.eval_shape(create, jax.random.key(0)), mesh, config.parallel.shard_state
     )
@@ -164,9 +175,9 @@ class StepRunner:
       config_impl = config.copy_and_resolve_references()
       config_impl.model.conv_impl = conv_impl
       objective = rules.get_objective(config.rule)
-      built = models.create_model(config_impl, NUM_CLASSES)
+      built = models.create_model(config_impl, num_classes)
       return train.compile_steps(
-        built, objective, tx, NUM_CLASSES, config.loss, mesh, state_sharding
+        built, objective, tx, num_classes, config.loss, mesh, state_sharding
       )[0]
 
     self.conv_impl = layers.resolve_conv_impl(config.model.conv_impl)
