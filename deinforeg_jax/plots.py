@@ -5,7 +5,9 @@
 * ``grad_norm_vs_depth``: per-layer gradient norm (log scale) against layer
   depth, one line per rule, at initialisation and averaged over the last epoch;
 * ``block_accuracy_over_training``: per-exit test accuracy against the epoch,
-  one panel per rule.
+  one panel per rule;
+* ``learning_curves``: best-exit test accuracy against the epoch, mean ± std over
+  seeds, one line per rule, one panel per noise rate.
 
 Each function reads the files a run writes (``metrics.jsonl``,
 ``grad_norms.json``) or the grid's per-cell summaries, and returns the path of
@@ -26,7 +28,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 
-def _read_jsonl(path: str) -> list[dict[str, Any]]:
+def read_epoch_records(path: str) -> list[dict[str, Any]]:
+  """The per-epoch records of a run's ``metrics.jsonl`` (event lines skipped)."""
   with open(path) as f:
     records = [json.loads(line) for line in f if line.strip()]
   return [r for r in records if "epoch" in r]  # event lines (e.g. a resume with changes) skipped
@@ -66,6 +69,35 @@ def accuracy_vs_noise(summaries: Sequence[Mapping[str, Any]], path: str, metric:
   return _save(fig, path)
 
 
+def learning_curves(summaries: Sequence[Mapping[str, Any]], path: str) -> str:
+  """Plot best-exit test accuracy per epoch, mean ± std over seeds, one line per rule.
+
+  One panel per noise rate; each summary has ``rule``, ``noise_rate`` and ``curve``
+  (``epoch`` [E], ``test_accuracy`` [E, exits]); seeds of one rule share the epochs.
+  """
+  rates = sorted({s["noise_rate"] for s in summaries})
+  fig, axes = plt.subplots(1, len(rates), figsize=(5 * len(rates), 3.8), squeeze=False)
+  for ax, rate in zip(axes[0], rates):
+    cells = [s for s in summaries if s["noise_rate"] == rate]
+    for rule in sorted({s["rule"] for s in cells}):
+      curves = [s["curve"] for s in cells if s["rule"] == rule]
+      length = min(len(c["epoch"]) for c in curves)
+      best = 100 * np.array([np.max(c["test_accuracy"][:length], axis=1) for c in curves])
+      epochs = curves[0]["epoch"][:length]
+      (line,) = ax.plot(epochs, best.mean(0), label=f"{rule} (n={len(curves)})")
+      if len(curves) > 1:
+        spread = best.std(0, ddof=1)
+        ax.fill_between(
+          epochs, best.mean(0) - spread, best.mean(0) + spread, color=line.get_color(), alpha=0.2
+        )
+    ax.set_title(f"{rate}% label noise")
+    ax.set_xlabel("epoch")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right")
+  axes[0][0].set_ylabel("best-exit test accuracy (%)")
+  return _save(fig, path)
+
+
 def grad_norm_vs_depth(runs: Mapping[str, str], path: str) -> str:
   """Plot per-layer gradient norms of each run (``{rule: workdir}``) against depth.
 
@@ -76,7 +108,7 @@ def grad_norm_vs_depth(runs: Mapping[str, str], path: str) -> str:
   for rule, workdir in runs.items():
     with open(os.path.join(workdir, "grad_norms.json")) as f:
       init = json.load(f)["init"]
-    last = _read_jsonl(os.path.join(workdir, "metrics.jsonl"))[-1]["train_grad_norm"]
+    last = read_epoch_records(os.path.join(workdir, "metrics.jsonl"))[-1]["train_grad_norm"]
     for ax, norms in zip(axes, (init, last)):
       ax.semilogy(np.arange(1, len(norms) + 1), np.maximum(norms, 1e-30), marker=".", label=rule)
   for ax, title in zip(
@@ -94,7 +126,7 @@ def block_accuracy_over_training(runs: Mapping[str, str], path: str) -> str:
   """Plot every exit's test accuracy per epoch, one panel per run (``{rule: workdir}``)."""
   fig, axes = plt.subplots(1, len(runs), figsize=(4 * len(runs), 3.5), squeeze=False, sharey=True)
   for ax, (rule, workdir) in zip(axes[0], runs.items()):
-    records = _read_jsonl(os.path.join(workdir, "metrics.jsonl"))
+    records = read_epoch_records(os.path.join(workdir, "metrics.jsonl"))
     epochs = [r["epoch"] for r in records]
     accuracy = np.array([r["test_accuracy"] for r in records]) * 100
     for k in range(accuracy.shape[1]):

@@ -17,7 +17,16 @@ unfinished cell continues from its checkpoints.  A finished cell whose config
 differs from the grid's is refused with the first differing field.  At the end
 ``<root>/table.md`` holds mean ± std over seeds per (dataset, noise rate, rule),
 and PNG plots lie beside it: accuracy vs noise rate, per-exit test accuracy over
-training, and (with ``base.train.log_grad_norms``) gradient norm vs depth.
+training, learning curves (best exit per epoch, mean ± std over seeds), and (with
+``base.train.log_grad_norms``) gradient norm vs depth.  Each summary carries its
+per-epoch curves, so ``--report_only`` rebuilds table and plots from committed
+summaries alone (no workdirs needed), and a grid can be extended later.
+
+Optional grid fields: ``plateau_epochs`` / ``plateau_tol`` (a cell has *converged*
+when its best-exit test accuracy in the last ``plateau_epochs`` epochs beat the best
+of all earlier epochs by at most ``plateau_tol``; the table counts converged cells)
+and ``compare_to`` (a rule: win / tie / loss against every other rule by Welch's
+two-sided t-test over seeds, p < 0.05).
 """
 
 from __future__ import annotations
@@ -33,6 +42,7 @@ import jax
 import numpy as np
 from absl import app, flags, logging
 from ml_collections import config_flags
+from scipy import stats
 
 from deinforeg_jax import plots
 from deinforeg_jax.train import train_and_evaluate
@@ -40,6 +50,9 @@ from deinforeg_jax.train import train_and_evaluate
 config_flags.DEFINE_config_file("grid", None, "Grid config (ml_collections file).")
 _ROOT = flags.DEFINE_string("root", None, "Output directory of the grid.", required=True)
 _DRY_RUN = flags.DEFINE_bool("dry_run", False, "Print the cells and their state; train nothing.")
+_REPORT_ONLY = flags.DEFINE_bool(
+  "report_only", False, "Train nothing; write table and plots from the finished cells."
+)
 
 
 def cells(grid) -> Iterator[dict[str, Any]]:
@@ -118,8 +131,28 @@ def check_same_config(saved: Mapping[str, Any], config, where: str) -> None:
       )
 
 
+def learning_curve(workdir: str) -> dict[str, list]:
+  """Per-epoch ``epoch``, ``test_accuracy`` [epochs, exits] and ``train_accuracy`` of a run."""
+  records = plots.read_epoch_records(os.path.join(workdir, "metrics.jsonl"))
+  return {
+    key: [r[key] for r in records] for key in ("epoch", "test_accuracy", "train_accuracy")
+  }
+
+
+def plateau_gain(curve: Mapping[str, list], epochs: int) -> float | None:
+  """Best-exit test accuracy of the last ``epochs`` epochs minus the best before them.
+
+  ``a_e = max_k test_accuracy[e][k]``; the gain is ``max(a[-epochs:]) - max(a[:-epochs])``,
+  None when the curve has no more than ``epochs`` epochs.
+  """
+  best_exit = [max(accuracies) for accuracies in curve["test_accuracy"]]
+  if len(best_exit) <= epochs:
+    return None
+  return max(best_exit[-epochs:]) - max(best_exit[:-epochs])
+
+
 def summarize(cell: Mapping[str, Any], results: Mapping[str, Any], workdir: str) -> dict:
-  """The per-run JSON: the cell's axes plus the accuracies and times of its results."""
+  """The per-run JSON: the cell's axes, the accuracies and times of its results, its curves."""
   return {
     **cell,
     "best_test_accuracy": results["best_test_accuracy"],
@@ -130,6 +163,7 @@ def summarize(cell: Mapping[str, Any], results: Mapping[str, Any], workdir: str)
     "label_noise": results["label_noise"],
     "steps": results["steps"],
     "train_time_s": results["train_time_s"],
+    "curve": learning_curve(workdir),
     "workdir": workdir,
   }
 
@@ -165,27 +199,100 @@ def markdown_table(grid, summaries: list[dict[str, Any]]) -> str:
         ]
         row.append(_mean_std(values))
       lines.append("| " + " | ".join(row) + " |")
-    times = []
+    times, converged = [], []
+    plateau_epochs = grid.get("plateau_epochs", 0)
     for rule in grid.rules:
-      spent = [s["train_time_s"] for s in summaries if (s["dataset"], s["rule"]) == (dataset, rule)]
-      times.append(f"{np.mean(spent):.0f} s" if spent else "–")
-    lines += ["| train time / run | " + " | ".join(times) + " |", ""]
+      done = [s for s in summaries if (s["dataset"], s["rule"]) == (dataset, rule)]
+      times.append(f"{np.mean([s['train_time_s'] for s in done]):.0f} s" if done else "–")
+      if plateau_epochs:
+        gains = [plateau_gain(s["curve"], plateau_epochs) for s in done if "curve" in s]
+        flat = sum(g is not None and g <= grid.plateau_tol for g in gains)
+        converged.append(f"{flat}/{len(done)}")
+    lines.append("| train time / run | " + " | ".join(times) + " |")
+    if plateau_epochs:
+      lines.append(
+        f"| converged (last {grid.plateau_epochs} epochs gained ≤ "
+        f"{100 * grid.plateau_tol:g} points) | " + " | ".join(converged) + " |"
+      )
+    lines.append("")
+    if grid.get("compare_to", ""):
+      lines += _wins_ties_losses(grid, dataset, summaries)
   return "\n".join(lines)
 
 
+def compare(ours: list[float], theirs: list[float], alpha: float = 0.05) -> tuple[str, float]:
+  """("win" | "tie" | "loss", p) of ``ours`` against ``theirs`` by Welch's two-sided t-test.
+
+  A tie when p >= ``alpha``; ("–", nan) with fewer than two values on a side.  Two
+  constant samples give p = 0 when their values differ and 1 when they are equal.
+  """
+  if len(ours) < 2 or len(theirs) < 2:
+    return "–", float("nan")
+  if np.ptp(ours) == 0 and np.ptp(theirs) == 0:  # t is undefined: decide by the values
+    p = 0.0 if ours[0] != theirs[0] else 1.0
+  else:
+    p = float(stats.ttest_ind(ours, theirs, equal_var=False).pvalue)
+  if p >= alpha:
+    return "tie", p
+  return ("win" if np.mean(ours) > np.mean(theirs) else "loss"), p
+
+
+def _wins_ties_losses(grid, dataset: str, summaries: list[dict[str, Any]]) -> list[str]:
+  """Markdown rows: ``grid.compare_to`` against every other rule, per noise rate, and totals."""
+  others = [r for r in grid.rules if r != grid.compare_to]
+  lines = [
+    f"Win / tie / loss of **{grid.compare_to}** on {dataset} (`{grid.metric}`, Welch's "
+    "two-sided t-test over seeds, p < 0.05):",
+    "",
+    "| noise | " + " | ".join(f"vs {r}" for r in others) + " |",
+    "|---" * (len(others) + 1) + "|",
+  ]
+  totals = {r: {"win": 0, "tie": 0, "loss": 0} for r in others}
+
+  def values(rule, rate):
+    return [
+      s[grid.metric]
+      for s in summaries
+      if (s["dataset"], s["rule"], s["noise_rate"]) == (dataset, rule, int(rate))
+    ]
+
+  for rate in grid.noise_rates:
+    row = [f"{int(rate)}%"]
+    for rule in others:
+      outcome, p = compare(values(grid.compare_to, rate), values(rule, rate))
+      if outcome in totals[rule]:
+        totals[rule][outcome] += 1
+      row.append(outcome if outcome == "–" else f"{outcome} (p={p:.2g})")
+    lines.append("| " + " | ".join(row) + " |")
+  lines.append(
+    "| W/T/L | "
+    + " | ".join(f"{t['win']}/{t['tie']}/{t['loss']}" for t in totals.values())
+    + " |"
+  )
+  return lines + [""]
+
+
 def make_plots(root: str, grid, summaries: list[dict[str, Any]]) -> list[str]:
-  """Write the grid's PNGs; per-run plots use each rule's first clean cell (first seed)."""
+  """Write the grid's PNGs.  Learning curves come from the summaries; the per-run plots
+  read each rule's first clean cell's workdir (first seed) and are skipped without it."""
   written = []
   if len(set(grid.noise_rates)) > 1 and summaries:
     written.append(
       plots.accuracy_vs_noise(summaries, os.path.join(root, "accuracy_vs_noise.png"), grid.metric)
     )
   for dataset in grid.datasets:
+    done = [s for s in summaries if s["dataset"] == dataset]
+    with_curves = [s for s in done if "curve" in s]
+    if with_curves:
+      path = os.path.join(root, f"learning_curves_{dataset}.png")
+      written.append(plots.learning_curves(with_curves, path))
     runs = {}
     for rule in grid.rules:
-      done = [s for s in summaries if (s["dataset"], s["rule"]) == (dataset, rule)]
-      if done:
-        runs[rule] = min(done, key=lambda s: (s["noise_rate"], s["seed"]))["workdir"]
+      of_rule = [s for s in done if s["rule"] == rule]
+      if of_rule:
+        workdir = min(of_rule, key=lambda s: (s["noise_rate"], s["seed"]))["workdir"]
+        if os.path.exists(os.path.join(workdir, "metrics.jsonl")):
+          runs[rule] = workdir
     if not runs:
       continue
     written.append(
@@ -201,8 +308,14 @@ def make_plots(root: str, grid, summaries: list[dict[str, Any]]) -> list[str]:
   return written
 
 
-def run_grid(grid, root: str, dry_run: bool = False) -> list[dict[str, Any]]:
-  """Train every unfinished cell (until the budget is spent); write table and plots."""
+def run_grid(
+  grid, root: str, dry_run: bool = False, report_only: bool = False
+) -> list[dict[str, Any]]:
+  """Train every unfinished cell (until the budget is spent); write table and plots.
+
+  ``dry_run``: list the cells, write nothing.  ``report_only``: train nothing, write
+  table and plots from the finished cells' summaries.
+  """
   os.makedirs(os.path.join(root, "cells"), exist_ok=True)
   budget_s = 60.0 * grid.budget_minutes
   start = time.perf_counter()
@@ -221,9 +334,9 @@ def run_grid(grid, root: str, dry_run: bool = False) -> list[dict[str, Any]]:
       print(f"[done]    {cell_name(cell)}", flush=True)
       continue
     elapsed = time.perf_counter() - start
-    if dry_run or (budget_s and elapsed > budget_s):
+    if dry_run or report_only or (budget_s and elapsed > budget_s):
       skipped.append(cell)
-      print(f"[{'todo' if dry_run else 'budget'}]    {cell_name(cell)}", flush=True)
+      print(f"[{'budget' if budget_s and elapsed > budget_s else 'todo'}]    {cell_name(cell)}", flush=True)
       continue
     print(f"[run]     {cell_name(cell)} in {workdir} ({elapsed / 60:.1f} min elapsed)", flush=True)
     results = train_and_evaluate(config, workdir)
@@ -235,9 +348,8 @@ def run_grid(grid, root: str, dry_run: bool = False) -> list[dict[str, Any]]:
     return summaries
   table = markdown_table(grid, summaries)
   if skipped:
-    table += (
-      f"\n{len(skipped)} cell(s) not run: the budget of {grid.budget_minutes} min was spent.\n"
-    )
+    why = "not run yet" if report_only else f"the budget of {grid.budget_minutes} min was spent"
+    table += f"\n{len(skipped)} cell(s) not run: {why}.\n"
   with open(os.path.join(root, "table.md"), "w") as f:
     f.write(table)
   print(table)
@@ -256,7 +368,7 @@ def main(argv):
   # Cells of one rule and dataset compile the same programs: reuse them across cells.
   jax.config.update("jax_compilation_cache_dir", os.path.join(_ROOT.value, "jax_cache"))
   jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
-  run_grid(flags.FLAGS.grid, _ROOT.value, _DRY_RUN.value)
+  run_grid(flags.FLAGS.grid, _ROOT.value, _DRY_RUN.value, _REPORT_ONLY.value)
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 
 import ml_collections
 import numpy as np
@@ -59,7 +60,8 @@ class _FakeTrainer:
       json.dump(results, f)
     with open(os.path.join(workdir, "metrics.jsonl"), "w") as f:
       f.writelines(
-        json.dumps({"epoch": epoch, "test_accuracy": accuracy}) + "\n" for epoch in (1, 2)
+        json.dumps({"epoch": epoch, "test_accuracy": accuracy, "train_accuracy": accuracy}) + "\n"
+        for epoch in (1, 2)
       )
     return results
 
@@ -141,6 +143,70 @@ def test_grid_writes_one_json_per_run_a_table_and_plots_and_skips_finished_cells
   again = experiments.run_grid(grid, str(tmp_path))
   assert len(fake_trainer.calls) == 8  # nothing retrained
   assert again == summaries
+
+
+def test_plateau_gain_is_the_last_epochs_best_exit_over_the_earlier_best():
+  curve = {"test_accuracy": [[0.5, 0.4], [0.6, 0.7], [0.7, 0.69], [0.705, 0.6]]}
+  assert experiments.plateau_gain(curve, 2) == pytest.approx(0.705 - 0.7)
+  assert experiments.plateau_gain(curve, 3) == pytest.approx(0.705 - 0.5)
+  assert experiments.plateau_gain(curve, 4) is None  # nothing before the last 4 epochs
+
+
+def test_compare_is_welchs_two_sided_t_test():
+  assert experiments.compare([0.90, 0.91, 0.92], [0.80, 0.81, 0.82])[0] == "win"
+  assert experiments.compare([0.80, 0.81, 0.82], [0.90, 0.91, 0.92])[0] == "loss"
+  outcome, p = experiments.compare([0.80, 0.90, 0.85], [0.82, 0.88, 0.84])
+  assert outcome == "tie" and p > 0.5
+  # Welch's t for [1, 2, 3] vs [3, 4, 5]: t = -2 / sqrt(2/3), 4 degrees of freedom, p = 0.0705.
+  outcome, p = experiments.compare([1.0, 2.0, 3.0], [3.0, 4.0, 5.0])
+  assert outcome == "tie" and p == pytest.approx(0.0705, abs=1e-4)
+  assert experiments.compare([0.5, 0.5], [0.4, 0.4]) == ("win", 0.0)
+  assert experiments.compare([0.5, 0.5], [0.5, 0.5]) == ("tie", 1.0)
+  assert experiments.compare([0.5], [0.4, 0.4])[0] == "–"
+
+
+def test_the_table_counts_converged_cells_and_gives_wins_ties_losses():
+  grid = _grid(rules=("deinforeg", "bp", "al"), noise_rates=(0,), seeds=(0, 1, 2))
+  grid.plateau_epochs, grid.plateau_tol, grid.compare_to = 1, 0.01, "deinforeg"
+
+  def summary(rule, accuracy, last_gain):
+    curve = {"test_accuracy": [[accuracy - last_gain], [accuracy]]}
+    return {
+      "dataset": "digits",
+      "rule": rule,
+      "noise_rate": 0,
+      "best_test_accuracy": accuracy,
+      "train_time_s": 1.0,
+      "curve": curve,
+    }
+
+  summaries = (
+    [summary("deinforeg", a, 0.0) for a in (0.90, 0.91, 0.92)]
+    + [summary("bp", a, 0.05) for a in (0.80, 0.81, 0.82)]  # still climbing: not converged
+    + [summary("al", a, 0.005) for a in (0.89, 0.92, 0.90)]
+  )
+  table = experiments.markdown_table(grid, summaries)
+  assert "| converged (last 1 epochs gained ≤ 1 points) | 3/3 | 0/3 | 3/3 |" in table
+  assert "| noise | vs bp | vs al |" in table
+  row = next(line for line in table.splitlines() if line.startswith("| 0% | win"))
+  assert row.split(" | ")[2].startswith("tie (p=")
+  assert "| W/T/L | 1/0/0 | 0/1/0 |" in table
+
+
+def test_report_only_rebuilds_table_and_curves_from_the_summaries_alone(tmp_path, fake_trainer):
+  grid = _grid(noise_rates=(0,), seeds=(0,))
+  experiments.run_grid(grid, str(tmp_path))
+  (tmp_path / "table.md").unlink()
+  for rule in ("deinforeg", "bp"):  # committed summaries only: every workdir is gone
+    shutil.rmtree(tmp_path / "digits" / rule)
+  grid.seeds = (0, 1)
+  summaries = experiments.run_grid(grid, str(tmp_path), report_only=True)
+  assert len(fake_trainer.calls) == 2 and len(summaries) == 2  # nothing trained
+  assert summaries[0]["curve"]["epoch"] == [1, 2]
+  table = (tmp_path / "table.md").read_text()
+  assert "| 0% | 90.0 (n=1) | 90.0 (n=1) |" in table
+  assert "2 cell(s) not run: not run yet." in table
+  assert (tmp_path / "learning_curves_digits.png").read_bytes()[:4] == b"\x89PNG"
 
 
 def test_a_finished_cell_with_another_config_is_refused(tmp_path, fake_trainer):

@@ -6,8 +6,9 @@ import ml_collections
 def make_grid(base, rules, datasets, noise_rates=(0,), seeds=(0, 1)) -> ml_collections.ConfigDict:
   """A grid over ``rules x datasets x noise_rates x seeds`` of the run config ``base``.
 
-  Symmetric noise, ``best_test_accuracy`` tabulated, no time budget and no
-  overrides by default; any field can be set afterwards or on the command line.
+  Symmetric noise, ``best_test_accuracy`` tabulated, no time budget, no overrides,
+  no convergence check and no win/tie/loss by default; any field can be set
+  afterwards or on the command line.
   """
   grid = ml_collections.ConfigDict()
   grid.base = base
@@ -18,6 +19,11 @@ def make_grid(base, rules, datasets, noise_rates=(0,), seeds=(0, 1)) -> ml_colle
   grid.seeds = tuple(seeds)
   grid.metric = "best_test_accuracy"
   grid.budget_minutes = 0.0  # 0: no limit
+  # Convergence: the last plateau_epochs epochs raised the best-exit test accuracy by at most
+  # plateau_tol (a fraction) over the earlier epochs (0: not checked).
+  grid.plateau_epochs = 0
+  grid.plateau_tol = 0.0
+  grid.compare_to = ""  # a rule: win / tie / loss against the others (Welch's t-test)
   grid.dataset_overrides = ml_collections.ConfigDict()
   grid.rule_overrides = ml_collections.ConfigDict()
   return grid
