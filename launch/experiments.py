@@ -336,7 +336,8 @@ def run_grid(
     elapsed = time.perf_counter() - start
     if dry_run or report_only or (budget_s and elapsed > budget_s):
       skipped.append(cell)
-      print(f"[{'budget' if budget_s and elapsed > budget_s else 'todo'}]    {cell_name(cell)}", flush=True)
+      state = "budget" if budget_s and elapsed > budget_s else "todo"
+      print(f"[{state}]    {cell_name(cell)}", flush=True)
       continue
     print(f"[run]     {cell_name(cell)} in {workdir} ({elapsed / 60:.1f} min elapsed)", flush=True)
     results = train_and_evaluate(config, workdir)
