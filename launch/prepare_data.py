@@ -8,6 +8,8 @@
       --tiny_imagenet=tiny-imagenet-200 --resize=32   # val is the test split
   python -m launch.prepare_data --name=ag_news_local --data_dir=DIR \
       --jsonl_train=train.jsonl.gz --jsonl_test=test.jsonl.gz   # {"text": ..., "label": int}
+  python -m launch.prepare_data --name=dbpedia_10k --data_dir=DIR \
+      --jsonl=all.jsonl.gz --test_fraction=0.2 --split_seed=0   # one file, split here
 
 Writes the array_record dataset ``<data_dir>/<name>/1.0.0`` and prints the command
 that trains on it. The dataset is written to a temporary folder in ``data_dir`` and
@@ -18,6 +20,12 @@ train split needs two classes or more (``--allow_one_class`` to accept one).
 Image files (``--image_folder``, ``--tiny_imagenet``) are decoded with Pillow;
 ``--resize=N`` resizes each to NxN (bilinear, as torchvision's Resize; the thesis trains
 on Tiny-ImageNet at 32x32). Tiny-ImageNet's labels follow the order of its ``wnids.txt``.
+
+Text from one file (``--jsonl``) is split into train and test by label: from each class
+a seeded random ``--test_fraction`` of its records (rounded, halves up) goes to the test
+split, so every class is in both and the split is the same on every run
+(``deinforeg_jax.data.prepare.stratified_split``). Other fields of the records (e.g. a
+``source_split``) are ignored.
 
 Images: ``.npz`` integer arrays must hold 0..255 (stored as uint8); float arrays must be
 finite, in [0, 1] or 0..255 (the range is inferred from the data and stored as
@@ -58,6 +66,13 @@ _JSONL_TRAIN = flags.DEFINE_string(
   "jsonl_train", None, "Text: JSON Lines (optionally .gz) train records with 'text' and 'label'."
 )
 _JSONL_TEST = flags.DEFINE_string("jsonl_test", None, "Text: JSON Lines test records, as above.")
+_JSONL = flags.DEFINE_string(
+  "jsonl", None, "Text: one JSON Lines file, split here into train and test (stratified by label)."
+)
+_TEST_FRACTION = flags.DEFINE_float(
+  "test_fraction", 0.2, "--jsonl: the share of each class's records put in the test split."
+)
+_SPLIT_SEED = flags.DEFINE_integer("split_seed", 0, "--jsonl: seed of the split (>= 0).")
 _NUM_CLASSES = flags.DEFINE_integer(
   "num_classes",
   None,
@@ -90,16 +105,25 @@ def _floats(flag) -> list[float] | None:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  if _JSONL.value is not None and (_JSONL_TRAIN.value, _JSONL_TEST.value) != (None, None):
+    raise app.UsageError(
+      "give --jsonl (one file, split here) or --jsonl_train/--jsonl_test (already split), "
+      "not both"
+    )
+  if _JSONL.value is None and (_TEST_FRACTION.present or _SPLIT_SEED.present):
+    raise app.UsageError("--test_fraction/--split_seed apply to --jsonl (one file to split)")
   if (_JSONL_TRAIN.value is None) != (_JSONL_TEST.value is None):
     raise app.UsageError("give both --jsonl_train and --jsonl_test")
-  given = [_NPZ.value, _IMAGE_FOLDER.value, _TINY_IMAGENET.value, _JSONL_TRAIN.value]
+  text = _JSONL.value or _JSONL_TRAIN.value
+  given = [_NPZ.value, _IMAGE_FOLDER.value, _TINY_IMAGENET.value, text]
   if sum(v is not None for v in given) != 1:
     raise app.UsageError(
-      "give exactly one of --npz, --image_folder, --tiny_imagenet and --jsonl_train/--jsonl_test"
+      "give exactly one of --npz, --image_folder, --tiny_imagenet, --jsonl and "
+      "--jsonl_train/--jsonl_test"
     )
   if _RESIZE.value is not None and _IMAGE_FOLDER.value is None and _TINY_IMAGENET.value is None:
     raise app.UsageError("--resize applies to image files (--image_folder, --tiny_imagenet)")
-  if _JSONL_TRAIN.value is not None:
+  if text is not None:
     if _MEAN.value is not None or _STD.value is not None:
       raise app.UsageError(
         "--mean/--std apply to images (--npz, --image_folder, --tiny_imagenet), not text"
@@ -159,23 +183,38 @@ def _prepare_text():
   from deinforeg_jax.data import prepare  # pylint: disable=import-outside-toplevel
 
   tfds.disable_progress_bar()
+  options = dict(
+    num_classes=_NUM_CLASSES.value,
+    allow_one_class=_ALLOW_ONE_CLASS.value,
+    overwrite=_OVERWRITE.value,
+  )
   try:
-    prepared = prepare.prepare_jsonl(
-      _NAME.value,
-      _DATA_DIR.value,
-      _JSONL_TRAIN.value,
-      _JSONL_TEST.value,
-      num_classes=_NUM_CLASSES.value,
-      allow_one_class=_ALLOW_ONE_CLASS.value,
-      overwrite=_OVERWRITE.value,
-    )
+    if _JSONL.value is not None:
+      prepared = prepare.prepare_jsonl_split(
+        _NAME.value,
+        _DATA_DIR.value,
+        _JSONL.value,
+        test_fraction=_TEST_FRACTION.value,
+        split_seed=_SPLIT_SEED.value,
+        **options,
+      )
+    else:
+      prepared = prepare.prepare_jsonl(
+        _NAME.value, _DATA_DIR.value, _JSONL_TRAIN.value, _JSONL_TEST.value, **options
+      )
   except (ValueError, OSError) as error:
     print(f"prepare_data: error: {error}", file=sys.stderr)
     sys.exit(1)
   counts = ", ".join(f"{n} {split}" for split, n in prepared.num_examples.items())
+  split = (
+    f" (split of {_JSONL.value} by label: test fraction {_TEST_FRACTION.value}, seed "
+    f"{_SPLIT_SEED.value})"
+    if _JSONL.value is not None
+    else ""
+  )
   print(
     f"Prepared {prepared.name} in {prepared.seconds:.1f} s: {counts} texts, "
-    f"{prepared.num_classes} classes\n  -> {prepared.dataset_dir}"
+    f"{prepared.num_classes} classes{split}\n  -> {prepared.dataset_dir}"
   )
   print(
     "Train on it with a text config, e.g.:\n"

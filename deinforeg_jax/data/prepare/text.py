@@ -3,7 +3,9 @@
 The features are ``text`` (``tfds.features.Text``) and ``label``
 (``tfds.features.ClassLabel``), as in TFDS's ``imdb_reviews``. Files may be
 gzip-compressed (``.gz``). The raw text is stored: normalisation and token ids are
-computed at load time (``deinforeg_jax.data.text``).
+computed at load time (``deinforeg_jax.data.text``). A train and a test file are
+prepared as they are (``prepare_jsonl``); a single file is split into both, stratified
+by label and seeded (``prepare_jsonl_split``).
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ import json
 import os
 import zlib
 from collections.abc import Iterator, Sequence
+
+import numpy as np
 
 from deinforeg_jax.data.prepare.builder import (
   LocalDataset,
@@ -103,6 +107,9 @@ def read_jsonl(
   return texts, labels
 
 
+_Records = tuple[list[str], list[int], list[int]]  # texts, labels, line numbers
+
+
 def prepare_jsonl(
   name: str,
   data_dir: str,
@@ -119,10 +126,127 @@ def prepare_jsonl(
   ``num_classes`` defaults to ``len(class_names)``, else the largest label + 1. Both
   files need records, and the train file two classes or more unless ``allow_one_class``.
   """
-  import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
-
   paths = {"train": train_path, "test": test_path}
   records = {split: _read_records(path, "text", "label") for split, path in paths.items()}
+  return _write_text(
+    name,
+    data_dir,
+    records,
+    paths,
+    description=(
+      f"Prepared from {os.path.abspath(train_path)} (train) and "
+      f"{os.path.abspath(test_path)} (test)."
+    ),
+    metadata={},
+    num_classes=num_classes,
+    class_names=class_names,
+    allow_one_class=allow_one_class,
+    overwrite=overwrite,
+  )
+
+
+def stratified_split(
+  labels: Sequence[int], test_fraction: float, seed: int, source: str = ""
+) -> tuple[np.ndarray, np.ndarray]:
+  """``(train indices, test indices)`` of ``labels``, each in increasing order.
+
+  For every class (in label order) a permutation of its indices, drawn from one
+  ``numpy.random.default_rng(seed)``, puts its first ``round(test_fraction * n_c)``
+  (halves up) in the test split. The split depends only on the labels (their order
+  included), ``test_fraction`` and ``seed``. A fraction outside (0, 1), a negative seed
+  or a class that would be missing from one split raises ``ValueError`` naming the flag
+  (and ``source``, the file).
+  """
+  if not 0 < test_fraction < 1:
+    raise ValueError(f"--test_fraction={test_fraction} must be in (0, 1) (exclusive)")
+  if seed < 0:
+    raise ValueError(f"--split_seed={seed} must be a non-negative integer")
+  labels = np.asarray(labels)
+  rng = np.random.default_rng(seed)
+  test = []
+  for label in np.unique(labels):
+    members = np.flatnonzero(labels == label)
+    num_test = int(np.floor(test_fraction * len(members) + 0.5))
+    if not 0 < num_test < len(members):
+      missing = "test" if num_test == 0 else "train"
+      raise ValueError(
+        f"{source}: class {label} has {len(members)} record(s); --test_fraction="
+        f"{test_fraction} leaves none of them in the {missing} split, and every class must "
+        f"be in both splits; change --test_fraction or add records of class {label}"
+      )
+    test.append(rng.permutation(members)[:num_test])
+  test = np.sort(np.concatenate(test)) if test else np.zeros(0, np.int64)
+  return np.setdiff1d(np.arange(len(labels)), test), test
+
+
+def prepare_jsonl_split(
+  name: str,
+  data_dir: str,
+  path: str,
+  *,
+  test_fraction: float,
+  split_seed: int = 0,
+  num_classes: int | None = None,
+  class_names: Sequence[str] | None = None,
+  allow_one_class: bool = False,
+  overwrite: bool = False,
+) -> Prepared:
+  """Prepares one JSON Lines file, split into train and test, as ``<data_dir>/<name>/1.0.0``.
+
+  The split is ``stratified_split(labels, test_fraction, split_seed)``: every class is in
+  both splits in the same proportion, and both keep the file's order. It is recorded in
+  the dataset's description and metadata (``split_source``, ``test_fraction``,
+  ``split_seed``). A seeded split of the whole file is used rather than a split field in
+  it: such fields in local files (e.g. ``source_split`` of the DBpedia-14 subset in
+  ``../shared/data``, the ``test`` and ``val`` halves of a re-sampled source) are not
+  official splits either, and would fix the test share (there 50%). Fields other than
+  ``text`` and ``label`` are ignored. Other arguments are as for ``prepare_jsonl``.
+  """
+  texts, labels, numbers = _read_records(path, "text", "label")
+  if not labels:
+    raise ValueError(f"{path}: the file is empty (no records); nothing to split")
+  train, test = stratified_split(labels, test_fraction, split_seed, source=path)
+  records = {
+    split: ([texts[i] for i in index], [labels[i] for i in index], [numbers[i] for i in index])
+    for split, index in (("train", train), ("test", test))
+  }
+  return _write_text(
+    name,
+    data_dir,
+    records,
+    {"train": path, "test": path},
+    description=(
+      f"Prepared from {os.path.abspath(path)}, split stratified by label: test fraction "
+      f"{test_fraction} of each class, seed {split_seed}."
+    ),
+    metadata={
+      "split_source": os.path.abspath(path),
+      "test_fraction": test_fraction,
+      "split_seed": split_seed,
+    },
+    num_classes=num_classes,
+    class_names=class_names,
+    allow_one_class=allow_one_class,
+    overwrite=overwrite,
+  )
+
+
+def _write_text(
+  name: str,
+  data_dir: str,
+  records: dict[str, _Records],
+  paths: dict[str, str],
+  *,
+  description: str,
+  metadata: dict,
+  num_classes: int | None,
+  class_names: Sequence[str] | None,
+  allow_one_class: bool,
+  overwrite: bool,
+) -> Prepared:
+  """Checks the ``train``/``test`` records (read from ``paths``) and writes them."""
+  import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
+
   for split, (_, labels, _) in records.items():
     if not labels:
       raise ValueError(f"{paths[split]}: the {split} split is empty (no records)")
@@ -139,7 +263,7 @@ def prepare_jsonl(
         f"[0, {num_classes}); give --num_classes > {max(labels)} or remap the labels to "
         "0-based class ids"
       )
-  check_classes(records["train"][1], train_path, allow_one_class=allow_one_class)
+  check_classes(records["train"][1], paths["train"], allow_one_class=allow_one_class)
   dataset = LocalDataset(
     name=name,
     input_key="text",
@@ -152,9 +276,7 @@ def prepare_jsonl(
       )
       for split, (texts, labels, _) in records.items()
     },
-    description=(
-      f"Prepared from {os.path.abspath(train_path)} (train) and "
-      f"{os.path.abspath(test_path)} (test)."
-    ),
+    description=description,
+    metadata=(lambda: metadata) if metadata else None,
   )
   return write_dataset(dataset, data_dir, overwrite=overwrite)
