@@ -71,6 +71,11 @@ class Phase:
   model: nn.Module  # the full model with only the active blocks, frozen ones in inference mode
   frozen: frozenset[str]  # block names: no gradient, parameters/statistics/optimizer state kept
 
+  @property
+  def key(self) -> tuple[int, frozenset[str]]:
+    """What tells the phases of one config apart: the active blocks and the frozen ones."""
+    return len(getattr(self.model, "blocks", ())), self.frozen
+
 
 @dataclasses.dataclass(frozen=True)
 class GrowthPlan:

@@ -393,9 +393,18 @@ def make_skipping_predict(
   return predict
 
 
-def exit_logits(model, variables, batches: Iterable[dict], inputs: Callable) -> list[dict]:
-  """Every test batch's stacked exit logits ``[K, B, C]`` (host), label and mask."""
-  apply = jax.jit(lambda v, x: jnp.stack(model.apply(v, x, train=False)["logits"]))
+def exit_logits(
+  model, variables, batches: Iterable[dict], inputs: Callable, kept: dict | None = None
+) -> list[dict]:
+  """Every test batch's stacked exit logits ``[K, B, C]`` (host), label and mask.
+
+  ``kept``: a dict the caller keeps for ``model`` (or an equal model) between calls; the
+  jitted program is kept there, so later calls skip tracing it.
+  """
+  kept = {} if kept is None else kept
+  if "exit logits" not in kept:
+    kept["exit logits"] = jax.jit(lambda v, x: jnp.stack(model.apply(v, x, train=False)["logits"]))
+  apply = kept["exit logits"]
   return [
     {
       "logits": np.asarray(apply(variables, inputs(batch))),
@@ -477,25 +486,36 @@ def exit_accuracy(cached: list[dict]) -> np.ndarray:
 
 
 def adaptive_report(
-  model, variables, batches: Iterable[dict], inputs: Callable, inference_cfg, cached=None
+  model,
+  variables,
+  batches: Iterable[dict],
+  inputs: Callable,
+  inference_cfg,
+  cached=None,
+  kept: dict | None = None,
 ) -> dict[str, Any] | None:
   """``results.json``'s ``adaptive_inference`` for ``config.inference``; None for < 2 exits.
 
   ``inputs(batch)`` is the model input of a batch (``train.model_inputs``).  ``cached``:
   the ``exit_logits`` of those batches when already computed (the run's last test pass),
-  so the test set is not run twice.
+  so the test set is not run twice.  ``kept``: as in ``exit_logits``; the exit FLOPs
+  are kept there too.
   """
+  kept = {} if kept is None else kept
   variables = flax.core.unfreeze(variables)
   batches = iter(batches)
   first = next(batches)
   if cached is None:
-    cached = exit_logits(model, variables, itertools.chain([first], batches), inputs)
+    cached = exit_logits(model, variables, itertools.chain([first], batches), inputs, kept)
   num_exits = cached[0]["logits"].shape[0]
   if num_exits < 2:
     return None
   blocks = exit_blocks(variables["params"], num_exits)
   x = np.asarray(inputs(first))
-  flops = exit_flops(model, variables, jax.ShapeDtypeStruct((1, *x.shape[1:]), x.dtype))
+  if "exit flops" not in kept:
+    spec = jax.ShapeDtypeStruct((1, *x.shape[1:]), x.dtype)
+    kept["exit flops"] = exit_flops(model, variables, spec)
+  flops = kept["exit flops"]
   return summarize(
     cached,
     flops,

@@ -90,7 +90,11 @@ class Engine(Protocol):
 
 
 class DataParallelEngine:
-  """All blocks in one jitted step over a ``data`` mesh (batch sharded, state replicated)."""
+  """All blocks in one jitted step over a ``data`` mesh (batch sharded, state replicated).
+
+  Its programs (initial state, per-phase train/eval/check steps) are kept in
+  ``steps.shared_programs``, so a later run of the same programs in this process reuses them.
+  """
 
   name = "data"
 
@@ -100,18 +104,23 @@ class DataParallelEngine:
     parallel.check_batch_divisible(config.data.eval_batch_size, self.mesh, "data.eval_batch_size")
     self.model, self.tx, self.objective, self.info = model, tx, objective, info
     self.config = config
-    self.state_sharding = parallel.state_shardings(
-      jax.eval_shape(self._create, jax.random.key(0)), self.mesh, config.parallel.shard_state
+    self._create = functools.partial(
+      steps.create_train_state, model, tx, input_shape=info.input_shape
     )
-    self._phases: dict[int, tuple[Any, Any, Any]] = {}
+    self._programs = steps.shared_programs(config, info)
+    self.state_shapes, self.state_sharding = steps.reuse(self._programs, "state", self._layout)
     self._train = self._eval = self._check = None
     self._last_batch = None
 
-  def init(self, rng):
-    return jax.jit(self._create, out_shardings=self.state_sharding)(rng)
+  def _layout(self):
+    """The state's shapes and its shardings (a pytree of each)."""
+    shapes = jax.eval_shape(self._create, jax.random.key(0))
+    return shapes, parallel.state_shardings(shapes, self.mesh, self.config.parallel.shard_state)
 
-  def _create(self, rng):
-    return steps.create_train_state(self.model, self.tx, rng, self.info.input_shape)
+  def init(self, rng):
+    return steps.reuse(
+      self._programs, "init", lambda: jax.jit(self._create, out_shardings=self.state_sharding)
+    )(rng)
 
   def to_train_state(self, state):
     return state
@@ -120,9 +129,15 @@ class DataParallelEngine:
     return full
 
   def set_phase(self, phase):
-    if phase.first_epoch in self._phases:
-      self._train, self._eval, self._check = self._phases[phase.first_epoch]
-      return None
+    name = ("phase", phase.key)
+    new, start = name not in self._programs, time.perf_counter()
+    self._train, self._eval, self._check = steps.reuse(
+      self._programs, name, lambda: self._compile(phase)
+    )
+    return time.perf_counter() - start if new else None
+
+  def _compile(self, phase):
+    """``phase``'s compiled train step and jitted eval and check steps."""
     config = self.config
     train_step, eval_step = compile_steps(
       phase.model,
@@ -149,20 +164,16 @@ class DataParallelEngine:
       in_shardings=(self.state_sharding, sharded, sharded),
       out_shardings=replicated,
     )
-    start = time.perf_counter()
     state_spec = jax.tree.map(
       lambda s, sharding: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding),
-      jax.eval_shape(self._create, jax.random.key(0)),
+      self.state_shapes,
       self.state_sharding,
     )
     batch = config.data.batch_size
     dtype = jnp.int32 if self.info.kind == "text" else jnp.float32
     inputs = jax.ShapeDtypeStruct((batch, *self.info.input_shape), dtype, sharding=sharded)
     labels = jax.ShapeDtypeStruct((batch,), jnp.int32, sharding=sharded)
-    compiled = train_step.lower(state_spec, inputs, labels).compile()
-    self._phases[phase.first_epoch] = compiled, eval_step, check_step
-    self._train, self._eval, self._check = compiled, eval_step, check_step
-    return time.perf_counter() - start
+    return train_step.lower(state_spec, inputs, labels).compile(), eval_step, check_step
 
   def train_segment(self, state, batches, position, on_step):
     del position
@@ -191,10 +202,9 @@ class DataParallelEngine:
     return {"params": state.params, "batch_stats": state.batch_stats}
 
   def describe(self):
-    shapes = jax.eval_shape(self._create, jax.random.key(0))
     placed = jax.tree.map(
       lambda s, sharding: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding),
-      shapes,
+      self.state_shapes,
       self.state_sharding,
     )
     kind = "sharded" if self.config.parallel.shard_state else "replicated"
@@ -299,11 +309,12 @@ def _train_and_evaluate(config, workdir: str) -> dict[str, Any]:
       f"{int(full.step)}" + (f"; train step compiled in {compile_s:.1f} s" if compile_s else "")
     )
     final_pass = {}
+    kept = steps.reuse(steps.shared_programs(config, info), ("final", plan.final.key), dict)
 
     def final_test(state) -> np.ndarray:
       """The last test pass: exit logits once, for the accuracy and the adaptive report."""
       final_pass["cached"] = inference.exit_logits(
-        plan.final.model, engine.variables(state), test_batches(), steps.model_inputs
+        plan.final.model, engine.variables(state), test_batches(), steps.model_inputs, kept
       )
       return inference.exit_accuracy(final_pass["cached"])
 
@@ -332,6 +343,7 @@ def _train_and_evaluate(config, workdir: str) -> dict[str, Any]:
           steps.model_inputs,
           config.inference,
           cached=final_pass.get("cached"),
+          kept=kept,
         )
       )
   finally:

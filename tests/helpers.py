@@ -13,12 +13,16 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from launch.configs import default
 
 NUM_CLASSES = 10
 DIGITS_SHAPE = (8, 8, 1)
 RGB_SHAPE = (16, 16, 3)
+# The tests that train runs of ``test_checkpoint.tiny_config`` with loop settings changed
+# (``steps.LOOP_FIELDS``): under xdist one worker runs them all and builds their programs once.
+TINY_RUNS = pytest.mark.xdist_group("tiny_config runs")
 
 
 @contextlib.contextmanager

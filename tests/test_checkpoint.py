@@ -16,7 +16,7 @@ import pytest
 from deinforeg_jax import checkpoint
 from deinforeg_jax.reporting import NonFiniteLossError
 from deinforeg_jax.train import train_and_evaluate
-from helpers import launch_env
+from helpers import TINY_RUNS, launch_env
 from launch.configs import default
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -118,6 +118,7 @@ def one_epoch_run(tmp_path_factory):
   return workdir
 
 
+@TINY_RUNS
 def test_checkpoint_from_a_different_model_is_refused(one_epoch_run, tmp_path):
   workdir = str(tmp_path / "run")
   shutil.copytree(one_epoch_run, workdir)
@@ -143,6 +144,7 @@ def test_checkpoint_from_a_different_model_is_refused(one_epoch_run, tmp_path):
   assert_trees_equal(before, after)
 
 
+@TINY_RUNS
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(one_epoch_run, tmp_path):
   workdir = str(tmp_path / "run")
   shutil.copytree(one_epoch_run, workdir)

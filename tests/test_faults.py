@@ -19,6 +19,7 @@ import sys
 
 import numpy as np
 import pytest
+from helpers import TINY_RUNS
 from test_checkpoint import assert_trees_equal, saved_state, tiny_config
 
 from deinforeg_jax import checkpoint, train
@@ -28,6 +29,7 @@ from deinforeg_jax.workdir_lock import WorkdirLock, WorkdirLockedError
 from launch.configs import default
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+pytestmark = TINY_RUNS
 
 
 def short_config(max_steps: int, every_steps: int = 0, **changes):

@@ -11,9 +11,12 @@ import jax
 import numpy as np
 import pytest
 from jax.sharding import PartitionSpec
+from helpers import TINY_RUNS
 from test_checkpoint import saved_state, tiny_config
 
 from deinforeg_jax import parallel, train
+
+pytestmark = TINY_RUNS  # the one-device run is the tiny config's
 
 
 def _config(num_devices: int, shard: bool, max_steps: int = 3):

@@ -2,13 +2,15 @@
 
 * One step on the summed loss equals K separate per-block updates.
 * Data parallelism over 8 fake CPU devices equals one device (global-batch semantics).
-* ``train_and_evaluate`` is deterministic for a seed.
+* ``train_and_evaluate`` is deterministic for a seed, also on programs reused from an
+  earlier run; what keys that reuse.
 * LARS follows the reference update order under a varying learning rate (reference ``utils/utils.py`` ``LARS``),
   and the cosine schedules hit their endpoints.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 
@@ -20,11 +22,13 @@ import optax
 import pytest
 
 from deinforeg_jax import checkpoint, models, optim, parallel, rules, steps, train
+from deinforeg_jax.data import DatasetInfo
 from helpers import (
   DIGITS_SHAPE,
   NUM_CLASSES,
   block_names,
   init_variables,
+  optimized_compiles,
   random_batch,
   tiny_config,
   to_host,
@@ -251,19 +255,24 @@ def _capture_final_state(monkeypatch):
   return seen
 
 
-def test_train_and_evaluate_is_deterministic(tmp_path, monkeypatch):
+def test_train_and_evaluate_is_deterministic(tmp_path, monkeypatch, capsys):
+  """Two runs of one config, the second on the programs the first built
+  (``steps.shared_programs``): the same metrics and states, bit for bit."""
   config = tiny_config(num_blocks=2)
   config.train.num_epochs = 2
   config.data.batch_size = 128
   config.parallel.num_devices = 1
   config.checkpoint.use_async = False
-  runs = []
+  config.seed = 3  # programs no other test builds: the first run compiles
+  runs, compiled = [], []
   for name in ("first", "second"):
     states = _capture_final_state(monkeypatch)
     results = train.train_and_evaluate(config, str(tmp_path / name))
+    compiled.append("train step compiled in" in capsys.readouterr().out)
     with open(tmp_path / name / "metrics.jsonl") as f:
       lines = [json.loads(line) for line in f]
     runs.append((results, lines, states))
+  assert compiled == [True, False]
 
   (results_a, lines_a, states_a), (results_b, lines_b, states_b) = runs
   assert len(states_a) == len(states_b) == 2  # one save per epoch
@@ -282,6 +291,46 @@ def test_train_and_evaluate_is_deterministic(tmp_path, monkeypatch):
     lambda a, b: float(np.max(np.abs(a - b))), states_a[0].params, states_a[1].params
   )
   assert max(jax.tree.leaves(gaps)) > 0
+
+
+def test_program_key_changes_with_the_programs_only():
+  info = DatasetInfo("digits", DIGITS_SHAPE, NUM_CLASSES, 1437, 360, (0.0,), (1.0,))
+  key = steps.program_key(tiny_config(), info)
+  loop_only = {
+    "checkpoint.every_steps": 3,
+    "checkpoint.keep": 5,
+    "train.max_steps": 7,
+    "grow.from_workdir": "/elsewhere",
+    "inference.patience": 3,
+  }
+  for field, value in loop_only.items():
+    config = tiny_config()
+    section, name = field.split(".")
+    config[section][name] = value
+    assert steps.program_key(config, info) == key, field
+  program = {
+    "model.width": 0.25,
+    "optim.base_lr": 0.1,
+    "train.num_epochs": 3,  # the cosine schedule's length
+    "data.batch_size": 32,
+    "loss.ce_weight": 0.5,
+    "parallel.num_devices": 2,
+  }
+  for field, value in program.items():
+    config = tiny_config()
+    section, name = field.split(".")
+    config[section][name] = value
+    assert steps.program_key(config, info) != key, field
+  seeded = tiny_config()
+  seeded.seed = 1  # dropout's key
+  assert steps.program_key(seeded, info) != key
+  bigger = dataclasses.replace(info, num_train=2000)  # steps per epoch: the schedule
+  assert steps.program_key(tiny_config(), bigger) != key
+  with optimized_compiles():
+    assert steps.program_key(tiny_config(), info) != key
+  with pytest.MonkeyPatch.context() as patch:
+    patch.setattr(parallel, "SHARD_MIN_ELEMENTS", 256)
+    assert steps.program_key(tiny_config(), info) != key
 
 
 # ------------------------------------------------- LARS and schedules

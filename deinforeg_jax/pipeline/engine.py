@@ -94,32 +94,44 @@ class PipelineEngine:
   ("flops" | "time" | "uniform") and ``pipeline_dispatch`` ("auto" | "threads" |
   "ticks"); ``config.parallel.num_devices`` is not used.  Its ``report`` (stage
   plan, devices, busy and wall time) goes to ``results.json`` and ``pipeline.json``.
+  The stage plan (unless measured) and the ``Pipeline`` with its programs are kept in
+  ``steps.shared_programs`` for later runs of the same programs in this process.
   """
 
   name = "pipeline"
 
   def __init__(self, config, model, tx, objective, info):
     self.settings = pipeline_settings(config, len(getattr(model, "blocks", ())))
-    self.plan = plan_stages(
-      model,
-      tx,
-      objective,
-      config.loss,
-      info.input_shape,
-      config.data.batch_size,
-      self.settings["num_stages"],
-      self.settings["balance"],
-      self.settings["devices"][0],
-    )
-    self.pipe = Pipeline(
-      model,
-      tx,
-      objective,
-      config.loss,
-      info.input_shape,
-      self.plan.bounds,
-      self.settings["devices"],
-      log_grad_norms=config.train.log_grad_norms,
+    programs = steps.shared_programs(config, info)
+
+    def plan():
+      return plan_stages(
+        model,
+        tx,
+        objective,
+        config.loss,
+        info.input_shape,
+        config.data.batch_size,
+        self.settings["num_stages"],
+        self.settings["balance"],
+        self.settings["devices"][0],
+      )
+
+    measured = self.settings["balance"] == "time"  # measured again by every run
+    self.plan = plan() if measured else steps.reuse(programs, "stage plan", plan)
+    self.pipe = steps.reuse(
+      programs,
+      ("pipeline", self.plan.bounds),
+      lambda: Pipeline(
+        model,
+        tx,
+        objective,
+        config.loss,
+        info.input_shape,
+        self.plan.bounds,
+        self.settings["devices"],
+        log_grad_norms=config.train.log_grad_norms,
+      ),
     )
     self.busy, self.wall_s, self.dispatch = np.zeros(self.pipe.num_stages), 0.0, None
     self._last_batch = None
