@@ -306,9 +306,11 @@ def test_pipelined_training_on_digits_reaches_90_percent(digits_run):
 
 def test_pipeline_checkpoint_is_a_one_program_checkpoint(tmp_path):
   """The one-program trainer restores the pipelined run's checkpoint and finds it finished
-  (the tiny model for a few steps: the checkpoint's format is the point, not the training)."""
+  (the tiny model for a few steps, uniform stage costs: the checkpoint's format is the point,
+  not the training or the balance)."""
   workdir = str(tmp_path)
   config = _pipelined_config(tiny_config())
+  config.parallel.pipeline_balance = "uniform"
   config.train.max_steps = 3
   results = train.train_and_evaluate(config, workdir)
   config.parallel.mode = "data"

@@ -36,13 +36,15 @@ def _inputs(shape, out_channels, seed=0):
 )
 def test_forward_and_gradients_equal_the_direct_convolution(shape, out_channels):
   x, kernel = _inputs(shape, out_channels)
-  np.testing.assert_allclose(winograd.winograd_conv3x3(x, kernel), direct(x, kernel), atol=3e-6)
+  np.testing.assert_allclose(
+    jax.jit(winograd.winograd_conv3x3)(x, kernel), direct(x, kernel), atol=3e-6
+  )
 
   def loss(conv):
     return lambda x, kernel: jnp.sum(jnp.sin(conv(x, kernel)))
 
-  got = jax.grad(loss(winograd.winograd_conv3x3), (0, 1))(x, kernel)
-  want = jax.grad(loss(direct), (0, 1))(x, kernel)
+  got = jax.jit(jax.grad(loss(winograd.winograd_conv3x3), (0, 1)))(x, kernel)
+  want = jax.jit(jax.grad(loss(direct), (0, 1)))(x, kernel)
   for g, w in zip(got, want):
     np.testing.assert_allclose(g, w, atol=2e-5 * float(jnp.max(jnp.abs(w))) + 1e-6)
 
@@ -95,9 +97,10 @@ def test_models_agree_across_conv_impls(arch, monkeypatch):
       )
       return sum(jnp.sum(jnp.square(leaf)) for leaf in jax.tree.leaves(out[0]))
 
-    value, grads = jax.value_and_grad(loss)(variables["params"])
+    traced = jax.jit(jax.value_and_grad(loss)).trace(variables["params"])
+    value, grads = traced.lower().compile()(variables["params"])
     outputs[impl] = (variables["params"], value, grads)
-    jaxpr = str(jax.make_jaxpr(loss)(variables["params"]))
+    jaxpr = str(traced.jaxpr)  # the forward pass and its gradient
     assert ("conv_general_dilated" in jaxpr) == (impl == "xla" or arch == "resnet18")
   (p_xla, v_xla, g_xla), (p_w, v_w, g_w) = outputs["xla"], outputs["winograd"]
   jax.tree.map(np.testing.assert_array_equal, p_xla, p_w)  # the same parameters
