@@ -349,8 +349,12 @@ def run_grid(
     return summaries
   table = markdown_table(grid, summaries)
   if skipped:
-    why = "not run yet" if report_only else f"the budget of {grid.budget_minutes} min was spent"
-    table += f"\n{len(skipped)} cell(s) not run: {why}.\n"
+    if report_only:
+      table += f"\n{len(skipped)} cell(s) not run yet.\n"
+    else:
+      table += (
+        f"\n{len(skipped)} cell(s) not run: the budget of {grid.budget_minutes} min was spent.\n"
+      )
   with open(os.path.join(root, "table.md"), "w") as f:
     f.write(table)
   print(table)

@@ -205,7 +205,7 @@ def test_report_only_rebuilds_table_and_curves_from_the_summaries_alone(tmp_path
   assert summaries[0]["curve"]["epoch"] == [1, 2]
   table = (tmp_path / "table.md").read_text()
   assert "| 0% | 90.0 (n=1) | 90.0 (n=1) |" in table
-  assert "2 cell(s) not run: not run yet." in table
+  assert "2 cell(s) not run yet." in table
   assert (tmp_path / "learning_curves_digits.png").read_bytes()[:4] == b"\x89PNG"
 
 
