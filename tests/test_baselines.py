@@ -275,11 +275,12 @@ def test_pipeline_mode_refuses_the_baselines_by_name(rule):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("rule,epochs", [("scpl", 6), ("al", 10)])
+@pytest.mark.parametrize("rule,epochs", [("scpl", 5), ("al", 10)])
 def test_baselines_train_on_the_default_digits_config(rule, epochs, tmp_path):
   """The issue's bar: >= 90 % test accuracy with the default config (LARS) and only the rule
   changed, over fewer than its 20 epochs (a shorter cosine schedule) to stay fast: SCPL reaches
-  0.958 in 6 epochs (0.928 in 4), AL 0.944 in 10 (0.872 in 8, 0.956 in 12, 0.981 in 20)."""
+  0.942 in 5 epochs (0.928 in 4, 0.958 in 6), AL 0.944 in 10 (0.872 in 8, 0.956 in 12, 0.981 in
+  20)."""
   config = default.get_config()
   config.rule = rule
   config.train.num_epochs = epochs

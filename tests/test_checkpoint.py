@@ -80,14 +80,14 @@ def test_killed_run_resumes_to_the_uninterrupted_parameters(tmp_path):
   """kill -9 after a mid-epoch checkpoint; the same command finishes with identical state."""
   args = (
     "--config.train.num_epochs=2",
-    "--config.checkpoint.every_steps=5",
+    "--config.checkpoint.every_steps=10",
     "--config.checkpoint.use_async=False",
   )
   interrupted_dir = str(tmp_path / "interrupted")
   victim = run_launcher(interrupted_dir, *args)
   ckpt_dir = os.path.join(interrupted_dir, "checkpoints")
   deadline = time.time() + 240
-  while time.time() < deadline:  # wait for the first committed checkpoint (step 5)
+  while time.time() < deadline:  # wait for the first committed checkpoint (step 10)
     if os.path.isdir(ckpt_dir) and any(d.isdigit() for d in os.listdir(ckpt_dir)):
       break
     assert victim.poll() is None, victim.stdout.read()
