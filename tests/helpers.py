@@ -7,7 +7,10 @@ compiles in seconds and runs in milliseconds on 2 CPU cores.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
+import subprocess
+import sys
 from typing import Any
 
 import jax
@@ -17,6 +20,7 @@ import pytest
 
 from launch.configs import default
 
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NUM_CLASSES = 10
 DIGITS_SHAPE = (8, 8, 1)
 RGB_SHAPE = (16, 16, 3)
@@ -158,3 +162,41 @@ def global_norm(tree) -> float:
 def to_host(tree):
   """A host (numpy) copy, safe to reuse after the device copy is donated."""
   return jax.tree.map(lambda x: np.array(x), jax.device_get(tree))
+
+
+def run_prepare_data_cases(cases: dict[str, list[str]], data_dir) -> dict[str, list[Any]]:
+  """Run ``launch.prepare_data`` once per case (its flags besides ``--name``/``--data_dir``)
+  in one fresh interpreter, which re-parses the absl flags per case to pay the imports once.
+
+  Returns ``{case: [exit code, stderr, stdout]}``; the code is ``"usage"`` for an
+  ``app.UsageError`` (stderr then holds its message) and ``"traceback"`` for any other
+  exception.
+  """
+  code = f"""
+import contextlib, io, json
+from absl import app, flags
+from launch import prepare_data
+out = {{}}
+for case, args in {cases!r}.items():
+    flags.FLAGS.unparse_flags()
+    flags.FLAGS(["prepare_data", "--name=cli_" + case, "--data_dir={data_dir}", *args])
+    err, std = io.StringIO(), io.StringIO()
+    code = 0
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(std):
+        try:
+            prepare_data.main(["prepare_data"])
+        except SystemExit as e:
+            code = e.code
+        except app.UsageError as e:
+            code, err = "usage", io.StringIO(str(e))
+        except Exception as e:
+            code, err = "traceback", io.StringIO(repr(e))
+    out[case] = [code, err.getvalue(), std.getvalue()]
+print(json.dumps(out))
+"""
+  env = dict(os.environ, PYTHONPATH=REPO)
+  result = subprocess.run(
+    [sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, timeout=180
+  )
+  assert result.returncode == 0, result.stderr[-3000:]
+  return json.loads(result.stdout.strip().splitlines()[-1])

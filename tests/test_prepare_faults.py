@@ -11,15 +11,13 @@ import gzip
 import json
 import os
 import re
-import subprocess
-import sys
 import zlib
 
 import numpy as np
 import pytest
 from PIL import Image
+from helpers import run_prepare_data_cases
 from test_prepare_data import (
-  REPO,
   all_records,
   data_cfg,
   png_bytes,
@@ -392,35 +390,7 @@ def test_cli_errors_are_one_line_and_name_the_file(tmp_path):
     "bare_five": [f"--jsonl_train={five}", f"--jsonl_test={five}"],
     "floats_0_255": [f"--npz={floats_npz}", "--mean=0.5,0.5,0.5", "--std=0.25,0.25,0.25"],
   }
-  # One interpreter runs every case (absl flags re-parsed), to pay the imports once.
-  code = f"""
-import contextlib, io, json, sys
-from absl import app, flags
-from launch import prepare_data
-out = {{}}
-for case, args in {cases!r}.items():
-    flags.FLAGS.unparse_flags()
-    flags.FLAGS(["prepare_data", "--name=cli_" + case, "--data_dir={data_dir}", *args])
-    err, std = io.StringIO(), io.StringIO()
-    code = 0
-    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(std):
-        try:
-            prepare_data.main(["prepare_data"])
-        except SystemExit as e:
-            code = e.code
-        except app.UsageError as e:
-            code, err = "usage", io.StringIO(str(e))
-        except Exception as e:
-            code, err = "traceback", io.StringIO(repr(e))
-    out[case] = [code, err.getvalue(), std.getvalue()]
-print(json.dumps(out))
-"""
-  env = dict(os.environ, PYTHONPATH=REPO)
-  result = subprocess.run(
-    [sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, timeout=180
-  )
-  assert result.returncode == 0, result.stderr[-3000:]
-  out = json.loads(result.stdout.strip().splitlines()[-1])
+  out = run_prepare_data_cases(cases, data_dir)
   for case in ("npy", "missing", "nan_mean", "one_class", "bare_five"):
     code, err, _ = out[case]
     assert code == 1 and err.startswith("prepare_data: error: ") and err.count("\n") == 1, case

@@ -8,16 +8,14 @@ from __future__ import annotations
 import gzip
 import json
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
+from helpers import REPO, run_prepare_data_cases
 
 from deinforeg_jax.data import prepare
 from deinforeg_jax.data.prepare import stratified_split
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHARED_DBPEDIA = os.path.join(REPO, "..", "shared", "data", "dbpedia14_subset.jsonl.gz")
 
 
@@ -91,33 +89,7 @@ def test_cli_splits_one_file_and_refuses_bad_flags(tmp_path):
     "fraction": [f"--jsonl={path}", "--test_fraction=1.5"],
     "too_small": [f"--jsonl={path}", "--test_fraction=0.01"],
   }
-  # One interpreter runs every case (absl flags re-parsed), to pay the imports once.
-  code = f"""
-import contextlib, io, json
-from absl import app, flags
-from launch import prepare_data
-out = {{}}
-for case, args in {cases!r}.items():
-    flags.FLAGS.unparse_flags()
-    flags.FLAGS(["prepare_data", "--name=cli_" + case, "--data_dir={data_dir}", *args])
-    err, std = io.StringIO(), io.StringIO()
-    code = 0
-    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(std):
-        try:
-            prepare_data.main(["prepare_data"])
-        except SystemExit as e:
-            code = e.code
-        except app.UsageError as e:
-            code, err = "usage", io.StringIO(str(e))
-    out[case] = [code, err.getvalue(), std.getvalue()]
-print(json.dumps(out))
-"""
-  env = dict(os.environ, PYTHONPATH=REPO)
-  result = subprocess.run(
-    [sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, timeout=180
-  )
-  assert result.returncode == 0, result.stderr[-3000:]
-  out = json.loads(result.stdout.strip().splitlines()[-1])
+  out = run_prepare_data_cases(cases, data_dir)
   code, _, printed = out["ok"]
   assert code == 0
   assert "15 train, 7 test texts, 3 classes" in printed
