@@ -108,14 +108,19 @@ class DataParallelEngine:
       steps.create_train_state, model, tx, input_shape=info.input_shape
     )
     self._programs = steps.shared_programs(config, info)
-    self.state_shapes, self.state_sharding = steps.reuse(self._programs, "state", self._layout)
+    self.state_spec, self.state_sharding = steps.reuse(self._programs, "state", self._layout)
     self._train = self._eval = self._check = None
     self._last_batch = None
 
   def _layout(self):
-    """The state's shapes and its shardings (a pytree of each)."""
+    """The state's shapes placed on their shardings (``ShapeDtypeStruct``s) and the
+    shardings (a pytree of each)."""
     shapes = jax.eval_shape(self._create, jax.random.key(0))
-    return shapes, parallel.state_shardings(shapes, self.mesh, self.config.parallel.shard_state)
+    sharding = parallel.state_shardings(shapes, self.mesh, self.config.parallel.shard_state)
+    spec = jax.tree.map(
+      lambda s, where: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=where), shapes, sharding
+    )
+    return spec, sharding
 
   def init(self, rng):
     return steps.reuse(
@@ -164,16 +169,11 @@ class DataParallelEngine:
       in_shardings=(self.state_sharding, sharded, sharded),
       out_shardings=replicated,
     )
-    state_spec = jax.tree.map(
-      lambda s, sharding: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding),
-      self.state_shapes,
-      self.state_sharding,
-    )
     batch = config.data.batch_size
     dtype = jnp.int32 if self.info.kind == "text" else jnp.float32
     inputs = jax.ShapeDtypeStruct((batch, *self.info.input_shape), dtype, sharding=sharded)
     labels = jax.ShapeDtypeStruct((batch,), jnp.int32, sharding=sharded)
-    return train_step.lower(state_spec, inputs, labels).compile(), eval_step, check_step
+    return train_step.lower(self.state_spec, inputs, labels).compile(), eval_step, check_step
 
   def train_segment(self, state, batches, position, on_step):
     del position
@@ -202,15 +202,10 @@ class DataParallelEngine:
     return {"params": state.params, "batch_stats": state.batch_stats}
 
   def describe(self):
-    placed = jax.tree.map(
-      lambda s, sharding: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding),
-      self.state_shapes,
-      self.state_sharding,
-    )
     kind = "sharded" if self.config.parallel.shard_state else "replicated"
     return (
       f"{self.mesh.shape[parallel.DATA_AXIS]} device(s), state {kind}: "
-      f"{parallel.bytes_per_device(placed) / 2**20:.1f} MiB per device"
+      f"{parallel.bytes_per_device(self.state_spec) / 2**20:.1f} MiB per device"
     )
 
   def report(self):

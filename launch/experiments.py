@@ -177,6 +177,15 @@ def _mean_std(values: list[float]) -> str:
   return f"{mean:.1f} ± {100 * np.std(values, ddof=1):.1f}"
 
 
+def _metric_values(grid, summaries, dataset: str, rule: str, rate) -> list[float]:
+  """``grid.metric`` of every seed's summary of one (dataset, rule, noise rate)."""
+  return [
+    s[grid.metric]
+    for s in summaries
+    if (s["dataset"], s["rule"], s["noise_rate"]) == (dataset, rule, int(rate))
+  ]
+
+
 def markdown_table(grid, summaries: list[dict[str, Any]]) -> str:
   """Per dataset: one row per noise rate, one column per rule, ``mean ± std`` (%) over seeds."""
   lines = [
@@ -192,12 +201,7 @@ def markdown_table(grid, summaries: list[dict[str, Any]]) -> str:
     for rate in grid.noise_rates:
       row = [f"{int(rate)}%"]
       for rule in grid.rules:
-        values = [
-          s[grid.metric]
-          for s in summaries
-          if (s["dataset"], s["rule"], s["noise_rate"]) == (dataset, rule, int(rate))
-        ]
-        row.append(_mean_std(values))
+        row.append(_mean_std(_metric_values(grid, summaries, dataset, rule, rate)))
       lines.append("| " + " | ".join(row) + " |")
     times, converged = [], []
     plateau_epochs = grid.get("plateau_epochs", 0)
@@ -248,18 +252,11 @@ def _wins_ties_losses(grid, dataset: str, summaries: list[dict[str, Any]]) -> li
     "|---" * (len(others) + 1) + "|",
   ]
   totals = {r: {"win": 0, "tie": 0, "loss": 0} for r in others}
-
-  def values(rule, rate):
-    return [
-      s[grid.metric]
-      for s in summaries
-      if (s["dataset"], s["rule"], s["noise_rate"]) == (dataset, rule, int(rate))
-    ]
-
   for rate in grid.noise_rates:
     row = [f"{int(rate)}%"]
+    ours = _metric_values(grid, summaries, dataset, grid.compare_to, rate)
     for rule in others:
-      outcome, p = compare(values(grid.compare_to, rate), values(rule, rate))
+      outcome, p = compare(ours, _metric_values(grid, summaries, dataset, rule, rate))
       if outcome in totals[rule]:
         totals[rule][outcome] += 1
       row.append(outcome if outcome == "–" else f"{outcome} (p={p:.2g})")
