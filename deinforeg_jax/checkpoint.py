@@ -64,17 +64,31 @@ def _words(x: jax.Array) -> jax.Array:
   return jax.lax.bitcast_convert_type(x, unsigned).reshape(-1).astype(jnp.uint32)
 
 
+# Arrays of at most this many words are summed together, as the zero-padded rows of one matrix:
+# XLA:CPU compiles an integer reduction in ~30 ms per distinct shape, and a model has many small
+# arrays (biases, norms and their optimizer state), so one reduction for all of them instead of
+# one each cuts the compile several fold (the default digits run: 3.8 -> 0.5 s).
+_SMALL_WORDS = 4096
+
+
 @jax.jit
 def _checksum_leaves(leaves: list) -> list:
   """Per array: ``Σ_i w_i · (2654435761·i | 1)`` over its uint32 words, mod 2**32 (position-
   weighted, so a changed, swapped or zeroed word changes the sum).  Computed on device."""
 
-  def checksum(x):
+  def weighted_words(x):
     words = _words(jnp.asarray(x))
     weights = jnp.arange(words.size, dtype=jnp.uint32) * jnp.uint32(2654435761) | jnp.uint32(1)
-    return jnp.sum(words * weights, dtype=jnp.uint32)
+    return words * weights
 
-  return [checksum(x) for x in leaves]
+  terms = [weighted_words(x) for x in leaves]
+  sums = {i: jnp.sum(t, dtype=jnp.uint32) for i, t in enumerate(terms) if t.size > _SMALL_WORDS}
+  small = [i for i, t in enumerate(terms) if t.size <= _SMALL_WORDS]
+  if small:
+    width = max(terms[i].size for i in small)
+    rows = jnp.stack([jnp.pad(terms[i], (0, width - terms[i].size)) for i in small])
+    sums.update(zip(small, jnp.sum(rows, axis=1, dtype=jnp.uint32)))
+  return [sums[i] for i in range(len(leaves))]
 
 
 def checksums(state_dict) -> dict[str, int]:

@@ -187,6 +187,26 @@ def make_train_step(
   return train_step
 
 
+# Arrays of at most this many elements are checked as one concatenated vector (``all_finite``).
+_SMALL_ELEMENTS = 4096
+
+
+def all_finite(tree) -> jax.Array:
+  """Whether every floating-point value in ``tree`` is finite (a scalar bool array).
+
+  ``x·0`` is 0 for finite ``x`` and NaN for ±inf and NaN, so the tree is finite iff
+  ``Σ x·0 = 0`` (a plain ``Σ x`` could overflow).  Written so because XLA:CPU compiles a
+  float sum several times faster than an ``all(isfinite(x))`` reduction (~9 vs ~50 ms
+  per distinct shape); the small arrays are summed as one concatenated vector.
+  """
+  leaves = [x for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.inexact)]
+  small = [x.reshape(-1) for x in leaves if x.size <= _SMALL_ELEMENTS]
+  terms = [jnp.sum(x * 0) for x in leaves if x.size > _SMALL_ELEMENTS]
+  if small:
+    terms.append(jnp.sum(jnp.concatenate(small) * 0))
+  return jnp.sum(jnp.stack(terms)) == 0 if terms else jnp.array(True)
+
+
 def make_check_step(
   model: nn.Module,
   objective: rules.Objective,
@@ -204,10 +224,6 @@ def make_check_step(
   ``head``) and ``"optimizer state"`` to whether all its values are finite.
   """
   loss = _make_loss(model, objective, num_classes, loss_cfg, seed, frozen)
-
-  def all_finite(tree) -> jax.Array:
-    leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.inexact)]
-    return jnp.all(jnp.stack(leaves)) if leaves else jnp.array(True)
 
   def check_step(state: TrainState, inputs, labels):
     total, (_, _, carry) = loss(state.params, state, inputs, labels)

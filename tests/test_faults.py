@@ -200,6 +200,54 @@ def test_checksums_detect_a_changed_word_and_verification_accepts_the_intact_sta
   assert checkpoint.checksums(state) == before
 
 
+
+def _reference_checksum(array) -> int:
+  """``Σ_i w_i · (2654435761·i | 1) mod 2**32`` over the array's uint32 words, in numpy."""
+  array = np.asarray(array)
+  if array.dtype.itemsize in (4, 8):
+    words = array.reshape(-1).view(np.uint32)
+  else:
+    words = array.reshape(-1).view({2: np.uint16, 1: np.uint8}[array.dtype.itemsize])
+  words = words.astype(np.uint64)
+  weights = (np.arange(words.size, dtype=np.uint64) * 2654435761 % 2**32) | 1
+  return int(np.sum(words * weights % 2**32) % 2**32)
+
+
+def test_checksums_are_the_position_weighted_word_sums_for_small_and_large_arrays():
+  """Arrays above and below ``_SMALL_WORDS`` are summed by different programs; both give the
+  documented sum (so checkpoints saved before that split still verify)."""
+  import ml_dtypes  # pylint: disable=import-outside-toplevel
+
+  rng = np.random.default_rng(0)
+  state = {
+    "big": rng.normal(size=(70, 65)).astype(np.float32),  # 4550 words > _SMALL_WORDS
+    "small": rng.normal(size=(3, 5)).astype(np.float32),
+    "scalar": np.int32(-7),
+    "half": rng.normal(size=(9,)).astype(ml_dtypes.bfloat16),
+    "bytes": rng.integers(0, 255, size=(5000,)).astype(np.uint8),
+    "empty": np.zeros((0, 4), np.float32),
+  }
+  assert state["big"].size > checkpoint._SMALL_WORDS >= state["small"].size
+  assert checkpoint.checksums(state) == {k: _reference_checksum(v) for k, v in state.items()}
+
+
+def test_all_finite_sees_a_nan_or_inf_in_any_array_and_never_overflows():
+  import jax  # pylint: disable=import-outside-toplevel
+
+  from deinforeg_jax import steps  # pylint: disable=import-outside-toplevel
+
+  all_finite = jax.jit(steps.all_finite)
+  big = np.full((80, 60), np.finfo(np.float32).max, np.float32)  # Σ x overflows; finite
+  tree = {"big": big, "small": np.ones((7,), np.float32), "count": np.int32(3)}
+  assert bool(all_finite(tree))
+  assert bool(all_finite({"count": np.int32(1)}))  # nothing floating-point
+  for name, index in [("big", (79, 59)), ("big", (0, 0)), ("small", (6,))]:
+    for bad in (np.nan, np.inf, -np.inf):
+      damaged = {**tree, name: tree[name].copy()}
+      damaged[name][index] = bad
+      assert not bool(all_finite(damaged)), (name, index, bad)
+
+
 # ------------------------------------------------------------------ the run's identity
 
 
