@@ -46,6 +46,7 @@ POSITIVE_INTS = (
   "model.al_hidden",
   "inference.patience",
   "checkpoint.keep",
+  "checkpoint.every_epochs",
 )
 NON_NEGATIVE_INTS = (
   "seed",

@@ -435,10 +435,12 @@ def run_epochs(
 
   An epoch trains in segments that end at checkpoint steps
   (``config.checkpoint.every_steps``) and at the epoch's end.  After each segment
-  the metrics are checked for NaN and the new state is checked (finite values, a
-  finite loss of its own parameters on the last batch: ``Engine.check_state``) before
-  it is saved, so a bad state never becomes the checkpoint a run resumes from; at the
-  epoch's end the test split is evaluated and one line goes to ``metrics.jsonl``.
+  the metrics are checked for NaN; before a save (every segment inside an epoch, every
+  ``config.checkpoint.every_epochs``-th epoch end and the last step) the new state is
+  checked (finite values, a finite loss of its own parameters on the last batch:
+  ``Engine.check_state``), so a bad state never becomes the checkpoint a run resumes
+  from; at the epoch's end the test split is evaluated and one line goes to
+  ``metrics.jsonl``.
   ``config.train.max_steps`` (0: no limit) ends the run early, as the end of an epoch.
   ``final_test(state) -> [K]`` replaces the engine's evaluation after the last step
   (the caller reuses that pass).  SIGTERM/SIGINT end the current segment after the
@@ -522,7 +524,8 @@ def run_epochs(
       bar.close()
       test_accuracy = test_at(state, step)
       log.epoch(epoch, step, summary, test_accuracy, schedule(step))
-      save(state, step, epoch)
+      if (epoch + 1) % config.checkpoint.every_epochs == 0 or step >= total:
+        save(state, step, epoch)
   return state, test_accuracy
 
 

@@ -285,6 +285,7 @@ def test_baselines_train_on_the_default_digits_config(rule, epochs, tmp_path):
   config.rule = rule
   config.train.num_epochs = epochs
   config.checkpoint.use_async = False
+  config.checkpoint.every_epochs = epochs  # one save, at the end: accuracy is the point here
   config.parallel.num_devices = 1  # 8 fake devices on 2 cores would only slow it down
   with optimized_compiles():  # hundreds of steps: optimised programs run faster
     results = train_and_evaluate(config, str(tmp_path))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -116,6 +117,19 @@ def one_epoch_run(tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp("one_epoch") / "run")
   train_and_evaluate(tiny_config(num_epochs=1), workdir)
   return workdir
+
+
+@TINY_RUNS
+def test_every_epochs_saves_every_nth_epoch_end_and_the_last_step(tmp_path):
+  config = tiny_config(num_epochs=3)
+  config.checkpoint.every_epochs = 2
+  config.checkpoint.keep = 5
+  config.checkpoint.use_async = False
+  train_and_evaluate(config, str(tmp_path))
+  with ocp.CheckpointManager(str(tmp_path / "checkpoints")) as manager:
+    assert list(manager.all_steps()) == [44, 66]  # epochs 2 and 3 (the last) of 22 steps
+  with open(tmp_path / "metrics.jsonl") as f:
+    assert [json.loads(line)["step"] for line in f] == [22, 44, 66]  # every epoch logged
 
 
 @TINY_RUNS

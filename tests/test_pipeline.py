@@ -284,6 +284,7 @@ def digits_run(tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp("pipeline_digits"))
   config = _pipelined_config(default.get_config())
   config.train.num_epochs = 12
+  config.checkpoint.every_epochs = 12  # one save, at the end
   with optimized_compiles():  # 264 steps: optimised programs run faster
     return config, workdir, train.train_and_evaluate(config, workdir)
 

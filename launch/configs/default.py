@@ -98,6 +98,7 @@ def get_config() -> ml_collections.ConfigDict:
 
   config.checkpoint = ml_collections.ConfigDict()
   config.checkpoint.every_steps = 0  # also save every N steps inside an epoch (0: epoch ends only)
+  config.checkpoint.every_epochs = 1  # save at every Nth epoch end (and always at the run's end)
   config.checkpoint.keep = 2  # checkpoints kept in <workdir>/checkpoints
   # Resuming with other settings is refused; list fields to accept a change, e.g.
   # "train.num_epochs,optim.base_lr" (recorded in metrics.jsonl).
