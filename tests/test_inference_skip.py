@@ -67,10 +67,13 @@ def _compare(predictors, variables, x, mask, batch_size):
 @pytest.mark.parametrize("method", inference.SKIP_METHODS)
 @pytest.mark.parametrize("batch_size", [1, 8])
 def test_skipping_equals_the_counted_rule(method, batch_size):
-  """Per-batch (8 rows, the last two padding) and batch-1 inference: same exits and predictions."""
+  """Per-batch (8 rows, the last two padding) and batch-1 inference: same exits and predictions.
+  Batch 1 runs the second batch's rows (6 real, 2 padding): one call per row and rule."""
   model, variables = _model()
   x = jnp.asarray(random_batch(16, seed=1)["image"])
   mask = jnp.asarray(np.r_[np.ones(14), np.zeros(2)], jnp.float32)
+  if batch_size == 1:
+    x, mask = x[8:], mask[8:]
   predictors, stops = _predictors(model, method), []
   for strength in (0.0, 1.0, 3.0):
     stops += _compare(predictors, _lean(variables, strength), x, mask, batch_size)
