@@ -294,7 +294,13 @@ def _train_and_evaluate(config, workdir: str) -> dict[str, Any]:
       _check_not_past_the_end(config, int(full.step), steps_per_epoch, workdir)
       log.resume(saved, changes)
     state = engine.from_train_state(full)
-    compile_s = engine.set_phase(plan.at(int(full.step) // steps_per_epoch))
+    # A finished run only evaluates, in one process through ``final_test``: nothing to compile.
+    finished = int(full.step) >= _total_steps(config, steps_per_epoch)
+    compile_s = (
+      None
+      if finished and jax.process_count() == 1
+      else engine.set_phase(plan.at(int(full.step) // steps_per_epoch))
+    )
     if data.label_noise:
       log.set_label_noise(data.label_noise)
     log.info(

@@ -316,6 +316,12 @@ def test_pipeline_checkpoint_is_a_one_program_checkpoint(tmp_path):
   results = train.train_and_evaluate(config, workdir)
   config.parallel.mode = "data"
   config.parallel.num_devices = 1
-  again = train.train_and_evaluate(config, workdir)
+
+  def refuse(*_):
+    raise AssertionError("a finished run compiled a train step")
+
+  with pytest.MonkeyPatch.context() as patch:  # finished: it only evaluates
+    patch.setattr(train.DataParallelEngine, "_compile", refuse)
+    again = train.train_and_evaluate(config, workdir)
   assert again["steps"] == results["steps"] == 3
   assert again["per_block_test_accuracy"] == pytest.approx(results["per_block_test_accuracy"])
