@@ -87,7 +87,7 @@ def _parser() -> argparse.ArgumentParser:
     "--single_thread_devices",
     action="store_true",
     help="cpu: one thread per fake device (XLA_FLAGS "
-    "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1), so "
+    "--xla_cpu_multi_thread_eigen=false), so "
     "devices compete only by running at the same time, as separate chips do",
   )
   parser.add_argument("--seed", type=int, default=0)
@@ -100,7 +100,7 @@ def _force_host_devices(count: int, single_thread: bool) -> None:
   flags = re.sub(r"--xla_force_host_platform_device_count=\S+", "", os.environ.get("XLA_FLAGS", ""))
   flags += f" --xla_force_host_platform_device_count={count}"
   if single_thread:
-    flags += " --xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
+    flags += " --xla_cpu_multi_thread_eigen=false"
   os.environ["XLA_FLAGS"] = flags.strip()
 
 
