@@ -67,7 +67,7 @@ def _words(x: jax.Array) -> jax.Array:
 # Arrays of at most this many words are summed together, as the zero-padded rows of one matrix:
 # XLA:CPU compiles an integer reduction in ~30 ms per distinct shape, and a model has many small
 # arrays (biases, norms and their optimizer state), so one reduction for all of them instead of
-# one each cuts the compile several fold (the default digits run: 3.8 -> 0.5 s).
+# one each cuts the compile (the default digits run, optimised: 3.8 -> 2.2 s).
 _SMALL_WORDS = 4096
 
 
