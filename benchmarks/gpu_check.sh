@@ -2,7 +2,7 @@
 # One check of a GPU machine, for the day one is lent: everything goes under one folder.
 #
 #   bash benchmarks/gpu_check.sh                       # -> runs/gpu_check_<date>/ (git-ignored)
-#   OUT=/tmp/gpu_check bash benchmarks/gpu_check.sh
+#   OUT=runs/gpu_check bash benchmarks/gpu_check.sh
 #   VENV=~/venvs/deinforeg-cuda PEAK_TFLOPS=494.7 JOBS=16 bash benchmarks/gpu_check.sh
 #
 # Steps (each timed, logged to $OUT/<step>.log; a failing step does not stop the later ones,

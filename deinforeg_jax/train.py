@@ -294,13 +294,11 @@ def _train_and_evaluate(config, workdir: str) -> dict[str, Any]:
       _check_not_past_the_end(config, int(full.step), steps_per_epoch, workdir)
       log.resume(saved, changes)
     state = engine.from_train_state(full)
-    # A finished run only evaluates, in one process through ``final_test``: nothing to compile.
+    one_process = jax.process_count() == 1  # the last test pass is then ``final_test``'s
+    # A finished run only evaluates: in one process that is ``final_test``, nothing to compile.
     finished = int(full.step) >= _total_steps(config, steps_per_epoch)
-    compile_s = (
-      None
-      if finished and jax.process_count() == 1
-      else engine.set_phase(plan.at(int(full.step) // steps_per_epoch))
-    )
+    phase = plan.at(int(full.step) // steps_per_epoch)
+    compile_s = None if finished and one_process else engine.set_phase(phase)
     if data.label_noise:
       log.set_label_noise(data.label_noise)
     log.info(
@@ -332,10 +330,10 @@ def _train_and_evaluate(config, workdir: str) -> dict[str, Any]:
       checkpointer,
       schedule,
       steps_per_epoch,
-      final_test if jax.process_count() == 1 else None,
+      final_test if one_process else None,
     )
     checkpointer.wait()
-    if jax.process_count() == 1:
+    if one_process:
       log.set_adaptive_inference(
         inference.adaptive_report(
           plan.final.model,
