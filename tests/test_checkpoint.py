@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 
+import jax
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
@@ -53,7 +54,10 @@ def assert_trees_equal(a, b):
 
 
 def run_launcher(workdir: str, *extra: str, **popen_kwargs):
-  env = launch_env(num_devices=1)
+  """``launch.train`` on ``TINY`` (one device in use) in a process with as many fake CPU devices
+  as this one: XLA:CPU's convolutions split their work by the threads each device gets, and a
+  run compared bit for bit with one in this process must get the same split."""
+  env = launch_env(num_devices=jax.device_count())
   cmd = [sys.executable, "-m", "launch.train", f"--workdir={workdir}", *TINY, *extra]
   return subprocess.Popen(
     cmd,

@@ -111,11 +111,10 @@ def test_models_agree_across_conv_impls(arch, monkeypatch):
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=0, atol=2e-5 * scale), g_w, g_xla)
 
 
-def test_auto_is_winograd_on_cpu_and_xla_on_accelerators():
-  assert layers.resolve_conv_impl("auto", "cpu") == "winograd"
-  assert layers.resolve_conv_impl("auto", "tpu") == "xla"
-  assert layers.resolve_conv_impl("auto", "gpu") == "xla"
-  assert layers.resolve_conv_impl("xla", "cpu") == "xla"
+def test_explicit_conv_impls_are_kept_on_every_backend():
+  for platform in ("cpu", "gpu", "tpu"):  # "auto": tests/test_xla_cpu.py
+    assert layers.resolve_conv_impl("xla", platform) == "xla"
+    assert layers.resolve_conv_impl("winograd", platform) == "winograd"
 
 
 def test_conv_impl_is_validated_and_may_change_on_resume():

@@ -39,23 +39,28 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from deinforeg_jax import xla_cpu
 from deinforeg_jax.modules import winograd
 
 INITS = ("flax", "torch")
 BN_RUNNING_VARS = ("biased", "unbiased")
 CONV_IMPLS = ("auto", "xla", "winograd")
-# "auto": the fastest measured implementation per backend (benchmarks/step_time.py): Winograd
-# on XLA:CPU, whose direct convolution runs far below its matmul rate; XLA's convolution on
-# GPU/TPU, whose libraries choose their own algorithms.
-AUTO_CONV_IMPL = {"cpu": "winograd"}
 
 
 def resolve_conv_impl(name: str, platform: str | None = None) -> str:
-  """``"xla"`` or ``"winograd"``: ``name``, with ``"auto"`` chosen for ``platform`` (default:
-  the default backend's)."""
+  """``"xla"`` or ``"winograd"``: ``name``, with ``"auto"`` the fastest measured choice
+  (``benchmarks/step_time.py``) for ``platform`` (default: the default backend's).
+
+  On XLA:CPU that is XLA's own convolution when ``xla_cpu.fast_convolutions()`` (the package set
+  the flag that keeps convolutions off YNNPACK: reference VGG DeInfoReg step 7.2 s vs 8.0 s with
+  Winograd, ResNet-18 4.3 vs 5.3 s), and Winograd matmuls otherwise (YNNPACK's convolutions:
+  VGG 8.0 s vs 13.0 s with XLA's).  GPU/TPU: XLA's, whose libraries choose their own algorithms.
+  """
   if name != "auto":
     return name
-  return AUTO_CONV_IMPL.get(platform or jax.default_backend(), "xla")
+  if (platform or jax.default_backend()) != "cpu":
+    return "xla"
+  return "xla" if xla_cpu.fast_convolutions() else "winograd"
 
 Initializer = Callable[..., jax.Array]
 
