@@ -35,9 +35,10 @@ def fresh_state(monkeypatch):
 
 def test_the_flag_is_appended_once_and_a_users_own_setting_wins(fresh_state):
   del fresh_state
-  environ = {"XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+  devices = "--xla_force_host_platform_device_count=2"
+  environ = {"XLA_FLAGS": devices}
   assert xla_cpu.configure(environ) == "applied"
-  assert environ["XLA_FLAGS"] == f"--xla_force_host_platform_device_count=2 {xla_cpu.FAST_CONV_FLAG}"
+  assert environ["XLA_FLAGS"] == f"{devices} {xla_cpu.FAST_CONV_FLAG}"
   assert xla_cpu.fast_convolutions()
   assert xla_cpu.configure(environ) == "present"  # e.g. a child process: nothing added twice
   assert environ["XLA_FLAGS"].count(xla_cpu.OPTION) == 1 and xla_cpu.fast_convolutions()
