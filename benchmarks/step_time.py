@@ -185,9 +185,10 @@ class StepRunner:
     self.step = train_step(self.conv_impl).lower(*args).compile()
     self.compile_s = time.perf_counter() - start
     # The model's FLOPs are those of direct convolutions (XLA's cost analysis of the step
-    # with conv_impl="xla", lowered only): a Winograd step computes the same result with
-    # fewer multiplications, and its achieved rate is quoted against the same count.
-    self.flops = compiled_flops(train_step("xla").lower(*args)) * mesh.shape[parallel.DATA_AXIS]
+    # with conv_impl="xla", lowered only, i.e. of the global program before SPMD partitioning):
+    # a Winograd step computes the same result with fewer multiplications, and its achieved
+    # rate is quoted against the same count.
+    self.flops = compiled_flops(train_step("xla").lower(*args))
     self.memory = compiled_memory(self.step)
 
   def timed_step(self, batch) -> float:
