@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import numpy as np
-import sklearn.datasets
-from sklearn.model_selection import train_test_split
 
 from deinforeg_jax.data.loader import ArraySplit, DatasetInfo
 
@@ -17,6 +15,11 @@ def load_digits(
   Images are float32 [N, 8, 8, 1] in [0, 1] (raw 0..16 divided by 16), labels int32
   [N] in [0, 10). ``info.mean``/``info.std`` are the train split's pixel statistics.
   """
+  # scikit-learn is imported here, not at module level: importing it costs ~1 s, which every
+  # process that imports deinforeg_jax.data (preparation tools, other datasets) would pay.
+  import sklearn.datasets  # pylint: disable=import-outside-toplevel
+  from sklearn.model_selection import train_test_split  # pylint: disable=import-outside-toplevel
+
   raw = sklearn.datasets.load_digits()
   images = (raw.images[..., None] / 16.0).astype(np.float32)
   labels = raw.target.astype(np.int32)
