@@ -52,6 +52,12 @@ def _backend_started() -> bool:
   return xla_bridge.backends_are_initialized()
 
 
+def _default_backend() -> str:
+  import jax  # pylint: disable=import-outside-toplevel
+
+  return jax.default_backend()
+
+
 def _jaxlib_version() -> str | None:
   try:
     return importlib.metadata.version("jaxlib")
@@ -65,7 +71,7 @@ def configure(environ=None) -> str:
 
   ``"applied"`` (appended now), ``"present"`` (``XLA_FLAGS`` already asks for it, e.g. from a
   parent process), ``"user"`` (``XLA_FLAGS`` sets the option to another value, which is kept),
-  ``"late"`` (a JAX backend had already started; a warning says how to fix it),
+  ``"late"`` (a JAX backend had already started; if it is the CPU, a warning says how to fix it),
   ``"unsupported"`` (a jaxlib this was not measured with).
   """
   global _status, _value
@@ -80,13 +86,14 @@ def configure(environ=None) -> str:
     _status = "unsupported"
   elif _backend_started():
     _status = "late"
-    warnings.warn(
-      "deinforeg_jax was imported after a JAX backend started, so XLA:CPU keeps its slower "
-      "YNNPACK convolutions (config.model.conv_impl='auto' falls back to Winograd matmuls). "
-      f"Import deinforeg_jax before running JAX computations, or start Python with "
-      f"XLA_FLAGS={FAST_CONV_FLAG}.",
-      stacklevel=3,
-    )
+    if _default_backend() == "cpu":  # elsewhere only incidental CPU work is affected
+      warnings.warn(
+        "deinforeg_jax was imported after a JAX backend started, so XLA:CPU keeps its slower "
+        "YNNPACK convolutions (config.model.conv_impl='auto' falls back to Winograd matmuls). "
+        f"Import deinforeg_jax before running JAX computations, or start Python with "
+        f"XLA_FLAGS={FAST_CONV_FLAG}.",
+        stacklevel=3,
+      )
   else:
     environ["XLA_FLAGS"] = f"{flags} {FAST_CONV_FLAG}".strip()
     _status, _value = "applied", FAST_CONV_VALUE

@@ -5,6 +5,7 @@ this changes results only within fp32 rounding."""
 from __future__ import annotations
 
 import re
+import warnings
 
 import jax
 import jax.numpy as jnp
@@ -65,6 +66,10 @@ def test_nothing_is_set_after_jax_started_or_for_an_unmeasured_jaxlib(fresh_stat
   with pytest.warns(UserWarning, match="imported after a JAX backend started.*XLA_FLAGS="):
     assert xla_cpu.configure(environ) == "late"
   assert environ == {} and not xla_cpu.fast_convolutions()
+  monkeypatch.setattr(xla_cpu, "_default_backend", lambda: "tpu")  # CPU work is incidental there
+  with warnings.catch_warnings():
+    warnings.simplefilter("error")
+    assert xla_cpu.configure(environ) == "late"
   assert layers.resolve_conv_impl("auto", "gpu") == layers.resolve_conv_impl("auto", "tpu") == "xla"
 
 
