@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -214,3 +215,36 @@ def test_residual_unit_matches_numpy(unit_cls, branch, out_channels, strides, in
   expected = _relu(branch(xd, kernel, strides) + shortcut)
   assert got.shape == expected.shape == (2, 4 // strides, 4 // strides, out_channels)
   np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize(
+  "shape,kind",
+  [
+    ((2, 8, 8, 3), "relu"),
+    ((3, 5, 7, 2), "relu"),
+    ((2, 6, 4, 5), "integers"),
+    ((1, 1, 3, 2), "relu"),
+  ],
+  ids=["even", "odd-height-and-width", "many-ties", "too-small"],
+)
+def test_max_pool_2x2_equals_flax_max_pool_bit_for_bit(shape, kind):
+  """Values and gradients of ``vision.max_pool_2x2`` (the VGG stages' pool) equal
+  ``nn.max_pool``'s exactly, ties included: ReLU zeros, small integers where most windows hold
+  several maxima (each window's gradient goes to its first maximum in row-major order)."""
+  kx, kg = jax.random.split(jax.random.key(0))
+  x = jax.random.normal(kx, shape)
+  x = jax.nn.relu(x) if kind == "relu" else jnp.round(x)
+  flax_pool = lambda x: nn.max_pool(x, (2, 2), strides=(2, 2))  # noqa: E731
+  out, want = jax.jit(vision.max_pool_2x2)(x), jax.jit(flax_pool)(x)
+  assert out.shape == want.shape == (shape[0], shape[1] // 2, shape[2] // 2, shape[3])
+  np.testing.assert_array_equal(out, want)
+  g = jax.random.normal(kg, out.shape)
+  grad = jax.jit(lambda x, g: jax.vjp(vision.max_pool_2x2, x)[1](g)[0])(x, g)
+  want_grad = jax.jit(lambda x, g: jax.vjp(flax_pool, x)[1](g)[0])(x, g)
+  np.testing.assert_array_equal(grad, want_grad)
+  if kind == "integers":  # the case must really hold ties: windows with several maxima
+    windows = np.asarray(x[:, : shape[1] // 2 * 2, : shape[2] // 2 * 2]).reshape(
+      shape[0], shape[1] // 2, 2, shape[2] // 2, 2, shape[3]
+    )
+    ties = (windows == np.asarray(want)[:, :, None, :, None]).sum(axis=(2, 4)) > 1
+    assert ties.mean() >= 0.25  # 18 of the 60 windows
