@@ -42,27 +42,30 @@ def _window_corners(x: jax.Array) -> tuple[jax.Array, ...]:
   return x[:, 0::2, 0::2], x[:, 0::2, 1::2], x[:, 1::2, 0::2], x[:, 1::2, 1::2]
 
 
+def _pool_with_choice(x: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """Each 2x2 window's maximum and the index (0-3, row-major) of its first maximum."""
+  a, b, c, d = _window_corners(x)
+  top, bottom = jnp.maximum(a, b), jnp.maximum(c, d)
+  top_choice = jnp.where(a >= b, 0, 1).astype(jnp.int8)
+  bottom_choice = jnp.where(c >= d, 2, 3).astype(jnp.int8)
+  return jnp.maximum(top, bottom), jnp.where(top >= bottom, top_choice, bottom_choice)
+
+
 @jax.custom_vjp
 def _max_pool_2x2_even(x: jax.Array) -> jax.Array:
-  a, b, c, d = _window_corners(x)
-  return jnp.maximum(jnp.maximum(a, b), jnp.maximum(c, d))
+  return _pool_with_choice(x)[0]
 
 
 def _max_pool_2x2_fwd(x):
-  out = _max_pool_2x2_even(x)
-  return out, (x, out)
+  out, choice = _pool_with_choice(x)
+  return out, choice
 
 
-def _max_pool_2x2_bwd(residuals, g):
+def _max_pool_2x2_bwd(choice, g):
   """Each window's gradient goes to its first maximum in row-major order (as XLA's
-  select-and-scatter for ``nn.max_pool`` does, so the two agree bit for bit, ties included)."""
-  x, out = residuals
-  taken = jnp.zeros(out.shape, bool)
-  corners = []
-  for corner in _window_corners(x):
-    first = ~taken & (corner == out)
-    corners.append(jnp.where(first, g, jnp.zeros_like(g)))
-    taken |= first
+  select-and-scatter for ``nn.max_pool`` does, so the two agree bit for bit, ties included);
+  the choice is made in the forward pass, so a backward pass compiled apart routes the same."""
+  corners = [jnp.where(choice == k, g, jnp.zeros_like(g)) for k in range(4)]
   n, h2, w2, ch = g.shape
   top = jnp.stack(corners[:2], axis=3).reshape(n, h2, 2 * w2, ch)
   bottom = jnp.stack(corners[2:], axis=3).reshape(n, h2, 2 * w2, ch)
