@@ -46,7 +46,7 @@ def _parser() -> argparse.ArgumentParser:
     "--conv_impl",
     default="auto",
     choices=("auto", "xla", "winograd"),
-    help="3x3 convolutions (config.model.conv_impl; auto: Winograd on CPU)",
+    help="3x3 convolutions (config.model.conv_impl; auto: see layers.resolve_conv_impl)",
   )
   parser.add_argument("--seed", type=int, default=0)
   parser.add_argument(
