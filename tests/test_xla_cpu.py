@@ -91,7 +91,7 @@ def _compiled_both_ways(fn, *args):
 @pytest.mark.parametrize("kernel_size,stride", [(3, 1), (3, 2), (1, 2)])
 def test_this_process_compiles_convolutions_without_ynnpack_and_equally(kernel_size, stride):
   """The test process imported the package before JAX started (pinned jaxlib): the flag is in
-  effect, ``auto`` is XLA's convolution, and a 3x3 convolution's value and gradients equal
+  effect, ``auto`` is XLA's convolution, and a convolution's value and gradients equal
   YNNPACK's (XLA's default) up to fp32 rounding."""
   assert xla_cpu.fast_convolutions(), xla_cpu.configure.__doc__
   assert layers.resolve_conv_impl("auto", "cpu") == "xla"

@@ -57,8 +57,7 @@ def _max_pool_2x2_even(x: jax.Array) -> jax.Array:
 
 
 def _max_pool_2x2_fwd(x):
-  out, choice = _pool_with_choice(x)
-  return out, choice
+  return _pool_with_choice(x)  # the output and, as the residual, each window's choice
 
 
 def _max_pool_2x2_bwd(choice, g):
@@ -81,7 +80,7 @@ def max_pool_2x2(x: jax.Array) -> jax.Array:
 
   The maximum of the four window corners (strided slices); the gradient is a custom VJP of
   compares and selects.  XLA:CPU runs the pool's forward and backward ~8x faster this way than
-  as ``reduce_window`` + select-and-scatter (30 vs 241 ms for ``[128, 32, 32, 128]`` on 2
+  as ``reduce_window`` + select-and-scatter (26 vs 207 ms for ``[128, 32, 32, 128]`` on 2
   cores), which it expands into index arithmetic.
   """
   h, w = x.shape[1] // 2 * 2, x.shape[2] // 2 * 2
