@@ -91,17 +91,47 @@ def _checksum_leaves(leaves: list) -> list:
   return [sums[i] for i in range(len(leaves))]
 
 
+_HOST_CHUNK_WORDS = 1 << 22  # words per numpy pass: bounds the host's temporaries to ~32 MiB
+
+
+def _host_checksum(x) -> int:
+  """``_checksum_leaves``' sum of one array in numpy (uint32 arithmetic wraps mod 2**32)."""
+  x = np.asarray(x)
+  unsigned = {8: np.uint32, 4: np.uint32, 2: np.uint16, 1: np.uint8}[x.dtype.itemsize]
+  words = np.ascontiguousarray(x).reshape(-1).view(unsigned)
+  total = 0
+  for start in range(0, words.size, _HOST_CHUNK_WORDS):
+    chunk = words[start : start + _HOST_CHUNK_WORDS].astype(np.uint32)
+    weights = np.arange(start, start + chunk.size, dtype=np.uint32)
+    weights *= np.uint32(2654435761)
+    weights |= np.uint32(1)
+    chunk *= weights
+    total += int(np.sum(chunk, dtype=np.uint32))
+  return total % 2**32
+
+
+def _on_cpu_host(leaf) -> bool:
+  """Whether this process holds every element of ``leaf`` in host memory (a numpy value or
+  a fully addressable array on CPU devices)."""
+  if not isinstance(leaf, jax.Array):
+    return True
+  return leaf.is_fully_addressable and all(d.platform == "cpu" for d in leaf.devices())
+
+
 def checksums(state_dict) -> dict[str, int]:
   """``{"params/block_00/.../kernel": checksum, ...}`` of a state dict (host ints).
 
-  Arrays are summed where they live, one program per placement (a pipeline's stages
-  sit on different devices).
+  Arrays this process holds in host memory are summed in numpy (no program to compile);
+  the others where they live, one program per placement (a pipeline's stages sit on
+  different devices; a multi-process job's arrays span processes).  Both give the same sums.
   """
   flat = flax.traverse_util.flatten_dict(state_dict, sep="/")
-  groups: dict[Any, list[str]] = {}
+  sums, groups = {}, {}
   for path, leaf in flat.items():
-    groups.setdefault(getattr(leaf, "sharding", None), []).append(path)
-  sums = {}
+    if _on_cpu_host(leaf):
+      sums[path] = _host_checksum(leaf)
+    else:
+      groups.setdefault(leaf.sharding, []).append(path)
   for paths in groups.values():
     values = jax.device_get(_checksum_leaves([flat[p] for p in paths]))
     sums.update({p: int(v) for p, v in zip(paths, values)})

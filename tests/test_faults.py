@@ -213,9 +213,10 @@ def _reference_checksum(array) -> int:
   return int(np.sum(words * weights % 2**32) % 2**32)
 
 
-def test_checksums_are_the_position_weighted_word_sums_for_small_and_large_arrays():
-  """Arrays above and below ``_SMALL_WORDS`` are summed by different programs; both give the
-  documented sum (so checkpoints saved before that split still verify)."""
+def test_checksums_are_the_position_weighted_word_sums_on_host_and_on_device(monkeypatch):
+  """Host arrays are summed in numpy (in chunks of ``_HOST_CHUNK_WORDS``), others by a device
+  program that sums arrays above and below ``_SMALL_WORDS`` differently; every path gives the
+  documented sum (so a checkpoint verifies whichever path wrote it)."""
   import ml_dtypes  # pylint: disable=import-outside-toplevel
 
   rng = np.random.default_rng(0)
@@ -228,7 +229,12 @@ def test_checksums_are_the_position_weighted_word_sums_for_small_and_large_array
     "empty": np.zeros((0, 4), np.float32),
   }
   assert state["big"].size > checkpoint._SMALL_WORDS >= state["small"].size
-  assert checkpoint.checksums(state) == {k: _reference_checksum(v) for k, v in state.items()}
+  expected = {k: _reference_checksum(v) for k, v in state.items()}
+  assert checkpoint.checksums(state) == expected  # numpy values: the host path
+  device_sums = checkpoint._checksum_leaves(list(state.values()))
+  assert dict(zip(state, (int(v) for v in device_sums))) == expected
+  monkeypatch.setattr(checkpoint, "_HOST_CHUNK_WORDS", 1000)  # "big" and "bytes" span chunks
+  assert checkpoint.checksums(state) == expected
 
 
 def test_all_finite_sees_a_nan_or_inf_in_any_array_and_never_overflows():
