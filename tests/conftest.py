@@ -100,6 +100,24 @@ def pytest_unconfigure(config):
     shutil.rmtree(_OWN_CACHE_DIR, ignore_errors=True)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def session_tempdir(tmp_path_factory):
+  """Temporary files of the session (and of the processes its tests start, through
+  ``TMPDIR``) go under pytest's base temporary directory, which pytest prunes to the last
+  three sessions: TFDS's ``DatasetInfo.initialize_from_bucket`` leaves an empty
+  ``/tmp/tmp*tfds`` directory behind on every builder made before its data exists (~40 per
+  suite run)."""
+  directory = tmp_path_factory.mktemp("tempfiles", numbered=False)
+  previous = tempfile.tempdir, os.environ.get("TMPDIR")
+  tempfile.tempdir, os.environ["TMPDIR"] = str(directory), str(directory)
+  yield directory
+  tempfile.tempdir = previous[0]
+  if previous[1] is None:
+    os.environ.pop("TMPDIR", None)
+  else:
+    os.environ["TMPDIR"] = previous[1]
+
+
 @pytest.fixture(scope="session")
 def eight_devices():
   """The eight fake CPU devices; fails loudly if JAX started before the flag was set."""
