@@ -95,8 +95,11 @@ _HOST_CHUNK_WORDS = 1 << 22  # words per numpy pass: bounds the host's temporari
 
 
 def _host_checksum(x) -> int:
-  """``_checksum_leaves``' sum of one array in numpy (uint32 arithmetic wraps mod 2**32)."""
+  """``_checksum_leaves``' sum of one array in numpy (uint32 arithmetic wraps mod 2**32).
+  Values are first given JAX's dtype for them (without x64: int64 -> int32, float64 ->
+  float32), as ``jnp.asarray`` does on the device path."""
   x = np.asarray(x)
+  x = x.astype(jax.dtypes.canonicalize_dtype(x.dtype), copy=False)
   unsigned = {8: np.uint32, 4: np.uint32, 2: np.uint16, 1: np.uint8}[x.dtype.itemsize]
   words = np.ascontiguousarray(x).reshape(-1).view(unsigned)
   total = 0

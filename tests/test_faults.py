@@ -233,6 +233,10 @@ def test_checksums_are_the_position_weighted_word_sums_on_host_and_on_device(mon
   assert checkpoint.checksums(state) == expected  # numpy values: the host path
   device_sums = checkpoint._checksum_leaves(list(state.values()))
   assert dict(zip(state, (int(v) for v in device_sums))) == expected
+  # 64-bit host values are summed as JAX holds them (x64 off: 32-bit), like the device path.
+  wide = {"f64": rng.normal(size=(5000,)), "i64": np.arange(7, dtype=np.int64), "int": 3}
+  wide_device = checkpoint._checksum_leaves(list(wide.values()))
+  assert checkpoint.checksums(wide) == dict(zip(wide, (int(v) for v in wide_device)))
   monkeypatch.setattr(checkpoint, "_HOST_CHUNK_WORDS", 1000)  # "big" and "bytes" span chunks
   assert checkpoint.checksums(state) == expected
 
