@@ -54,8 +54,9 @@ import time
 from typing import Any
 
 # Compiling for a topology never opens a TPU, so libtpu's lock against a second process on the
-# same chips (/tmp/libtpu_lockfile) is not needed; without this every other running JAX process
-# that tried the TPU backend (libtpu installed) would make the topology fail to load.
+# same chips (its lock file in the system's temporary directory) is not needed; without this
+# every other running JAX process that tried the TPU backend (libtpu installed) would make the
+# topology fail to load.
 os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
 
 import jax  # pylint: disable=wrong-import-position

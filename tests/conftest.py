@@ -22,9 +22,9 @@ subprocess a test starts (``launch.train`` runs), even those that drop ``XLA_FLA
   ~2x) and run slower (a tiny model's step ~2x, the default width's ~8x).  That
   is the right trade for the many short runs here; the runs that must reach an
   accuracy (hundreds of steps, marked ``slow``) compile with every optimisation
-  (but their initial state's program, run once) inside ``helpers.optimized_compiles()``.  Both sides of every comparison run in
-  the same session (or in subprocesses that inherit the setting), so
-  bit-for-bit tests compare like with like.
+  (but their initial state's program, run once) inside ``helpers.optimized_compiles()``.
+  Both sides of every comparison run in the same session (or in subprocesses that inherit
+  the setting), so bit-for-bit tests compare like with like.
 * ``--xla_cpu_use_fusion_emitters=false`` (``QUICK_COMPILE_FLAGS``): XLA:CPU's older
   fusion code generator, ~40 % quicker to compile than the fusion emitters with the
   optimisations off (and ~30 % slower with them on; overall a net gain).
@@ -104,18 +104,14 @@ def pytest_unconfigure(config):
 def session_tempdir(tmp_path_factory):
   """Temporary files of the session (and of the processes its tests start, through
   ``TMPDIR``) go under pytest's base temporary directory, which pytest prunes to the last
-  three sessions: TFDS's ``DatasetInfo.initialize_from_bucket`` leaves an empty
-  ``/tmp/tmp*tfds`` directory behind on every builder made before its data exists (~40 per
-  suite run)."""
-  directory = tmp_path_factory.mktemp("tempfiles", numbered=False)
-  previous = tempfile.tempdir, os.environ.get("TMPDIR")
-  tempfile.tempdir, os.environ["TMPDIR"] = str(directory), str(directory)
-  yield directory
-  tempfile.tempdir = previous[0]
-  if previous[1] is None:
-    os.environ.pop("TMPDIR", None)
-  else:
-    os.environ["TMPDIR"] = previous[1]
+  three sessions: TFDS's ``DatasetInfo.initialize_from_bucket`` leaves an empty ``tmp*tfds``
+  directory in the system's temporary directory on every builder made before its data exists
+  (~40 per suite run)."""
+  directory = str(tmp_path_factory.mktemp("tempfiles", numbered=False))
+  with pytest.MonkeyPatch.context() as patch:
+    patch.setattr(tempfile, "tempdir", directory)
+    patch.setenv("TMPDIR", directory)
+    yield directory
 
 
 @pytest.fixture(scope="session")
