@@ -12,7 +12,8 @@ with gradient ``g``::
 ``optax.lars`` applies the learning rate *before* the momentum trace
 (``μ ← m·μ + lr·g; w ← w − μ``).  The two agree for a constant learning rate
 but differ under a schedule (optax's momentum remembers past learning rates),
-so this module chains the same optax transforms in the reference order.
+so this module chains optax transforms in the reference order, with its own trust
+ratio (``scale_by_trust_ratio``: each norm read once).
 
 The cosine schedule is ``lr(t) = end + (base − end)·½(1 + cos(π·t/T))`` with
 ``T`` the total number of steps.  ``per_epoch=True`` evaluates it at the first
@@ -53,6 +54,32 @@ def matrix_mask(params):
   return jax.tree.map(lambda p: p.ndim > 1, params)
 
 
+def scale_by_trust_ratio(eta: float) -> optax.GradientTransformation:
+  """``u ← u·(eta·‖w‖/‖u‖)`` per leaf, ``u`` unchanged where ``‖w‖ = 0`` or ``‖u‖ = 0``.
+
+  The value of ``optax.scale_by_trust_ratio(trust_coefficient=eta)``, without its
+  ``safe_norm``: made to differentiate through a norm, that materialises
+  ``where(‖x‖ ≤ 0, 1, x)`` and reduces it a second time: two more full-size arrays written and
+  read per matrix.  The paper's VGG (265 M parameters) updates in 0.62 s instead of 1.3 s on
+  2 CPU cores.  Alone, the two give the same bits (``tests/test_train.py``); inside a compiled
+  train step XLA may fuse the norms differently, so runs can differ in the last bits.
+  """
+
+  def update_fn(updates, state, params):
+    if params is None:
+      raise ValueError("scale_by_trust_ratio needs the parameters: update(g, state, params)")
+
+    def scale(update, param):
+      param_norm, update_norm = jnp.linalg.norm(param), jnp.linalg.norm(update)
+      ratio = eta * param_norm / update_norm
+      zero = jnp.logical_or(param_norm == 0.0, update_norm == 0.0)
+      return update * jnp.where(zero, jnp.array(1.0, dtype=param.dtype), ratio)
+
+    return jax.tree.map(scale, updates, params), state
+
+  return optax.GradientTransformation(optax.init_empty_state, update_fn)
+
+
 def lars(
   learning_rate: optax.ScalarOrSchedule,
   *,
@@ -63,7 +90,7 @@ def lars(
   """LARS in the reference update order (see the module docstring)."""
   return optax.chain(
     optax.masked(optax.add_decayed_weights(weight_decay), matrix_mask),
-    optax.masked(optax.scale_by_trust_ratio(trust_coefficient=eta), matrix_mask),
+    optax.masked(scale_by_trust_ratio(eta), matrix_mask),
     optax.trace(decay=momentum),
     optax.scale_by_learning_rate(learning_rate),
   )

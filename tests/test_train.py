@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import re
 
 import chex
 import jax
@@ -405,6 +406,31 @@ def test_lars_skips_decay_and_trust_ratio_for_vectors():
   np.testing.assert_allclose(updates["bias"], -0.1 * grads["bias"], rtol=1e-6)
   # g = wd·w = 0.01·1, ‖w‖ = 2, ‖g‖ = 0.02 -> g·eta·‖w‖/‖g‖ = 0.001 per entry.
   np.testing.assert_allclose(updates["kernel"], np.full((2, 2), -0.1 * 1e-3), rtol=1e-5)
+
+
+def test_trust_ratio_equals_optax_and_reduces_each_norm_once():
+  """``optim.scale_by_trust_ratio`` gives ``optax.scale_by_trust_ratio``'s updates bit for bit
+  (zero parameters and zero updates included) with two reductions per leaf instead of four
+  (optax's ``safe_norm`` reduces a masked copy of each array again)."""
+  rng = np.random.default_rng(0)
+  params = {
+    "w": rng.normal(size=(6, 4)).astype(np.float32),
+    "zero_w": np.zeros((3, 2), np.float32),
+    "zero_u": rng.normal(size=(2, 5)).astype(np.float32),
+  }
+  updates = {k: rng.normal(size=v.shape).astype(np.float32) for k, v in params.items()}
+  updates["zero_u"] = np.zeros_like(updates["zero_u"])
+  ours, theirs = optim.scale_by_trust_ratio(0.3), optax.scale_by_trust_ratio(trust_coefficient=0.3)
+  ours_update = jax.jit(lambda u, p: ours.update(u, ours.init(p), p)[0])
+  theirs_update = jax.jit(lambda u, p: theirs.update(u, theirs.init(p), p)[0])
+  got, want = ours_update(updates, params), theirs_update(updates, params)
+  for k in params:
+    np.testing.assert_array_equal(got[k], want[k], err_msg=k)
+  np.testing.assert_array_equal(got["zero_w"], updates["zero_w"])  # ratio 1 where a norm is 0
+  one = ({"w": updates["w"]}, {"w": params["w"]})
+  compiled = lambda f: f.lower(*one).compile().as_text()  # noqa: E731
+  reductions = lambda f: len(re.findall(r"= f32\[\] reduce\(", compiled(f)))  # noqa: E731
+  assert (reductions(ours_update), reductions(theirs_update)) == (2, 4)
 
 
 def test_cosine_schedule_endpoints_and_midpoint():
