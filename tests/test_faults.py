@@ -154,14 +154,19 @@ def test_damaged_newest_checkpoint_falls_back_to_the_previous_and_ends_right(
   workdir = str(tmp_path / "run")
   shutil.copytree(partial, workdir)
   step_dir = os.path.join(workdir, "checkpoints", "4")
-  # Every OCDBT chunk file of the step is damaged: which file holds which array, and whether
-  # the largest one is still read after Orbax merges the manifests, differs between machines.
-  data_dir = os.path.join(step_dir, "state", "ocdbt.process_0", "d")
-  for path in [os.path.join(data_dir, name) for name in os.listdir(data_dir)]:
-    if damage == "overwrite":  # 16 random bytes in the middle
+  # Every OCDBT data file of the step (the process's and the merged ones) is damaged: which file
+  # holds which array, and which files are still read after Orbax merges the manifests, differs
+  # between machines (CI once resumed from a step whose per-process files were all damaged).
+  state_dir = os.path.join(step_dir, "state")
+  data_dirs = [os.path.join(state_dir, "d"), os.path.join(state_dir, "ocdbt.process_0", "d")]
+  paths = [os.path.join(d, name) for d in data_dirs if os.path.isdir(d) for name in os.listdir(d)]
+  for path in paths:
+    if damage == "overwrite":  # 16 random bytes in every 256
+      rng = np.random.default_rng(0)
       with open(path, "r+b") as f:
-        f.seek(os.path.getsize(path) // 2)
-        f.write(np.random.default_rng(0).bytes(16))
+        for offset in range(128, os.path.getsize(path), 256):
+          f.seek(offset)
+          f.write(rng.bytes(16))
     elif damage == "truncate":
       with open(path, "r+b") as f:
         f.truncate(os.path.getsize(path) // 3)
