@@ -123,8 +123,11 @@ class DataParallelEngine:
     return spec, sharding
 
   def init(self, rng):
+    options = steps.init_compiler_options(self.mesh.devices.flat[0].platform)
     return steps.reuse(
-      self._programs, "init", lambda: jax.jit(self._create, out_shardings=self.state_sharding)
+      self._programs,
+      "init",
+      lambda: jax.jit(self._create, out_shardings=self.state_sharding, compiler_options=options),
     )(rng)
 
   def to_train_state(self, state):

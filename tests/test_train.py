@@ -334,6 +334,27 @@ def test_program_key_changes_with_the_programs_only():
     assert steps.program_key(tiny_config(), info) != key
 
 
+def test_initial_state_program_at_the_lower_cpu_level_draws_the_same_bits():
+  """The engines compile ``create_train_state`` at ``INIT_CPU_OPTIMIZATION_LEVEL`` on the CPU
+  (quicker); outside this test session's quick compiles it must draw XLA's default level's bits
+  (a two-block stack, little to compile optimised; at level 0 some differ in the last place).
+  ``model.init="torch"`` was checked too (uniform draws), and every architecture and rule at
+  its default width, outside the suite (4-12 s per optimised compile)."""
+  config = tiny_config(vgg_blocks="8,M;8", num_blocks=2, projector="16")
+  model = models.create_model(config, NUM_CLASSES)
+  tx = optim.make_optimizer(config.optim, 0.1)
+  create = functools.partial(steps.create_train_state, model, tx, input_shape=DIGITS_SHAPE)
+  assert steps.init_compiler_options("cpu") is None  # the session compiles at level 0 anyway
+  assert steps.init_compiler_options("tpu") is None
+  with optimized_compiles():
+    options = steps.init_compiler_options("cpu")
+    assert options == {"xla_backend_optimization_level": steps.INIT_CPU_OPTIMIZATION_LEVEL}
+    key = jax.random.key(3)
+    quick = jax.jit(create, compiler_options=options).lower(key).compile()
+    default = jax.jit(create).lower(key).compile()
+    chex.assert_trees_all_equal(quick(key), default(key))
+
+
 # ------------------------------------------------- LARS and schedules
 
 

@@ -125,7 +125,11 @@ def block_costs(
       cost = cost[0] if isinstance(cost, (list, tuple)) else cost
       costs.append(float(cost["flops"]))
       continue
-    state = jax.jit(init, out_shardings=SingleDeviceSharding(device))(jax.random.key(0))
+    state = jax.jit(
+      init,
+      out_shardings=SingleDeviceSharding(device),
+      compiler_options=steps.init_compiler_options(device.platform),
+    )(jax.random.key(0))
     rng = np.random.default_rng(0)
     data = jax.device_put(
       (

@@ -127,7 +127,11 @@ class Pipeline:
           for stage, shape in zip(self.stages, self.input_shapes)
         ]
 
-      self._inits[device] = jax.jit(init_all, out_shardings=SingleDeviceSharding(device))
+      self._inits[device] = jax.jit(
+        init_all,
+        out_shardings=SingleDeviceSharding(device),
+        compiler_options=steps.init_compiler_options(device.platform),
+      )
     states = self._inits[device](rng)
     return [jax.device_put(s, d) for s, d in zip(states, self.devices)]
 
