@@ -139,8 +139,11 @@ def state_shardings(state_shapes: Any, mesh: Mesh, shard: bool) -> Any:
   """A sharding per array of a state pytree (arrays or ``jax.ShapeDtypeStruct``).
 
   Replicated unless ``shard``; then each array with at least ``SHARD_MIN_ELEMENTS``
-  elements is split over ``data`` along its largest dimension that the device count
-  divides (optimizer moments follow their parameters, having the same shapes).
+  elements is split over ``data`` along its last dimension that the device count divides
+  (optimizer moments follow their parameters, having the same shapes): a kernel's output
+  features, ``[..., Dout]``.  For the reference VGG's ``[65536, 2048]`` projector kernels on 2
+  CPU devices this made the DeInfoReg step ~25 % faster than splitting the larger input
+  dimension (5.9-6.1 s against 7.6-7.9 s, step temporaries 0.97 against 1.69 GB).
   """
   count = mesh.shape[DATA_AXIS]
 
@@ -151,7 +154,7 @@ def state_shardings(state_shapes: Any, mesh: Mesh, shard: bool) -> Any:
     divisible = [d for d in range(len(shape)) if shape[d] % count == 0]
     if not divisible:
       return replicated(mesh)
-    axis = max(divisible, key=lambda d: shape[d])
+    axis = divisible[-1]
     spec = [None] * len(shape)
     spec[axis] = DATA_AXIS
     return NamedSharding(mesh, PartitionSpec(*spec))

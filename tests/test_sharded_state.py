@@ -34,6 +34,8 @@ def test_state_shardings_split_large_arrays_on_a_divisible_axis(eight_devices):
   mesh = parallel.make_data_mesh(8)
   shapes = {
     "kernel": jax.ShapeDtypeStruct((3, 3, 64, 256), np.float32),  # 147,456 elements
+    "dense": jax.ShapeDtypeStruct((4096, 64), np.float32),  # output axis, not the larger input
+    "ragged": jax.ShapeDtypeStruct((4096, 36), np.float32),  # 36 outputs: split the inputs
     "odd": jax.ShapeDtypeStruct((3, 3, 3, 2731), np.float32),  # no axis divisible by 8
     "bias": jax.ShapeDtypeStruct((256,), np.float32),  # small
     "step": jax.ShapeDtypeStruct((), np.int32),
@@ -41,6 +43,8 @@ def test_state_shardings_split_large_arrays_on_a_divisible_axis(eight_devices):
   specs = jax.tree.map(lambda s: s.spec, parallel.state_shardings(shapes, mesh, shard=True))
   assert specs == {
     "kernel": PartitionSpec(None, None, None, "data"),
+    "dense": PartitionSpec(None, "data"),
+    "ragged": PartitionSpec("data", None),
     "odd": PartitionSpec(),
     "bias": PartitionSpec(),
     "step": PartitionSpec(),
@@ -52,7 +56,8 @@ def test_state_shardings_split_large_arrays_on_a_divisible_axis(eight_devices):
     shapes,
     parallel.state_shardings(shapes, mesh, shard=True),
   )
-  assert parallel.bytes_per_device(placed) == 4 * (147456 // 8 + 3 * 3 * 3 * 2731 + 256 + 1)
+  split = (147456 + 4096 * 64 + 4096 * 36) // 8
+  assert parallel.bytes_per_device(placed) == 4 * (split + 3 * 3 * 3 * 2731 + 256 + 1)
 
 
 @pytest.fixture(scope="module")
