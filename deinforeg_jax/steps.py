@@ -124,22 +124,6 @@ def create_train_state(
   )
 
 
-# LLVM optimisation level of the initial state's program on the CPU (XLA's default: 3).  The
-# program runs once per run and is mostly random-number code: at level 1 it compiles 2-4x faster
-# (digits default 6.1 -> 2.1 s, reference VGG 8.0 -> 3.5 s, ResNet-18 11.9 -> 4.1 s) and draws
-# the same bits (tests/test_train.py); level 0 changes some of them in the last place.
-INIT_CPU_OPTIMIZATION_LEVEL = 1
-
-
-def init_compiler_options(platform: str) -> dict[str, Any] | None:
-  """``compiler_options`` for jitting ``create_train_state`` on ``platform``: a lower LLVM level
-  on the CPU (``INIT_CPU_OPTIMIZATION_LEVEL``); None elsewhere, and when JAX already compiles
-  with most optimisations off (``jax_disable_most_optimizations``: level 0)."""
-  if platform != "cpu" or jax.config.read("jax_disable_most_optimizations"):
-    return None
-  return {"xla_backend_optimization_level": INIT_CPU_OPTIMIZATION_LEVEL}
-
-
 def _make_loss(model, objective, num_classes: int, loss_cfg, seed: int, frozen: frozenset[str]):
   """``loss(params, state, inputs, labels) -> (total, (metrics, batch_stats, carry))``: the
   summed local losses of ``model`` in training mode (BatchNorm on the batch statistics)."""

@@ -42,6 +42,7 @@ from deinforeg_jax import (
   pipeline,
   rules,
   steps,
+  xla_cpu,
 )
 from deinforeg_jax.configuration import validate_config
 from deinforeg_jax.data import eval_batches, glove, load_dataset, make_augment, train_batches
@@ -123,7 +124,7 @@ class DataParallelEngine:
     return spec, sharding
 
   def init(self, rng):
-    options = steps.init_compiler_options(self.mesh.devices.flat[0].platform)
+    options = xla_cpu.init_options(self.mesh.devices.flat[0].platform)
     return steps.reuse(
       self._programs,
       "init",
@@ -231,6 +232,7 @@ def compile_steps(
     in_shardings=(state_sharding, sharded, sharded),
     out_shardings=(state_sharding, replicated, replicated),
     donate_argnums=0,
+    compiler_options=xla_cpu.train_step_options(mesh.devices.flat[0].platform),
   )
   eval_step = jax.jit(
     steps.make_eval_step(model),

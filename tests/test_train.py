@@ -22,7 +22,7 @@ import numpy as np
 import optax
 import pytest
 
-from deinforeg_jax import checkpoint, models, optim, parallel, rules, steps, train
+from deinforeg_jax import checkpoint, models, optim, parallel, rules, steps, train, xla_cpu
 from deinforeg_jax.data import DatasetInfo
 from helpers import (
   DIGITS_SHAPE,
@@ -335,24 +335,49 @@ def test_program_key_changes_with_the_programs_only():
 
 
 def test_initial_state_program_at_the_lower_cpu_level_draws_the_same_bits():
-  """The engines compile ``create_train_state`` at ``INIT_CPU_OPTIMIZATION_LEVEL`` on the CPU
-  (quicker); outside this test session's quick compiles it must draw XLA's default level's bits
-  (a two-block stack, little to compile optimised; at level 0 some differ in the last place).
-  ``model.init="torch"`` was checked too (uniform draws), and every architecture and rule at
-  its default width, outside the suite (4-12 s per optimised compile)."""
+  """The engines compile ``create_train_state`` at ``xla_cpu.INIT_OPTIMIZATION_LEVEL`` on the
+  CPU (quicker); outside this test session's quick compiles it must draw XLA's default level's
+  bits (a two-block stack, little to compile optimised; at level 0 some differ in the last
+  place).  ``model.init="torch"`` was checked too (uniform draws), and every architecture and
+  rule at its default width, outside the suite (4-12 s per optimised compile)."""
   config = tiny_config(vgg_blocks="8,M;8", num_blocks=2, projector="16")
   model = models.create_model(config, NUM_CLASSES)
   tx = optim.make_optimizer(config.optim, 0.1)
   create = functools.partial(steps.create_train_state, model, tx, input_shape=DIGITS_SHAPE)
-  assert steps.init_compiler_options("cpu") is None  # the session compiles at level 0 anyway
-  assert steps.init_compiler_options("tpu") is None
+  assert xla_cpu.init_options("cpu") is None  # the session compiles at level 0 anyway
+  assert xla_cpu.init_options("tpu") is None
   with optimized_compiles():
-    options = steps.init_compiler_options("cpu")
-    assert options == {"xla_backend_optimization_level": steps.INIT_CPU_OPTIMIZATION_LEVEL}
+    options = xla_cpu.init_options("cpu")
+    assert options == {"xla_backend_optimization_level": xla_cpu.INIT_OPTIMIZATION_LEVEL}
     key = jax.random.key(3)
     quick = jax.jit(create, compiler_options=options).lower(key).compile()
     default = jax.jit(create).lower(key).compile()
     chex.assert_trees_all_equal(quick(key), default(key))
+
+
+def test_train_step_with_region_analysis_copies_less_and_updates_the_same():
+  """``xla_cpu.train_step_options``: the donated step, compiled with and without region-analysis
+  copy insertion, gives the same bits over two steps, with fewer copies in the program."""
+  config = tiny_config(projector="64-64")
+  model, variables = _model(config)
+  tx = optim.make_optimizer(config.optim, 0.1)
+  objective = rules.get_objective("deinforeg")
+  step = steps.make_train_step(model, objective, tx, NUM_CLASSES, config.loss)
+  options = xla_cpu.train_step_options("cpu")
+  assert options == {xla_cpu.REGION_ANALYSIS: True} and xla_cpu.train_step_options("gpu") is None
+  batch = random_batch(32)
+  states, copies = [], []
+  for compiler_options in (options, None):
+    state = jax.tree.map(jnp.copy, _state(tx, variables))  # fresh buffers: the step donates
+    compiled = jax.jit(step, donate_argnums=0, compiler_options=compiler_options).lower(
+      state, batch["image"], batch["label"]
+    ).compile()
+    copies.append(compiled.as_text().count(" copy("))
+    for _ in range(2):
+      state, _, _ = compiled(state, batch["image"], batch["label"])
+    states.append(to_host(state))
+  chex.assert_trees_all_equal(*states)
+  assert copies[0] < copies[1], copies
 
 
 # ------------------------------------------------- LARS and schedules

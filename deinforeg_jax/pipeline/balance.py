@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import SingleDeviceSharding
 
-from deinforeg_jax import stack, steps
+from deinforeg_jax import stack, steps, xla_cpu
 from deinforeg_jax.pipeline.executor import stage_input_shapes, stage_model
 
 BALANCE_METHODS = ("flops", "time", "uniform")
@@ -128,7 +128,7 @@ def block_costs(
     state = jax.jit(
       init,
       out_shardings=SingleDeviceSharding(device),
-      compiler_options=steps.init_compiler_options(device.platform),
+      compiler_options=xla_cpu.init_options(device.platform),
     )(jax.random.key(0))
     rng = np.random.default_rng(0)
     data = jax.device_put(

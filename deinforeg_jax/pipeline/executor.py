@@ -20,7 +20,7 @@ import numpy as np
 import optax
 from jax.sharding import SingleDeviceSharding
 
-from deinforeg_jax import rules, stack, steps
+from deinforeg_jax import rules, stack, steps, xla_cpu
 
 LOCAL_RULES = ("deinforeg",)  # rules whose loss is a sum of per-block local losses
 
@@ -95,8 +95,9 @@ class Pipeline:
           s, objective, tx, model.num_classes, loss_cfg, log_grad_norms=log_grad_norms
         ),
         donate_argnums=0,
+        compiler_options=xla_cpu.train_step_options(device.platform),
       )
-      for s in self.stages
+      for s, device in zip(self.stages, self.devices)
     ]
     self._eval_steps = [jax.jit(steps.make_eval_step(s)) for s in self.stages]
     self._check_steps = [
@@ -130,7 +131,7 @@ class Pipeline:
       self._inits[device] = jax.jit(
         init_all,
         out_shardings=SingleDeviceSharding(device),
-        compiler_options=steps.init_compiler_options(device.platform),
+        compiler_options=xla_cpu.init_options(device.platform),
       )
     states = self._inits[device](rng)
     return [jax.device_put(s, d) for s, d in zip(states, self.devices)]
