@@ -138,6 +138,13 @@ def compiled_memory(compiled) -> dict[str, int]:
   return {name: int(getattr(analysis, attr, 0) or 0) for name, attr in fields.items()}
 
 
+def minor_page_faults() -> int:
+  """This process's minor page faults so far.  glibc's malloc maps every buffer over 32 MB
+  afresh, so a step faults in its whole temporary allocation each time (4 KiB per fault)
+  unless another allocator keeps the memory (README: tcmalloc)."""
+  return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
 def peak_rss_bytes() -> int:
   """This process's peak resident set size so far (Linux reports ``ru_maxrss`` in KiB)."""
   return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
@@ -168,6 +175,7 @@ class StepRunner:
     self.state = init(jax.random.key(config.seed))
     self.params = train.parameter_count(self.state.params)
     self.metrics = None
+    self.page_faults = 0
     self.state_bytes_per_device = parallel.bytes_per_device(self.state)
     args = (self.state, example_batch["image"], example_batch["label"])
 
@@ -192,11 +200,15 @@ class StepRunner:
     self.memory = compiled_memory(self.step)
 
   def timed_step(self, batch) -> float:
-    """Run one train step to completion; its wall time in seconds."""
+    """Run one train step to completion; its wall time in seconds (its minor page faults in
+    ``self.page_faults``)."""
+    faults = minor_page_faults()
     start = time.perf_counter()
     self.state, self.metrics, _ = self.step(self.state, batch["image"], batch["label"])
     jax.block_until_ready((self.state, self.metrics))
-    return time.perf_counter() - start
+    elapsed = time.perf_counter() - start
+    self.page_faults = minor_page_faults() - faults
+    return elapsed
 
   def check_finite(self) -> None:
     """Fail if the last step's loss is NaN or infinite."""
@@ -215,11 +227,13 @@ def measure_model(configs: dict, args: argparse.Namespace, mesh) -> dict[str, di
     rule: StepRunner(config, total_steps, mesh, batches[0]) for rule, config in configs.items()
   }
   times = {rule: [] for rule in configs}
+  faults = {rule: [] for rule in configs}
   for i, batch in enumerate(batches):
     for rule, runner in runners.items():
       elapsed = runner.timed_step(batch)
       if i >= args.warmup:
         times[rule].append(elapsed)
+        faults[rule].append(runner.page_faults)
   rows = {}
   for rule, runner in runners.items():
     runner.check_finite()
@@ -238,6 +252,7 @@ def measure_model(configs: dict, args: argparse.Namespace, mesh) -> dict[str, di
       "state_bytes_per_device": runner.state_bytes_per_device,
       **runner.memory,
       "process_peak_rss_bytes": peak_rss_bytes(),
+      "minor_page_faults_per_step": statistics.median(faults[rule]),
       "host_load_1m": os.getloadavg()[0],
     }
   return rows
