@@ -63,14 +63,10 @@ def _update_program(tx: optax.GradientTransformation):
 
 def measure_model(model_name: str, args: argparse.Namespace) -> list[dict]:
   """The two variants' rows and the ratio row of ``model_name``."""
-  config = step_time.make_config(
-    model_name,
-    "deinforeg",
-    argparse.Namespace(
-      seed=args.seed, batch_size=128, devices=1, shard_state=False, conv_impl="auto",
-      width=args.width, projector=args.projector,
-    ),
+  step_args = step_time._parser().parse_args(  # step_time's defaults for everything else
+    [f"--seed={args.seed}", f"--width={args.width}", f"--projector={args.projector}"]
   )
+  config = step_time.make_config(model_name, "deinforeg", step_args)
   model = models.create_model(config, step_time.NUM_CLASSES)
   schedule = optim.make_schedule(config.optim, total_steps=1000, steps_per_epoch=100)
   variants = {
