@@ -116,7 +116,7 @@ def run_seed(torch, data, seed: int, args: argparse.Namespace) -> dict:
   torch.manual_seed(seed)
   rng = np.random.default_rng(seed)
   model = build_vgg_bp(torch)
-  params = [p for p in model.parameters()]
+  params = list(model.parameters())
   buffers = [torch.zeros_like(p) for p in params]
   x_train, y_train = data["x_train"], data["y_train"]
   order = torch.randperm(len(x_train)).numpy()
