@@ -120,6 +120,12 @@ class RunLog:
     self._label_noise = None
     self._adaptive_inference = None
 
+  def start_fresh(self) -> None:
+    """A run with no checkpoint starts its metrics anew: lines a killed earlier attempt wrote
+    before its first checkpoint are removed, never appended to."""
+    if self._chief and os.path.exists(self._metrics_path):
+      os.remove(self._metrics_path)
+
   def resume(self, saved: dict[str, Any], changes: dict[str, tuple] | None = None) -> None:
     """Continue from a checkpoint's metadata: drop metric lines written after it (and a
     line cut short by a kill, with a note), and record the config ``changes`` the user
