@@ -582,5 +582,10 @@ def main(argv):
   return 0
 
 
-if __name__ == "__main__":
+def run():
+  """Entry point of the ``deinforeg-aot`` console script."""
   app.run(lambda argv: sys.exit(main(argv)))
+
+
+if __name__ == "__main__":
+  run()

@@ -373,5 +373,10 @@ def main(argv):
   run_grid(flags.FLAGS.grid, _ROOT.value, _DRY_RUN.value, _REPORT_ONLY.value)
 
 
-if __name__ == "__main__":
+def run():
+  """Entry point of the ``deinforeg-experiments`` console script."""
   app.run(main)
+
+
+if __name__ == "__main__":
+  run()

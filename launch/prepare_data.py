@@ -224,5 +224,10 @@ def _prepare_text():
   )
 
 
-if __name__ == "__main__":
+def run():
+  """Entry point of the ``deinforeg-prepare-data`` console script."""
   app.run(main)
+
+
+if __name__ == "__main__":
+  run()

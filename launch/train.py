@@ -9,13 +9,32 @@ python -m launch.train --workdir=W --config.parallel.distributed=True \
 """
 
 import os
+import signal
 import sys
 
-from absl import app, flags, logging
-from ml_collections import config_flags
+# SIGTERM/SIGINT before the run installs its own handlers (imports, flag parsing, start-up):
+# remembered and answered with exit 75 and a note, not a silent exit 143.  Installed before the
+# imports (they take seconds) when run as ``python -m launch.train``, and by ``run()``.
+_EARLY_SIGNALS: list[str] = []
 
-from deinforeg_jax import parallel
-from deinforeg_jax.train import Preempted, train_and_evaluate
+
+def _remember_early_signals():
+  def remember(signum, frame):
+    del frame
+    _EARLY_SIGNALS.append(signal.Signals(signum).name)
+
+  for sig in (signal.SIGTERM, signal.SIGINT):
+    signal.signal(sig, remember)
+
+
+if __name__ == "__main__":
+  _remember_early_signals()
+
+from absl import app, flags, logging  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+from deinforeg_jax import parallel  # noqa: E402
+from deinforeg_jax.train import Preempted, train_and_evaluate  # noqa: E402
 
 EXIT_PREEMPTED = 75  # EX_TEMPFAIL: a checkpoint was saved; run the same command to resume
 
@@ -60,10 +79,20 @@ def main(argv):
     config.parallel.distributed, _COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value
   )
   try:
+    if _EARLY_SIGNALS:
+      latest = _latest_checkpoint_step(_WORKDIR.value)
+      raise Preempted(_EARLY_SIGNALS[0], "while starting", _WORKDIR.value, None, latest)
     train_and_evaluate(config, _WORKDIR.value)
   except Preempted as stopped:
     print(stopped, flush=True)
     sys.exit(EXIT_PREEMPTED)
+
+
+def _latest_checkpoint_step(workdir: str) -> int | None:
+  """The newest step folder under ``<workdir>/checkpoints`` (None if there is none)."""
+  directory = os.path.join(os.path.expanduser(workdir), "checkpoints")
+  names = os.listdir(directory) if os.path.isdir(directory) else []
+  return max((int(name) for name in names if name.isdigit()), default=None)
 
 
 def _parse_flags(argv):
@@ -74,5 +103,11 @@ def _parse_flags(argv):
     sys.exit(_unknown_field(error, argv))
 
 
-if __name__ == "__main__":
+def run():
+  """Entry point of the ``deinforeg-train`` console script."""
+  _remember_early_signals()
   app.run(main, flags_parser=_parse_flags)
+
+
+if __name__ == "__main__":
+  run()
