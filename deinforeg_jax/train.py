@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import itertools
+import json
 import os
 import signal
 import threading
@@ -259,11 +260,12 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
   """
   validate_config(config)
   workdir = os.path.expanduser(workdir)
-  with WorkdirLock(workdir) if jax.process_index() == 0 else contextlib.nullcontext():
-    return _train_and_evaluate(config, workdir)
+  with _StopRequests(workdir) as stop:
+    with WorkdirLock(workdir) if jax.process_index() == 0 else contextlib.nullcontext():
+      return _train_and_evaluate(config, workdir, stop)
 
 
-def _train_and_evaluate(config, workdir: str) -> dict[str, Any]:
+def _train_and_evaluate(config, workdir: str, stop: "_StopRequests") -> dict[str, Any]:
   data = load_dataset(config.data, workdir=workdir)
   info = data.info
   model = models.create_model(config, info.num_classes)
@@ -283,10 +285,22 @@ def _train_and_evaluate(config, workdir: str) -> dict[str, Any]:
   try:
     allowed = tuple(f for f in config.checkpoint.allow_changed.split(",") if f)
     if checkpointer.latest_step() is not None:  # a changed run is refused before compiling
-      abstract = jax.eval_shape(lambda k: engine.to_train_state(engine.init(k)), key)
-      expected = checkpoint.make_metadata(config, abstract, info)
+      expected = checkpoint.make_metadata(config, abstract_train_state(model, tx, info), info)
       saved_step = checkpointer.check_latest(expected, allowed)
       _check_not_past_the_end(config, saved_step, steps_per_epoch, workdir)
+      finished = _finished_results(config, workdir, saved_step, steps_per_epoch)
+      if finished is not None:
+        log.info(
+          f"already finished: the checkpoint at step {saved_step} is the end of this run and "
+          f"{os.path.join(workdir, 'results.json')} holds its results (best block "
+          f"{finished['best_block']}: test accuracy {finished['best_test_accuracy']:.4f}); "
+          "nothing was trained, evaluated or written. To train longer, raise "
+          "config.train.num_epochs with --config.checkpoint.allow_changed=train.num_epochs."
+        )
+        return finished
+    else:
+      log.start_fresh()
+    stop.check("during start-up", checkpointer.latest_step())
     state = engine.init(key)
     full, glove_note = _init_glove(config, engine.to_train_state(state), data.vocabulary)
     if glove_note:
@@ -298,6 +312,9 @@ def _train_and_evaluate(config, workdir: str) -> dict[str, Any]:
       )
       _check_not_past_the_end(config, int(full.step), steps_per_epoch, workdir)
       log.resume(saved, changes)
+      epoch_sums = EpochMetrics.from_metadata(saved)
+    else:
+      epoch_sums = EpochMetrics()
     state = engine.from_train_state(full)
     one_process = jax.process_count() == 1  # the last test pass is then ``final_test``'s
     # A finished run only evaluates: in one process that is ``final_test``, nothing to compile.
@@ -312,6 +329,7 @@ def _train_and_evaluate(config, workdir: str) -> dict[str, Any]:
       f"{parameter_count(full.params):,} parameters, {engine.describe()}, from step "
       f"{int(full.step)}" + (f"; train step compiled in {compile_s:.1f} s" if compile_s else "")
     )
+    stop.check("during start-up", checkpointer.latest_step())
     final_pass = {}
     kept = steps.reuse(steps.shared_programs(config, info), ("final", plan.final.key), dict)
 
@@ -335,9 +353,12 @@ def _train_and_evaluate(config, workdir: str) -> dict[str, Any]:
       checkpointer,
       schedule,
       steps_per_epoch,
+      stop,
+      epoch_sums,
       final_test if one_process else None,
     )
     checkpointer.wait()
+    stop.check("after the last step, before the results", checkpointer.latest_step())
     if one_process:
       log.set_adaptive_inference(
         inference.adaptive_report(
@@ -350,11 +371,36 @@ def _train_and_evaluate(config, workdir: str) -> dict[str, Any]:
           kept=kept,
         )
       )
+    stop.check("during the final evaluation", checkpointer.latest_step())
   finally:
     checkpointer.close()
   step = int(engine.to_train_state(state).step)
   report = engine.report()
   return log.finish(test_accuracy, step, info, {engine.name: report} if report else {})
+
+
+def _finished_results(config, workdir: str, step: int, steps_per_epoch: int) -> dict | None:
+  """The ``results.json`` of a run that already ended at ``step`` with this very config, or
+  None (not at the end, no results written yet, or results of other settings: evaluate)."""
+  path = os.path.join(workdir, "results.json")
+  if step < _total_steps(config, steps_per_epoch) or not os.path.exists(path):
+    return None
+  try:
+    with open(path) as f:
+      results = json.load(f)
+  except (OSError, json.JSONDecodeError):
+    return None
+  same_config = results.get("config") == json.loads(json.dumps(config.to_dict()))
+  return results if results.get("steps") == step and same_config else None
+
+
+def abstract_train_state(model, tx, info) -> steps.TrainState:
+  """The shapes and dtypes of ``model``'s one-program ``TrainState`` (what every engine's
+  ``to_train_state(init(key))`` equals), derived from ``steps.create_train_state`` itself and
+  never from an engine's compiled initial-state program (its CPU ``compiler_options`` refuse to
+  be traced inside ``jax.eval_shape``)."""
+  create = functools.partial(steps.create_train_state, model, tx, input_shape=info.input_shape)
+  return jax.eval_shape(create, jax.random.key(0))
 
 
 def _total_steps(config, steps_per_epoch: int) -> int:
@@ -377,26 +423,45 @@ def _check_not_past_the_end(config, step: int, steps_per_epoch: int, workdir: st
 
 
 class Preempted(Exception):
-  """SIGTERM/SIGINT stopped the run after a checkpoint at ``step`` was saved."""
+  """SIGTERM/SIGINT stopped the run at a safe point; the message says what was saved.
 
-  def __init__(self, step: int, signal_name: str, workdir: str):
+  ``saved_step``: the step checkpointed on the way out (None: nothing new was saved, because no
+  step had completed since ``latest_step``, the checkpoint a rerun resumes from, or None when
+  there is none).
+  """
+
+  def __init__(
+    self, signal_name: str, when: str, workdir: str, saved_step: int | None, latest_step=None
+  ):
+    if saved_step is not None:
+      what = f"saved a checkpoint at step {saved_step}, the last completed step"
+    elif latest_step is not None:
+      what = (
+        f"no step had completed since the checkpoint at step {latest_step}, which a rerun "
+        "resumes from; nothing new was saved"
+      )
+    else:
+      what = "no training step had completed and there is no checkpoint yet; nothing was saved"
     super().__init__(
-      f"{signal_name} received: stopped after step {step} and saved a checkpoint there; run the "
-      f"same command again to resume from it (workdir {workdir})."
+      f"{signal_name} received {when}: {what}. Run the same command again to continue "
+      f"(workdir {workdir})."
     )
-    self.step = step
+    self.saved_step = saved_step
+    self.latest_step = saved_step if saved_step is not None else latest_step
 
 
 class _StopRequests:
-  """Turns SIGTERM/SIGINT into a request to stop after the current step.
+  """Turns SIGTERM/SIGINT into a request to stop at the next safe point, for the whole run.
 
-  One process: Python signal handlers set a flag.  Several processes: JAX's
-  preemption notice (``jax.distributed``) is polled with
-  ``multihost_utils.reached_preemption_sync_point``, so every process stops after
-  the same step.
+  One process: Python signal handlers set a flag, checked before every train step, at the end
+  of each start-up stage and around the final evaluation (``check``); a second SIGINT stops at
+  once (``KeyboardInterrupt``).  Several processes: JAX's preemption notice
+  (``jax.distributed``) is polled with ``multihost_utils.reached_preemption_sync_point``, so
+  every process stops after the same step.
   """
 
-  def __init__(self):
+  def __init__(self, workdir: str):
+    self.workdir = workdir
     self.signal_name = ""
     self._previous = {}
 
@@ -412,12 +477,23 @@ class _StopRequests:
 
   def _request(self, signum, frame):
     del frame
-    self.signal_name = signal.Signals(signum).name
+    name = signal.Signals(signum).name
+    if self.signal_name and signum == signal.SIGINT:
+      raise KeyboardInterrupt(f"a second {name}: stopped at once")
+    if not self.signal_name:
+      print(f"{name} received: stopping at the next safe point ...", flush=True)
+    self.signal_name = self.signal_name or name
 
   def requested(self, step: int) -> bool:
+    """Whether to stop before training step ``step`` (every process answers alike)."""
     if jax.process_count() > 1 and multihost_utils.reached_preemption_sync_point(step):
       self.signal_name = self.signal_name or "a preemption notice"
     return bool(self.signal_name)
+
+  def check(self, when: str, latest_step: int | None) -> None:
+    """Outside the train steps (nothing unsaved): raise ``Preempted`` if a signal arrived."""
+    if self.signal_name:
+      raise Preempted(self.signal_name, when, self.workdir, None, latest_step)
 
   def until_requested(self, batches, step: int):
     """``batches`` until a stop is requested (checked before each step)."""
@@ -426,6 +502,41 @@ class _StopRequests:
         return
       step += 1
       yield batch
+
+
+class EpochMetrics:
+  """Running float64 sums of the per-step train metrics of the current epoch.
+
+  The epoch's summary is ``sums / count``; a mid-epoch checkpoint carries both
+  (``metadata``), so a run resumed inside an epoch reports the same epoch metrics as one that
+  never stopped (the sums are accumulated step by step in the same order either way).
+  """
+
+  def __init__(self, sums: dict[str, np.ndarray] | None = None, count: int = 0):
+    self.sums, self.count = dict(sums or {}), count
+
+  def add(self, metrics: list[dict[str, np.ndarray]]) -> None:
+    for step_metrics in metrics:
+      for name, value in step_metrics.items():
+        value = np.asarray(value, np.float64)
+        self.sums[name] = self.sums[name] + value if name in self.sums else value
+      self.count += 1
+
+  def mean(self) -> dict[str, np.ndarray]:
+    return {name: total / self.count for name, total in self.sums.items()}
+
+  def metadata(self) -> dict[str, Any]:
+    return {
+      "epoch_metric_count": self.count,
+      "epoch_metric_sums": {name: total.tolist() for name, total in self.sums.items()},
+    }
+
+  @classmethod
+  def from_metadata(cls, saved: dict[str, Any]) -> "EpochMetrics":
+    """The sums a checkpoint carries (none for an epoch-end checkpoint or an older run)."""
+    sums = saved.get("epoch_metric_sums") or {}
+    return cls({k: np.asarray(v, np.float64) for k, v in sums.items()}, saved.get(
+      "epoch_metric_count", 0))
 
 
 def run_epochs(
@@ -438,6 +549,8 @@ def run_epochs(
   checkpointer,
   schedule,
   steps_per_epoch: int,
+  stop: _StopRequests,
+  epoch_sums: EpochMetrics | None = None,
   final_test: Callable[[Any], np.ndarray] | None = None,
 ):
   """The epoch loop from the state's step on; returns the final state and test accuracy.
@@ -449,19 +562,24 @@ def run_epochs(
   checked (finite values, a finite loss of its own parameters on the last batch:
   ``Engine.check_state``), so a bad state never becomes the checkpoint a run resumes
   from; at the epoch's end the test split is evaluated and one line goes to
-  ``metrics.jsonl``.
+  ``metrics.jsonl``.  ``epoch_sums``: the running sums of a checkpoint taken inside the
+  first epoch (``EpochMetrics``), so that epoch's metrics cover all of its steps.
   ``config.train.max_steps`` (0: no limit) ends the run early, as the end of an epoch.
   ``final_test(state) -> [K]`` replaces the engine's evaluation after the last step
-  (the caller reuses that pass).  SIGTERM/SIGINT end the current segment after the
-  running step, save, and raise ``Preempted``.
+  (the caller reuses that pass).  A stop request (``stop``: SIGTERM/SIGINT) ends the current
+  segment after the running step, saves that step if no checkpoint holds it yet, and raises
+  ``Preempted``.
   """
   info, num_epochs = data.info, config.train.num_epochs
   total = _total_steps(config, steps_per_epoch)
   every = config.checkpoint.every_steps
   augment = make_augment(config.data.augment, info)
   step = int(engine.to_train_state(state).step)
+  saved_through = step  # the newest step a checkpoint holds (or the start: nothing to save)
+  sums = epoch_sums if epoch_sums is not None else EpochMetrics()
 
   def save(state, step: int, epoch: int):
+    nonlocal saved_through
     problem = engine.check_state(state)
     if problem:
       last = checkpointer.latest_step()
@@ -471,7 +589,20 @@ def run_epochs(
         "config.optim.base_lr, check the input data, or change the optimizer."
       )
     full = engine.to_train_state(state)
-    checkpointer.save(full, checkpoint.make_metadata(config, full, info, **log.bookkeeping()))
+    metadata = checkpoint.make_metadata(
+      config, full, info, **log.bookkeeping(), **sums.metadata()
+    )
+    checkpointer.save(full, metadata)
+    saved_through = step
+
+  def stop_now(state, step: int, epoch: int, when: str):
+    """Save ``step`` unless a checkpoint holds it already, then raise ``Preempted``."""
+    saved = None
+    if step > saved_through:
+      save(state, step, epoch)
+      saved = step
+    checkpointer.wait()
+    raise Preempted(stop.signal_name, when, checkpointer.workdir, saved, checkpointer.latest_step())
 
   def test(state):
     batches = eval_batches(
@@ -486,55 +617,55 @@ def run_epochs(
     return accuracy
 
   test_accuracy = test_at(state, step) if step >= total else None  # finished: evaluate only
-  with _StopRequests() as stop:
-    for epoch in range(step // steps_per_epoch, num_epochs):
-      if step >= total:
-        break
-      engine.set_phase(plan.at(epoch))  # a new phase when config.grow.schedule adds a block
-      epoch_end = min((epoch + 1) * steps_per_epoch, total)
-      position = step % steps_per_epoch
-      bar = ProgressBar(steps_per_epoch, f"epoch {epoch + 1}/{num_epochs}", initial=position)
-      batches = iter(
-        train_batches(
-          data.train,
-          info,
-          global_batch_size=config.data.batch_size,
-          seed=config.seed,
-          epoch=epoch,
-          start_step=position,
-          augment=augment,
-          **_this_process(),
-        )
+  for epoch in range(step // steps_per_epoch, num_epochs):
+    if step >= total:
+      break
+    engine.set_phase(plan.at(epoch))  # a new phase when config.grow.schedule adds a block
+    epoch_end = min((epoch + 1) * steps_per_epoch, total)
+    position = step % steps_per_epoch
+    if position == 0:
+      sums = EpochMetrics()
+    bar = ProgressBar(steps_per_epoch, f"epoch {epoch + 1}/{num_epochs}", initial=position)
+    batches = iter(
+      train_batches(
+        data.train,
+        info,
+        global_batch_size=config.data.batch_size,
+        seed=config.seed,
+        epoch=epoch,
+        start_step=position,
+        augment=augment,
+        **_this_process(),
       )
-      metrics: list[dict[str, np.ndarray]] = []
-      while step < epoch_end:
-        stop_at = min(epoch_end, (step // every + 1) * every) if every else epoch_end
-        start = time.perf_counter()
-        segment_batches = stop.until_requested(itertools.islice(batches, stop_at - step), step)
-        state, segment = engine.train_segment(
-          state, segment_batches, step % steps_per_epoch, bar.update
-        )
-        segment = jax.device_get(segment)  # one wait per segment
-        log.add_train_time(time.perf_counter() - start)
-        if step == 0 and segment and "grad_norm" in segment[0]:  # the gradient at initialisation
-          paths = grad_norms.layer_paths(engine.to_train_state(state).params)
-          log.grad_norms_at_init(paths, segment[0]["grad_norm"])
-        step, metrics = step + len(segment), metrics + segment
-        if metrics:
-          summary = log.check_finite(_mean_metrics(metrics), epoch)  # never save a NaN state
-        if stop.requested(step):
-          bar.close()
-          if segment:
-            save(state, step, epoch)
-          checkpointer.wait()
-          raise Preempted(step, stop.signal_name, checkpointer.workdir)
-        if step < epoch_end:
-          save(state, step, epoch)
-      bar.close()
-      test_accuracy = test_at(state, step)
-      log.epoch(epoch, step, summary, test_accuracy, schedule(step))
-      if (epoch + 1) % config.checkpoint.every_epochs == 0 or step >= total:
+    )
+    while step < epoch_end:
+      stop_at = min(epoch_end, (step // every + 1) * every) if every else epoch_end
+      start = time.perf_counter()
+      segment_batches = stop.until_requested(itertools.islice(batches, stop_at - step), step)
+      state, segment = engine.train_segment(
+        state, segment_batches, step % steps_per_epoch, bar.update
+      )
+      segment = jax.device_get(segment)  # one wait per segment
+      log.add_train_time(time.perf_counter() - start)
+      if step == 0 and segment and "grad_norm" in segment[0]:  # the gradient at initialisation
+        paths = grad_norms.layer_paths(engine.to_train_state(state).params)
+        log.grad_norms_at_init(paths, segment[0]["grad_norm"])
+      step += len(segment)
+      sums.add(segment)
+      if sums.count:
+        log.check_finite(sums.mean(), epoch)  # never save a NaN state
+      if stop.requested(step):
+        bar.close()
+        stop_now(state, step, epoch, f"in epoch {epoch + 1}")
+      if step < epoch_end:
         save(state, step, epoch)
+    bar.close()
+    test_accuracy = test_at(state, step)
+    log.epoch(epoch, step, sums.mean(), test_accuracy, schedule(step))
+    if (epoch + 1) % config.checkpoint.every_epochs == 0 or step >= total:
+      save(state, step, epoch)
+    if stop.signal_name:  # arrived during the evaluation: save the epoch's end now
+      stop_now(state, step, epoch, f"at the end of epoch {epoch + 1}")
   return state, test_accuracy
 
 
@@ -556,11 +687,6 @@ def _init_glove(config, state: steps.TrainState, vocabulary) -> tuple[steps.Trai
   params = glove.with_embedding(state.params, jax.device_put(matrix, old.sharding))
   note = f"GloVe {path}: {found} of {len(vocabulary)} vocabulary words found, the rest U[0, 1)"
   return state.replace(params=params), note
-
-
-def _mean_metrics(metrics: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
-  """Average a list of per-step host metric dicts."""
-  return {k: np.mean([m[k] for m in metrics], axis=0) for k in metrics[0]}
 
 
 def parameter_count(params) -> int:

@@ -128,13 +128,17 @@ def fast_convolutions() -> bool:
 
 def init_options(platform: str) -> dict[str, object] | None:
   """``compiler_options`` for the program that creates the initial train state: LLVM level
-  ``INIT_OPTIMIZATION_LEVEL`` on the CPU; None elsewhere, and when JAX already compiles with
-  most optimisations off (``jax_disable_most_optimizations``: level 0)."""
+  ``INIT_OPTIMIZATION_LEVEL`` on the CPU (level 0 when JAX compiles with most optimisations off,
+  ``jax_disable_most_optimizations``, which asks for it); None elsewhere.  The options are passed
+  either way, so a program built under quick compiles takes the same code path as a user's: such
+  a jitted program must never be traced inside another transformation (``jax.eval_shape``,
+  ``jax.jit``), which refuses ``compiler_options`` on a nested jit."""
   import jax  # pylint: disable=import-outside-toplevel
 
-  if platform != "cpu" or jax.config.read("jax_disable_most_optimizations"):
+  if platform != "cpu":
     return None
-  return {"xla_backend_optimization_level": INIT_OPTIMIZATION_LEVEL}
+  quick = jax.config.read("jax_disable_most_optimizations")
+  return {"xla_backend_optimization_level": 0 if quick else INIT_OPTIMIZATION_LEVEL}
 
 
 def train_step_options(platform: str) -> dict[str, object] | None:

@@ -72,12 +72,22 @@ def optimized_compiles():
         engine.init = init
 
 
+# What ``conftest`` sets for quick compiles in this process only: a process a test launches runs
+# as a user's does (``JAX_DISABLE_MOST_OPTIMIZATIONS`` changes which library code runs, e.g.
+# ``xla_cpu.init_options``, and once hid a resume crash of every user's run).
+TEST_ONLY_VARIABLES = ("JAX_DISABLE_MOST_OPTIMIZATIONS",)
+
+
 def launch_env(num_devices: int = 1) -> dict[str, str]:
-  """The environment for a process a test launches: this session's (``conftest``) XLA
-  flags, compilation cache and compile setting, with ``num_devices`` fake CPU devices."""
-  env = dict(os.environ)
+  """The environment for a process a test launches: a user's (without ``TEST_ONLY_VARIABLES``
+  and ``conftest``'s quick-compile XLA flags), with this session's compilation cache and
+  ``num_devices`` fake CPU devices."""
+  from conftest import QUICK_COMPILE_FLAGS  # pylint: disable=import-outside-toplevel
+
+  env = {k: v for k, v in os.environ.items() if k not in TEST_ONLY_VARIABLES}
   device_flag = "--xla_force_host_platform_device_count"
-  flags = [f for f in env.get("XLA_FLAGS", "").split() if not f.startswith(device_flag)]
+  dropped = (device_flag, *(f.split("=")[0] for f in QUICK_COMPILE_FLAGS))
+  flags = [f for f in env.get("XLA_FLAGS", "").split() if not f.startswith(dropped)]
   env["XLA_FLAGS"] = " ".join([*flags, f"{device_flag}={num_devices}"])
   return env
 

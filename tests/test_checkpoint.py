@@ -70,17 +70,6 @@ def run_launcher(workdir: str, *extra: str, **popen_kwargs):
   )
 
 
-def _as_config(*flags: str):
-  """The default config with ``--config.<section>.<field>=<value>`` flags applied."""
-  config = default.get_config()
-  for flag in flags:
-    field, value = flag.removeprefix("--config.").split("=")
-    section, name = field.split(".")
-    kind = type(config[section][name])
-    config[section][name] = value == "True" if kind is bool else kind(value)
-  return config
-
-
 def test_killed_run_resumes_to_the_uninterrupted_parameters(tmp_path):
   """kill -9 after a mid-epoch checkpoint; the same command finishes with identical state."""
   args = (
@@ -103,10 +92,12 @@ def test_killed_run_resumes_to_the_uninterrupted_parameters(tmp_path):
   assert 0 < killed_at < 44, "the kill must land before the end of the run"
 
   resumed = run_launcher(interrupted_dir, *args)
-  # Meanwhile the uninterrupted reference: the same run in this process (one launch fewer).
-  train_and_evaluate(_as_config(*TINY, *args), str(tmp_path / "reference"))
+  # Meanwhile the uninterrupted reference, launched the same way (a user's environment).
+  reference = run_launcher(str(tmp_path / "reference"), *args)
   resumed_out, _ = resumed.communicate(timeout=300)
   assert resumed.returncode == 0, resumed_out
+  reference_out, _ = reference.communicate(timeout=300)
+  assert reference.returncode == 0, reference_out
   assert f"resuming from the checkpoint at step {killed_at}" in resumed_out
 
   final, step = saved_state(interrupted_dir)

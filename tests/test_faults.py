@@ -403,9 +403,11 @@ def test_sigterm_saves_at_the_step_it_arrived_and_the_resumed_run_is_bit_identic
     original(self, metrics)
 
   monkeypatch.setattr(train.ProgressBar, "update", update)
-  with pytest.raises(train.Preempted, match="SIGTERM received: stopped after step 3") as stopped:
+  with pytest.raises(
+    train.Preempted, match="SIGTERM received in epoch 1: saved a checkpoint at step 3, the last"
+  ) as stopped:
     train.train_and_evaluate(short_config(6), workdir)
-  assert stopped.value.step == 3
+  assert stopped.value.saved_step == 3
   assert saved_steps(workdir) == [3]
   monkeypatch.setattr(train.ProgressBar, "update", original)
   assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # handlers restored

@@ -40,6 +40,7 @@ import pytest
 
 from deinforeg_jax import checkpoint, parallel, train
 from deinforeg_jax.data import load_dataset, train_batches
+from helpers import launch_env
 from launch.configs import default
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -111,8 +112,8 @@ def _free_port() -> int:
 
 
 def _env(devices: int, probe_dir=None, hold_at: int = 0, cache=None) -> dict[str, str]:
-  env = dict(os.environ)
-  # conftest's XLA flags (quick compiles) less its 8 devices: JAX_NUM_CPU_DEVICES sets them here.
+  env = launch_env()  # a user's environment (no test-only compile settings)
+  # XLA flags less the device count: JAX_NUM_CPU_DEVICES sets it here.
   flags = [f for f in env.pop("XLA_FLAGS", "").split() if not f.startswith(_DEVICE_FLAG)]
   if flags:
     env["XLA_FLAGS"] = " ".join(flags)

@@ -344,7 +344,7 @@ def test_initial_state_program_at_the_lower_cpu_level_draws_the_same_bits():
   model = models.create_model(config, NUM_CLASSES)
   tx = optim.make_optimizer(config.optim, 0.1)
   create = functools.partial(steps.create_train_state, model, tx, input_shape=DIGITS_SHAPE)
-  assert xla_cpu.init_options("cpu") is None  # the session compiles at level 0 anyway
+  assert xla_cpu.init_options("cpu") == {"xla_backend_optimization_level": 0}  # quick compiles
   assert xla_cpu.init_options("tpu") is None
   with optimized_compiles():
     options = xla_cpu.init_options("cpu")
