@@ -5,7 +5,11 @@ Files written in the workdir:
 * ``metrics.jsonl`` - one JSON object per epoch (per-block train loss terms and
   accuracy, per-block test accuracy, learning rate), plus an ``"event"`` line when a
   run resumes with config changes the user allowed; always valid JSON (a non-finite
-  number is written as ``null``);
+  number is written as ``null``); only what a rerun reproduces bit for bit (no timings);
+* ``events.out.tfevents.*`` - the same epoch metrics for TensorBoard (one scalar tag per
+  value: ``train/block_00/invariance``, ``test/block_00/accuracy``, ``train/learning_rate``
+  ...), plus ``train/steps_per_s`` per epoch and the adaptive-exit report
+  (``adaptive/accuracy`` ...) at the last step (``TensorBoardFile``);
 * ``grad_norms.json`` - with ``config.train.log_grad_norms``: the encoder layers
   and their gradient norms at initialisation (first step);
 * ``results.json`` - the final summary (``rule``, ``best_test_accuracy``,
@@ -26,6 +30,8 @@ from typing import Any
 import jax
 import numpy as np
 from tqdm import tqdm
+
+from deinforeg_jax import tensorboard_events
 
 
 class ProgressBar:
@@ -104,8 +110,139 @@ def _dumps(record: dict[str, Any], **kwargs) -> str:
   return json.dumps(_to_json(record), allow_nan=False, **kwargs)
 
 
+class MetricsFile:
+  """``metrics.jsonl``: each epoch record and ``"event"`` record as one JSON line."""
+
+  kinds = ("epoch", "event")
+
+  def __init__(self, path: str):
+    self.path = path
+
+  def read(self, info) -> list[dict[str, Any]]:
+    """The records in the file; a line cut short by a kill is skipped, with a note."""
+    records = []
+    if os.path.exists(self.path):
+      with open(self.path) as f:
+        for number, line in enumerate(f, 1):
+          try:
+            records.append(dict(json.loads(line)))
+          except (TypeError, ValueError):  # JSONDecodeError is a ValueError
+            info(f"note: skipped line {number} of {self.path} (cut short by a kill)")
+    return records
+
+  def restart(self, kept: list[dict[str, Any]], step: int | None) -> None:
+    """Rewrite the file with the ``kept`` records (resume at ``step``); remove it when
+    ``step`` is None (a fresh start)."""
+    if step is None:
+      if os.path.exists(self.path):
+        os.remove(self.path)
+      return
+    with open(self.path, "w") as f:
+      f.writelines(_dumps(record) + "\n" for record in kept)
+
+  def write(self, record: dict[str, Any], kind: str) -> None:
+    if kind in self.kinds:
+      with open(self.path, "a") as f:
+        f.write(_dumps(record) + "\n")
+
+
+FINAL_TAGS = "adaptive/"  # the adaptive-exit report's tags
+SPEED_TAG = "train/steps_per_s"  # the only tag not rebuilt from metrics.jsonl on a resume
+
+
+def tensorboard_scalars(record: dict[str, Any]) -> dict[str, float]:
+  """TensorBoard tags and values of one record (``metrics.jsonl``'s epoch line, a speed
+  record ``{"step", "steps_per_s"}`` or the final ``{"step", "adaptive_inference"}``).
+
+  Per-block arrays get one tag per block (``train/block_00/invariance``,
+  ``test/block_00/accuracy``), per-layer gradient norms one per layer
+  (``train/grad_norm/layer_00``), scalars one tag (``train/total_loss``,
+  ``train/learning_rate``, ``train/steps_per_s``); null (non-finite) values become NaN.
+  """
+  record = _to_json(record)
+  out = {}
+
+  def number(value) -> float:
+    return math.nan if value is None else float(value)
+
+  for key, value in record.items():
+    if key in ("epoch", "step"):
+      continue
+    if key == "adaptive_inference":
+      for name in ("accuracy", "mean_exit_block", "compute_fraction"):
+        out[f"{FINAL_TAGS}{name}"] = number(value[name])
+      for block, fraction in zip(value.get("exit_blocks", []), value.get("exit_fractions", [])):
+        out[f"{FINAL_TAGS}block_{block:02d}/exit_fraction"] = number(fraction)
+      continue
+    split, name = key.split("_", 1) if key.startswith(("train_", "test_")) else ("train", key)
+    if not isinstance(value, list):
+      out[f"{split}/{name}"] = number(value)
+    elif name == "grad_norm":
+      out.update({f"train/grad_norm/layer_{i:02d}": number(v) for i, v in enumerate(value)})
+    else:
+      out.update({f"{split}/block_{k:02d}/{name}": number(v) for k, v in enumerate(value)})
+  return out
+
+
+class TensorBoardFile:
+  """The run's TensorBoard event file: a view of ``metrics.jsonl`` (the same epoch values)
+  plus the train speed of each epoch and the final adaptive-exit report.
+
+  There is one event file per workdir: every (re)start writes a new one and removes the
+  others, so TensorBoard never shows a step twice.
+  """
+
+  kinds = ("epoch", "speed", "final")
+
+  def __init__(self, workdir: str):
+    self.workdir = workdir
+    self._writer = None
+
+  def restart(self, kept: list[dict[str, Any]], step: int | None) -> None:
+    """Start a new event file: empty on a fresh start (``step`` None); on a resume at
+    ``step``, the ``kept`` ``metrics.jsonl`` records and the earlier files' train speeds up
+    to ``step`` (a rerun writes the final report again)."""
+    values, wall_times = {}, {}  # (step, tag) -> (wall time, value); step -> wall time
+    old = tensorboard_events.event_files(self.workdir)
+    if step is not None:
+      for path in old:
+        for event in tensorboard_events.read_events(path):
+          if event.step <= step and event.scalars:
+            wall_times.setdefault(event.step, event.wall_time)
+            if SPEED_TAG in event.scalars:
+              values[event.step, SPEED_TAG] = (event.wall_time, event.scalars[SPEED_TAG])
+      now = time.time()
+      for record in kept:
+        if "event" not in record:
+          wall_time = wall_times.get(record["step"], now)
+          for tag, value in tensorboard_scalars(record).items():
+            values[record["step"], tag] = (wall_time, value)
+    events = {}
+    for (at, tag), (wall_time, value) in sorted(values.items()):
+      event = events.setdefault((at, wall_time), tensorboard_events.Event(wall_time, at))
+      event.scalars[tag] = value
+    for name in os.listdir(self.workdir):
+      if name.startswith(".partial-events."):  # left by a kill during a restart
+        os.remove(os.path.join(self.workdir, name))
+    self._writer = tensorboard_events.EventFileWriter(self.workdir, list(events.values()))
+    for path in old:
+      if path != self._writer.path:
+        os.remove(path)
+
+  def write(self, record: dict[str, Any], kind: str) -> None:
+    if kind in self.kinds:
+      if self._writer is None:
+        self._writer = tensorboard_events.EventFileWriter(self.workdir)
+      self._writer.add(record["step"], tensorboard_scalars(record))
+
+
 class RunLog:
-  """Prints epoch summaries and writes ``metrics.jsonl`` / ``results.json``."""
+  """Prints epoch summaries and writes ``metrics.jsonl`` / ``results.json``.
+
+  Each record goes to the sinks (``MetricsFile``, ``TensorBoardFile``: ``write(record,
+  kind)``, ``restart(kept, step)``), each taking the kinds it shows; only process 0 has
+  sinks.  A run calls ``start_fresh`` (no checkpoint) or ``resume`` before its first record.
+  """
 
   def __init__(self, workdir: str, config):
     os.makedirs(workdir, exist_ok=True)
@@ -114,48 +251,45 @@ class RunLog:
     self.config = config
     self._start = time.perf_counter()
     self._metrics_path = os.path.join(workdir, "metrics.jsonl")
+    self._metrics = MetricsFile(self._metrics_path)
+    self._sinks = (self._metrics, TensorBoardFile(workdir)) if self._chief else ()
     self._best_epoch_accuracy = 0.0
     self._train_time_s = 0.0
     self._eval_time_s = 0.0
     self._label_noise = None
     self._adaptive_inference = None
+    self._speed_from = (0, 0.0)  # (step, train time) where the current speed count began
 
   def start_fresh(self) -> None:
-    """A run with no checkpoint starts its metrics anew: lines a killed earlier attempt wrote
-    before its first checkpoint are removed, never appended to."""
-    if self._chief and os.path.exists(self._metrics_path):
-      os.remove(self._metrics_path)
+    """A run without a checkpoint: remove the metrics and event files an earlier attempt
+    left (one killed before its first checkpoint), so nothing stale is appended to."""
+    for sink in self._sinks:
+      sink.restart([], None)
 
   def resume(self, saved: dict[str, Any], changes: dict[str, tuple] | None = None) -> None:
     """Continue from a checkpoint's metadata: drop metric lines written after it (and a
-    line cut short by a kill, with a note), and record the config ``changes`` the user
-    allowed as an ``"event"`` line."""
+    line cut short by a kill, with a note) and rebuild the event file to match, and record
+    the config ``changes`` the user allowed as an ``"event"`` line."""
     self._best_epoch_accuracy = saved.get("best_epoch_test_accuracy", 0.0)
     self._train_time_s = saved.get("train_time_s", 0.0)
     self._eval_time_s = saved.get("eval_time_s", 0.0)
-    if self._chief and os.path.exists(self._metrics_path):
-      kept = []
-      with open(self._metrics_path) as f:
-        for number, line in enumerate(f, 1):
-          try:
-            record = json.loads(line)
-          except json.JSONDecodeError:
-            self.info(f"note: skipped line {number} of {self._metrics_path} (cut short by a kill)")
-            continue
-          if record["step"] <= saved["step"]:
-            kept.append(_dumps(record) + "\n")
-      with open(self._metrics_path, "w") as f:
-        f.writelines(kept)
+    self._speed_from = (saved["step"], self._train_time_s)
+    if self._chief:
+      kept = [r for r in self._metrics.read(self.info) if r["step"] <= saved["step"]]
+      for sink in self._sinks:
+        sink.restart(kept, saved["step"])
     self.info(f"resuming from the checkpoint at step {saved['step']}")
     if changes:
       changed = {field: {"saved": old, "now": new} for field, (old, new) in changes.items()}
       self.info("config changes allowed on resume: " + ", ".join(changed))
-      self._append({"event": "resumed_with_changes", "step": saved["step"], "changed": changed})
+      self._write(
+        {"event": "resumed_with_changes", "step": saved["step"], "changed": changed}, "event"
+      )
 
-  def _append(self, record: dict[str, Any]) -> None:
-    if self._chief:
-      with open(self._metrics_path, "a") as f:
-        f.write(_dumps(record) + "\n")
+  def _write(self, record: dict[str, Any], kind: str) -> None:
+    """``record`` to every sink that shows ``kind`` ("epoch", "event", "speed", "final")."""
+    for sink in self._sinks:
+      sink.write(record, kind)
 
   def set_label_noise(self, report: dict[str, Any]) -> None:
     """Record (and print) the label noise applied to the training split."""
@@ -229,7 +363,12 @@ class RunLog:
       "test_accuracy": test_accuracy,
     }
     record.update({f"train_{k}": v for k, v in train.items()})
-    self._append(record)
+    self._write(record, "epoch")
+    start_step, start_time = self._speed_from
+    if self._train_time_s > start_time and step > start_step:
+      speed = (step - start_step) / (self._train_time_s - start_time)
+      self._write({"step": step, "steps_per_s": speed}, "speed")  # not in metrics.jsonl
+    self._speed_from = (step, self._train_time_s)
     blocks = " ".join(
       f"[{k}] {tr:.3f}/{te:.3f}"
       for k, (tr, te) in enumerate(zip(np.atleast_1d(train["accuracy"]), test_accuracy))
@@ -267,6 +406,8 @@ class RunLog:
       "config": self.config.to_dict(),
       **(extras or {}),
     }
+    if self._adaptive_inference:
+      self._write({"step": steps, "adaptive_inference": self._adaptive_inference}, "final")
     if self._chief:
       for name, entry in {"results": results, **(extras or {})}.items():
         with open(os.path.join(self.workdir, f"{name}.json"), "w") as f:
