@@ -16,3 +16,10 @@ from deinforeg_jax import xla_cpu as _xla_cpu
 __version__ = "0.1.0"
 
 _xla_cpu.configure()
+
+
+def load(workdir: str, **kwargs):
+  """The trained model in ``workdir`` (``deinforeg_jax.trained.load``; imported on first use)."""
+  from deinforeg_jax import trained  # pylint: disable=import-outside-toplevel
+
+  return trained.load(workdir, **kwargs)

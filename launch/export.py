@@ -1,0 +1,119 @@
+"""Export a trained run as a serialized JAX function (``jax.export``) and its description.
+
+python -m launch.export --workdir=runs/digits --out=digits.jaxexport
+
+Writes ``OUT``: ``jax.export`` bytes of ``f(x) -> logits``, ``x`` the preprocessed inputs
+``[b, *input_shape]`` (float32 normalised images, or int32 token ids) with a symbolic batch
+``b``, ``logits`` float32 ``[K, b, C]`` (every exit, in ``results.json``'s order), the
+parameters baked in; lowered for ``--platforms``.  Beside it ``OUT`` with ``.json`` for its
+extension: the input and output shapes, the preprocessing (mean/std or the vocabulary),
+class names, exit blocks, the best exit and the run's adaptive-exit rule.  Serving needs only
+``jax``: ``jax.export.deserialize(bytearray(open(OUT, "rb").read())).call(x)``
+(docs/using_a_trained_model.md).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+from absl import app, flags
+
+_WORKDIR = flags.DEFINE_string("workdir", None, "The run to export (launch.train's --workdir).")
+_OUT = flags.DEFINE_string("out", None, "Where to write the serialized function.")
+_PLATFORMS = flags.DEFINE_list(
+  "platforms", ["cpu", "cuda", "tpu"], "Platforms to lower for (the caller's must be one)."
+)
+_DATA_DIR = flags.DEFINE_string(
+  "data_dir", None, "Where the run's dataset is prepared, if its checkpoint lacks mean/std."
+)
+
+FORMAT = "deinforeg-jax export 1"
+
+
+def description_path(out: str) -> str:
+  """``model.jaxexport`` -> ``model.json`` (``OUT.json`` when ``OUT`` has no extension)."""
+  root, ext = os.path.splitext(out)
+  return (root if ext else out) + ".json"
+
+
+def export(trained, out: str, platforms=("cpu", "cuda", "tpu")) -> tuple[str, str]:
+  """Write ``trained``'s exit logits function to ``out`` and its description beside it;
+  returns both paths."""
+  import jax  # pylint: disable=import-outside-toplevel
+  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+
+  if out.endswith(".json"):
+    raise ValueError(f"--out={out}: the description is written as .json beside it; use another "
+                     "extension, e.g. model.jaxexport")
+  model, variables, pre = trained.model, trained.variables, trained.preprocessing
+  logits = jax.jit(lambda x: jnp.stack(model.apply(variables, x, train=False)["logits"]))
+  (batch,) = jax.export.symbolic_shape("b")
+  spec = jax.ShapeDtypeStruct((batch, *pre.input_shape), pre.dtype)
+  exported = jax.export.export(logits, platforms=tuple(platforms))(spec)
+  try:
+    data = exported.serialize()
+  except ImportError as error:  # jax.export needs flatbuffers to serialize
+    raise RuntimeError(f"{error} (pip install flatbuffers)") from None
+  cfg = trained.config.inference
+  description = {
+    "format": FORMAT,
+    "workdir": trained.workdir,
+    "step": trained.step,
+    "rule": trained.config.rule,
+    "arch": trained.config.model.arch,
+    "dataset": trained.metadata["dataset"]["name"],
+    "platforms": list(platforms),
+    "jax_version": jax.__version__,
+    "input": {"shape": ["b", *pre.input_shape], "dtype": str(pre.dtype)},
+    "output": {
+      "shape": [trained.num_exits, "b", trained.metadata["dataset"]["num_classes"]],
+      "dtype": "float32",
+      "meaning": "logits of every exit; softmax(logits[e]) are exit e's class probabilities",
+    },
+    "exit_blocks": trained.exit_blocks,
+    "best_exit": trained.best_exit,
+    "best_exit_source": trained.best_exit_source,
+    "adaptive_exit": {
+      "patience": int(cfg.patience),
+      "cosine_threshold": float(cfg.cosine_threshold),
+      "exit_mode": cfg.exit_mode,
+      "patience_reset": bool(cfg.patience_reset),
+      "rule": "exit e >= 1 agrees with e-1 when argmax equal and cosine(logits) > threshold; "
+      "exit at the first e whose count of (consecutive, with reset) agreements reaches "
+      "patience, else the last exit (deinforeg_jax/inference.py)",
+    },
+    "class_names": list(trained.class_names),
+    "preprocessing": pre.to_json(),
+  }
+  os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+  with open(out, "wb") as f:
+    f.write(data)
+  path = description_path(out)
+  with open(path, "w") as f:
+    json.dump(description, f, indent=1)
+  return out, path
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  if not _WORKDIR.value or not _OUT.value:
+    raise app.UsageError("--workdir and --out are required.")
+  from deinforeg_jax import trained as trained_lib  # pylint: disable=import-outside-toplevel
+
+  try:
+    trained = trained_lib.load(_WORKDIR.value, data_dir=_DATA_DIR.value)
+    out, path = export(trained, _OUT.value, _PLATFORMS.value)
+  except (trained_lib.WorkdirError, ValueError, RuntimeError) as error:
+    sys.exit(f"error: {error}")
+  print(f"{trained.describe()}\nwrote {out} ({os.path.getsize(out):,} bytes) and {path}")
+
+
+def run():
+  app.run(main)
+
+
+if __name__ == "__main__":
+  run()

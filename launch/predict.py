@@ -1,0 +1,163 @@
+"""Classify new inputs with a trained run and write a CSV.
+
+python -m launch.predict --workdir=runs/digits --input=DIR --out=preds.csv
+python -m launch.predict --workdir=W --input=images.npz --exit=adaptive --out=preds.csv
+python -m launch.predict --workdir=W_text --input=texts.jsonl --out=preds.csv
+
+``--input``: an image folder (every image file under it, sorted by path, read with
+Pillow as grey or RGB to the run's channel count; sizes must match), an ``.npz`` with
+key ``x`` or ``images`` (raw pixels ``[N, H, W, C]`` / ``[N, H, W]``), or JSON Lines
+(``.jsonl``/``.jsonl.gz``; one ``{"text": ..., "id": ...}`` object or one JSON string per
+line) for a text run.  Inputs go through the run's own preprocessing
+(``deinforeg_jax.trained``).  ``--exit``: ``best`` (default), ``adaptive`` or an exit
+index.  CSV columns: ``id`` (relative path, array index or the line's ``id``), ``label``,
+``class_name``, ``probability`` (of that label), ``exit``, ``exit_block``.
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import json
+import os
+import sys
+
+import numpy as np
+from absl import app, flags
+
+_WORKDIR = flags.DEFINE_string("workdir", None, "The trained run (launch.train's --workdir).")
+_INPUT = flags.DEFINE_string("input", None, "Image folder, .npz (x or images) or .jsonl text.")
+_OUT = flags.DEFINE_string("out", "predictions.csv", "The CSV to write.")
+_EXIT = flags.DEFINE_string("exit", "best", "'best', 'adaptive' or an exit index.")
+_BATCH = flags.DEFINE_integer("batch_size", 0, "Rows per call (0: the run's eval batch size).")
+_DATA_DIR = flags.DEFINE_string(
+  "data_dir", None, "Where the run's dataset is prepared, if its checkpoint lacks mean/std."
+)
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm")
+
+
+def read_image_folder(root: str, channels: int) -> tuple[list[str], np.ndarray]:
+  """``(relative paths, uint8 images [N, H, W, channels])`` of every image under ``root``."""
+  from deinforeg_jax.data.prepare.image_folder import read_image  # pylint: disable=import-outside-toplevel
+
+  paths = sorted(
+    os.path.join(d, f)
+    for d, _, files in os.walk(root)
+    for f in files
+    if f.lower().endswith(IMAGE_EXTENSIONS)
+  )
+  if not paths:
+    raise ValueError(f"--input={root}: no image files ({', '.join(IMAGE_EXTENSIONS)}) under it.")
+  images = [read_image(p, channels) for p in paths]
+  shapes = {im.shape for im in images}
+  if len(shapes) > 1:
+    first = images[0].shape
+    odd = next(p for p, im in zip(paths, images) if im.shape != first)
+    raise ValueError(
+      f"--input={root}: images differ in size ({paths[0]} is {first[0]}x{first[1]}, {odd} is "
+      f"{images[paths.index(odd)].shape[0]}x{images[paths.index(odd)].shape[1]}); resize them "
+      "to the model's input size."
+    )
+  return [os.path.relpath(p, root) for p in paths], np.stack(images)
+
+
+def read_npz(path: str) -> tuple[list[str], np.ndarray]:
+  """``(indices, images)`` of an ``.npz`` holding ``x`` or ``images``."""
+  try:
+    with np.load(path, allow_pickle=False) as data:
+      key = next((k for k in ("x", "images") if k in data.files), None)
+      if key is None:
+        raise ValueError(f"--input={path} has no array 'x' or 'images' (found {data.files}).")
+      images = data[key]
+  except (OSError, EOFError) as error:
+    raise ValueError(f"--input={path} is not a readable .npz archive ({error}).") from None
+  return [str(i) for i in range(len(images))], images
+
+
+def read_jsonl(path: str) -> tuple[list[str], list[str]]:
+  """``(ids, texts)`` of JSON Lines: ``{"text": ..., "id": ...}`` objects or JSON strings."""
+  ids, texts = [], []
+  with (gzip.open if path.endswith(".gz") else open)(path, "rt", encoding="utf-8") as f:
+    for number, line in enumerate(f, 1):
+      if not line.strip():
+        continue
+      try:
+        record = json.loads(line)
+      except json.JSONDecodeError as error:
+        raise ValueError(f"--input={path} line {number} is not JSON ({error}).") from None
+      if isinstance(record, dict) and isinstance(record.get("text"), str):
+        ids.append(str(record.get("id", len(ids))))
+        texts.append(record["text"])
+      elif isinstance(record, str):
+        ids.append(str(len(ids)))
+        texts.append(record)
+      else:
+        raise ValueError(
+          f'--input={path} line {number}: expected {{"text": "...", "id": ...}} or a JSON string.'
+        )
+  return ids, texts
+
+
+def read_input(path: str, trained) -> tuple[list[str], object]:
+  """``(ids, raw inputs)`` of ``--input`` for ``trained``'s kind of model."""
+  kind = trained.kind
+  is_text = path.endswith((".jsonl", ".jsonl.gz", ".json"))
+  if not os.path.exists(path):
+    raise ValueError(f"--input={path}: no such file or folder.")
+  if (kind == "text") != is_text:
+    wanted = "a .jsonl file of texts" if kind == "text" else "an image folder or an .npz file"
+    raise ValueError(f"--input={path}: this {kind} model reads {wanted}.")
+  if is_text:
+    return read_jsonl(path)
+  if os.path.isdir(path):
+    return read_image_folder(path, trained.preprocessing.input_shape[-1])
+  if path.endswith(".npz"):
+    return read_npz(path)
+  raise ValueError(f"--input={path}: expected a folder, an .npz or a .jsonl file.")
+
+
+def write_csv(path: str, ids: list[str], prediction) -> None:
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  with open(path, "w", newline="") as f:
+    writer = csv.writer(f)
+    writer.writerow(["id", "label", "class_name", "probability", "exit", "exit_block"])
+    for row in zip(
+      ids,
+      prediction.labels,
+      prediction.names,
+      prediction.confidence,
+      prediction.exits,
+      prediction.blocks,
+    ):
+      i, label, name, probability, exit_index, block = row
+      writer.writerow([i, int(label), name, f"{float(probability):.6f}", int(exit_index), int(block)])
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  if not _WORKDIR.value or not _INPUT.value:
+    raise app.UsageError("--workdir and --input are required.")
+  from deinforeg_jax import trained as trained_lib  # pylint: disable=import-outside-toplevel
+
+  try:
+    trained = trained_lib.load(_WORKDIR.value, data_dir=_DATA_DIR.value)
+    ids, inputs = read_input(_INPUT.value, trained)
+    prediction = trained.predict(inputs, exit=_EXIT.value, batch_size=_BATCH.value or None)
+  except ValueError as error:  # WorkdirError and InputError are ValueErrors
+    sys.exit(f"error: {error}")
+  write_csv(_OUT.value, ids, prediction)
+  counts = np.bincount(prediction.exits, minlength=trained.num_exits)
+  print(
+    f"{trained.describe()}\n{len(ids)} inputs, exit={_EXIT.value} (exits used: "
+    f"{counts.tolist()}); wrote {_OUT.value}"
+  )
+
+
+def run():
+  app.run(main)
+
+
+if __name__ == "__main__":
+  run()
