@@ -18,10 +18,11 @@ import numpy as np
 import pytest
 from helpers import REPO, launch_env, tiny_config
 
-from deinforeg_jax import reporting, tensorboard_events
+# TensorBoard's own reader (the test extra installs tensorboard; TensorFlow is not needed).
+from tensorboard.backend.event_processing import event_accumulator, event_file_loader
+from tensorboard.compat.tensorflow_stub import pywrap_tensorflow
 
-event_accumulator = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator")
-event_file_loader = pytest.importorskip("tensorboard.backend.event_processing.event_file_loader")
+from deinforeg_jax import reporting, tensorboard_events
 
 NUM_BLOCKS = 2
 TERMS = ("loss", "invariance", "variance", "covariance", "ce", "accuracy")
@@ -111,8 +112,6 @@ def only_event_file(workdir) -> str:
 
 
 def test_crc32c_matches_the_standard_check_value_and_tensorboards_own():
-  from tensorboard.compat.tensorflow_stub import pywrap_tensorflow  # noqa: PLC0415
-
   assert tensorboard_events.crc32c(b"123456789") == 0xE3069283  # CRC-32C check value
   for data in (b"", b"a", bytes(range(256)) * 3):
     assert tensorboard_events.masked_crc32c(data) == pywrap_tensorflow.masked_crc32c(data)
