@@ -19,7 +19,13 @@ import pytest
 from helpers import REPO, launch_env, tiny_config
 
 # TensorBoard's own reader (the test extra installs tensorboard; TensorFlow is not needed).
-from tensorboard.backend.event_processing import event_accumulator, event_file_loader
+from tensorboard import context
+from tensorboard.backend.event_processing import (
+  data_provider,
+  event_accumulator,
+  event_file_loader,
+  plugin_event_multiplexer,
+)
 from tensorboard.compat.tensorflow_stub import pywrap_tensorflow
 
 from deinforeg_jax import reporting, tensorboard_events
@@ -177,6 +183,26 @@ def test_event_file_shows_what_metrics_jsonl_holds_plus_speed_and_adaptive_repor
     "adaptive/block_01/exit_fraction": [(30, 0.5)],
   }
   assert metrics_epochs(tmp_path) == [1, 2, 3]  # no timing or report lines in metrics.jsonl
+
+
+def test_tensorboard_logdir_of_workdirs_shows_one_run_per_workdir(tmp_path):
+  """What ``tensorboard --logdir runs/`` serves: the data provider behind its scalars page."""
+  for name, seed in (("a", 0), ("b", 1)):
+    log = reporting.RunLog(str(tmp_path / "runs" / name), tiny_config())
+    log.start_fresh()
+    write_epochs(log, range(2), seed=seed)
+  multiplexer = plugin_event_multiplexer.EventMultiplexer()
+  multiplexer.AddRunsFromDirectory(str(tmp_path / "runs"))
+  multiplexer.Reload()
+  provider = data_provider.MultiplexerDataProvider(multiplexer, str(tmp_path / "runs"))
+  scalars = provider.read_scalars(
+    context.RequestContext(), experiment_id="", plugin_name="scalars", downsample=1000
+  )
+  assert sorted(scalars) == ["a", "b"]
+  for name in ("a", "b"):
+    shown = {tag: [(d.step, d.value) for d in data] for tag, data in scalars[name].items()}
+    shown.pop("train/steps_per_s")
+    assert shown == expected_from_metrics(tmp_path / "runs" / name)
 
 
 def test_grad_norms_get_one_tag_per_layer_and_nan_stays_nan(tmp_path):
