@@ -1,4 +1,5 @@
-"""End-to-end: the ``launch.train`` command line on the embedded digits.
+"""End-to-end: the ``launch.train`` command line on the embedded digits, and the console
+scripts (``deinforeg-train`` ...) that ``setup.cfg`` declares.
 
 Runs in a subprocess with one CPU device (``helpers.launch_env``: the session's XLA flags
 less ``conftest``'s eight devices), exactly as a user would start it from the repository root.
@@ -6,12 +7,15 @@ less ``conftest``'s eight devices), exactly as a user would start it from the re
 
 from __future__ import annotations
 
+import configparser
+import importlib.metadata
 import json
 import os
 import subprocess
 import sys
 
 import numpy as np
+import pytest
 from helpers import launch_env
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -85,3 +89,58 @@ def test_launch_train_rejects_an_unknown_rule(tmp_path):
   assert proc.returncode != 0
   assert "config.rule" in proc.stderr
   assert not (workdir / "results.json").exists()
+
+
+# Each console script and a flag of its own that ``--helpfull`` must list.
+SCRIPT_FLAGS = {
+  "deinforeg-train": "workdir",
+  "deinforeg-prepare-data": "npz",
+  "deinforeg-experiments": "grid",
+  "deinforeg-aot": "topology",
+  "deinforeg-evaluate": "workdir",
+  "deinforeg-predict": "input",
+  "deinforeg-export": "out",
+}
+
+
+def _declared_scripts() -> dict[str, str]:
+  """``setup.cfg``'s console scripts: name -> ``module:function``."""
+  parser = configparser.ConfigParser()
+  parser.read(os.path.join(REPO_ROOT, "setup.cfg"))
+  lines = parser["options.entry_points"]["console_scripts"].strip().splitlines()
+  return {name.strip(): target.strip() for name, target in (line.split("=") for line in lines)}
+
+
+def test_console_scripts_are_declared_and_installed():
+  """Every declared script runs a launch module's ``run()``, and the installed package (the
+  README's ``pip install -e``) carries exactly these scripts."""
+  declared = _declared_scripts()
+  assert set(declared) == set(SCRIPT_FLAGS)
+  for name, target in declared.items():
+    module, function = target.split(":")
+    assert module.startswith("launch.") and function == "run", (name, target)
+    assert os.path.exists(os.path.join(REPO_ROOT, *module.split(".")) + ".py"), (name, module)
+  installed = {
+    ep.name: ep.value
+    for ep in importlib.metadata.entry_points(group="console_scripts")
+    if ep.name.startswith("deinforeg-")
+  }
+  assert installed == declared, "the installed package is stale: pip install -e ."
+
+
+@pytest.mark.parametrize("name", sorted(SCRIPT_FLAGS))
+def test_console_script_runs_its_module(name, tmp_path):
+  """The installed script starts its own launch module from any directory: absl's --helpfull
+  lists that module's flags (and exits 1, as absl does after help)."""
+  script = os.path.join(os.path.dirname(sys.executable), name)
+  assert os.path.exists(script), f"{script} is not installed: pip install -e ."
+  env = launch_env(num_devices=1)  # no PYTHONPATH: the installed package, not the tree
+  env["JAX_PLATFORMS"] = "cpu"
+  proc = subprocess.run(
+    [script, "--helpfull"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120,
+    check=False,
+  )
+  module = _declared_scripts()[name].split(":")[0]
+  assert proc.returncode == 1, proc.stderr[-3000:]
+  assert f"\n{module}:\n" in proc.stdout, proc.stdout[-3000:]
+  assert f"--{SCRIPT_FLAGS[name]}" in proc.stdout.split(f"\n{module}:\n", 1)[1]
