@@ -97,6 +97,10 @@ class Preprocessing:
   def images(self, images) -> np.ndarray:
     if self.kind != "image":
       raise InputError("this model reads text: give strings (or token ids with preprocessed=True)")
+    if isinstance(images, str) or (
+      isinstance(images, Sequence) and images and isinstance(images[0], str)
+    ):
+      raise InputError("this model reads images, not text: give pixels [N, H, W, C]")
     x = np.asarray(images)
     if not np.issubdtype(x.dtype, np.number) or np.issubdtype(x.dtype, np.complexfloating):
       raise InputError(f"images must hold real numbers, got dtype {x.dtype}")
@@ -111,7 +115,10 @@ class Preprocessing:
     if self.kind != "text":
       raise InputError("this model reads images, not text")
     if isinstance(texts, str) or not all(isinstance(t, str) for t in texts):
-      raise InputError("texts must be a sequence of strings (one per example)")
+      raise InputError(
+        "this model reads text: give a sequence of strings, one per example (or token ids "
+        f"[N, {self.input_shape[0]}] with preprocessed=True)"
+      )
     settings = self.vocabulary.settings
     words = [text_data.normalize(t, stop_words=settings.stop_words) for t in texts]
     return text_data.encode(words, self.vocabulary, self.input_shape[0])

@@ -29,17 +29,6 @@ from ml_collections import config_flags
 _DEFAULT_CONFIG = os.path.join(os.path.dirname(__file__), "configs", "default.py")
 OVERRIDABLE = ("data.", "inference.")
 
-config_flags.DEFINE_config_file(
-  "config", _DEFAULT_CONFIG, "Only --config.data.* / --config.inference.* overrides are read.",
-  lock_config=True,
-)
-_WORKDIR = flags.DEFINE_string("workdir", None, "The trained run (launch.train's --workdir).")
-_EXIT = flags.DEFINE_string(
-  "exit", "best", "Exit of the confusion matrix: 'best', 'adaptive' or an exit index."
-)
-_OUT_DIR = flags.DEFINE_string("out_dir", "", "Where to write the report ('' = WORKDIR/evaluation).")
-
-
 def evaluation_data(trained, data_cfg):
   """``(test source, DatasetInfo)`` of ``data_cfg``'s test split, normalised as the run."""
   from deinforeg_jax.data import DatasetInfo, load_dataset  # pylint: disable=import-outside-toplevel
@@ -192,7 +181,8 @@ def write_report(report: dict, out_dir: str) -> tuple[str, str]:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  if not _WORKDIR.value:
+  args = flags.FLAGS
+  if not args.workdir:
     raise app.UsageError("--workdir is required.")
   if not flags.FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)
@@ -206,17 +196,17 @@ def main(argv):
   from deinforeg_jax import trained as trained_lib  # pylint: disable=import-outside-toplevel
 
   try:
-    trained = trained_lib.load(_WORKDIR.value)
+    trained = trained_lib.load(args.workdir)
     for field, value in overrides.items():
       *path, name = field.split(".")
       section = trained.config
       for part in path:
         section = section[part]
       section[name] = value
-    report = evaluate(trained, trained.config.data, _EXIT.value)
+    report = evaluate(trained, trained.config.data, args.exit)
   except (ValueError, FileNotFoundError) as error:
     sys.exit(f"error: {str(error).splitlines()[0]}")
-  out_dir = _OUT_DIR.value or os.path.join(trained.workdir, "evaluation")
+  out_dir = args.out_dir or os.path.join(trained.workdir, "evaluation")
   json_path, png = write_report(report, out_dir)
   accuracies = " ".join(
     f"[{b}] {a:.4f}" for b, a in zip(report["exit_blocks"], report["per_exit_accuracy"])
@@ -233,8 +223,32 @@ def main(argv):
   print(f"exit {report['exit']}: accuracy {report['accuracy']:.4f}; wrote {json_path} and {png}")
 
 
+def define_flags() -> None:
+  """The command's flags (defined when it runs, so importing this module defines none)."""
+  config_flags.DEFINE_config_file(
+    "config",
+    _DEFAULT_CONFIG,
+    "Only --config.data.* / --config.inference.* overrides are read.",
+    lock_config=True,
+  )
+  flags.DEFINE_string("workdir", None, "The trained run (launch.train's --workdir).")
+  flags.DEFINE_string(
+    "exit", "best", "Exit of the confusion matrix: 'best', 'adaptive' or an exit index."
+  )
+  flags.DEFINE_string("out_dir", "", "Where to write the report ('' = WORKDIR/evaluation).")
+
+
+def _parse_flags(argv):
+  """absl's parsing, with one line for a ``--config.<field>`` that does not exist."""
+  try:
+    return flags.FLAGS(argv)
+  except (AttributeError, KeyError) as error:
+    sys.exit(f"error: unknown config field {error}: see launch/configs/default.py for the fields.")
+
+
 def run():
-  app.run(main)
+  define_flags()
+  app.run(main, flags_parser=_parse_flags)
 
 
 if __name__ == "__main__":

@@ -18,16 +18,7 @@ import json
 import os
 import sys
 
-from absl import app, flags
-
-_WORKDIR = flags.DEFINE_string("workdir", None, "The run to export (launch.train's --workdir).")
-_OUT = flags.DEFINE_string("out", None, "Where to write the serialized function.")
-_PLATFORMS = flags.DEFINE_list(
-  "platforms", ["cpu", "cuda", "tpu"], "Platforms to lower for (the caller's must be one)."
-)
-_DATA_DIR = flags.DEFINE_string(
-  "data_dir", None, "Where the run's dataset is prepared, if its checkpoint lacks mean/std."
-)
+from absl import app, flags, logging
 
 FORMAT = "deinforeg-jax export 1"
 
@@ -99,19 +90,35 @@ def export(trained, out: str, platforms=("cpu", "cuda", "tpu")) -> tuple[str, st
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  if not _WORKDIR.value or not _OUT.value:
+  args = flags.FLAGS
+  if not args["verbosity"].present:
+    logging.set_verbosity(logging.WARNING)  # Orbax logs at INFO
+  if not args.workdir or not args.out:
     raise app.UsageError("--workdir and --out are required.")
   from deinforeg_jax import trained as trained_lib  # pylint: disable=import-outside-toplevel
 
   try:
-    trained = trained_lib.load(_WORKDIR.value, data_dir=_DATA_DIR.value)
-    out, path = export(trained, _OUT.value, _PLATFORMS.value)
+    trained = trained_lib.load(args.workdir, data_dir=args.data_dir)
+    out, path = export(trained, args.out, args.platforms)
   except (trained_lib.WorkdirError, ValueError, RuntimeError) as error:
     sys.exit(f"error: {error}")
   print(f"{trained.describe()}\nwrote {out} ({os.path.getsize(out):,} bytes) and {path}")
 
 
+def define_flags() -> None:
+  """The command's flags (defined when it runs, so importing this module defines none)."""
+  flags.DEFINE_string("workdir", None, "The run to export (launch.train's --workdir).")
+  flags.DEFINE_string("out", None, "Where to write the serialized function.")
+  flags.DEFINE_list(
+    "platforms", ["cpu", "cuda", "tpu"], "Platforms to lower for (the caller's must be one)."
+  )
+  flags.DEFINE_string(
+    "data_dir", None, "Where the run's dataset is prepared, if its checkpoint lacks mean/std."
+  )
+
+
 def run():
+  define_flags()
   app.run(main)
 
 

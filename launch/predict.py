@@ -23,16 +23,7 @@ import os
 import sys
 
 import numpy as np
-from absl import app, flags
-
-_WORKDIR = flags.DEFINE_string("workdir", None, "The trained run (launch.train's --workdir).")
-_INPUT = flags.DEFINE_string("input", None, "Image folder, .npz (x or images) or .jsonl text.")
-_OUT = flags.DEFINE_string("out", "predictions.csv", "The CSV to write.")
-_EXIT = flags.DEFINE_string("exit", "best", "'best', 'adaptive' or an exit index.")
-_BATCH = flags.DEFINE_integer("batch_size", 0, "Rows per call (0: the run's eval batch size).")
-_DATA_DIR = flags.DEFINE_string(
-  "data_dir", None, "Where the run's dataset is prepared, if its checkpoint lacks mean/std."
-)
+from absl import app, flags, logging
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm")
 
@@ -137,25 +128,41 @@ def write_csv(path: str, ids: list[str], prediction) -> None:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  if not _WORKDIR.value or not _INPUT.value:
+  args = flags.FLAGS
+  if not args["verbosity"].present:
+    logging.set_verbosity(logging.WARNING)  # Orbax logs at INFO
+  if not args.workdir or not args.input:
     raise app.UsageError("--workdir and --input are required.")
   from deinforeg_jax import trained as trained_lib  # pylint: disable=import-outside-toplevel
 
   try:
-    trained = trained_lib.load(_WORKDIR.value, data_dir=_DATA_DIR.value)
-    ids, inputs = read_input(_INPUT.value, trained)
-    prediction = trained.predict(inputs, exit=_EXIT.value, batch_size=_BATCH.value or None)
+    trained = trained_lib.load(args.workdir, data_dir=args.data_dir)
+    ids, inputs = read_input(args.input, trained)
+    prediction = trained.predict(inputs, exit=args.exit, batch_size=args.batch_size or None)
   except ValueError as error:  # WorkdirError and InputError are ValueErrors
     sys.exit(f"error: {error}")
-  write_csv(_OUT.value, ids, prediction)
+  write_csv(args.out, ids, prediction)
   counts = np.bincount(prediction.exits, minlength=trained.num_exits)
   print(
-    f"{trained.describe()}\n{len(ids)} inputs, exit={_EXIT.value} (exits used: "
-    f"{counts.tolist()}); wrote {_OUT.value}"
+    f"{trained.describe()}\n{len(ids)} inputs, exit={args.exit} (exits used: "
+    f"{counts.tolist()}); wrote {args.out}"
+  )
+
+
+def define_flags() -> None:
+  """The command's flags (defined when it runs, so importing this module defines none)."""
+  flags.DEFINE_string("workdir", None, "The trained run (launch.train's --workdir).")
+  flags.DEFINE_string("input", None, "Image folder, .npz (x or images) or .jsonl text.")
+  flags.DEFINE_string("out", "predictions.csv", "The CSV to write.")
+  flags.DEFINE_string("exit", "best", "'best', 'adaptive' or an exit index.")
+  flags.DEFINE_integer("batch_size", 0, "Rows per call (0: the run's eval batch size).")
+  flags.DEFINE_string(
+    "data_dir", None, "Where the run's dataset is prepared, if its checkpoint lacks mean/std."
   )
 
 
 def run():
+  define_flags()
   app.run(main)
 
 
