@@ -18,6 +18,8 @@ an uninterrupted run.
 
 from __future__ import annotations
 
+import errno
+import logging
 import os
 import shutil
 from typing import Any, Callable
@@ -27,6 +29,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
+
+from deinforeg_jax.workdir_lock import WorkdirError, write_error
 
 # Config fields that do not change the training path: a resumed run may change them freely.
 # Everything else (model, data order and content, loss, optimizer, schedule, epochs, seed) is
@@ -50,6 +54,27 @@ class CheckpointMismatchError(ValueError):
 
 class CorruptCheckpointError(RuntimeError):
   """No kept checkpoint of the workdir could be read and verified."""
+
+
+class CheckpointWriteError(WorkdirError):
+  """A checkpoint could not be written (disk full, read-only filesystem, file-size limit...).
+
+  One line: the step folder, the cause, what to do and the last good checkpoint."""
+
+
+def _os_error(error: BaseException) -> OSError | None:
+  """The ``OSError`` behind ``error`` (itself, a cause, a context or a group member)."""
+  seen = set()
+  todo = [error]
+  while todo:
+    e = todo.pop()
+    if e is None or id(e) in seen:
+      continue
+    seen.add(id(e))
+    if isinstance(e, OSError) and e.errno is not None:
+      return e
+    todo += [e.__cause__, e.__context__, *getattr(e, "exceptions", ())]
+  return None
 
 
 # ------------------------------------------------------------------ checksums
@@ -248,6 +273,18 @@ def check_compatible(
   return changes
 
 
+class _QuietWriteErrors(logging.Filter):
+  """Drops Orbax's logs of a background save that failed with an OS error (with a traceback
+  each, ~30 lines): ``RunCheckpointer`` reports that failure in one line."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    error = record.exc_info[1] if record.exc_info else None
+    return not ("orbax" in record.pathname and error is not None and _os_error(error))
+
+
+_QUIET_WRITE_ERRORS = _QuietWriteErrors()
+
+
 class RunCheckpointer:
   """A ``CheckpointManager`` in ``<workdir>/checkpoints`` that keeps ``keep`` steps.
 
@@ -255,6 +292,16 @@ class RunCheckpointer:
   ``restore`` verifies them and falls back to the previous kept step when the
   latest one cannot be read or verified, moving the bad step folder to
   ``<workdir>/corrupt_checkpoints/`` (nothing is deleted).  ``info`` prints notes.
+
+  A save that cannot be written (disk full, read-only filesystem, file-size limit)
+  raises ``CheckpointWriteError``: one line naming the step folder, the cause and the
+  last good checkpoint, which stays as it was (Orbax removes older steps only after a
+  new one is complete); the failed step's partial ``*.orbax-checkpoint-tmp`` folder is
+  removed by Orbax when the next run starts (writers of the failed save may still be
+  running when the failure is known).  An asynchronous save fails in the background:
+  ``check()`` (non-blocking, cheap enough for every step), ``wait()``, the next ``save()``
+  and ``close()`` raise it; after a failure every further call raises it again, so a run
+  never continues past a failed save without saying so.
   """
 
   def __init__(
@@ -265,29 +312,106 @@ class RunCheckpointer:
     self.workdir = os.path.abspath(workdir)
     self.directory = os.path.join(self.workdir, "checkpoints")
     self._info = info
+    self._pending: int | None = None  # step of an asynchronous save not known to be on disk
+    self._failed: CheckpointWriteError | None = None
+    self._use_async = use_async
     options = ocp.CheckpointManagerOptions(
       max_to_keep=keep,
       create=True,
       cleanup_tmp_directories=True,
       enable_async_checkpointing=use_async,
     )
-    self._manager = ocp.CheckpointManager(self.directory, options=options)
+    if os.path.exists(self.directory) and not os.path.isdir(self.directory):
+      raise WorkdirError(
+        errno.ENOTDIR,
+        f"cannot create the checkpoint folder {self.directory}: a file has that name; move it "
+        "away or use another --workdir",
+      )
+    try:
+      self._manager = ocp.CheckpointManager(self.directory, options=options)
+    except Exception as error:  # noqa: BLE001  # an OS error becomes one line, others stay
+      cause = _os_error(error)
+      if cause is None:
+        raise
+      raise write_error(self.directory, cause, "create the checkpoint folder") from None
+    logging.getLogger("absl").addFilter(_QUIET_WRITE_ERRORS)
 
   def latest_step(self) -> int | None:
     return self._manager.latest_step()
 
   def save(self, state, metadata: dict[str, Any]) -> None:
-    """Save ``state`` at ``metadata["step"]`` (asynchronously when enabled), with checksums."""
+    """Save ``state`` at ``metadata["step"]`` (asynchronously when enabled), with checksums.
+
+    Raises ``CheckpointWriteError`` when this save (synchronous) or the previous one
+    (asynchronous) could not be written."""
+    self._settle()
     state_dict = flax.serialization.to_state_dict(state)
     metadata = {**metadata, "checksums": checksums(state_dict)}
-    self._manager.save(
-      metadata["step"],
-      force=True,
-      args=ocp.args.Composite(
-        state=ocp.args.PyTreeSave(state_dict),
-        metadata=ocp.args.JsonSave(metadata),
-      ),
+    step = metadata["step"]
+    try:
+      self._manager.save(
+        step,
+        force=True,
+        args=ocp.args.Composite(
+          state=ocp.args.PyTreeSave(state_dict),
+          metadata=ocp.args.JsonSave(metadata),
+        ),
+      )
+    except Exception as error:  # noqa: BLE001
+      raise self._fail(step, error) from None
+    self._pending = step
+    if not self._use_async:  # written now: a failure is raised by this save
+      self._settle()
+
+  def check(self) -> None:
+    """Raise ``CheckpointWriteError`` if an asynchronous save has failed; never blocks (a save
+    still being written is checked by the next ``check``, ``wait`` or ``save``).  With several
+    processes it does nothing: they learn of a failure together, at ``wait`` or ``save``."""
+    if self._failed is not None:
+      raise self._failed
+    if (
+      self._pending is not None
+      and jax.process_count() == 1
+      and not self._manager.is_saving_in_progress()
+    ):
+      self._settle()
+
+  def _settle(self) -> None:
+    """Wait for the pending save; its failure becomes ``CheckpointWriteError``."""
+    if self._failed is not None:
+      raise self._failed
+    try:
+      self._manager.wait_until_finished()
+    except Exception as error:  # noqa: BLE001
+      raise self._fail(self._pending, error) from None
+    self._pending = None
+
+  def _fail(self, step: int | None, error: Exception) -> Exception:
+    """The ``CheckpointWriteError`` of a failed save at ``step`` (remembered for later calls);
+    ``error`` itself if no OS error is behind it."""
+    cause = _os_error(error)
+    if cause is None:
+      return error
+    self._pending = None
+    try:  # let the save's other writers finish, so that the kept steps are known
+      self._manager.wait_until_finished()
+    except Exception:  # noqa: BLE001  # the same failure, already in hand
+      pass
+    try:
+      self._manager.reload()
+      good = self._manager.latest_step()
+    except Exception:  # noqa: BLE001
+      good = None
+    last = (
+      f"the last good checkpoint, step {good} in {self.directory}, is kept and the same command "
+      "resumes from it once that is fixed"
+      if good is not None
+      else "no checkpoint of this run was saved before"
     )
+    where = os.path.join(self.directory, str(step))
+    message = str(write_error(where, cause, f"save the checkpoint of step {step} to"))
+    self._failed = CheckpointWriteError(cause.errno, f"{message}. The run stops; {last}.")
+    return self._failed
 
   def check_latest(self, expected_metadata: dict[str, Any], allowed: tuple[str, ...] = ()) -> int:
     """``check_compatible`` against the newest readable metadata, before anything is built;
@@ -375,11 +499,25 @@ class RunCheckpointer:
     return reason
 
   def wait(self) -> None:
-    """Block until pending asynchronous saves are on disk."""
-    self._manager.wait_until_finished()
+    """Block until pending asynchronous saves are on disk (``CheckpointWriteError`` if one
+    failed)."""
+    self._settle()
 
   def close(self) -> None:
-    self._manager.close()
+    """Finish pending saves and close the manager; a failed save raises
+    ``CheckpointWriteError`` unless it was already raised."""
+    reported = self._failed is not None
+    try:
+      if not reported:
+        self._settle()
+    finally:
+      try:
+        self._manager.close()
+      except Exception:  # noqa: BLE001  # the background error again: already reported
+        if not (reported or self._failed is not None):
+          raise
+      finally:
+        logging.getLogger("absl").removeFilter(_QUIET_WRITE_ERRORS)
 
 
 def _reader(workdir: str) -> tuple[ocp.CheckpointManager, int]:

@@ -55,6 +55,8 @@ _REMEDIES = {
   errno.EFBIG: "a file-size limit was reached (ulimit -f): raise it or use another --workdir",
 }
 
+DISK_ERRNOS = frozenset(_REMEDIES) | {errno.ENOTDIR, errno.EISDIR, errno.EEXIST}
+
 
 def write_error(path: str, error: OSError, doing: str = "write") -> WorkdirError:
   """``WorkdirError`` "cannot <doing> <path>: <strerror> (<ERRNO>); <what to do>"."""
