@@ -26,17 +26,19 @@ import numpy as np
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from deinforeg_jax import inference, steps
+from deinforeg_jax import trained as trained_lib
+from deinforeg_jax.data import DatasetInfo, eval_batches, load_dataset, text, tfds_source
+from deinforeg_jax.data.registry import split_labels
+
 _DEFAULT_CONFIG = os.path.join(os.path.dirname(__file__), "configs", "default.py")
 OVERRIDABLE = ("data.", "inference.")
 
 def evaluation_data(trained, data_cfg):
   """``(test source, DatasetInfo)`` of ``data_cfg``'s test split, normalised as the run."""
-  from deinforeg_jax.data import DatasetInfo, load_dataset  # pylint: disable=import-outside-toplevel
 
   pre = trained.preprocessing
   if pre.kind == "text":
-    from deinforeg_jax.data import text, tfds_source  # pylint: disable=import-outside-toplevel
-
     splits, _ = tfds_source.read_text_splits(data_cfg.name, data_cfg.data_dir)
     texts, labels = splits["test"]
     tokens = pre.texts(texts) if texts else np.zeros((0, *pre.input_shape), np.int32)
@@ -72,9 +74,6 @@ def evaluation_data(trained, data_cfg):
 
 def evaluate(trained, data_cfg, exit="best"):  # pylint: disable=redefined-builtin
   """The report (module docstring) of ``trained`` on ``data_cfg``'s test split."""
-  from deinforeg_jax import inference, steps  # pylint: disable=import-outside-toplevel
-  from deinforeg_jax.data import eval_batches  # pylint: disable=import-outside-toplevel
-  from deinforeg_jax.data.registry import split_labels  # pylint: disable=import-outside-toplevel
 
   test, info = evaluation_data(trained, data_cfg)
   labels = split_labels(test)
@@ -193,8 +192,6 @@ def main(argv):
       f"error: --config.{refused[0]}: evaluate takes only --config.data.* and "
       "--config.inference.* overrides (the model is the run's own)."
     )
-  from deinforeg_jax import trained as trained_lib  # pylint: disable=import-outside-toplevel
-
   try:
     trained = trained_lib.load(args.workdir)
     for field, value in overrides.items():

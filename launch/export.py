@@ -18,7 +18,11 @@ import json
 import os
 import sys
 
+import jax
+import jax.numpy as jnp
 from absl import app, flags, logging
+
+from deinforeg_jax import trained as trained_lib
 
 FORMAT = "deinforeg-jax export 1"
 
@@ -32,9 +36,6 @@ def description_path(out: str) -> str:
 def export(trained, out: str, platforms=("cpu", "cuda", "tpu")) -> tuple[str, str]:
   """Write ``trained``'s exit logits function to ``out`` and its description beside it;
   returns both paths."""
-  import jax  # pylint: disable=import-outside-toplevel
-  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
-
   if out.endswith(".json"):
     raise ValueError(f"--out={out}: the description is written as .json beside it; use another "
                      "extension, e.g. model.jaxexport")
@@ -95,8 +96,6 @@ def main(argv):
     logging.set_verbosity(logging.WARNING)  # Orbax logs at INFO
   if not args.workdir or not args.out:
     raise app.UsageError("--workdir and --out are required.")
-  from deinforeg_jax import trained as trained_lib  # pylint: disable=import-outside-toplevel
-
   try:
     trained = trained_lib.load(args.workdir, data_dir=args.data_dir)
     out, path = export(trained, args.out, args.platforms)

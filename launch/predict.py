@@ -25,13 +25,14 @@ import sys
 import numpy as np
 from absl import app, flags, logging
 
+from deinforeg_jax import trained as trained_lib
+from deinforeg_jax.data.prepare.image_folder import read_image
+
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm")
 
 
 def read_image_folder(root: str, channels: int) -> tuple[list[str], np.ndarray]:
   """``(relative paths, uint8 images [N, H, W, channels])`` of every image under ``root``."""
-  from deinforeg_jax.data.prepare.image_folder import read_image  # pylint: disable=import-outside-toplevel
-
   paths = sorted(
     os.path.join(d, f)
     for d, _, files in os.walk(root)
@@ -122,7 +123,8 @@ def write_csv(path: str, ids: list[str], prediction) -> None:
       prediction.blocks,
     ):
       i, label, name, probability, exit_index, block = row
-      writer.writerow([i, int(label), name, f"{float(probability):.6f}", int(exit_index), int(block)])
+      probability = f"{float(probability):.6f}"
+      writer.writerow([i, int(label), name, probability, int(exit_index), int(block)])
 
 
 def main(argv):
@@ -133,8 +135,6 @@ def main(argv):
     logging.set_verbosity(logging.WARNING)  # Orbax logs at INFO
   if not args.workdir or not args.input:
     raise app.UsageError("--workdir and --input are required.")
-  from deinforeg_jax import trained as trained_lib  # pylint: disable=import-outside-toplevel
-
   try:
     trained = trained_lib.load(args.workdir, data_dir=args.data_dir)
     ids, inputs = read_input(args.input, trained)

@@ -421,3 +421,16 @@ def test_export_command(digits_run, tmp_path):
   assert str(exported.in_avals[0].shape[0]) == "b"
   with open(tmp_path / "digits.json") as f:
     assert json.load(f)["best_exit"] == digits_run[1]["best_block"]
+
+
+def test_pipeline_run_loads_as_the_one_program_model(tmp_path):
+  """A pipeline run's checkpoint holds the one-program state: it loads like any run."""
+  config = _digits_config(2)
+  config.parallel.mode, config.parallel.num_stages = "pipeline", 2
+  config.train.num_epochs, config.train.max_steps = 1, 3
+  results = train.train_and_evaluate(config, str(tmp_path))
+  model = deinforeg_jax.load(str(tmp_path))
+  logits, labels = _run_exit_logits(model)
+  accuracy = (np.argmax(logits, -1) == labels[None]).mean(axis=1)
+  np.testing.assert_allclose(accuracy, results["per_block_test_accuracy"], atol=1e-12)
+  assert model.step == 3 and model.exit_blocks == [0, 1]
