@@ -54,6 +54,7 @@ import ml_collections
 import numpy as np
 
 from deinforeg_jax import checkpoint, growth, inference, models, stack
+from deinforeg_jax.data import registry
 from deinforeg_jax.data import text as text_data
 
 
@@ -392,8 +393,6 @@ def _dataset_description(config, saved: dict[str, Any], workdir: str) -> tuple[d
     return {"class_names": tuple(names or ())}, ""
   if all(f in saved for f in fields):
     return {f: saved[f] for f in fields}, ""
-  from deinforeg_jax.data import registry  # pylint: disable=import-outside-toplevel
-
   name = config.data.name
   try:
     if name in registry.EMBEDDED:

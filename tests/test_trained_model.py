@@ -434,3 +434,33 @@ def test_pipeline_run_loads_as_the_one_program_model(tmp_path):
   accuracy = (np.argmax(logits, -1) == labels[None]).mean(axis=1)
   np.testing.assert_allclose(accuracy, results["per_block_test_accuracy"], atol=1e-12)
   assert model.step == 3 and model.exit_blocks == [0, 1]
+
+
+def test_checkpoint_description_is_used_and_damaged_arrays_are_refused(digits_run, monkeypatch):
+  """A checkpoint whose metadata records mean/std/pixel_max/class_names needs no dataset;
+  an array that does not match its saved checksum is refused by name."""
+  read = trained.checkpoint.read_variables
+  described = {"mean": [0.5], "std": [2.0], "pixel_max": 1.0, "class_names": list("abcdefghij")}
+
+  def with_description(workdir):
+    variables, metadata = read(workdir)
+    metadata["dataset"].update(described)
+    return variables, metadata
+
+  monkeypatch.setattr(trained.checkpoint, "read_variables", with_description)
+  monkeypatch.setitem(trained.registry.EMBEDDED, "digits", None)  # the dataset is not read
+  model = deinforeg_jax.load(digits_run[0])
+  assert model.class_names == tuple("abcdefghij") and model.notes == []
+  np.testing.assert_allclose(model.preprocessing(np.ones((1, 8, 8, 1))), 0.25)
+  assert model.predict(np.ones((2, 8, 8, 1)), exit=0).names[0] in "abcdefghij"
+
+  def damaged(workdir):
+    variables, metadata = with_description(workdir)
+    dense = variables["params"]["block_01"]["classifier"]["Dense_0"]
+    dense["kernel"] = dense["kernel"] * 0
+    return variables, metadata
+
+  monkeypatch.setattr(trained.checkpoint, "read_variables", damaged)
+  with pytest.raises(trained.WorkdirError, match=r"array params/block_01/classifier/Dense_0/kernel "
+                     r"of step 44 does not match its saved checksum"):
+    deinforeg_jax.load(digits_run[0])
