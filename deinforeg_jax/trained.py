@@ -495,7 +495,7 @@ def _best_exit(workdir: str, step: int, num_exits: int) -> tuple[int, str]:
   try:
     with open(path) as f:
       results = json.load(f)
-    if results.get("steps") == step and 0 <= results["best_block"] < num_exits:
+    if results.get("steps") == step and len(results["per_block_test_accuracy"]) == num_exits:
       return int(results["best_block"]), "results.json best_block"
   except (OSError, ValueError, KeyError, TypeError):
     pass
