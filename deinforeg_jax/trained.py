@@ -537,7 +537,9 @@ def load(workdir: str, *, data_dir: str | None = None) -> TrainedModel:
     ) from None
   except Exception as error:  # noqa: BLE001
     raise _fail(
-      workdir, f"its latest checkpoint is unreadable ({type(error).__name__}: {error})."
+      workdir,
+      f"its latest checkpoint is unreadable ({type(error).__name__}: "
+      f"{(str(error).splitlines() or [''])[0]}).",
     ) from None
   variables = flax.core.unfreeze(variables)
   config = _saved_config(metadata)
