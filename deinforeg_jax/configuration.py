@@ -69,6 +69,13 @@ NON_NEGATIVE_NUMBERS = (
   "loss.ce_weight",
   "data.label_noise.rate",
 )
+# Rules whose loss is a statistic over the batch, meaningless for one example, and why.
+BATCH_STATISTIC_RULES = {
+  "deinforeg": "its variance (unbiased: 1/(B-1)) and covariance terms are statistics over the "
+  "batch, undefined (NaN) for one example",
+  "scpl": "its supervised contrastive loss compares each example with the others in the batch "
+  "(with one example it is 0 and teaches nothing)",
+}
 TEXT_POSITIVE_INTS = (
   "model.emb_dim",
   "model.hidden",
@@ -119,6 +126,12 @@ def validate_config(config) -> None:
       if not check(_get(config, field)):
         hint = _num_blocks_hint(config) if field == "model.num_blocks" else ""
         raise ValueError(f"config.{field}={_get(config, field)!r} {requirement}{hint}.")
+  if config.rule in BATCH_STATISTIC_RULES and config.data.batch_size < 2:
+    raise ValueError(
+      f"config.data.batch_size={config.data.batch_size} is too small for config.rule="
+      f"{config.rule!r}: {BATCH_STATISTIC_RULES[config.rule]}; set config.data.batch_size >= 2 "
+      "(it is the global batch, shared by all devices)."
+    )
   if not -1.0 <= config.inference.cosine_threshold <= 1.0:
     raise ValueError(
       f"config.inference.cosine_threshold={config.inference.cosine_threshold!r} must lie in "

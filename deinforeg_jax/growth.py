@@ -113,7 +113,7 @@ def make_plan(config, model: nn.Module, num_old: int | None = None) -> GrowthPla
   grow = config.grow
   schedule = parse_schedule(grow.schedule)
   if num_old is None:
-    num_old = _num_blocks_in(grow.from_workdir) if grow.from_workdir else 0
+    num_old = check_growable(grow.from_workdir, model) if grow.from_workdir else 0
   total = len(model.blocks)
   phases = []
   for first_epoch in sorted({0, *schedule}):
@@ -134,14 +134,46 @@ def freeze(model: nn.Module, num_active: int, frozen: Sequence[int], first_epoch
   return Phase(first_epoch, module, frozenset(stack.block_name(k) for k in indices))
 
 
-def _num_blocks_in(workdir: str) -> int:
-  """How many blocks the latest checkpoint of ``workdir`` holds (its metadata only)."""
+def check_growable(workdir: str, model: nn.Module) -> int:
+  """The block count of ``workdir``'s latest checkpoint (its metadata only), after checking
+  that it is the end of that run and that ``model`` has more blocks.
+
+  Raises:
+    FileNotFoundError: ``workdir`` holds no checkpoint.
+    GrowthMismatchError: the run was interrupted before its end, or ``model`` adds no block.
+  """
   try:
-    return checkpoint.read_metadata(workdir)["num_blocks"]
+    metadata = checkpoint.read_metadata(workdir)
   except FileNotFoundError as error:
     raise FileNotFoundError(
       f"config.grow.from_workdir={workdir!r}: {error}; point it at a finished training run."
     ) from None
+  step, end = metadata["step"], _end_step(metadata)
+  if step < end:
+    raise GrowthMismatchError(
+      f"config.grow.from_workdir={workdir!r} is an interrupted run: its latest checkpoint is "
+      f"at step {step} of {end}, so its blocks are not trained yet. Finish it first (run its "
+      "command again: it resumes from that checkpoint), then grow from it."
+    )
+  num_old = metadata["num_blocks"]
+  num_new = len(model.blocks) + (getattr(model, "side", None) is not None)
+  if num_new <= num_old:
+    raise GrowthMismatchError(
+      f"config.grow.from_workdir={workdir!r} has {num_old} blocks and the new model "
+      f"{num_new}: growing must add a block. Set config.model.num_blocks above {num_old} (or "
+      "add a new-feature block with config.grow.side_layers); to train the same blocks "
+      "longer, resume that run with a larger config.train.num_epochs instead."
+    )
+  return num_old
+
+
+def _end_step(metadata: dict[str, Any]) -> int:
+  """The step at which the run that wrote ``metadata`` ends (``train._total_steps``)."""
+  saved = metadata["config"]
+  per_epoch = metadata["dataset"]["num_train"] // saved["data"]["batch_size"]
+  total = per_epoch * saved["train"]["num_epochs"]
+  max_steps = saved["train"].get("max_steps", 0)
+  return min(total, max_steps) if max_steps else total
 
 
 # ------------------------------------------------------------------ freezing in the train step

@@ -15,7 +15,11 @@ Writes the array_record dataset ``<data_dir>/<name>/1.0.0`` and prints the comma
 that trains on it. The dataset is written to a temporary folder in ``data_dir`` and
 renamed into place only when complete, so a failed run (or ``--overwrite`` with bad
 input) leaves an existing dataset as it was. Labels must be 0-based class ids, and the
-train split needs two classes or more (``--allow_one_class`` to accept one).
+train split needs two classes or more (``--allow_one_class`` to accept one). Without
+``--num_classes`` the classes of JSON Lines text are those of its train records, as an
+image folder's are its train class folders: the labels must be ``0..K-1`` with every id in
+train (label 99 without 2..98 is refused, not read as 100 classes), and every test label
+must be a train class.
 
 Image files (``--image_folder``, ``--tiny_imagenet``) are decoded with Pillow;
 ``--resize=N`` resizes each to NxN (bilinear, as torchvision's Resize; the thesis trains
@@ -76,7 +80,8 @@ _SPLIT_SEED = flags.DEFINE_integer("split_seed", 0, "--jsonl: seed of the split 
 _NUM_CLASSES = flags.DEFINE_integer(
   "num_classes",
   None,
-  "Number of classes for --npz without class_names (default: largest label + 1).",
+  "Number of classes (--npz without class_names: default largest label + 1; --jsonl*: default "
+  "the train classes, whose labels must then be 0..K-1).",
 )
 _MEAN = flags.DEFINE_list(
   "mean", None, "Per-channel pixel mean in [0, 1] units (default: computed from the train split)."

@@ -36,6 +36,7 @@ from ml_collections import config_flags  # noqa: E402
 from deinforeg_jax import parallel  # noqa: E402
 from deinforeg_jax.train import Preempted, train_and_evaluate  # noqa: E402
 from deinforeg_jax import workdir_lock  # noqa: E402
+from deinforeg_jax.data.tfds_source import DatasetNotPreparedError  # noqa: E402
 
 EXIT_PREEMPTED = 75  # EX_TEMPFAIL: a checkpoint was saved; run the same command to resume
 
@@ -87,8 +88,12 @@ def main(argv):
   except Preempted as stopped:
     print(stopped, flush=True)
     sys.exit(EXIT_PREEMPTED)
-  except (workdir_lock.WorkdirError, workdir_lock.WorkdirLockedError) as error:  # one line
-    print(f"error: {error}", file=sys.stderr, flush=True)  # disk full, read-only, in use...
+  except (
+    workdir_lock.WorkdirError,  # disk full, read-only, a file as the workdir...
+    workdir_lock.WorkdirLockedError,
+    DatasetNotPreparedError,
+  ) as error:
+    print(f"error: {error}", file=sys.stderr, flush=True)  # one line (or the prepare steps)
     sys.exit(1)
   except OSError as error:  # a disk error outside the checkpoints (metrics, results...)
     if error.errno not in workdir_lock.DISK_ERRNOS:

@@ -139,3 +139,17 @@ def test_train_and_evaluate_rejects_an_indivisible_batch_before_training(tmp_pat
 def test_too_many_devices_names_the_field():
   with pytest.raises(ValueError, match=_field("parallel.num_devices") + "9"):
     parallel.make_data_mesh(9)
+
+
+@pytest.mark.parametrize(
+  "rule, why",
+  [("deinforeg", r"variance \(unbiased: 1/\(B-1\)\) and covariance terms"),
+   ("scpl", "supervised contrastive loss compares each example with the others")],
+)
+def test_a_batch_of_one_is_refused_where_the_loss_is_a_batch_statistic(rule, why):
+  config = _with({"data.batch_size": 1, "rule": rule})
+  with pytest.raises(ValueError, match=_field("data.batch_size") + rf"1 is too small .*{why}"):
+    validate_config(config)
+  config.data.batch_size = 2
+  validate_config(config)
+  validate_config(_with({"data.batch_size": 1, "rule": "bp"}))  # one example is a fine BP batch

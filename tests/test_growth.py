@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 
 import flax
 import jax
@@ -284,3 +285,33 @@ def test_text_new_feature_block_reads_new_tokens_and_trains_over_frozen_blocks()
   new, _, _ = step(state, tokens, jnp.arange(16) % 4)
   _assert_blocks_equal(state.params, new.params, ["block_00", "block_01"])
   assert _differs(state.params["block_02"], new.params["block_02"])
+
+
+def test_growing_to_the_same_block_count_or_from_an_interrupted_run_is_refused(old_run, tmp_path):
+  _, old_dir = old_run
+  same = _run_config(num_blocks=2, num_epochs=1, side_split="width:4", from_workdir=old_dir)
+  with pytest.raises(
+    growth.GrowthMismatchError,
+    match=rf"config.grow.from_workdir='{old_dir}' has 2 blocks and the new model 2: growing "
+    r"must add a block\. Set config.model.num_blocks above 2",
+  ):
+    growth.make_plan(same, models.create_model(same, NUM_CLASSES))
+
+  interrupted = str(tmp_path / "interrupted")  # the old run, as one of 2 epochs stopped after 1
+  shutil.copytree(old_dir, interrupted)
+  (step,) = os.listdir(os.path.join(interrupted, "checkpoints"))
+  path = os.path.join(interrupted, "checkpoints", step, "metadata", "metadata")
+  with open(path) as f:
+    metadata = json.load(f)
+  metadata["config"]["train"]["num_epochs"] = 2
+  with open(path, "w") as f:
+    json.dump(metadata, f)
+  grown = _run_config(num_blocks=3, num_epochs=2, side_split="width:4", from_workdir=interrupted)
+  grown.model.vgg_blocks = "32,32,M;64,M;128"
+  with pytest.raises(
+    growth.GrowthMismatchError,
+    match=rf"'{interrupted}' is an interrupted run: its latest checkpoint is at step {step} of "
+    rf"{2 * int(step)}, so its blocks are not trained yet\. Finish it first",
+  ):
+    train.train_and_evaluate(grown, str(tmp_path / "new"))
+  assert not os.path.exists(tmp_path / "new" / "checkpoints")

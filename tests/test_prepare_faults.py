@@ -406,3 +406,53 @@ def test_cli_errors_are_one_line_and_name_the_file(tmp_path):
   code, _, printed = out["floats_0_255"]
   assert code == 0 and "pixel range [0, 255], mean (127.50, 127.50, 127.50)" in printed
   assert not (data_dir / "cli_nan_mean").exists() and leftovers(data_dir) == []
+
+
+# --- class ids: the classes present, as for image folders ---------------------------------
+
+
+def test_jsonl_labels_with_missing_ids_are_refused_unless_num_classes_is_given(tmp_path):
+  """Label 99 with no 2..98 used to make 100 classes silently, where an image folder's classes
+  are exactly its train class folders."""
+  train = write_lines(
+    tmp_path / "train.jsonl", [record("a", 0), record("b", 1), record("c", 99), record("d", 0)]
+  )
+  test = write_lines(tmp_path / "test.jsonl", [record("e", 1), record("f", 99)])
+  with pytest.raises(
+    ValueError,
+    match=at(train, r":3: label 99 makes 100 classes, but 97 of the ids below it have no train ")
+    + r"record \(2, 3, 4, 5, 6, \.\.\.\): labels must be the 0-based ids 0\.\.K-1 .*--num_classes",
+  ):
+    prepare.prepare_jsonl("gappy", str(tmp_path / "tfds"), train, test)
+  prepared = prepare.prepare_jsonl("gappy", str(tmp_path / "tfds"), train, test, num_classes=100)
+  assert prepared.num_classes == 100  # asked for: the classes exist without records
+
+  one_file = write_lines(tmp_path / "all.jsonl", [record(str(i), i % 2 * 5) for i in range(20)])
+  with pytest.raises(ValueError, match=at(one_file, r":\d+: label 5 makes 6 classes, but 4 of")):
+    prepare.prepare_jsonl_split("gappy_split", str(tmp_path / "tfds"), one_file, test_fraction=0.5)
+
+
+def test_a_jsonl_test_label_without_train_records_is_refused_like_an_image_folder(tmp_path):
+  train = write_lines(tmp_path / "train.jsonl", [record("a", 0), record("b", 1)])
+  test = write_lines(tmp_path / "test.jsonl", [record("c", 0), record("d", 2)])
+  with pytest.raises(
+    ValueError,
+    match=at(test, r":2: label 2 has no record in the train split \(")
+    + at(train, r"\), whose classes are \[0, 1\]; every test class must be in train"),
+  ):
+    prepare.prepare_jsonl("test_only", str(tmp_path / "tfds"), train, test)
+  root = tmp_path / "images"
+  write_folder(root, tiny_arrays())
+  (root / "test" / "zebra").mkdir()
+  with pytest.raises(ValueError, match=r"has class folder\(s\) \['zebra'\] that .*/train lacks"):
+    prepare.prepare_image_folder("test_only_images", str(tmp_path / "tfds"), str(root))
+
+
+def test_an_empty_train_class_folder_is_refused(tmp_path):
+  root = tmp_path / "images"
+  write_folder(root, tiny_arrays())
+  (root / "train" / "zebra").mkdir()  # a class with no train image
+  with pytest.raises(
+    ValueError, match=at(root / "train", r": class folder\(s\) \['zebra'\] hold no \.png/")
+  ):
+    prepare.prepare_image_folder("empty_class", str(tmp_path / "tfds"), str(root))

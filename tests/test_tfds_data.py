@@ -9,7 +9,10 @@ datasets.
 
 from __future__ import annotations
 
+import os
 import socket
+import subprocess
+import sys
 import threading
 import time
 
@@ -160,18 +163,54 @@ def closed_port() -> tuple[str, int]:
 # --- not prepared / download opt-in ------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", ["cifar10", "mnist", "deinforeg_never_prepared"])
-def test_not_prepared_fails_fast_with_instructions(tmp_path, name):
+@pytest.mark.parametrize("name", ["cifar10", "mnist"])
+def test_a_catalogue_dataset_not_prepared_fails_fast_with_instructions(tmp_path, name):
   start = time.perf_counter()
   with pytest.raises(DatasetNotPreparedError) as error:
     load_dataset(cfg(name, tmp_path, download=False))
   assert time.perf_counter() - start < 5.0  # no network wait
   message = str(error.value)
   assert f"{name!r} is not prepared" in message and str(tmp_path) in message
-  local = name if name.startswith("deinforeg") else f"{name}_local"  # catalogue names
+  local = f"{name}_local"  # catalogue names belong to TFDS's builders
   assert f"python -m launch.prepare_data --name={local} --data_dir={tmp_path}" in message
   assert "--npz=" in message and "--image_folder=" in message
   assert "--config.data.download=True" in message
+
+
+@pytest.mark.parametrize("download", [False, True])
+def test_an_unknown_dataset_is_one_line_without_the_tfds_catalogue(tmp_path, download):
+  """TFDS's own error lists its whole catalogue (~300 lines): it is neither shown nor chained."""
+  start = time.perf_counter()
+  with pytest.raises((DatasetNotPreparedError, ValueError)) as error:
+    load_dataset(cfg("cifar01", tmp_path, download=download))
+  assert time.perf_counter() - start < 5.0
+  assert error.value.__cause__ is None and error.value.__suppress_context__
+  assert str(error.value) == (
+    f"Dataset 'cifar01' is not prepared in data_dir='{tmp_path}' (no dataset files under "
+    f"{tmp_path}/cifar01) and is not a TFDS catalogue name"
+    + (" (download=True cannot fetch it)" if download else "")
+    + f"; prepare it with `python -m launch.prepare_data --name=cifar01 --data_dir={tmp_path}` "
+    "and one of --npz=FILE.npz, --image_folder=DIR, --jsonl=FILE.jsonl, or set "
+    "config.data.data_dir to where it is prepared (did you mean 'cifar10'?)."
+  )
+
+
+def test_the_launcher_prints_an_unknown_dataset_in_one_line(tmp_path):
+  proc = subprocess.run(
+    [sys.executable, "-m", "launch.train", f"--workdir={tmp_path / 'run'}",
+     "--config.data.name=deinforeg_never_prepared", f"--config.data.data_dir={tmp_path}"],
+    cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+    capture_output=True,
+    text=True,
+    timeout=300,
+    check=False,
+  )
+  assert proc.returncode == 1
+  assert proc.stderr.strip().startswith(
+    "error: Dataset 'deinforeg_never_prepared' is not prepared in data_dir="
+  )
+  assert len(proc.stderr.strip().splitlines()) == 1
+  assert not os.path.exists(tmp_path / "run" / "run.lock")
 
 
 def test_download_opt_in_prepares_then_reads(tmp_path, network_up):

@@ -147,21 +147,37 @@ def _not_prepared(name: str, data_dir: str, detail: str) -> DatasetNotPreparedEr
   )
 
 
+def _unknown(name: str, data_dir: str, download: bool) -> Exception:
+  """One line for a name that is neither prepared in ``data_dir`` nor in the TFDS catalogue."""
+  import difflib  # pylint: disable=import-outside-toplevel
+
+  import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
+
+  known = list(tfds.list_builders(with_community_datasets=False))
+  if os.path.isdir(data_dir):
+    known += [d for d in os.listdir(data_dir) if not d.startswith(".")]
+  close = difflib.get_close_matches(name, known, n=1)
+  message = (
+    f"Dataset {name!r} is not prepared in data_dir={data_dir!r} (no dataset files under "
+    f"{os.path.join(data_dir, name)}) and is not a TFDS catalogue name"
+    + (" (download=True cannot fetch it)" if download else "")
+    + f"; prepare it with `python -m launch.prepare_data --name={name} --data_dir={data_dir}` "
+    "and one of --npz=FILE.npz, --image_folder=DIR, --jsonl=FILE.jsonl, or set "
+    "config.data.data_dir to where it is prepared"
+    + (f" (did you mean {close[0]!r}?)" if close else "")
+    + "."
+  )
+  return ValueError(message) if download else DatasetNotPreparedError(message)
+
+
 def open_builder(name: str, data_dir: str, *, download: bool = False):
   """The TFDS builder of a prepared (or, with ``download``, freshly prepared) dataset."""
   import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
 
   try:
     builder = tfds.builder(name, data_dir=data_dir)
-  except tfds.core.registered.DatasetNotFoundError as error:
-    if download:
-      raise ValueError(
-        f"{name!r} is neither a TFDS catalogue dataset (which download=True could "
-        f"fetch) nor prepared in {data_dir!r}.\n" + _how_to_prepare(name, data_dir)
-      ) from error
-    raise _not_prepared(
-      name, data_dir, f"no dataset files under {os.path.join(data_dir, name)}"
-    ) from error
+  except tfds.core.registered.DatasetNotFoundError:  # its message lists the whole catalogue
+    raise _unknown(name, data_dir, download) from None
   if download and not builder.is_prepared():
     check_download_possible(name, data_dir)
     try:

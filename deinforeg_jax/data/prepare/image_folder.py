@@ -165,9 +165,9 @@ def prepare_image_folder(
 ) -> PreparedImages:
   """Prepares ``folder/train/<class>/*`` and ``folder/test/<class>/*`` images.
 
-  Class ids are the sorted class folder names of ``train``; every class folder of
-  ``test`` must also exist in ``train``. Records are ordered by class, then file name.
-  Both splits need images. ``resize``, ``allow_one_class``, ``options``: see
+  Class ids are the sorted class folder names of ``train``, each of which needs an image;
+  every class folder of ``test`` must also exist in ``train``. Records are ordered by class,
+  then file name. Both splits need images. ``resize``, ``allow_one_class``, ``options``: see
   ``write_image_files``.
   """
   listing = {split: _list_split(folder, split) for split in ("train", "test")}
@@ -186,6 +186,12 @@ def prepare_image_folder(
     ]
     for split in ("train", "test")
   }
+  empty = [cls for cls in class_names if not listing["train"][cls]]
+  if empty and files["train"]:
+    raise ValueError(
+      f"{folder}/train: class folder(s) {empty} hold no {'/'.join(IMAGE_SUFFIXES)} files, so "
+      "those classes would have no train example: add images, or remove the empty folders"
+    )
   for split in ("train", "test"):
     if not files[split]:
       raise ValueError(

@@ -123,8 +123,10 @@ def prepare_jsonl(
 ) -> Prepared:
   """Prepares ``train_path``/``test_path`` as the text dataset ``<data_dir>/<name>/1.0.0``.
 
-  ``num_classes`` defaults to ``len(class_names)``, else the largest label + 1. Both
-  files need records, and the train file two classes or more unless ``allow_one_class``.
+  ``num_classes`` defaults to ``len(class_names)``, else the number of train classes: the
+  labels must then be ``0..K-1`` with every id in the train file and every test label
+  among them (as an image folder's classes are its train folders). Both files need
+  records, and the train file two classes or more unless ``allow_one_class``.
   """
   paths = {"train": train_path, "test": test_path}
   records = {split: _read_records(path, "text", "label") for split, path in paths.items()}
@@ -231,6 +233,33 @@ def prepare_jsonl_split(
   )
 
 
+def _check_contiguous(records: dict[str, _Records], paths: dict[str, str]) -> None:
+  """Without a class count, the labels must be the ids ``0..K-1`` of the classes in the train
+  split, as an image folder's classes are its train class folders: a missing id (label 99
+  with no 2..98 would make 100 classes, 97 of them empty) or a test-only class is refused."""
+  _, train_labels, _ = records["train"]
+  present = set(train_labels)
+  missing = sorted(set(range(max(present) + 1)) - present)
+  if missing:
+    high = max(present)
+    line = records["train"][2][train_labels.index(high)]
+    shown = ", ".join(map(str, missing[:5])) + (", ..." if len(missing) > 5 else "")
+    raise ValueError(
+      f"{paths['train']}:{line}: label {high} makes {high + 1} classes, but {len(missing)} of "
+      f"the ids below it have no train record ({shown}): labels must be the 0-based ids "
+      "0..K-1 of the classes present. Remap the labels, or give --num_classes (num_classes) "
+      "if those classes exist without records"
+    )
+  for split, (_, labels, numbers) in records.items():
+    index = next((i for i, label in enumerate(labels) if label not in present), None)
+    if split != "train" and index is not None:
+      raise ValueError(
+        f"{paths[split]}:{numbers[index]}: label {labels[index]} has no record in the train "
+        f"split ({paths['train']}), whose classes are {sorted(present)}; every {split} class "
+        "must be in train. Remap the labels, or give --num_classes (num_classes)"
+      )
+
+
 def _write_text(
   name: str,
   data_dir: str,
@@ -254,6 +283,9 @@ def _write_text(
     num_classes = num_classes or len(class_names)
     if num_classes != len(class_names):
       raise ValueError(f"num_classes={num_classes} but {len(class_names)} class_names")
+  check_classes(records["train"][1], paths["train"], allow_one_class=allow_one_class)
+  if not num_classes:
+    _check_contiguous(records, paths)
   num_classes = num_classes or max(max(labels) for _, labels, _ in records.values()) + 1
   for split, (_, labels, numbers) in records.items():
     index = next((i for i, label in enumerate(labels) if label >= num_classes), None)
@@ -263,7 +295,6 @@ def _write_text(
         f"[0, {num_classes}); give --num_classes > {max(labels)} or remap the labels to "
         "0-based class ids"
       )
-  check_classes(records["train"][1], paths["train"], allow_one_class=allow_one_class)
   dataset = LocalDataset(
     name=name,
     input_key="text",
