@@ -29,6 +29,11 @@ parameter together, BatchNorm statistics excluded), ``bn_stats_rel_l2`` (the sam
 running statistics), ``eval_logits_max_abs_diff``, the same against the float64 run (``f64_``),
 the oracle's own float32-vs-float64 distances (``noise_*``), the limits
 ``max(10 x noise, 1e-4 relative / 1e-2 absolute for logits)`` and ``within_limits``.
+
+``--float64`` replays in float64 (parameters, optimizer state, activations; our loss terms cast
+the projector output to float32) and is meant to be read against the ``f64_`` figures: a float32
+gap that vanishes there is rounding, e.g. a ReLU input within float32 rounding of 0 whose sign
+differs between the two frameworks, which routes one gradient entry differently.
 """
 
 from __future__ import annotations
@@ -63,6 +68,12 @@ def _parser() -> argparse.ArgumentParser:
     default="auto",
     choices=("auto", "xla", "winograd"),
     help="config.model.conv_impl (auto: the project's default)",
+  )
+  parser.add_argument(
+    "--float64",
+    action="store_true",
+    help="replay in float64 (jax_enable_x64; the loss terms themselves stay float32): a check "
+    "that a float32 difference is rounding (a ReLU input within rounding of 0 whose sign differs)",
   )
   return parser
 
@@ -266,8 +277,11 @@ def _rel_l2(ours, reference) -> float:
   return float(np.linalg.norm(a - b) / np.linalg.norm(b))
 
 
-def replay(oracle_path: str, conv_impl: str = "auto") -> dict[str, Any]:
-  """Train our model on the oracle's batches from its initial state; the figures (module doc)."""
+def replay(oracle_path: str, conv_impl: str = "auto", float64: bool = False) -> dict[str, Any]:
+  """Train our model on the oracle's batches from its initial state; the figures (module doc).
+
+  ``float64``: parameters, optimizer state and inputs in float64 (needs ``jax_enable_x64``).
+  """
   import jax  # pylint: disable=import-outside-toplevel
   import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
 
@@ -281,19 +295,25 @@ def replay(oracle_path: str, conv_impl: str = "auto") -> dict[str, Any]:
   except (OSError, ValueError) as error:
     raise OracleError(f"not a readable .npz: {error}") from None
   meta = read_meta(oracle)
+  if float64 and jnp.zeros((), jnp.float64).dtype != jnp.float64:
+    raise OracleError(
+      "a float64 replay needs 64-bit JAX: jax.config.update('jax_enable_x64', True) or "
+      "`with jax.enable_x64(True):`."
+    )
+  dtype = np.float64 if float64 else np.float32
   config = make_config(meta, conv_impl)
   num_classes = int(meta["n_classes"])
   model = models.create_model(config, num_classes)
   schedule = optim.make_schedule(config.optim, meta["steps"], meta["steps"])
   tx = optim.make_optimizer(config.optim, schedule)
   objective = rules.get_objective(config.rule)
-  x = np.ascontiguousarray(oracle["x"].transpose(0, 1, 3, 4, 2))  # NCHW -> NHWC
+  x = np.ascontiguousarray(oracle["x"].transpose(0, 1, 3, 4, 2), dtype)  # NCHW -> NHWC
   y = oracle["y"].astype(np.int32)
-  x_eval = np.ascontiguousarray(oracle["x_eval"].transpose(0, 2, 3, 1))
+  x_eval = np.ascontiguousarray(oracle["x_eval"].transpose(0, 2, 3, 1), dtype)
   template = jax.eval_shape(
     lambda: model.init(jax.random.key(0), jnp.zeros((2, *x.shape[2:])), train=False)
   )
-  params, batch_stats = load_state(oracle, "init/", meta, template)
+  params, batch_stats = load_state(oracle, "init/", meta, template, dtype)
   state = steps.TrainState(
     step=jnp.zeros((), jnp.int32),
     params=jax.tree.map(jnp.asarray, params),
@@ -352,6 +372,7 @@ def replay(oracle_path: str, conv_impl: str = "auto") -> dict[str, Any]:
     "lr": meta["lr"],
     "seed": meta.get("seed"),
     "steps": int(meta["steps"]),
+    "float64": float64,
     "non_default_config": {
       "model.bn_running_var": config.model.bn_running_var,
       "model.conv_impl": conv_impl,
@@ -395,7 +416,11 @@ def replay(oracle_path: str, conv_impl: str = "auto") -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> None:
   args = _parser().parse_args(argv)
   try:
-    row = replay(args.oracle, args.conv_impl)
+    if args.float64:
+      import jax  # pylint: disable=import-outside-toplevel
+
+      jax.config.update("jax_enable_x64", True)
+    row = replay(args.oracle, args.conv_impl, args.float64)
   except OracleError as error:
     raise SystemExit(f"benchmarks.trajectory_parity: cannot replay {args.oracle}: {error}")
   print(json.dumps(row), flush=True)
