@@ -28,6 +28,7 @@ from test_text_data import text_data_config, toy_records, write_jsonl
 
 import deinforeg_jax
 from deinforeg_jax import inference, train, trained
+from deinforeg_jax.trained import loading
 from deinforeg_jax.data import load_digits, load_dataset
 from deinforeg_jax.data.prepare import text as text_prepare
 from launch import evaluate, export, predict
@@ -186,13 +187,13 @@ def test_interrupted_run_best_exit_falls_back_to_metrics_then_the_last_exit(digi
 def test_schedule_run_uses_only_the_blocks_added_by_its_step():
   config = _digits_config(3, schedule="1,2")
   config.train.num_epochs = 3
-  model = trained.models.create_model(config, 10)
+  model = loading.models.create_model(config, 10)
   metadata = {"step": 22, "dataset": {"num_train": 1437}}  # 22 steps per epoch
-  assert trained._active_blocks(config, metadata, model) == 1  # pylint: disable=protected-access
+  assert loading._active_blocks(config, metadata, model) == 1  # pylint: disable=protected-access
   metadata["step"] = 23  # the first step of epoch 2 trains the added block
-  assert trained._active_blocks(config, metadata, model) == 2  # pylint: disable=protected-access
+  assert loading._active_blocks(config, metadata, model) == 2  # pylint: disable=protected-access
   metadata["step"] = 66
-  assert trained._active_blocks(config, metadata, model) == 3  # pylint: disable=protected-access
+  assert loading._active_blocks(config, metadata, model) == 3  # pylint: disable=protected-access
 
 
 # ------------------------------------------------------------------ clear errors
@@ -439,7 +440,7 @@ def test_pipeline_run_loads_as_the_one_program_model(tmp_path):
 def test_checkpoint_description_is_used_and_damaged_arrays_are_refused(digits_run, monkeypatch):
   """A checkpoint whose metadata records mean/std/pixel_max/class_names needs no dataset;
   an array that does not match its saved checksum is refused by name."""
-  read = trained.checkpoint.read_variables
+  read = loading.checkpoint.read_variables
   described = {"mean": [0.5], "std": [2.0], "pixel_max": 1.0, "class_names": list("abcdefghij")}
 
   def with_description(workdir):
@@ -447,8 +448,8 @@ def test_checkpoint_description_is_used_and_damaged_arrays_are_refused(digits_ru
     metadata["dataset"].update(described)
     return variables, metadata
 
-  monkeypatch.setattr(trained.checkpoint, "read_variables", with_description)
-  monkeypatch.setitem(trained.registry.EMBEDDED, "digits", None)  # the dataset is not read
+  monkeypatch.setattr(loading.checkpoint, "read_variables", with_description)
+  monkeypatch.setitem(loading.registry.EMBEDDED, "digits", None)  # the dataset is not read
   model = deinforeg_jax.load(digits_run[0])
   assert model.class_names == tuple("abcdefghij") and model.notes == []
   np.testing.assert_allclose(model.preprocessing(np.ones((1, 8, 8, 1))), 0.25)
@@ -460,7 +461,7 @@ def test_checkpoint_description_is_used_and_damaged_arrays_are_refused(digits_ru
     dense["kernel"] = dense["kernel"] * 0
     return variables, metadata
 
-  monkeypatch.setattr(trained.checkpoint, "read_variables", damaged)
+  monkeypatch.setattr(loading.checkpoint, "read_variables", damaged)
   with pytest.raises(trained.WorkdirError, match=r"array params/block_01/classifier/Dense_0/kernel "
                      r"of step 44 does not match its saved checksum"):
     deinforeg_jax.load(digits_run[0])
