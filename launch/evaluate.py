@@ -235,16 +235,28 @@ def define_flags() -> None:
   flags.DEFINE_string("out_dir", "", "Where to write the report ('' = WORKDIR/evaluation).")
 
 
+def _unknown_field(error: Exception) -> str:
+  given = ", ".join(a.split("=")[0] for a in sys.argv[1:] if a.startswith("--config."))
+  text = str(error).replace("\\n", " ")
+  hint = text[text.index("Did you mean") :].rstrip("'\" ") + " " if "Did you mean" in text else ""
+  return (
+    f"error: unknown config field in {given}: {hint}the fields are in launch/configs/default.py."
+  )
+
+
 def _parse_flags(argv):
   """absl's parsing, with one line for a ``--config.<field>`` that does not exist."""
   try:
     return flags.FLAGS(argv)
   except (AttributeError, KeyError) as error:
-    sys.exit(f"error: unknown config field {error}: see launch/configs/default.py for the fields.")
+    sys.exit(_unknown_field(error))
 
 
 def run():
-  define_flags()
+  try:  # config_flags applies the --config.<field> overrides of sys.argv here
+    define_flags()
+  except (AttributeError, KeyError) as error:
+    sys.exit(_unknown_field(error))
   app.run(main, flags_parser=_parse_flags)
 
 
