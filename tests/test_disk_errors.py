@@ -13,6 +13,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 import orbax.checkpoint as ocp
 import pytest
@@ -98,7 +99,7 @@ def test_an_async_failure_is_raised_by_check_once_written_and_again_by_every_lat
   saver.wait()
   saver.save(state, {"step": 1})
   while saver._manager.is_saving_in_progress():  # the background write fails
-    pass
+    time.sleep(0.01)
   with pytest.raises(checkpoint.CheckpointWriteError, match=r"step 1 to .*ENOSPC.*step 0 in"):
     saver.check()
   for again in (saver.check, saver.wait, lambda: saver.save(state, {"step": 2})):
