@@ -24,9 +24,16 @@ summaries alone (no workdirs needed), and a grid can be extended later.
 
 Optional grid fields: ``plateau_epochs`` / ``plateau_tol`` (a cell has *converged*
 when its best-exit test accuracy in the last ``plateau_epochs`` epochs beat the best
-of all earlier epochs by at most ``plateau_tol``; the table counts converged cells)
-and ``compare_to`` (a rule: win / tie / loss against every other rule by Welch's
-two-sided t-test over seeds, p < 0.05).
+of all earlier epochs by at most ``plateau_tol``; the table counts converged cells),
+``compare_to`` (a rule, or several joined by commas: win / tie / loss against every
+other rule by Welch's two-sided t-test over seeds, p < 0.05) and ``extra_metrics``
+(more summary fields, each tabulated and compared like ``metric``).
+
+Variants of a rule: an entry of ``rules`` may be a label (no dots) whose
+``rule_overrides.<label>`` sets the real ``rule`` with other fields, e.g.
+``rule_overrides.deinforeg_lars = {"rule": "deinforeg", "optim": {"name": "lars"}}``.
+The label names the cell, its column and its comparisons like a rule; the table lists
+each label's overrides.
 """
 
 from __future__ import annotations
@@ -44,7 +51,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 from scipy import stats
 
-from deinforeg_jax import plots
+from deinforeg_jax import plots, rules
 from deinforeg_jax.train import train_and_evaluate
 
 config_flags.DEFINE_config_file("grid", None, "Grid config (ml_collections file).")
@@ -89,18 +96,27 @@ def _apply_overrides(config, overrides, where: str) -> None:
 
 
 def cell_config(grid, cell: Mapping[str, Any]):
-  """The run config of one cell: ``grid.base`` + dataset and rule overrides + the cell's axes."""
+  """The run config of one cell: ``grid.base`` + dataset and rule overrides + the cell's axes.
+
+  ``cell["rule"]`` is the rule, or a variant label whose overrides set the rule.
+  """
   config = copy.deepcopy(grid.base)
+  label = cell["rule"]
   with config.unlocked():
     overrides = grid.get("dataset_overrides", {})
     if cell["dataset"] in overrides:
       _apply_overrides(
         config, overrides[cell["dataset"]], f"grid.dataset_overrides.{cell['dataset']}"
       )
+    config.rule = label
     overrides = grid.get("rule_overrides", {})
-    if cell["rule"] in overrides:
-      _apply_overrides(config, overrides[cell["rule"]], f"grid.rule_overrides.{cell['rule']}")
-    config.rule = cell["rule"]
+    if label in overrides:
+      _apply_overrides(config, overrides[label], f"grid.rule_overrides.{label}")
+    if config.rule not in rules.RULES:
+      raise ValueError(
+        f"grid.rules has {label!r}: neither a rule ({', '.join(rules.RULES)}) nor a variant "
+        f"label with grid.rule_overrides.{label}.rule set to one."
+      )
     config.data.name = cell["dataset"]
     config.seed = cell["seed"]
     noise = config.data.label_noise
@@ -177,32 +193,52 @@ def _mean_std(values: list[float]) -> str:
   return f"{mean:.1f} ± {100 * np.std(values, ddof=1):.1f}"
 
 
-def _metric_values(grid, summaries, dataset: str, rule: str, rate) -> list[float]:
-  """``grid.metric`` of every seed's summary of one (dataset, rule, noise rate)."""
+def _metric_values(grid, summaries, dataset: str, rule: str, rate, metric=None) -> list[float]:
+  """``metric`` (default ``grid.metric``) of every seed's summary of one (dataset, rule, rate)."""
   return [
-    s[grid.metric]
+    s[metric or grid.metric]
     for s in summaries
     if (s["dataset"], s["rule"], s["noise_rate"]) == (dataset, rule, int(rate))
   ]
 
 
+def _variant_lines(grid) -> list[str]:
+  """One line per rule or label with ``rule_overrides``: the fields they set."""
+  overrides = grid.get("rule_overrides", {})
+  lines = []
+  for rule in grid.rules:
+    if rule in overrides:
+      fields = _flatten(json.loads(json.dumps(overrides[rule].to_dict())))
+      fields = dict(sorted(fields.items(), key=lambda field: field[0] != "rule"))  # rule first
+      lines.append(f"- `{rule}`: " + ", ".join(f"{k}={v}" for k, v in fields.items()))
+  return lines + [""] if lines else []
+
+
+def _metric_rows(grid, summaries, dataset: str, metric: str) -> list[str]:
+  """Markdown header and one ``mean ± std`` row per noise rate of ``metric``."""
+  lines = ["| noise | " + " | ".join(grid.rules) + " |", "|---" * (len(grid.rules) + 1) + "|"]
+  for rate in grid.noise_rates:
+    row = [f"{int(rate)}%"]
+    for rule in grid.rules:
+      row.append(_mean_std(_metric_values(grid, summaries, dataset, rule, rate, metric)))
+    lines.append("| " + " | ".join(row) + " |")
+  return lines
+
+
 def markdown_table(grid, summaries: list[dict[str, Any]]) -> str:
-  """Per dataset: one row per noise rate, one column per rule, ``mean ± std`` (%) over seeds."""
+  """Per dataset: one row per noise rate, one column per rule, ``mean ± std`` (%) over seeds;
+  the same for each of ``grid.extra_metrics``; win / tie / loss of each ``compare_to`` rule."""
   lines = [
     (
       f"Test accuracy (%), `{grid.metric}`, mean ± std (sample std) over seeds "
       f"{list(grid.seeds)}; `{grid.noise_kind}` label noise on the training split."
     ),
     "",
-  ]
+  ] + _variant_lines(grid)
+  extra_metrics = list(grid.get("extra_metrics", ()))
+  compared = [r.strip() for r in grid.get("compare_to", "").split(",") if r.strip()]
   for dataset in grid.datasets:
-    lines += [f"**{dataset}**", "", "| noise | " + " | ".join(grid.rules) + " |"]
-    lines.append("|---" * (len(grid.rules) + 1) + "|")
-    for rate in grid.noise_rates:
-      row = [f"{int(rate)}%"]
-      for rule in grid.rules:
-        row.append(_mean_std(_metric_values(grid, summaries, dataset, rule, rate)))
-      lines.append("| " + " | ".join(row) + " |")
+    lines += [f"**{dataset}**", ""] + _metric_rows(grid, summaries, dataset, grid.metric)
     times, converged = [], []
     plateau_epochs = grid.get("plateau_epochs", 0)
     for rule in grid.rules:
@@ -219,8 +255,12 @@ def markdown_table(grid, summaries: list[dict[str, Any]]) -> str:
         f"{100 * grid.plateau_tol:g} points) | " + " | ".join(converged) + " |"
       )
     lines.append("")
-    if grid.get("compare_to", ""):
-      lines += _wins_ties_losses(grid, dataset, summaries)
+    for metric in extra_metrics:
+      lines += [f"Test accuracy (%), `{metric}`, on {dataset}:", ""]
+      lines += _metric_rows(grid, summaries, dataset, metric) + [""]
+    for metric in [grid.metric] + extra_metrics:
+      for rule in compared:
+        lines += _wins_ties_losses(grid, dataset, summaries, rule, metric)
   return "\n".join(lines)
 
 
@@ -241,11 +281,13 @@ def compare(ours: list[float], theirs: list[float], alpha: float = 0.05) -> tupl
   return ("win" if np.mean(ours) > np.mean(theirs) else "loss"), p
 
 
-def _wins_ties_losses(grid, dataset: str, summaries: list[dict[str, Any]]) -> list[str]:
-  """Markdown rows: ``grid.compare_to`` against every other rule, per noise rate, and totals."""
-  others = [r for r in grid.rules if r != grid.compare_to]
+def _wins_ties_losses(
+  grid, dataset: str, summaries: list[dict[str, Any]], ours: str, metric: str
+) -> list[str]:
+  """Markdown rows: rule ``ours`` against every other rule, per noise rate, and totals."""
+  others = [r for r in grid.rules if r != ours]
   lines = [
-    f"Win / tie / loss of **{grid.compare_to}** on {dataset} (`{grid.metric}`, Welch's "
+    f"Win / tie / loss of **{ours}** on {dataset} (`{metric}`, Welch's "
     "two-sided t-test over seeds, p < 0.05):",
     "",
     "| noise | " + " | ".join(f"vs {r}" for r in others) + " |",
@@ -254,9 +296,9 @@ def _wins_ties_losses(grid, dataset: str, summaries: list[dict[str, Any]]) -> li
   totals = {r: {"win": 0, "tie": 0, "loss": 0} for r in others}
   for rate in grid.noise_rates:
     row = [f"{int(rate)}%"]
-    ours = _metric_values(grid, summaries, dataset, grid.compare_to, rate)
+    mine = _metric_values(grid, summaries, dataset, ours, rate, metric)
     for rule in others:
-      outcome, p = compare(ours, _metric_values(grid, summaries, dataset, rule, rate))
+      outcome, p = compare(mine, _metric_values(grid, summaries, dataset, rule, rate, metric))
       if outcome in totals[rule]:
         totals[rule][outcome] += 1
       row.append(outcome if outcome == "–" else f"{outcome} (p={p:.2g})")

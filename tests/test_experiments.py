@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+import importlib
 import json
 import os
 import shutil
@@ -12,6 +14,7 @@ import pytest
 from helpers import tiny_config
 
 from launch import experiments
+from launch.configs.experiments import converged_mnist, noise_ablation_mnist
 
 
 def _grid(rules=("deinforeg", "bp"), noise_rates=(0, 40), seeds=(0, 1)):
@@ -254,3 +257,133 @@ def test_a_real_cell_records_noise_and_grad_norms_and_an_unfinished_cell_resumes
   assert second["steps"] == first["steps"]
   with open(os.path.join(first["workdir"], "metrics.jsonl")) as f:
     assert f.read() == epochs_before
+
+
+def test_variant_labels_set_the_rule_optimizer_and_ce_weight_of_each_ablation_cell():
+  grid = noise_ablation_mnist.get_config()
+  configs = {c["rule"]: experiments.cell_config(grid, c) for c in experiments.cells(grid)}
+  got = {
+    label: (c.rule, c.optim.name, c.optim.base_lr, c.optim.end_lr, c.loss.ce_weight)
+    for label, c in configs.items()
+  }
+  assert got == {
+    "deinforeg_lars": ("deinforeg", "lars", 0.2, 0.002, 0.001),
+    "deinforeg_ce0p1": ("deinforeg", "adam", 1e-3, 1e-5, 0.1),
+    "bp_lars": ("bp", "lars", 0.2, 0.002, 0.001),
+    "deinforeg_ce0p01": ("deinforeg", "adam", 1e-3, 1e-5, 0.01),
+    "deinforeg": ("deinforeg", "adam", 1e-3, 1e-5, 0.001),
+    "bp": ("bp", "adam", 1e-3, 1e-5, 0.001),
+  }
+  lars = configs["deinforeg_lars"].optim
+  assert (lars.weight_decay, lars.momentum, lars.eta, lars.schedule_per_epoch) == (
+    1e-4,
+    0.9,
+    1e-3,
+    True,
+  )
+  for config in configs.values():
+    noise = config.data.label_noise
+    assert (noise.kind, noise.rate, config.train.num_epochs) == ("symmetric", 40, 10)
+    assert (config.model.width, config.data.batch_size, config.data.augment) == (0.5, 128, "none")
+
+
+def test_the_ablations_adam_cells_are_the_converged_studys_own_cells():
+  """The ``deinforeg`` and ``bp`` 40% cells were copied from studies/converged_mnist."""
+  ablation, converged = noise_ablation_mnist.get_config(), converged_mnist.get_config()
+  shared = [c for c in experiments.cells(ablation) if c["rule"] in ("deinforeg", "bp")]
+  assert len(shared) == 6
+  for cell in shared:
+    assert cell in list(experiments.cells(converged))
+    assert (
+      experiments.cell_config(ablation, cell).to_dict()
+      == experiments.cell_config(converged, cell).to_dict()
+    )
+
+
+def test_an_unknown_rule_label_is_named():
+  grid = _grid(rules=("deinforeg_lars",))
+  grid.rule_overrides = ml_collections.ConfigDict({"deinforeg_lars": {"optim": {"name": "sgd"}}})
+  message = r"'deinforeg_lars': neither a rule .*grid\.rule_overrides\.deinforeg_lars\.rule"
+  with pytest.raises(ValueError, match=message):
+    experiments.cell_config(grid, next(experiments.cells(grid)))
+
+
+def _config_before_variant_labels(grid, cell):
+  """``cell_config`` as it was before variant labels: overrides, then the cell's axes."""
+  config = copy.deepcopy(grid.base)
+  with config.unlocked():
+    for overrides, key in ((grid.dataset_overrides, "dataset"), (grid.rule_overrides, "rule")):
+      if cell[key] in overrides:
+        experiments._apply_overrides(config, overrides[cell[key]], key)
+    config.rule, config.data.name, config.seed = cell["rule"], cell["dataset"], cell["seed"]
+    noise = config.data.label_noise
+    noise.kind = grid.noise_kind if cell["noise_rate"] > 0 else "none"
+    noise.rate, noise.seed = cell["noise_rate"], cell["seed"]
+  return config
+
+
+@pytest.mark.parametrize(
+  "name", ["converged_mnist", "noise_cifar", "noise_digits", "noise_agnews", "deep_plain"]
+)
+def test_existing_grids_keep_their_cell_names_and_configs(name):
+  grid = importlib.import_module(f"launch.configs.experiments.{name}").get_config()
+  for cell in experiments.cells(grid):
+    assert experiments.cell_name(cell) == (
+      f"{cell['dataset']}__{cell['rule']}__noise{cell['noise_rate']}__seed{cell['seed']}"
+    )
+    assert experiments.cell_config(grid, cell) == _config_before_variant_labels(grid, cell)
+
+
+def test_a_known_converged_cell_keeps_its_config():
+  grid = converged_mnist.get_config()
+  cell = {"dataset": "mnist_local", "rule": "deinforeg", "noise_rate": 40, "seed": 2}
+  config = experiments.cell_config(grid, cell)
+  assert experiments.cell_name(cell) == "mnist_local__deinforeg__noise40__seed2"
+  assert (config.rule, config.seed, config.data.name, config.data.batch_size) == (
+    "deinforeg",
+    2,
+    "mnist_local",
+    128,
+  )
+  assert (config.optim.name, config.optim.base_lr, config.optim.end_lr) == ("adam", 1e-3, 1e-5)
+  assert (config.loss.ce_weight, config.model.width, config.train.num_epochs) == (0.001, 0.5, 10)
+  noise = config.data.label_noise
+  assert (noise.kind, noise.rate, noise.seed) == ("symmetric", 40, 2)
+
+
+def test_a_dry_run_lists_the_ablation_cells_informative_variants_first(tmp_path, capsys):
+  grid = noise_ablation_mnist.get_config()
+  assert experiments.run_grid(grid, str(tmp_path), dry_run=True) == []
+  names = [line.split()[1] for line in capsys.readouterr().out.splitlines()]
+  assert len(names) == 18 and names[:3] == [
+    "mnist_local__deinforeg_lars__noise40__seed0",
+    "mnist_local__deinforeg_ce0p1__noise40__seed0",
+    "mnist_local__bp_lars__noise40__seed0",
+  ]
+  assert not (tmp_path / "table.md").exists()
+
+
+def test_the_table_lists_variants_and_compares_every_metric(tmp_path, fake_trainer):
+  grid = _grid(rules=("deinforeg_ce", "deinforeg", "bp"), noise_rates=(40,), seeds=(0, 1))
+  grid.rule_overrides = ml_collections.ConfigDict(
+    {"deinforeg_ce": {"rule": "deinforeg", "loss": {"ce_weight": 0.1}}}
+  )
+  grid.compare_to = "deinforeg_ce,deinforeg"
+  grid.extra_metrics = ("best_epoch_test_accuracy",)
+  experiments.run_grid(grid, str(tmp_path))
+  assert {c.split("__")[1] for c in os.listdir(tmp_path / "cells")} == {
+    "deinforeg_ce",
+    "deinforeg",
+    "bp",
+  }
+  with open(tmp_path / "digits" / "deinforeg_ce" / "noise40" / "seed0" / "results.json") as f:
+    config = json.load(f)["config"]
+  assert (config["rule"], config["loss"]["ce_weight"]) == ("deinforeg", 0.1)
+  table = (tmp_path / "table.md").read_text()
+  assert "- `deinforeg_ce`: rule=deinforeg, loss.ce_weight=0.1" in table
+  assert "| noise | deinforeg_ce | deinforeg | bp |" in table
+  assert "Test accuracy (%), `best_epoch_test_accuracy`, on digits:" in table
+  for metric in ("best_test_accuracy", "best_epoch_test_accuracy"):
+    for ours in ("deinforeg_ce", "deinforeg"):
+      assert f"Win / tie / loss of **{ours}** on digits (`{metric}`" in table
+  assert "| noise | vs deinforeg | vs bp |" in table

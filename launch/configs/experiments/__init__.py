@@ -8,7 +8,8 @@ def make_grid(base, rules, datasets, noise_rates=(0,), seeds=(0, 1)) -> ml_colle
 
   Symmetric noise, ``best_test_accuracy`` tabulated, no time budget, no overrides,
   no convergence check and no win/tie/loss by default; any field can be set
-  afterwards or on the command line.
+  afterwards or on the command line.  A ``rules`` entry may be a variant label whose
+  ``rule_overrides`` set the real ``rule`` (``launch/experiments.py``).
   """
   grid = ml_collections.ConfigDict()
   grid.base = base
@@ -23,7 +24,8 @@ def make_grid(base, rules, datasets, noise_rates=(0,), seeds=(0, 1)) -> ml_colle
   # plateau_tol (a fraction) over the earlier epochs (0: not checked).
   grid.plateau_epochs = 0
   grid.plateau_tol = 0.0
-  grid.compare_to = ""  # a rule: win / tie / loss against the others (Welch's t-test)
+  grid.compare_to = ""  # rules, comma-separated: win / tie / loss against the others (Welch)
+  grid.extra_metrics = ()  # more summary fields tabulated and compared like grid.metric
   grid.dataset_overrides = ml_collections.ConfigDict()
   grid.rule_overrides = ml_collections.ConfigDict()
   return grid
