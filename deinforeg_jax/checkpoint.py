@@ -22,6 +22,8 @@ import errno
 import logging
 import os
 import shutil
+import threading
+import time
 from typing import Any, Callable
 
 import flax
@@ -273,6 +275,19 @@ def check_compatible(
   return changes
 
 
+def _join_writers(timeout_s: float = 60.0) -> None:
+  """Wait (at most ``timeout_s``) for Orbax's writer threads: a synchronous save raises at its
+  first failed writer and leaves the others writing into the step's partial folder, which a
+  retry in the same process would then collide with."""
+  from orbax.checkpoint._src.futures import future  # pylint: disable=import-outside-toplevel
+
+  writer = getattr(future, "_SignalingThread", ())  # () matches nothing if Orbax renames it
+  deadline = time.monotonic() + timeout_s
+  for thread in threading.enumerate():
+    if isinstance(thread, writer) and thread is not threading.current_thread():
+      thread.join(max(0.0, deadline - time.monotonic()))
+
+
 class _QuietWriteErrors(logging.Filter):
   """Drops Orbax's logs of a background save that failed with an OS error (with a traceback
   each, ~30 lines): ``RunCheckpointer`` reports that failure in one line."""
@@ -397,6 +412,7 @@ class RunCheckpointer:
       self._manager.wait_until_finished()
     except Exception:  # noqa: BLE001  # the same failure, already in hand
       pass
+    _join_writers()
     try:
       self._manager.reload()
       good = self._manager.latest_step()
