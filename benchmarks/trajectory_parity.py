@@ -151,6 +151,20 @@ def make_config(meta: dict[str, Any], conv_impl: str = "auto"):
   return config
 
 
+def _non_default_conventions(config) -> dict[str, str]:
+  """The layer conventions (``config.model.init/bn_running_var/conv_impl``) the replay runs
+  with that differ from ``launch/configs/default.py``'s: {} when the defaults are the
+  original's."""
+  from launch.configs import default  # pylint: disable=import-outside-toplevel
+
+  defaults = default.get_config().model
+  return {
+    f"model.{name}": config.model[name]
+    for name in ("init", "bn_running_var", "conv_impl")
+    if config.model[name] != defaults[name]
+  }
+
+
 # ------------------------------------------------------------------ PyTorch state_dict -> ours
 
 
@@ -373,10 +387,7 @@ def replay(oracle_path: str, conv_impl: str = "auto", float64: bool = False) -> 
     "seed": meta.get("seed"),
     "steps": int(meta["steps"]),
     "float64": float64,
-    "non_default_config": {
-      "model.bn_running_var": config.model.bn_running_var,
-      "model.conv_impl": conv_impl,
-    },
+    "non_default_conventions": _non_default_conventions(config),
     "loss_first": float(totals[0]),
     "loss_last": float(totals[-1]),
     "loss_max_rel_diff": loss_rel(oracle["loss_total"]),

@@ -37,7 +37,7 @@ import jax.numpy as jnp
 
 from deinforeg_jax import stack
 from deinforeg_jax.modules import vision
-from deinforeg_jax.modules.layers import FLAX, Conventions
+from deinforeg_jax.modules.layers import DEFAULT_CONVENTIONS, Conventions
 
 ACTIVATIONS = {"sigmoid": nn.sigmoid, "tanh": nn.tanh, "relu": nn.relu}
 BASELINE_RULES = ("scpl", "al")
@@ -50,7 +50,7 @@ class DenseStack(nn.Module):
   widths: Sequence[int]
   activation: str = "relu"
   activate_last: bool = False
-  conventions: Conventions = FLAX
+  conventions: Conventions = DEFAULT_CONVENTIONS
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
@@ -72,7 +72,7 @@ class SCPLStack(nn.Module):
   head: Callable[..., nn.Module]
   projector: tuple[int, ...]
   pool: Callable[[Any], jax.Array] = vision.flatten
-  conventions: Conventions = FLAX
+  conventions: Conventions = DEFAULT_CONVENTIONS
 
   @nn.compact
   def __call__(self, x: Any, train: bool) -> dict[str, list[jax.Array]]:
@@ -109,7 +109,7 @@ class ALBlock(nn.Module):
   bridge_hidden: tuple[int, ...]
   activation: str
   pool: Callable[[Any], jax.Array] = vision.flatten
-  conventions: Conventions = FLAX
+  conventions: Conventions = DEFAULT_CONVENTIONS
 
   def setup(self):
     c = self.conventions
@@ -143,7 +143,7 @@ class ALStack(nn.Module):
   bridge_hidden: tuple[int, ...] = (2500,)
   activation: str = "sigmoid"
   pool: Callable[[Any], jax.Array] = vision.flatten
-  conventions: Conventions = FLAX
+  conventions: Conventions = DEFAULT_CONVENTIONS
 
   @nn.compact
   def __call__(self, x: Any, train: bool) -> dict[str, list[jax.Array]]:

@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 
 from deinforeg_jax.modules import heads, vision
-from deinforeg_jax.modules.layers import FLAX, Conventions
+from deinforeg_jax.modules.layers import DEFAULT_CONVENTIONS, Conventions
 
 EncoderFactory = Callable[..., nn.Module]  # called with ``name=`` only
 
@@ -45,7 +45,7 @@ class BlockSpec:
   classifier_hidden: tuple[int, ...] = ()
   pool: Callable[[Any], jax.Array] = vision.flatten
   has_classifier: bool = True  # False: the text embedding block (its z is an ``extra_z``)
-  conventions: Conventions = FLAX
+  conventions: Conventions = DEFAULT_CONVENTIONS
 
 
 class Block(nn.Module):
@@ -167,7 +167,7 @@ class VGGHead(nn.Module):
 
   hidden: int
   num_classes: int
-  conventions: Conventions = FLAX
+  conventions: Conventions = DEFAULT_CONVENTIONS
 
   @nn.compact
   def __call__(self, h: jax.Array, train: bool) -> jax.Array:
@@ -180,7 +180,7 @@ class ResNetHead(nn.Module):
   """The BP ResNet head of the reference code: global average pool -> Dense(C)."""
 
   num_classes: int
-  conventions: Conventions = FLAX
+  conventions: Conventions = DEFAULT_CONVENTIONS
 
   @nn.compact
   def __call__(self, h: jax.Array, train: bool) -> jax.Array:

@@ -641,7 +641,9 @@ def run_epochs(
     while step < epoch_end:
       stop_at = min(epoch_end, (step // every + 1) * every) if every else epoch_end
       start = time.perf_counter()
-      segment_batches = stop.until_requested(itertools.islice(batches, stop_at - step), step)
+      segment_batches = _checked(
+        stop.until_requested(itertools.islice(batches, stop_at - step), step), checkpointer
+      )
       state, segment = engine.train_segment(
         state, segment_batches, step % steps_per_epoch, bar.update
       )
@@ -667,6 +669,15 @@ def run_epochs(
     if stop.signal_name:  # arrived during the evaluation: save the epoch's end now
       stop_now(state, step, epoch, f"at the end of epoch {epoch + 1}")
   return state, test_accuracy
+
+
+def _checked(batches, checkpointer):
+  """``batches``, raising ``checkpoint.CheckpointWriteError`` before the next step as soon as an
+  asynchronous save is known to have failed (``RunCheckpointer.check`` does not block): the run
+  stops at the failed save instead of training on, and the last good checkpoint stays."""
+  for batch in batches:
+    checkpointer.check()
+    yield batch
 
 
 def _this_process() -> dict[str, int]:

@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from deinforeg_jax import configuration, models
+from deinforeg_jax import checkpoint, configuration, models
 from deinforeg_jax.modules.layers import Conventions
 from launch.configs import default
 
@@ -98,9 +98,9 @@ def test_torch_init_covers_encoders_projectors_and_classifiers():
 @pytest.mark.parametrize("rule,arch", VISION_CASES)
 def test_default_init_is_flax_lecun_normal_with_zero_biases(rule, arch):
   config = _vision_config(rule, arch)
-  assert (config.model.init, config.model.bn_running_var) == ("flax", "biased")
+  assert (config.model.init, config.model.bn_running_var) == ("flax", "unbiased")
   params = _params(config)
-  explicit = _params(_vision_config(rule, arch, init="flax", bn_running_var="biased"))
+  explicit = _params(_vision_config(rule, arch, init="flax", bn_running_var="unbiased"))
   assert params.keys() == explicit.keys()
   for path, value in params.items():
     np.testing.assert_array_equal(value, explicit[path], err_msg=path)
@@ -179,6 +179,26 @@ def test_batch_norm_unbiased_running_variance():
   )
 
 
+def test_default_batch_norm_keeps_the_originals_unbiased_running_variance():
+  """Departure found by the trajectory replay (benchmarks.trajectory_parity): the original's
+  BatchNorm layers (PyTorch) update the running variance with the unbiased batch variance; ours
+  used Flax's biased one by default, so after 30 steps the eval-mode logits differed from the
+  original's by 0.029.  The default config, built as launch.train builds it, now updates as the
+  original: var <- 0.9 var + 0.1 s2 n / (n - 1)."""
+  config = default.get_config()
+  conventions = models.conventions(config.model)
+  assert conventions.bn_running_var == "unbiased"
+  x = jax.random.normal(jax.random.key(4), (5, 2, 2, 3)) + 1.0
+  bn = conventions.batch_norm(train=True)
+  variables = bn.init(jax.random.key(5), x)
+  _, updates = bn.apply(variables, x, mutable=["batch_stats"])
+  batch = np.asarray(x, np.float64).reshape(20, 3)
+  np.testing.assert_allclose(
+    updates["batch_stats"]["var"], 0.9 + 0.1 * batch.var(0, ddof=1), rtol=1e-5
+  )
+  assert checkpoint.FIELDS_ADDED_LATER["model.bn_running_var"] == "biased"  # older checkpoints
+
+
 def test_unbiased_running_variance_in_a_model():
   """Same parameters and outputs; only the running variances differ, by n/(n-1)."""
   x = jax.random.normal(jax.random.key(2), (4, *IMAGE_SHAPE))
@@ -221,6 +241,6 @@ def test_conventions_pass_validation(init):
   configuration.validate_config(_text_config("lstm", init=init))
 
 
-def test_conventions_value_is_hashable_and_defaults_to_flax():
-  assert Conventions() == Conventions("flax", "biased")
+def test_conventions_value_is_hashable_and_defaults_to_flax_init_and_unbiased_batch_norm():
+  assert Conventions() == Conventions("flax", "unbiased")
   assert len({Conventions(), Conventions("torch"), Conventions("torch")}) == 2

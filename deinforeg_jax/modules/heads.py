@@ -16,7 +16,7 @@ from typing import Sequence
 import flax.linen as nn
 import jax
 
-from deinforeg_jax.modules.layers import FLAX, Conventions
+from deinforeg_jax.modules.layers import DEFAULT_CONVENTIONS, Conventions
 
 CLASSIFIER_MODES = ("merge", "unmerge")
 
@@ -50,7 +50,7 @@ class MLP(nn.Module):
   """
 
   widths: Sequence[int]
-  conventions: Conventions = FLAX
+  conventions: Conventions = DEFAULT_CONVENTIONS
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
@@ -77,7 +77,7 @@ class BlockClassifier(nn.Module):
   mode: str = "merge"
   style: str = "bn_relu"
   hidden: Sequence[int] = ()
-  conventions: Conventions = FLAX
+  conventions: Conventions = DEFAULT_CONVENTIONS
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:

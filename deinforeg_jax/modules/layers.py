@@ -20,8 +20,11 @@ for Dense, ``kh * kw * in_channels`` for Conv):
 i.e. PyTorch's 0.1; normalisation always uses the biased batch variance
 ``s2 = mean((x - mean(x))^2)`` over the ``n`` values of a feature):
 
-* ``"biased"`` (default): Flax's ``var <- m var + (1 - m) s2``.
-* ``"unbiased"``: PyTorch's ``var <- m var + (1 - m) s2 n / (n - 1)``.
+* ``"unbiased"`` (default): PyTorch's ``var <- m var + (1 - m) s2 n / (n - 1)``, as the
+  original DeInfoReg code (its BatchNorm layers), so evaluation-mode statistics are the
+  original's.
+* ``"biased"``: Flax's ``var <- m var + (1 - m) s2`` (the default before 2026-12; a checkpoint
+  without the field has it, ``checkpoint.FIELDS_ADDED_LATER``).
 
 ``conv_impl`` (``config.model.conv_impl``, ``"auto"`` resolved by ``resolve_conv_impl``):
 ``"xla"`` computes every convolution with ``lax.conv_general_dilated``; ``"winograd"``
@@ -103,7 +106,7 @@ class Conventions:
   """How Dense/Conv layers are initialised and BatchNorm keeps its running variance."""
 
   init: str = "flax"
-  bn_running_var: str = "biased"
+  bn_running_var: str = "unbiased"
   conv_impl: str = "xla"
 
   def __post_init__(self):
@@ -145,4 +148,4 @@ class Conventions:
     return cls(use_running_average=not train, momentum=0.9, epsilon=1e-5, name=name)
 
 
-FLAX = Conventions()
+DEFAULT_CONVENTIONS = Conventions()

@@ -28,7 +28,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from deinforeg_jax.modules.layers import FLAX, Conventions
+from deinforeg_jax.modules.layers import DEFAULT_CONVENTIONS, Conventions
 
 PAD_ID = 0
 EMBEDDING_POOLS = ("masked", "all")
@@ -195,7 +195,7 @@ class TransformerEncoder(nn.Module):
   ff_dim: int
   dropout: float = 0.1
   positional: bool = False
-  conventions: Conventions = FLAX
+  conventions: Conventions = DEFAULT_CONVENTIONS
 
   @nn.compact
   def __call__(self, x: TextState, train: bool) -> TextState:
@@ -232,7 +232,7 @@ class TextHead(nn.Module):
   """The reference BP text head: ``Tanh -> Dense(C)`` on the last block's ``pooled`` vector."""
 
   num_classes: int
-  conventions: Conventions = FLAX
+  conventions: Conventions = DEFAULT_CONVENTIONS
 
   @nn.compact
   def __call__(self, x: TextState, train: bool) -> jax.Array:

@@ -21,7 +21,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from deinforeg_jax.modules.layers import FLAX, Conventions
+from deinforeg_jax.modules.layers import DEFAULT_CONVENTIONS, Conventions
 
 # The reference VGG's four blocks (``layer_cfg`` of ``VGG_DeInfoReg``): ints are
 # conv-BN-ReLU widths, "M" is 2x2 max-pool.
@@ -97,7 +97,7 @@ class ConvBNReLU(nn.Module):
 
   features: int
   strides: int = 1
-  conventions: Conventions = FLAX
+  conventions: Conventions = DEFAULT_CONVENTIONS
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
@@ -110,7 +110,7 @@ class ConvReLU(nn.Module):
   """3x3 conv (with bias) -> ReLU, no normalisation: a layer of a *plain* network."""
 
   features: int
-  conventions: Conventions = FLAX
+  conventions: Conventions = DEFAULT_CONVENTIONS
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
@@ -128,7 +128,7 @@ class VGGStage(nn.Module):
   layers: Sequence[Union[int, str]]
   width: float = 1.0
   batch_norm: bool = True
-  conventions: Conventions = FLAX
+  conventions: Conventions = DEFAULT_CONVENTIONS
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
@@ -145,7 +145,7 @@ class CifarStem(nn.Module):
   """ResNet CIFAR stem: conv3x3 (stride 1) -> BN -> ReLU, no max-pool."""
 
   features: int = 64
-  conventions: Conventions = FLAX
+  conventions: Conventions = DEFAULT_CONVENTIONS
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
@@ -157,7 +157,7 @@ class BasicBlock(nn.Module):
 
   features: int
   strides: int = 1
-  conventions: Conventions = FLAX
+  conventions: Conventions = DEFAULT_CONVENTIONS
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
@@ -173,7 +173,7 @@ class Bottleneck(nn.Module):
 
   features: int
   strides: int = 1
-  conventions: Conventions = FLAX
+  conventions: Conventions = DEFAULT_CONVENTIONS
   expansion = 4
 
   @nn.compact
@@ -212,7 +212,7 @@ class ResNetStage(nn.Module):
   unit: str = "basic"
   stem: bool = False
   width: float = 1.0
-  conventions: Conventions = FLAX
+  conventions: Conventions = DEFAULT_CONVENTIONS
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:

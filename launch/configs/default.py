@@ -49,8 +49,9 @@ def get_config() -> ml_collections.ConfigDict:
   # Dense/Conv kernels and biases: "flax" (LeCun normal, bias 0) | "torch" (PyTorch's default,
   # U(+-1/sqrt(fan_in)), as the reference code); modules/layers.py.
   config.model.init = "flax"
-  # BatchNorm running variance: "biased" (Flax) | "unbiased" (PyTorch: batch variance * n/(n-1)).
-  config.model.bn_running_var = "biased"
+  # BatchNorm running variance: "unbiased" (PyTorch's batch variance * n/(n-1), as the original
+  # code) | "biased" (Flax's; the default before 2026-12).
+  config.model.bn_running_var = "unbiased"
   # 3x3 stride-1 convolutions: "auto" (Winograd F(2x2,3x3) matmuls on CPU, where XLA's own
   # convolution is slow; XLA's elsewhere) | "xla" | "winograd" (modules/winograd.py).
   config.model.conv_impl = "auto"
