@@ -219,6 +219,13 @@ def make_metadata(config, state, info, **bookkeeping) -> dict[str, Any]:
       "num_test": info.num_test,
       "input_shape": list(info.input_shape),
       "num_classes": info.num_classes,
+      # What a trained model needs to preprocess new inputs without the dataset
+      # (``deinforeg_jax.load``); not part of the run's identity (``check_compatible``).
+      "kind": info.kind,
+      "mean": [float(m) for m in info.mean],
+      "std": [float(s) for s in info.std],
+      "pixel_max": float(info.pixel_max),
+      "class_names": [str(n) for n in info.class_names],
     },
     "config": config.to_dict(),
     **bookkeeping,
