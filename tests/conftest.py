@@ -4,8 +4,10 @@ compilation cache, and quick (unoptimised) XLA compiles.
 ``XLA_FLAGS`` and the ``JAX_*`` variables are read once, when JAX is imported or its
 first backend is created, so they are set here at conftest import time (pytest
 imports conftest before any test module, and nothing may import ``jax`` earlier).
-Being environment variables, the cache and the compile setting also reach every
-subprocess a test starts (``launch.train`` runs), even those that drop ``XLA_FLAGS``.
+A process a test launches (``launch.train`` and the other command lines) gets
+``helpers.launch_env``: a user's environment, without the quick-compile setting and flags
+(``JAX_DISABLE_MOST_OPTIMIZATIONS`` changes which library code runs: it once hid a resume
+crash of every user's run), with this session's compilation cache.
 
 * Eight fake CPU devices: tests that need a mesh take the first N of them via
   ``parallel.make_data_mesh(N)``; end-to-end runs that are not about devices set
@@ -25,8 +27,9 @@ subprocess a test starts (``launch.train`` runs), even those that drop ``XLA_FLA
   is the right trade for the many short runs here; the runs that must reach an
   accuracy (hundreds of steps, marked ``slow``) compile with every optimisation
   (but their initial state's program, run once) inside ``helpers.optimized_compiles()``.
-  Both sides of every comparison run in the same session (or in subprocesses that inherit
-  the setting), so bit-for-bit tests compare like with like.
+  Both sides of every bit-for-bit comparison run in this process, or both in launched
+  processes, so they compare like with like.  The in-process engines take the users' code
+  path all the same (``xla_cpu.init_options`` passes level 0 here, level 1 for users).
 * ``--xla_cpu_use_fusion_emitters=false`` (``QUICK_COMPILE_FLAGS``): XLA:CPU's older
   fusion code generator, ~40 % quicker to compile than the fusion emitters with the
   optimisations off (and ~30 % slower with them on; overall a net gain).
@@ -36,7 +39,7 @@ subprocess a test starts (``launch.train`` runs), even those that drop ``XLA_FLA
   alternating runs each: 3.2-4.0 vs 4.5-5.3 s, 5.8-6.4 vs 7.0-9.5 s).  An unknown
   flag in ``XLA_FLAGS`` aborts the process, so it is only added for the jaxlib
   versions it was checked with (``_QUICK_COMPILE_JAXLIB``); others run without it.
-  Processes that tests launch get the same flags through ``helpers.launch_env``.
+  Processes that tests launch do not get them (``helpers.launch_env``).
 """
 
 from __future__ import annotations

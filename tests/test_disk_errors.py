@@ -17,7 +17,7 @@ import time
 
 import orbax.checkpoint as ocp
 import pytest
-from helpers import TINY_RUNS
+from helpers import TINY_RUNS, launch_env
 from test_checkpoint import saved_state, tiny_config
 from test_faults import saved_steps
 
@@ -116,7 +116,13 @@ def launch(workdir: str, file_size_limit: str = "unlimited") -> subprocess.Compl
     "--config.train.max_steps=1 --config.parallel.num_devices=1"
   )
   return subprocess.run(
-    ["bash", "-c", command], cwd=REPO, capture_output=True, text=True, timeout=300, check=False
+    ["bash", "-c", command],
+    cwd=REPO,
+    env=launch_env(1),
+    capture_output=True,
+    text=True,
+    timeout=300,
+    check=False,
   )
 
 

@@ -19,7 +19,7 @@ import sys
 
 import numpy as np
 import pytest
-from helpers import TINY_RUNS
+from helpers import TINY_RUNS, launch_env
 from test_checkpoint import assert_trees_equal, saved_state, tiny_config
 
 from deinforeg_jax import checkpoint, train
@@ -374,6 +374,7 @@ def test_unknown_config_field_is_a_one_line_error():
   proc = subprocess.run(
     [sys.executable, "-m", "launch.train", "--workdir=/nonexistent/x", "--config.optim.lr=1"],
     cwd=REPO,
+    env=launch_env(1),
     capture_output=True,
     text=True,
     timeout=120,

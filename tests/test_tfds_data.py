@@ -22,7 +22,7 @@ import tensorflow_datasets as tfds
 from test_prepare_data import png_bytes
 
 from deinforeg_jax.configuration import validate_config
-from helpers import data_config, tiny_config
+from helpers import data_config, launch_env, tiny_config
 from deinforeg_jax.data import eval_batches, make_augment, prepare, train_batches
 from deinforeg_jax.data.label_noise import CIFAR10_CLASSES
 from deinforeg_jax.data.registry import LoadedData, load_dataset
@@ -200,6 +200,7 @@ def test_the_launcher_prints_an_unknown_dataset_in_one_line(tmp_path):
     [sys.executable, "-m", "launch.train", f"--workdir={tmp_path / 'run'}",
      "--config.data.name=deinforeg_never_prepared", f"--config.data.data_dir={tmp_path}"],
     cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+    env=launch_env(1),
     capture_output=True,
     text=True,
     timeout=300,
