@@ -80,8 +80,8 @@ TEST_ONLY_VARIABLES = ("JAX_DISABLE_MOST_OPTIMIZATIONS",)
 
 def launch_env(num_devices: int = 1) -> dict[str, str]:
   """The environment for a process a test launches: a user's (without ``TEST_ONLY_VARIABLES``
-  and ``conftest``'s quick-compile XLA flags), with this session's compilation cache and
-  ``num_devices`` fake CPU devices."""
+  and ``conftest``'s quick-compile XLA flags) on the CPU, with this session's compilation cache
+  and ``num_devices`` fake CPU devices."""
   from conftest import QUICK_COMPILE_FLAGS  # pylint: disable=import-outside-toplevel
 
   env = {k: v for k, v in os.environ.items() if k not in TEST_ONLY_VARIABLES}
@@ -89,6 +89,10 @@ def launch_env(num_devices: int = 1) -> dict[str, str]:
   dropped = (device_flag, *(f.split("=")[0] for f in QUICK_COMPILE_FLAGS))
   flags = [f for f in env.get("XLA_FLAGS", "").split() if not f.startswith(dropped)]
   env["XLA_FLAGS"] = " ".join([*flags, f"{device_flag}={num_devices}"])
+  # The CPU, which JAX picks here anyway, named so that libtpu (installed by the test command on
+  # Linux x86_64) does not probe for a TPU and print its warnings into the launched command's
+  # stderr, which tests read line by line.
+  env["JAX_PLATFORMS"] = "cpu"
   return env
 
 

@@ -425,6 +425,9 @@ def test_a_field_added_later_reads_as_its_earlier_behaviour_in_an_older_checkpoi
   for field in checkpoint.FIELDS_ADDED_LATER:
     section, name = field.split(".")
     del older[section][name]
+  # An older checkpoint kept Flax's biased BatchNorm running variance, no longer the default.
+  assert checkpoint.changed_fields(older, now) == {"model.bn_running_var": ("biased", "unbiased")}
+  now["model"]["bn_running_var"] = "biased"
   assert checkpoint.changed_fields(older, now) == {}
   now["model"]["init"] = "torch"
   assert checkpoint.changed_fields(older, now) == {"model.init": ("flax", "torch")}
