@@ -8,7 +8,8 @@ test-only environment):
 1. uninterrupted (the reference);
 2. SIGTERM mid-run -> exit 75 -> the same command -> equal to the reference;
 3. kill -9 mid-run -> the same command -> equal to the reference;
-4. the finished run of 2 started again -> "already finished", nothing rewritten.
+4. the finished run of 2 started again -> "already finished", nothing rewritten;
+5. the finished run of 2 extended by one epoch, allowed with ``checkpoint.allow_changed``.
 
 "Equal": every parameter and BatchNorm statistic of the final checkpoint bit for bit, and the
 accuracies of ``results.json``.  Exits non-zero with the reason on the first difference.
@@ -43,8 +44,8 @@ def fail(message: str) -> None:
   sys.exit(f"resume check FAILED: {message}")
 
 
-def start(workdir: str) -> subprocess.Popen:
-  command = [sys.executable, "-m", "launch.train", f"--workdir={workdir}", *ARGS]
+def start(workdir: str, *extra: str) -> subprocess.Popen:
+  command = [sys.executable, "-m", "launch.train", f"--workdir={workdir}", *ARGS, *extra]
   print("$", " ".join(command), flush=True)
   return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
@@ -56,8 +57,8 @@ def finish(process: subprocess.Popen, expected_code: int = 0) -> str:
   return out
 
 
-def run(workdir: str, expected_code: int = 0) -> str:
-  return finish(start(workdir), expected_code)
+def run(workdir: str, *extra: str, expected_code: int = 0) -> str:
+  return finish(start(workdir, *extra), expected_code)
 
 
 def interrupt_after_first_checkpoint(workdir: str, sig: signal.Signals) -> subprocess.Popen:
@@ -121,6 +122,14 @@ def main(root: str) -> None:
   if {name: open(os.path.join(stopped, name)).read() for name in names} != before:
     fail("rerunning a finished run rewrote results.json or metrics.jsonl")
   print("ok: a finished run started again is already finished and rewrites nothing", flush=True)
+
+  out = run(
+    stopped, "--config.train.num_epochs=4", "--config.checkpoint.allow_changed=train.num_epochs"
+  )
+  steps = checkpoint.read_metadata(stopped)["step"]
+  if "config changes allowed on resume: train.num_epochs" not in out or steps != TOTAL_STEPS + 22:
+    fail(f"extending the finished run with allow_changed ended at step {steps}:\n{out[-2000:]}")
+  print(f"ok: the finished run extended by one epoch (allow_changed) ends at {steps}", flush=True)
 
 
 if __name__ == "__main__":
