@@ -22,7 +22,10 @@ command continues:
   python -m launch.experiments --grid=launch/configs/experiments/noise_ablation_mnist.py \\
       --root=studies/noise_ablation --grid.base.data.data_dir=$HOME/tfds
   python -m launch.experiments --grid=launch/configs/experiments/noise_ablation_mnist.py \\
-      --root=studies/noise_ablation --report_only
+      --root=studies/noise_ablation --grid.base.data.data_dir=$HOME/tfds --report_only
+
+(``--report_only`` writes table and plots from the summaries; the data_dir must match where
+workdirs of this root exist, as their configs are checked.)
 """
 
 import ml_collections
