@@ -1,18 +1,20 @@
-"""The ORIGINAL PyTorch DeInfoReg code at the parity protocol, one seed per run: its own seed spread.
+"""The ORIGINAL PyTorch DeInfoReg code at the parity protocol, one seed per run: its seed spread.
 
-  pip install torch numpy     # not a dependency of this package; any CPU build, no torchvision
-  git clone https://github.com/ianzih/Decoupled-Supervised-Learning-for-Information-Regularization REF
+  pip install torch numpy     # not a dependency of this package; any CPU build; no torchvision
+  git clone \\
+    https://github.com/ianzih/Decoupled-Supervised-Learning-for-Information-Regularization REF
   DEINFOREG_REF_DIR=REF python -m benchmarks.torch_parity_original \\
       --npz=../shared/data/cifar10_20k.npz --seed=0
 
 The parity table (docs/results.md) holds one run of the original code per rule.  For BP a PyTorch
-transcription (``benchmarks/torch_parity_bp.py``) measured a seed spread of +-0.024; for DeInfoReg
-this script measures it with the original code itself: nothing of the method is written here.  The
-model, its ``train_step`` / ``inference`` (``VGG_DeInfoReg``, ``Set_Local_Loss``, ``Layer_Classifier``,
-``conv_layer_bn``), the optimizer (``LARS`` with ``exclude_bias_and_norm`` filters, as the original's
-``vision/setting.py:set_optim`` builds it), the learning-rate schedule (``Adjust_Learning_Rate``) and
-the accuracy meter (``accuracy``, ``AverageMeter``) are imported from a checkout of the original
-repository (``--ref_dir`` or ``DEINFOREG_REF_DIR``; measured with commit fe6cc49).
+transcription (``benchmarks/torch_parity_bp.py``) measured a seed spread of +-0.024; for
+DeInfoReg this script measures it with the original code itself: nothing of the method is written
+here.  The model, its ``train_step`` / ``inference`` (``VGG_DeInfoReg``, ``Set_Local_Loss``,
+``Layer_Classifier``, ``conv_layer_bn``), the optimizer (``LARS`` with ``exclude_bias_and_norm``
+filters, as the original's ``vision/setting.py:set_optim`` builds it), the learning-rate schedule
+(``Adjust_Learning_Rate``) and the accuracy meter (``accuracy``, ``AverageMeter``) are imported
+from a checkout of the original repository (``--ref_dir`` or ``DEINFOREG_REF_DIR``; measured with
+commit fe6cc49).
 
 What is this script's own, following the original's ``train_vision.py`` (``main``, ``train``,
 ``test``) and ``vision/setting.py:set_loader``:
@@ -24,15 +26,15 @@ What is this script's own, following the original's ``train_vision.py`` (``main`
     ``RandomHorizontalFlip`` flips when ``torch.rand(1) < 0.5``), then ``ToTensor`` and
     ``Normalize`` with the original's CIFAR-10 mean/std.  The protocol is crop + flip only: the
     original's ``--aug_type basic`` would add colour jitter and grayscale (SPEC.md, defect 6).
-  * the loader: ``DataLoader(shuffle=True, batch_size=128)`` with the last partial batch kept, as the
-    original's (20,000 images: 156 batches of 128 and one of 32, 157 steps); ``--drop_last`` drops it
-    (156 steps, as our loader).  ``num_workers=0`` instead of 4 (2 cores here).
+  * the loader: ``DataLoader(shuffle=True, batch_size=128)`` with the last partial batch kept, as
+    the original's (20,000 images: 156 batches of 128 and one of 32, 157 steps); ``--drop_last``
+    drops it (156 steps, as our loader).  ``num_workers=0`` instead of 4 (2 cores here).
   * seeding: ``torch.manual_seed(seed)`` before the model is built (the original sets no seed).
-  * the per-step train accuracy the original computes after each step (an eval-mode, no-grad forward
-    of the same batch, which changes no parameter, buffer or RNG state) is skipped unless
+  * the per-step train accuracy the original computes after each step (an eval-mode, no-grad
+    forward of the same batch, which changes no parameter, buffer or RNG state) is skipped unless
     ``--train_acc``: it only costs time.
-Test: ``model.eval()``, batches of 1,024 in order, each block classifier's top-1 accuracy averaged over
-the test set (the original's ``test``).  Prints one JSON line.
+Test: ``model.eval()``, batches of 1,024 in order, each block classifier's top-1 accuracy
+averaged over the test set (the original's ``test``).  Prints one JSON line.
 """
 
 from __future__ import annotations
@@ -144,7 +146,8 @@ def run(argv: list[str] | None = None) -> dict:
   with np.load(args.npz) as npz:
     data = {k: npz[k] for k in ("x_train", "y_train", "x_test", "y_test")}
   if args.test_limit:
-    data["x_test"], data["y_test"] = data["x_test"][: args.test_limit], data["y_test"][: args.test_limit]
+    data["x_test"] = data["x_test"][: args.test_limit]
+    data["y_test"] = data["y_test"][: args.test_limit]
   n_classes = int(max(data["y_train"].max(), data["y_test"].max())) + 1
   model_args = types.SimpleNamespace(
     task="vision", n_classes=n_classes, mlp=args.mlp, merge=args.merge,
@@ -194,7 +197,8 @@ def run(argv: list[str] | None = None) -> dict:
             meter.update(ref.accuracy(val, y).item(), y.shape[0])
       if step % 10 == 0:
         print(f"seed {args.seed} epoch {epoch} step {step + 1}/{len(train_loader)} lr {lr:.4f} "
-              f"loss {losses[-1]:.4f} {time.perf_counter() - start:.0f}s", file=sys.stderr, flush=True)
+              f"loss {losses[-1]:.4f} {time.perf_counter() - start:.0f}s",
+              file=sys.stderr, flush=True)
     train_s += time.perf_counter() - start
     model.eval()  # test()
     meters = [ref.AverageMeter() for _ in range(args.blockwise_total)]
