@@ -59,13 +59,22 @@ def reference(tmp_path_factory):
   return workdir
 
 
-def _signal_on_call(monkeypatch, owner, name, when=lambda *a, **k: True, sig=signal.SIGTERM):
-  """Patch ``owner.name`` to raise ``sig`` in this process the first time ``when(args)`` holds."""
+def _signal_on_call(monkeypatch, owner, name, when=None, sig=signal.SIGTERM):
+  """Patch ``owner.name`` to raise ``sig`` in this process once: on the first call (``when``
+  None), on the ``when``-th call (an int), or on the first call whose arguments ``when`` accepts.
+  """
   original = getattr(owner, name)
-  raised = []
+  calls, raised = [], []
 
   def wrapper(*args, **kwargs):
-    if not raised and when(*args, **kwargs):
+    calls.append(1)
+    if when is None:
+      due = True
+    elif isinstance(when, int):
+      due = len(calls) == when
+    else:
+      due = when(*args, **kwargs)
+    if due and not raised:
       raised.append(True)
       signal.raise_signal(sig)
     return original(*args, **kwargs)
@@ -74,22 +83,12 @@ def _signal_on_call(monkeypatch, owner, name, when=lambda *a, **k: True, sig=sig
   return raised
 
 
-def _at_update(count):
-  calls = []
-
-  def when(*args, **kwargs):
-    calls.append(1)
-    return len(calls) == count
-
-  return when
-
-
-# moment -> (owner, attribute, condition, the message's "when", the step saved on the way out,
+# moment -> (owner, attribute, which call (``_signal_on_call``), the message's "when", the step saved on the way out,
 #            the checkpoint a rerun resumes from)
 MOMENTS = {
   "start-up": (train, "load_dataset", None, "during start-up", None, None),
   "compile": (train.DataParallelEngine, "set_phase", None, "during start-up", None, None),
-  "mid-epoch": (train.ProgressBar, "update", _at_update(5), "in epoch 1", 5, 5),
+  "mid-epoch": (train.ProgressBar, "update", 5, "in epoch 1", 5, 5),
   "epoch end outside the cadence": (
     train.DataParallelEngine,
     "evaluate",
@@ -124,10 +123,6 @@ def test_a_signal_at_any_moment_saves_what_is_unsaved_and_the_rerun_equals_no_st
   moment, sig, reference, tmp_path, monkeypatch
 ):
   owner, name, when, said_when, saved_step, resume_step = MOMENTS[moment]
-  if when is None:
-    when = lambda *a, **k: True  # noqa: E731
-  elif moment == "mid-epoch":
-    when = _at_update(5)  # a fresh counter per case
   workdir = str(tmp_path / "run")
   raised = _signal_on_call(monkeypatch, owner, name, when, sig)
   with pytest.raises(train.Preempted) as stopped:
