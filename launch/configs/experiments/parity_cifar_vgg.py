@@ -5,15 +5,16 @@ The protocol of the reference figures: ``cifar10_20k`` (all 20,000 training imag
 classifiers, batch 128, LARS lr 0.2 with the per-epoch cosine (one epoch: a constant 0.2),
 weight decay 1e-4, random crop (pad 4) + horizontal flip only, exactly 1 epoch (156 steps),
 seeds 0-2, DeInfoReg and BP.  Flax's initialisation (the default) and the original's
-(``model.init=torch``, ``model.bn_running_var=unbiased``) are two roots of the same grid:
+(``model.init=torch``) are two roots of the same grid; both keep PyTorch's unbiased BatchNorm
+running variance, the default since 2026-12 (``studies/parity_flax`` ran with the biased one,
+``studies/parity_unbiased_bn`` is the DeInfoReg root on the final defaults):
 
   python -m launch.prepare_data --name=cifar10_20k --data_dir=$HOME/tfds \\
       --npz=../shared/data/cifar10_20k.npz
   python -m launch.experiments --grid=launch/configs/experiments/parity_cifar_vgg.py \\
-      --root=runs/parity_flax --grid.base.data.data_dir=$HOME/tfds
+      --root=runs/parity --grid.base.data.data_dir=$HOME/tfds
   python -m launch.experiments --grid=launch/configs/experiments/parity_cifar_vgg.py \\
-      --root=runs/parity_torch --grid.base.data.data_dir=$HOME/tfds \\
-      --grid.base.model.init=torch --grid.base.model.bn_running_var=unbiased
+      --root=runs/parity_torch --grid.base.data.data_dir=$HOME/tfds --grid.base.model.init=torch
 
 About 30 min per DeInfoReg cell and 25 per BP cell on 2 CPU cores.
 """
