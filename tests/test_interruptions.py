@@ -83,8 +83,8 @@ def _signal_on_call(monkeypatch, owner, name, when=None, sig=signal.SIGTERM):
   return raised
 
 
-# moment -> (owner, attribute, which call (``_signal_on_call``), the message's "when", the step saved on the way out,
-#            the checkpoint a rerun resumes from)
+# moment -> (owner, attribute, which call (``_signal_on_call``), the message's "when", the step
+#            saved on the way out, the checkpoint a rerun resumes from)
 MOMENTS = {
   "start-up": (train, "load_dataset", None, "during start-up", None, None),
   "compile": (train.DataParallelEngine, "set_phase", None, "during start-up", None, None),
