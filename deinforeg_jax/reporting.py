@@ -15,6 +15,10 @@ Files written in the workdir:
 * ``results.json`` - the final summary (``rule``, ``best_test_accuracy``,
   ``per_block_test_accuracy``, ``best_block``, ``wall_time_s``, ``steps_per_s``,
   ``adaptive_inference``...).
+
+Whole files (``results.json``, ``grad_norms.json``, a rewritten ``metrics.jsonl``) are
+replaced atomically and lines are appended with no-follow opens (``safe_files``): a link at
+any of these paths is never written through, and a kill never leaves a half-written file.
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ import jax
 import numpy as np
 from tqdm import tqdm
 
-from deinforeg_jax import tensorboard_events
+from deinforeg_jax import safe_files, tensorboard_events
 
 
 class ProgressBar:
@@ -137,12 +141,12 @@ class MetricsFile:
       if os.path.exists(self.path):
         os.remove(self.path)
       return
-    with open(self.path, "w") as f:
+    with safe_files.atomic_writer(self.path) as f:
       f.writelines(_dumps(record) + "\n" for record in kept)
 
   def write(self, record: dict[str, Any], kind: str) -> None:
     if kind in self.kinds:
-      with open(self.path, "a") as f:
+      with safe_files.open_for_append(self.path) as f:
         f.write(_dumps(record) + "\n")
 
 
@@ -221,9 +225,7 @@ class TensorBoardFile:
     for (at, tag), (wall_time, value) in sorted(values.items()):
       event = events.setdefault((at, wall_time), tensorboard_events.Event(wall_time, at))
       event.scalars[tag] = value
-    for name in os.listdir(self.workdir):
-      if name.startswith(".partial-events."):  # left by a kill during a restart
-        os.remove(os.path.join(self.workdir, name))
+    safe_files.remove_leftovers(self.workdir)  # left by a kill during a write
     self._writer = tensorboard_events.EventFileWriter(self.workdir, list(events.values()))
     for path in old:
       if path != self._writer.path:
@@ -304,8 +306,8 @@ class RunLog:
     gradient norms of the first step (the per-epoch means go to ``metrics.jsonl``)."""
     if self._chief:
       record = {"layers": list(layers), "init": np.asarray(norms).tolist()}
-      with open(os.path.join(self.workdir, "grad_norms.json"), "w") as f:
-        f.write(_dumps(record, indent=1))
+      safe_files.write_atomic(os.path.join(self.workdir, "grad_norms.json"),
+                              _dumps(record, indent=1))
 
   def set_adaptive_inference(self, report: dict[str, Any] | None) -> None:
     """Record (and print) the adaptive-exit result of ``inference.adaptive_report``."""
@@ -410,8 +412,8 @@ class RunLog:
       self._write({"step": steps, "adaptive_inference": self._adaptive_inference}, "final")
     if self._chief:
       for name, entry in {"results": results, **(extras or {})}.items():
-        with open(os.path.join(self.workdir, f"{name}.json"), "w") as f:
-          f.write(_dumps(entry, indent=2))
+        safe_files.write_atomic(os.path.join(self.workdir, f"{name}.json"),
+                                _dumps(entry, indent=2))
     self.info(
       f"best block {best_block}: test accuracy {results['best_test_accuracy']:.4f} "
       f"({results['wall_time_s']:.1f} s, {results['steps_per_s']:.2f} steps/s); "

@@ -23,6 +23,7 @@ import contextlib
 import errno
 import fcntl
 import os
+import re
 import secrets
 import stat
 from typing import IO, Iterator
@@ -103,6 +104,9 @@ def _fsync_folder(folder: str) -> None:
     os.close(fd)
 
 
+_TEMPORARY = re.compile(r"\..+\.[0-9a-f]{8}\.tmp")  # .<name>.<random>.tmp
+
+
 def _create_temporary(folder: str, name: str) -> tuple[str, int]:
   """A new file ``<folder>/.<name>.<random>.tmp`` (``O_EXCL``: never an existing file or
   link), with the usual permissions (0o666 less the umask)."""
@@ -145,3 +149,12 @@ def write_atomic(path: str, content: str | bytes) -> None:
   """Replace ``path`` by ``content`` as a whole (see ``atomic_writer``)."""
   with atomic_writer(path, binary=isinstance(content, bytes)) as f:
     f.write(content)
+
+
+def remove_leftovers(folder: str) -> None:
+  """Remove the temporary files that a kill during ``atomic_writer`` left in ``folder``
+  (call it only while no other process writes there, e.g. holding the workdir's lock)."""
+  for name in os.listdir(folder):
+    if _TEMPORARY.fullmatch(name):
+      with contextlib.suppress(FileNotFoundError):
+        os.remove(os.path.join(folder, name))

@@ -24,6 +24,8 @@ import socket
 import struct
 import time
 
+from deinforeg_jax import safe_files
+
 FILE_VERSION = "brain.Event:2"
 _MARK = "tfevents"  # TensorBoard loads the files whose name contains this
 
@@ -204,22 +206,21 @@ class EventFileWriter:
 
   The file is named as TensorFlow names them (``events.out.tfevents.<time>.<host>.<pid>``),
   starts with the ``file_version`` record and is flushed after every event, so a kill
-  loses at most the event being written (``read_records`` stops before it).
+  loses at most the event being written (``read_records`` stops before it).  Events are
+  appended with ``O_NOFOLLOW``: a link put at the file's path is refused, never followed.
   """
 
   def __init__(self, directory: str, events: list[Event] = ()):
-    """Write the header and ``events`` (e.g. the ones kept from an earlier file) to a
-    temporary file, then rename it into place: the new file appears complete or not at all."""
+    """Write the header and ``events`` (e.g. the ones kept from an earlier file) with
+    ``safe_files.atomic_writer``: the new file appears complete or not at all."""
     os.makedirs(directory, exist_ok=True)
     now = time.time()
     name = f"events.out.{_MARK}.{int(now):010d}.{socket.gethostname()}.{os.getpid()}"
     self.path = os.path.join(directory, name)
-    partial = os.path.join(directory, ".partial-" + name)
-    with open(partial, "wb") as f:
+    with safe_files.atomic_writer(self.path, binary=True) as f:
       f.write(frame(encode_event(now, 0, file_version=FILE_VERSION)))
       for event in events:
         f.write(frame(encode_event(event.wall_time, event.step, event.scalars)))
-    os.replace(partial, self.path)
 
   def add(self, step: int, scalars: dict[str, float], wall_time: float | None = None) -> None:
     """Append one event with ``scalars`` (tag -> value) at ``step``."""
@@ -227,7 +228,7 @@ class EventFileWriter:
       return
     event = encode_event(time.time() if wall_time is None else wall_time, step,
                          {tag: float(value) for tag, value in scalars.items()})
-    with open(self.path, "ab") as f:
+    with safe_files.open_for_append(self.path, binary=True) as f:
       f.write(frame(event))
 
 

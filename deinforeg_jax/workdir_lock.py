@@ -16,7 +16,9 @@ A lock file written by an older version (no ``"flock"`` key) that names a live p
 on this host is respected (that run holds no kernel lock); one naming a dead process is
 taken over.  Any failure to create or write the lock (a full disk, a read-only
 filesystem, a file-size limit, a workdir that is a file) raises ``WorkdirError``, one
-line naming the path and the cause, and leaves no lock file behind.
+line naming the path and the cause, and leaves no lock file behind.  ``run.lock`` is opened
+with ``O_NOFOLLOW``: a symbolic link (or any non-regular file) at that path is refused with a
+``WorkdirError`` and nothing is written through it.
 """
 
 from __future__ import annotations
@@ -28,6 +30,8 @@ import os
 import socket
 import time
 from typing import Callable
+
+from deinforeg_jax import safe_files
 
 LOCK_NAME = "run.lock"
 
@@ -129,7 +133,9 @@ class WorkdirLock:
     make_workdir(self.workdir)
     for _ in range(100):  # only a holder releasing at this very moment makes us go round
       try:
-        fd = os.open(self.path, os.O_CREAT | os.O_RDWR | os.O_CLOEXEC, 0o644)
+        fd = safe_files.open_no_follow(self.path, os.O_CREAT | os.O_RDWR)
+      except safe_files.UnsafeFileError as error:  # a link or a FIFO: never write through it
+        raise WorkdirError(error.errno, str(error)) from None
       except OSError as error:
         raise write_error(self.path, error, "create") from None
       try:
@@ -198,10 +204,13 @@ class WorkdirLock:
     """The holder's record, once more after a moment (it may be being written right now)."""
     time.sleep(0.05)
     try:
-      with open(self.path, "rb") as f:
-        return json.loads(f.read().decode())
-    except (OSError, ValueError):
+      fd = safe_files.open_no_follow(self.path, os.O_RDONLY)
+    except OSError:
       return None
+    try:
+      return _read(fd)
+    finally:
+      os.close(fd)
 
   def _message(self, holder: dict | None) -> str:
     who = (
