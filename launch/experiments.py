@@ -51,7 +51,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 from scipy import stats
 
-from deinforeg_jax import plots, rules
+from deinforeg_jax import plots, rules, safe_files
 from deinforeg_jax.train import train_and_evaluate
 
 config_flags.DEFINE_config_file("grid", None, "Grid config (ml_collections file).")
@@ -347,6 +347,38 @@ def make_plots(root: str, grid, summaries: list[dict[str, Any]]) -> list[str]:
   return written
 
 
+def _read_json_object(path: str) -> dict | None:
+  """The JSON object in ``path``; None if it is missing, cut short, or not an object."""
+  try:
+    with open(path, encoding="utf-8") as f:
+      value = json.load(f)
+  except (OSError, ValueError):  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+    return None
+  return value if isinstance(value, dict) else None
+
+
+def _finished_summary(cell, config, summary_path: str, workdir: str) -> dict | None:
+  """The summary of a finished cell: ``summary_path``, or, when that file is unreadable
+  (cut short by a kill on an older version, or edited), rebuilt from the run's
+  ``results.json`` and written again; None when neither is readable (the cell is run again,
+  resuming from its checkpoints).  A ``results.json`` of other settings is an error."""
+  results_path = os.path.join(workdir, "results.json")
+  results = _read_json_object(results_path)
+  if results is not None:
+    check_same_config(results["config"], config, workdir)
+  summary = _read_json_object(summary_path)
+  if summary is not None:
+    return summary
+  if results is None:
+    print(f"note: {summary_path} is unreadable and {results_path} too: running the cell again "
+          "(it resumes from its last checkpoint)", flush=True)
+    return None
+  summary = summarize(cell, results, workdir)
+  safe_files.write_atomic(summary_path, json.dumps(summary, indent=1))
+  print(f"note: {summary_path} was unreadable: rebuilt from {results_path}", flush=True)
+  return summary
+
+
 def run_grid(
   grid, root: str, dry_run: bool = False, report_only: bool = False
 ) -> list[dict[str, Any]]:
@@ -364,14 +396,11 @@ def run_grid(
     summary_path = os.path.join(root, "cells", cell_name(cell) + ".json")
     config = cell_config(grid, cell)
     if os.path.exists(summary_path):
-      results_path = os.path.join(workdir, "results.json")
-      if os.path.exists(results_path):
-        with open(results_path) as f:
-          check_same_config(json.load(f)["config"], config, workdir)
-      with open(summary_path) as f:
-        summaries.append({**json.load(f), "workdir": workdir})  # the root may have moved
-      print(f"[done]    {cell_name(cell)}", flush=True)
-      continue
+      summary = _finished_summary(cell, config, summary_path, workdir)
+      if summary is not None:
+        summaries.append({**summary, "workdir": workdir})  # the root may have moved
+        print(f"[done]    {cell_name(cell)}", flush=True)
+        continue
     elapsed = time.perf_counter() - start
     if dry_run or report_only or (budget_s and elapsed > budget_s):
       skipped.append(cell)
@@ -381,8 +410,7 @@ def run_grid(
     print(f"[run]     {cell_name(cell)} in {workdir} ({elapsed / 60:.1f} min elapsed)", flush=True)
     results = train_and_evaluate(config, workdir)
     summary = summarize(cell, results, workdir)
-    with open(summary_path, "w") as f:
-      json.dump(summary, f, indent=1)
+    safe_files.write_atomic(summary_path, json.dumps(summary, indent=1))
     summaries.append(summary)
   if dry_run:
     return summaries
@@ -394,8 +422,7 @@ def run_grid(
       table += (
         f"\n{len(skipped)} cell(s) not run: the budget of {grid.budget_minutes} min was spent.\n"
       )
-  with open(os.path.join(root, "table.md"), "w") as f:
-    f.write(table)
+  safe_files.write_atomic(os.path.join(root, "table.md"), table)
   print(table)
   for path in make_plots(root, grid, summaries):
     print(f"wrote {path}")
