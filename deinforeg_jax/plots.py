@@ -27,6 +27,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 
+from deinforeg_jax import safe_files
+
 
 def read_epoch_records(path: str) -> list[dict[str, Any]]:
   """The per-epoch records of a run's ``metrics.jsonl`` (event lines skipped)."""
@@ -38,7 +40,8 @@ def read_epoch_records(path: str) -> list[dict[str, Any]]:
 def _save(fig, path: str) -> str:
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
   fig.tight_layout()
-  fig.savefig(path, dpi=110)
+  with safe_files.atomic_writer(path, binary=True) as f:
+    fig.savefig(f, dpi=110, format=os.path.splitext(path)[1][1:] or "png")
   plt.close(fig)
   return path
 

@@ -129,6 +129,8 @@ def atomic_writer(path: str, binary: bool = False, **open_kwargs) -> Iterator[IO
   write, the ``fsync`` or the rename, the temporary file is removed, ``path`` is as it was and
   the error propagates.  ``open_kwargs`` go to ``os.fdopen`` (text mode defaults to UTF-8)."""
   folder, name = os.path.split(os.path.abspath(path))
+  if os.path.isdir(path) and not os.path.islink(path):
+    raise _refusal(path, "a folder")
   temporary, fd = _create_temporary(folder, name)
   try:
     if not binary:

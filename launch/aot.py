@@ -67,7 +67,7 @@ from jax.experimental import topologies
 from jax.sharding import AxisType, Mesh, SingleDeviceSharding
 from ml_collections import config_flags
 
-from deinforeg_jax import growth, models, optim, parallel, pipeline, rules, steps, train
+from deinforeg_jax import growth, models, optim, parallel, pipeline, rules, safe_files, steps, train
 from deinforeg_jax.configuration import validate_config
 from deinforeg_jax.data.tfds_source import TEXT_MAX_LEN
 from deinforeg_jax.modules import layers
@@ -572,7 +572,7 @@ def main(argv):
       continue
     print(format_report(report, config), flush=True)
     if _JSON.value:
-      with open(_JSON.value, "a") as f:
+      with safe_files.open_for_append(_JSON.value) as f:
         f.write(json.dumps({"config": config.to_dict(), **report.as_dict()}) + "\n")
     if report.fits is False:
       failures.append(no_fit_message(report))

@@ -26,7 +26,7 @@ import numpy as np
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from deinforeg_jax import inference, steps
+from deinforeg_jax import inference, safe_files, steps
 from deinforeg_jax import trained as trained_lib
 from deinforeg_jax.data import DatasetInfo, eval_batches, load_dataset, text, tfds_source
 from deinforeg_jax.data.registry import split_labels
@@ -152,7 +152,8 @@ def plot_confusion(matrix, class_names, title: str, path: str) -> str:
   ax.set_title(title, fontsize=9)
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
   fig.tight_layout()
-  fig.savefig(path, dpi=110)
+  with safe_files.atomic_writer(path, binary=True) as f:
+    fig.savefig(f, dpi=110, format="png")
   plt.close(fig)
   return path
 
@@ -162,8 +163,7 @@ def write_report(report: dict, out_dir: str) -> tuple[str, str]:
   os.makedirs(out_dir, exist_ok=True)
   name = report["dataset"].replace(os.sep, "_")
   json_path = os.path.join(out_dir, f"{name}.json")
-  with open(json_path, "w") as f:
-    json.dump(report, f, indent=1)
+  safe_files.write_atomic(json_path, json.dumps(report, indent=1))
   title = (
     f"{report['dataset']} test, exit {report['exit']}: accuracy {report['accuracy']:.4f} "
     f"(step {report['step']})"

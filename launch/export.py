@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 from absl import app, flags, logging
 
+from deinforeg_jax import safe_files
 from deinforeg_jax import trained as trained_lib
 
 FORMAT = "deinforeg-jax export 1"
@@ -80,11 +81,9 @@ def export(trained, out: str, platforms=("cpu", "cuda", "tpu")) -> tuple[str, st
     "preprocessing": pre.to_json(),
   }
   os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-  with open(out, "wb") as f:
-    f.write(data)
+  safe_files.write_atomic(out, data)
   path = description_path(out)
-  with open(path, "w") as f:
-    json.dump(description, f, indent=1)
+  safe_files.write_atomic(path, json.dumps(description, indent=1))
   return out, path
 
 

@@ -25,6 +25,7 @@ import sys
 import numpy as np
 from absl import app, flags, logging
 
+from deinforeg_jax import safe_files
 from deinforeg_jax import trained as trained_lib
 from deinforeg_jax.data.prepare.image_folder import read_image
 
@@ -111,7 +112,7 @@ def read_input(path: str, trained) -> tuple[list[str], object]:
 
 def write_csv(path: str, ids: list[str], prediction) -> None:
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  with open(path, "w", newline="") as f:
+  with safe_files.atomic_writer(path, newline="") as f:
     writer = csv.writer(f)
     writer.writerow(["id", "label", "class_name", "probability", "exit", "exit_block"])
     for row in zip(

@@ -33,6 +33,8 @@ from typing import Any
 
 import numpy as np
 
+from deinforeg_jax import safe_files
+
 PAD, UNK = "<pad>", "<unk>"
 PAD_ID, UNK_ID = 0, 1
 VOCAB_FROM = ("train", "train_test")
@@ -131,10 +133,7 @@ def save_vocabulary(vocab: Vocabulary, directory: str) -> str:
   """Writes ``<directory>/vocab.json`` atomically; returns its path."""
   os.makedirs(directory, exist_ok=True)
   path = os.path.join(directory, VOCAB_FILE)
-  tmp = path + ".tmp"
-  with open(tmp, "w") as f:
-    json.dump(vocab.to_json(), f)
-  os.replace(tmp, path)
+  safe_files.write_atomic(path, json.dumps(vocab.to_json()))
   return path
 
 
