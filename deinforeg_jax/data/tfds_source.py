@@ -7,15 +7,21 @@ unless ``download=True``; a dataset that is not prepared raises ``DatasetNotPrep
 at once, saying how to prepare it. With ``download=True`` a short connection probe to
 the download host comes first, so that a machine without network fails in seconds
 (``DownloadUnavailableError``) instead of TFDS retrying DNS for minutes.
+
+A dataset folder is data, never code: TFDS builds a dataset's features from the Python class
+names in its JSON files and imports the module of a name it does not know, so before TFDS
+reads a dataset every class name there must be one of ``tensorflow_datasets``' own feature
+classes (``check_feature_classes``; anything else is ``UntrustedDatasetError``).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import threading
 import urllib.parse
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -46,6 +52,112 @@ class DatasetNotPreparedError(FileNotFoundError):
 
 class DownloadUnavailableError(ConnectionError):
   """``download=True`` was asked for, but the download host cannot be reached."""
+
+
+class UntrustedDatasetError(DatasetNotPreparedError):
+  """A dataset file names a feature class that is not one of ``tensorflow_datasets``' own
+  (TFDS would import, i.e. run, its module), or a dataset whose builder is fetched code.
+  The message is one line naming the file and the class."""
+
+
+# The files of a prepared dataset where TFDS looks feature classes up by their Python name
+# (``FeatureConnector.cls_from_name``, which imports the module of a name not registered yet):
+# ``features.json`` and the ``features`` of ``dataset_info.json`` (tensorflow_datasets 4.9.10).
+# Its other files (split sizes, label names, metadata.json) are read as plain data.
+FEATURE_FILES = ("features.json", "dataset_info.json")
+_CLASS_NAME_KEYS = ("pythonClassName", "python_class_name")  # the proto JSON's two spellings
+
+
+class _JsonObject(list):
+  """A JSON object as its ``(key, value)`` pairs, duplicate keys included (TFDS keeps the
+  last one; every one is checked)."""
+
+
+def _parse_json(text: str):
+  return json.loads(text, object_pairs_hook=_JsonObject)
+
+
+def _feature_class_names(value) -> Iterator:
+  """Every feature class name in a parsed JSON value, at any depth: ``pythonClassName`` (the
+  proto form), and ``type`` beside ``content`` (the legacy form); also inside strings that
+  hold JSON, which TFDS parses too (a ``jsonFeature``'s ``json``, a legacy ``content``)."""
+  if isinstance(value, _JsonObject):
+    keys = {key for key, _ in value}
+    for key, item in value:
+      if key in _CLASS_NAME_KEYS or (key == "type" and "content" in keys):
+        yield item
+      yield from _feature_class_names(item)
+  elif isinstance(value, list):
+    for item in value:
+      yield from _feature_class_names(item)
+  elif isinstance(value, str) and value.lstrip()[:1] in ("{", "["):
+    try:
+      parsed = _parse_json(value)
+    except ValueError:  # not JSON: TFDS fails on it before looking any class up
+      return
+    yield from _feature_class_names(parsed)
+
+
+def _is_tfds_feature_class(class_name) -> bool:
+  """Whether TFDS knows ``class_name`` as one of its own feature classes, so that looking it
+  up imports nothing.  (``_registered_features`` is private: should it go, nothing passes.)"""
+  import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
+
+  known = getattr(tfds.features.FeatureConnector, "_registered_features", {})
+  feature_class = known.get(class_name) if isinstance(class_name, str) else None
+  return feature_class is not None and feature_class.__module__.startswith("tensorflow_datasets.")
+
+
+def check_feature_classes(name: str, data_dir: str) -> None:
+  """Refuses the dataset TFDS would read for ``name`` in ``data_dir`` when one of its
+  ``FEATURE_FILES`` names a feature class that is not ``tensorflow_datasets``' own.
+
+  The folder checked is the one ``tfds.builder`` reads: TFDS's own lookup
+  (``read_only_builder._find_builder_dir``, tensorflow_datasets 4.9.10) picks it.
+
+  Raises:
+    UntrustedDatasetError: naming the file and the class (or the file, when it is not JSON).
+  """
+  # pylint: disable=import-outside-toplevel,protected-access
+  from tensorflow_datasets.core import read_only_builder, registered
+  from tensorflow_datasets.core.utils import error_utils
+
+  with error_utils.reraise_with_context(registered.DatasetNotFoundError):  # its notes go there
+    builder_dir = read_only_builder._find_builder_dir(name, data_dir=data_dir)
+  # pylint: enable=import-outside-toplevel,protected-access
+  if builder_dir is None:  # no dataset files: TFDS reads none (catalogue code, or not found)
+    return
+  for file_name in FEATURE_FILES:
+    path = os.path.join(os.fspath(builder_dir), file_name)
+    if not os.path.lexists(path):
+      continue
+    try:
+      with open(path, encoding="utf-8") as f:
+        value = _parse_json(f.read())
+    except (OSError, ValueError, RecursionError) as error:
+      raise UntrustedDatasetError(
+        f"{path} cannot be read as JSON ({type(error).__name__}: {error}); prepare the dataset "
+        "again with launch.prepare_data"
+      ) from None
+    for class_name in _feature_class_names(value):
+      if not _is_tfds_feature_class(class_name):
+        raise UntrustedDatasetError(
+          f"{path} names the feature class {class_name!r}, which is not one of "
+          "tensorflow_datasets' own: reading the dataset would import (run) its module, so it "
+          "is not read; prepare the dataset again with launch.prepare_data"
+        )
+
+
+def _check_not_community(name: str) -> None:
+  """Refuses a ``namespace:name`` dataset: TFDS would fetch its builder (code) by name."""
+  import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
+
+  namespace = tfds.core.naming.parse_builder_name_kwargs(name)[0].namespace
+  if namespace:
+    raise UntrustedDatasetError(
+      f"config.data.name={name!r} names a dataset of the TFDS namespace {namespace!r}, whose "
+      "builder is code fetched by name; only prepared datasets and TFDS's catalogue are read"
+    )
 
 
 def _probe_address() -> tuple[str, int] | None:
@@ -171,9 +283,12 @@ def _unknown(name: str, data_dir: str, download: bool) -> Exception:
 
 
 def open_builder(name: str, data_dir: str, *, download: bool = False):
-  """The TFDS builder of a prepared (or, with ``download``, freshly prepared) dataset."""
+  """The TFDS builder of a prepared (or, with ``download``, freshly prepared) dataset, once
+  ``check_feature_classes`` has accepted its files."""
   import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
 
+  _check_not_community(name)
+  check_feature_classes(name, data_dir)
   try:
     builder = tfds.builder(name, data_dir=data_dir)
   except tfds.core.registered.DatasetNotFoundError:  # its message lists the whole catalogue
