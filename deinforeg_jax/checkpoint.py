@@ -21,7 +21,9 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import re
 import shutil
+import sys
 import threading
 import time
 from typing import Any, Callable
@@ -64,8 +66,36 @@ class CheckpointWriteError(WorkdirError):
   One line: the step folder, the cause, what to do and the last good checkpoint."""
 
 
+# tensorstore, which writes Orbax's arrays, reports an OS error as a ``ValueError`` that starts
+# with a status name and ends with the errno (tensorstore 0.1.86, pinned in requirements.txt):
+# 'RESOURCE_EXHAUSTED: Error writing "w/0" in OCDBT database at local file "...": Failed writing:
+# "<file>": Failed to write 2121443 bytes to file 5: No space left on device [os_error_code='28']'
+# (a full filesystem), 'OUT_OF_RANGE: ... File too large [os_error_code='27']' (ulimit -f).
+_TENSORSTORE_ERRNO = re.compile(r"\[os_error_code='?(\d+)'?\]")
+_TENSORSTORE_FILE = re.compile(r'Failed writing: "([^"]+)"')
+# A failed write without an errno, by its status: what that status means for a local file.
+_TENSORSTORE_WRITE_STATUS = {"RESOURCE_EXHAUSTED": errno.ENOSPC, "OUT_OF_RANGE": errno.EFBIG}
+
+
+def _tensorstore_os_error(error: BaseException) -> OSError | None:
+  """The ``OSError`` that a tensorstore ``ValueError`` reports (None: not an OS error)."""
+  if not isinstance(error, ValueError):
+    return None
+  text = str(error)
+  found = _TENSORSTORE_ERRNO.search(text)
+  if found:
+    code = int(found.group(1))
+  elif "Error writing" in text and text.split(":", 1)[0] in _TENSORSTORE_WRITE_STATUS:
+    code = _TENSORSTORE_WRITE_STATUS[text.split(":", 1)[0]]
+  else:
+    return None
+  path = _TENSORSTORE_FILE.search(text)
+  return OSError(code, os.strerror(code), path.group(1) if path else None)
+
+
 def _os_error(error: BaseException) -> OSError | None:
-  """The ``OSError`` behind ``error`` (itself, a cause, a context or a group member)."""
+  """The ``OSError`` behind ``error`` (itself, a cause, a context or a group member; or the one
+  a tensorstore ``ValueError`` reports)."""
   seen = set()
   todo = [error]
   while todo:
@@ -75,6 +105,9 @@ def _os_error(error: BaseException) -> OSError | None:
     seen.add(id(e))
     if isinstance(e, OSError) and e.errno is not None:
       return e
+    reported = _tensorstore_os_error(e)
+    if reported is not None:
+      return reported
     todo += [e.__cause__, e.__context__, *getattr(e, "exceptions", ())]
   return None
 
@@ -307,6 +340,36 @@ class _QuietWriteErrors(logging.Filter):
 _QUIET_WRITE_ERRORS = _QuietWriteErrors()
 
 
+def _is_abandoned_io_report(unraisable) -> bool:
+  """Whether ``sys.unraisablehook`` got a report of Orbax's abandoned reads or writes.
+
+  Orbax runs each save or restore in an asyncio loop of its own that it closes at the first
+  failed array; tensorstore then completes the other arrays' operations and hands each
+  result to that closed loop ("Event loop is closed", reported with no object), and their
+  coroutines, never resumed, are finalised at exit, when Orbax's code in them fails again.
+  Reports of nothing else: the failure itself reaches the caller."""
+  error = unraisable.exc_value
+  if isinstance(error, RuntimeError) and str(error) == "Event loop is closed":
+    return unraisable.object is None
+  code = getattr(unraisable.object, "cr_code", None)
+  return code is not None and f"{os.sep}orbax{os.sep}" in code.co_filename
+
+
+def _quiet_abandoned_io() -> None:
+  """Route ``_is_abandoned_io_report`` reports nowhere (from now on, in this process: they
+  arrive up to its exit); every other report goes to the hook there was."""
+  previous = sys.unraisablehook
+  if getattr(previous, "drops_abandoned_io", False):
+    return
+
+  def hook(unraisable) -> None:
+    if not _is_abandoned_io_report(unraisable):
+      previous(unraisable)
+
+  hook.drops_abandoned_io = True
+  sys.unraisablehook = hook
+
+
 class RunCheckpointer:
   """A ``CheckpointManager`` in ``<workdir>/checkpoints`` that keeps ``keep`` steps.
 
@@ -357,6 +420,7 @@ class RunCheckpointer:
         raise
       raise write_error(self.directory, cause, "create the checkpoint folder") from None
     logging.getLogger("absl").addFilter(_QUIET_WRITE_ERRORS)
+    _quiet_abandoned_io()
 
   def latest_step(self) -> int | None:
     return self._manager.latest_step()
