@@ -57,6 +57,7 @@ _REMEDIES = {
   errno.EACCES: "make it writable for this user or use another --workdir",
   errno.EPERM: "make it writable for this user or use another --workdir",
   errno.EFBIG: "a file-size limit was reached (ulimit -f): raise it or use another --workdir",
+  errno.EIO: "the device failed to read or write: check the disk (dmesg) or use another --workdir",
   errno.ENOLCK: "the filesystem offers no file locks (NFS without a lock service?): use a "
   "local --workdir",
 }
