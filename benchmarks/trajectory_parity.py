@@ -1,48 +1,54 @@
-"""Replay the original PyTorch code's recorded training trajectory with our model, step and LARS.
+"""Replay the original PyTorch code's recorded training trajectory with our config, model, step
+and optimizer, for every (architecture, rule) class.
 
-  python -m benchmarks.trajectory_parity --oracle=../shared/data/trajectory_oracle_vgg.npz
+  python -m benchmarks.trajectory_parity --oracle=tests/oracles/resnet18_scpl.npz [--float64]
 
 An *oracle* is an ``.npz`` that the original code (reference commit fe6cc49 of
 github.com/ianzih/Decoupled-Supervised-Learning-for-Information-Regularization) wrote while it
-trained a small VGG DeInfoReg stack (arXiv 2506.18193) for ``T`` steps: its settings (``meta``,
-a JSON string), its initial ``state_dict`` (``init/*``), the batches (``x`` ``[T, B, 3, H, W]``,
-``y``), the loss it back-propagated at every step (``loss_total [T]``, per block ``loss_block
-[T, K, 5]``: invariance, variance, covariance, 0.001·CE, invariance + variance + covariance), its
-final ``state_dict`` (``final/*``), each block classifier's eval-mode logits on ``x_eval``
-(``eval_logits [K, E, C]``), and the same run in float64 (``f64_*``), whose distance from the
-float32 run is the comparison's noise floor.
+trained one of its classes for ``T`` steps (``benchmarks/make_oracle.py``; its docstring lists
+the arrays): settings ``meta`` (``arch``, ``rule``, sizes), initial ``state_dict``
+(``init/*``), inputs, every step's back-propagated loss (``loss_total [T]``) and per-row loss
+terms (``loss_block [T, R, C]``, columns ``meta.loss_block_columns``), final ``state_dict``
+(``final/*``), eval-mode logits per exit (``eval_logits [X, E, C]``) and the same run in
+float64 (``f64_*``), whose distance from the float32 run is the comparison's noise floor.
 
-This script builds **our** model for the oracle's settings through the project's own config
-(``launch/configs/default.py``) and ``models.create_model``, loads ``init/*`` into it, and trains
-the ``T`` batches with the train step and optimizer ``launch.train`` uses
-(``train.compile_steps`` over ``steps.make_train_step``, ``optim.make_optimizer``).  The only
-config settings it changes are those the oracle's ``meta`` names (architecture, projector,
-classifier mode, batch, LARS hyper-parameters, constant learning rate, BatchNorm running
-variance).  Layouts are converted when loading: conv ``OIHW -> HWIO``, linear ``[out, in] ->
-[in, out]``, and the rows of a linear layer that reads a flattened feature map are permuted from
-PyTorch's ``(C, H, W)`` flatten order to ours ``(H, W, C)`` (the same function: equal outputs,
-and LARS's norms do not see the order).
+This script builds **our** model for the oracle through the project's own config (the
+``launch/configs/reference.py`` preset of the oracle's arch, only the sizes ``meta`` names
+changed) and ``models.create_model``, loads ``init/*`` into it, and trains the ``T`` batches with
+the train step and optimizer ``launch.train`` uses (``train.compile_steps`` over
+``steps.make_train_step``, ``optim.make_optimizer``).
+
+Family contract: ``FAMILIES`` maps ``meta.arch`` (default ``vgg``: the older VGG DeInfoReg
+oracle) to a module (``benchmarks.replay_vision`` for vgg / resnet18, ``benchmarks.replay_text``
+for lstm / transformer) with ``prepare(oracle, meta, options) -> Replay`` (``options``:
+``conv_impl``, ``dtype``, ``data_dir``): our config and model, the inputs in our layout (``x``
+indexable by step, ``y [T, B]``, ``x_eval``), ``load(prefix, template, dtype) -> (params,
+batch_stats)`` from the oracle's ``<prefix>`` state_dict, ``eval_logits(outputs) -> [X, E, C]``
+(our exits that match the oracle's) and optionally ``loss_block(metrics, config, columns) ->
+[R, C]`` (default: ``rule_loss_block`` below) and ``settings`` (sizes for the printed row).
 
 Prints one JSON line: ``loss_max_rel_diff`` (``max_t |ours_t - loss_total_t| / |loss_total_t|``),
 ``loss_block_max_abs_diff``, ``params_rel_l2`` (``‖ours - final‖ / ‖final‖`` over every float
 parameter together, BatchNorm statistics excluded), ``bn_stats_rel_l2`` (the same over the
-running statistics), ``eval_logits_max_abs_diff``, the same against the float64 run (``f64_``),
-the oracle's own float32-vs-float64 distances (``noise_*``), the limits
+running statistics; null without BatchNorm), ``eval_logits_max_abs_diff``, the same against the
+float64 run (``f64_``), the oracle's own float32-vs-float64 distances (``noise_*``), the limits
 ``max(10 x noise, 1e-4 relative / 1e-2 absolute for logits)`` and ``within_limits``.
 
 ``--float64`` replays in float64 (parameters, optimizer state, activations; our loss terms cast
-the projector output to float32) and is meant to be read against the ``f64_`` figures: a float32
-gap that vanishes there is rounding, e.g. a ReLU input within float32 rounding of 0 whose sign
-differs between the two frameworks, which routes one gradient entry differently.
+to float32) and is meant to be read against the ``f64_`` figures: a float32 gap that vanishes
+there is rounding, e.g. a ReLU input within float32 rounding of 0 whose sign differs between
+the two frameworks, which routes one gradient entry differently.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import importlib
 import json
 import math
 import sys
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -50,6 +56,8 @@ LOSS_REL_FLOOR = 1e-4
 PARAMS_REL_FLOOR = 1e-4
 LOGITS_ABS_FLOOR = 1e-2
 NOISE_FACTOR = 10.0
+FAMILIES = {"vgg": "benchmarks.replay_vision", "resnet18": "benchmarks.replay_vision",
+            "lstm": "benchmarks.replay_text", "transformer": "benchmarks.replay_text"}
 
 
 class OracleError(ValueError):
@@ -63,6 +71,7 @@ def _parser() -> argparse.ArgumentParser:
     formatter_class=argparse.RawDescriptionHelpFormatter,
   )
   parser.add_argument("--oracle", required=True, help="the oracle .npz")
+  parser.add_argument("--data_dir", default=None, help="the indexed data (../shared/data)")
   parser.add_argument(
     "--conv_impl",
     default="auto",
@@ -78,229 +87,81 @@ def _parser() -> argparse.ArgumentParser:
   return parser
 
 
-# ------------------------------------------------------------------ the oracle's settings
-
-
-def read_meta(oracle) -> dict[str, Any]:
-  """The oracle's ``meta`` JSON, checked for what this replay supports."""
-  if "meta" not in oracle:
-    raise OracleError("the oracle has no 'meta' entry (a JSON string with its settings).")
-  meta = json.loads(str(oracle["meta"]))
-  required = ("layer_cfg", "mlp", "merge", "n_classes", "batch", "steps", "lr", "wd")
-  missing = [k for k in required if k not in meta]
-  if missing:
-    raise OracleError(f"the oracle's meta lacks {missing}.")
-  layer_cfg = meta["layer_cfg"]
-  def valid(v):
-    return v == "M" or (isinstance(v, int) and not isinstance(v, bool) and v > 0)
-
-  if not layer_cfg or not all(
-    isinstance(block, list) and block and all(map(valid, block)) for block in layer_cfg
-  ):
-    raise OracleError(
-      f"meta.layer_cfg={layer_cfg!r}: expected a list of blocks, each a non-empty list of conv "
-      "widths and 'M' (the original VGG's _make_layer)."
-    )
-  if meta["merge"] not in ("merge", "unmerge"):
-    raise OracleError(f"meta.merge={meta['merge']!r}: only 'merge' and 'unmerge' exist.")
-  if meta.get("localloss", "DeInfoReg") != "DeInfoReg" or meta.get("task", "vision") != "vision":
-    raise OracleError("only the original's vision DeInfoReg (VGG_DeInfoReg) can be replayed.")
-  bn = meta.get("bn", {})
-  if bn.get("momentum_torch", 0.1) != 0.1 or bn.get("eps", 1e-5) != 1e-5:
-    raise OracleError(
-      f"meta.bn={bn}: our BatchNorm has PyTorch's momentum 0.1 and eps 1e-5 only."
-    )
-  if bn.get("running_var", "unbiased") not in ("unbiased", "biased"):
-    raise OracleError(f"meta.bn.running_var={bn['running_var']!r} is neither unbiased nor biased.")
-  if meta.get("schedule", "constant") != "constant":
-    raise OracleError(f"meta.schedule={meta['schedule']!r}: the oracles use a constant lr.")
-  x = oracle["x"]
-  if x.ndim != 5 or x.shape[:2] != (meta["steps"], meta["batch"]) or x.shape[2] != 3:
-    raise OracleError(
-      f"x has shape {x.shape}; meta says steps={meta['steps']}, batch={meta['batch']} of "
-      "[3, H, W] images."
-    )
-  return meta
-
-
-def make_config(meta: dict[str, Any], conv_impl: str = "auto"):
-  """``launch/configs/default.py`` with only the settings ``meta`` names changed."""
-  from launch.configs import default  # pylint: disable=import-outside-toplevel
-
-  config = default.get_config()
-  config.rule = "deinforeg"
-  config.seed = int(meta.get("seed", 0))
-  config.model.arch = "vgg"
-  config.model.vgg_blocks = ";".join(
-    ",".join(str(v) for v in block) for block in meta["layer_cfg"]
-  )
-  config.model.num_blocks = len(meta["layer_cfg"])
-  config.model.width = 1.0
-  config.model.projector = meta["mlp"]
-  config.model.classifier_mode = meta["merge"]
-  config.model.conv_impl = conv_impl
-  config.model.bn_running_var = meta.get("bn", {}).get("running_var", "unbiased")
-  config.data.batch_size = int(meta["batch"])
-  config.optim.name = "lars"
-  config.optim.schedule = "constant"
-  config.optim.base_lr = float(meta["lr"])
-  config.optim.weight_decay = float(meta["wd"])
-  config.optim.momentum = float(meta.get("momentum", 0.9))
-  config.optim.eta = float(meta.get("eta", 1e-3))
-  config.parallel.num_devices = 1
-  return config
-
-
-def _non_default_conventions(config) -> dict[str, str]:
-  """The layer conventions (``config.model.init/bn_running_var/conv_impl``) the replay runs
-  with that differ from ``launch/configs/default.py``'s: {} when the defaults are the
-  original's."""
-  from launch.configs import default  # pylint: disable=import-outside-toplevel
-
-  defaults = default.get_config().model
-  return {
-    f"model.{name}": config.model[name]
-    for name in ("init", "bn_running_var", "conv_impl")
-    if config.model[name] != defaults[name]
-  }
-
-
-# ------------------------------------------------------------------ PyTorch state_dict -> ours
-
-
-def _block_shapes(layer_cfg, in_channels: int, size: int) -> list[tuple[int, int, int]]:
-  """``(C, H, W)`` of every block's output, as the original's ``_make_layer`` / pools give."""
-  shapes = []
-  for block in layer_cfg:
-    for v in block:
-      if v == "M":
-        size //= 2
-      else:
-        in_channels = v
-    shapes.append((in_channels, size, size))
-  return shapes
-
-
-def _mlp_map(prefix: str, widths: int, ours: str, flat_chw) -> dict[str, tuple]:
-  """The original's ``Projector`` / unmerge ``Classifier`` Sequential (Flatten, then Linear,
-  BN, ReLU per hidden width, last Linear) to our ``MLP`` (``Dense_i``, ``BatchNorm_i``)."""
-  out = {}
-  for i in range(widths):
-    linear = f"{prefix}.{1 + 3 * i}"
-    out[f"{ours}/Dense_{i}"] = ("linear", linear, flat_chw if i == 0 else None)
-    if i < widths - 1:
-      out[f"{ours}/BatchNorm_{i}"] = ("bn", f"{prefix}.{2 + 3 * i}", None)
-  return out
-
-
-def layer_map(meta: dict[str, Any], image_size: int) -> dict[str, tuple]:
-  """``{our module path: (kind, torch prefix, (C, H, W) of a flattened input or None)}``."""
-  layer_cfg = meta["layer_cfg"]
-  mlp = len(meta["mlp"].split("-"))
-  shapes = _block_shapes(layer_cfg, 3, image_size)
-  out = {}
-  for k, block in enumerate(layer_cfg):
-    name = f"block_{k:02d}"
-    conv = 0
-    for j, v in enumerate(block):
-      if v == "M":
-        continue
-      out[f"{name}/encoder/ConvBNReLU_{conv}/Conv_0"] = ("conv", f"layer.{k}.{j}.0", None)
-      out[f"{name}/encoder/ConvBNReLU_{conv}/BatchNorm_0"] = ("bn", f"layer.{k}.{j}.1", None)
-      conv += 1
-    out.update(_mlp_map(f"loss.{k}.projector", mlp, f"{name}/projector", shapes[k]))
-    if meta["merge"] == "merge":
-      out[f"{name}/classifier/BatchNorm_0"] = ("bn", f"classifier.{k}.classifier.0", None)
-      out[f"{name}/classifier/Dense_0"] = ("linear", f"classifier.{k}.classifier.2", None)
-    else:
-      out.update(
-        _mlp_map(f"classifier.{k}.classifier", mlp, f"{name}/classifier/MLP_0", shapes[k])
-      )
-  return out
-
-
-def _linear_kernel(weight: np.ndarray, flat_chw) -> np.ndarray:
-  """``[out, in]`` -> ``[in, out]``; with ``flat_chw = (C, H, W)`` the ``in`` rows go from
-  PyTorch's ``c·H·W + h·W + w`` order to our NHWC flatten's ``h·W·C + w·C + c``."""
-  if flat_chw is None:
-    return weight.T
-  c, h, w = flat_chw
-  return weight.reshape(-1, c, h, w).transpose(2, 3, 1, 0).reshape(h * w * c, -1)
-
-
-def load_state(oracle, prefix: str, meta, template, dtype=np.float32) -> tuple[dict, dict]:
-  """``(params, batch_stats)`` of our model (nested dicts shaped like ``template``) from the
-  oracle's ``<prefix><torch key>`` arrays; every torch parameter and statistic must be used."""
-  import flax  # pylint: disable=import-outside-toplevel
-
-  keys = {k[len(prefix):] for k in oracle if k.startswith(prefix)}
-  used = set()
-
-  def take(key):
-    if key not in keys:
-      raise OracleError(f"the oracle has no {prefix}{key}; its layout does not fit meta.")
-    used.add(key)
-    return np.asarray(oracle[prefix + key], dtype)
-
-  params, stats = {}, {}
-  for path, (kind, torch_prefix, flat) in layer_map(meta, oracle["x"].shape[-1]).items():
-    if kind == "conv":
-      params[f"{path}/kernel"] = take(f"{torch_prefix}.weight").transpose(2, 3, 1, 0)
-    elif kind == "linear":
-      params[f"{path}/kernel"] = _linear_kernel(take(f"{torch_prefix}.weight"), flat)
-      params[f"{path}/bias"] = take(f"{torch_prefix}.bias")
-    else:
-      params[f"{path}/scale"] = take(f"{torch_prefix}.weight")
-      params[f"{path}/bias"] = take(f"{torch_prefix}.bias")
-      stats[f"{path}/mean"] = take(f"{torch_prefix}.running_mean")
-      stats[f"{path}/var"] = take(f"{torch_prefix}.running_var")
-      used.add(f"{torch_prefix}.num_batches_tracked")
-  unused = sorted(keys - used)
-  if unused:
-    raise OracleError(f"oracle arrays with no place in our model: {unused[:5]} ...")
-  loaded = {"params": params, "batch_stats": stats}
-  for collection, flat_template in (
-    ("params", flax.traverse_util.flatten_dict(template["params"], sep="/")),
-    ("batch_stats", flax.traverse_util.flatten_dict(template["batch_stats"], sep="/")),
-  ):
-    got = loaded[collection]
-    if set(got) != set(flat_template):
-      raise OracleError(
-        f"our model's {collection} do not match the oracle's: ours only "
-        f"{sorted(set(flat_template) - set(got))[:4]}, oracle only "
-        f"{sorted(set(got) - set(flat_template))[:4]}."
-      )
-    for path, value in got.items():
-      if tuple(flat_template[path].shape) != value.shape:
-        raise OracleError(
-          f"{collection}/{path}: ours {tuple(flat_template[path].shape)}, oracle {value.shape}."
-        )
-  return tuple(
-    flax.traverse_util.unflatten_dict(loaded[c], sep="/") for c in ("params", "batch_stats")
-  )
-
-
 # ------------------------------------------------------------------ the replay
 
 
-def _rel_l2(ours, reference) -> float:
+def _rel_l2(ours, reference) -> float | None:
+  """``‖ours - reference‖ / ‖reference‖`` over every leaf together; None for an empty tree."""
   import jax  # pylint: disable=import-outside-toplevel
 
+  leaves = jax.tree.leaves(reference)
+  if not leaves:
+    return None
   a = np.concatenate([np.ravel(np.asarray(x, np.float64)) for x in jax.tree.leaves(ours)])
-  b = np.concatenate([np.ravel(np.asarray(x, np.float64)) for x in jax.tree.leaves(reference)])
+  b = np.concatenate([np.ravel(np.asarray(x, np.float64)) for x in leaves])
   return float(np.linalg.norm(a - b) / np.linalg.norm(b))
 
 
-def replay(oracle_path: str, conv_impl: str = "auto", float64: bool = False) -> dict[str, Any]:
+@dataclasses.dataclass
+class Replay:
+  """What a family's ``prepare`` gives the shared replay (module docstring)."""
+
+  config: Any
+  model: Any
+  x: Any
+  y: np.ndarray
+  x_eval: Any
+  load: Callable[..., tuple[dict, dict]]
+  eval_logits: Callable[[Any], np.ndarray]
+  loss_block: Callable[..., np.ndarray] | None = None
+  settings: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+def rule_loss_block(metrics, config, columns) -> np.ndarray:
+  """Our ``[R, C]`` loss terms of one step under the oracle's column names: DeInfoReg a row per
+  block (``invariance``, ``variance``, ``covariance``, ``local_total`` = their weighted sum,
+  ``ce_times_0.001`` = ``ce_weight`` x CE); BP ``ce``; SCPL ``loss`` (each block's contrastive
+  loss, then the head's CE); AL ``bridge``, ``reconstruction`` per block."""
+  rule, w = config.rule, config.loss
+  if rule == "deinforeg":
+    terms = {name: np.asarray(metrics[name]) for name in ("invariance", "variance", "covariance")}
+    terms["local_total"] = (w.invariance_weight * terms["invariance"]
+                            + w.variance_weight * terms["variance"]
+                            + w.covariance_weight * terms["covariance"])
+    terms["ce_times_0.001"] = w.ce_weight * np.asarray(metrics["ce"])
+  elif rule == "bp":
+    terms = {"ce": np.asarray(metrics["ce"])}
+  elif rule == "scpl":
+    terms = {"loss": np.concatenate([metrics["contrastive"], metrics["ce"]])}
+  else:
+    terms = {name: np.asarray(metrics[name]) for name in ("bridge", "reconstruction")}
+  missing = [c for c in columns if c not in terms]
+  if missing:
+    raise OracleError(f"meta.loss_block_columns {missing} have no counterpart for {rule}.")
+  return np.stack([terms[c] for c in columns], axis=1)
+
+
+def family(arch: str):
+  """The replay module of ``arch`` (``FAMILIES``)."""
+  if arch not in FAMILIES:
+    raise OracleError(f"meta.arch={arch!r}: replays exist for {sorted(FAMILIES)}.")
+  return importlib.import_module(FAMILIES[arch])
+
+
+def replay(
+  oracle_path: str, conv_impl: str = "auto", float64: bool = False, data_dir: str | None = None
+) -> dict[str, Any]:
   """Train our model on the oracle's batches from its initial state; the figures (module doc).
 
   ``float64``: parameters, optimizer state and inputs in float64 (needs ``jax_enable_x64``).
+  ``data_dir``: where the oracle's indexed data lie (default ``../shared/data``).
   """
   import jax  # pylint: disable=import-outside-toplevel
   import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
 
   # pylint: disable=import-outside-toplevel
-  from deinforeg_jax import models, optim, parallel, rules, steps
+  from benchmarks import oracle_data
+  from deinforeg_jax import optim, parallel, rules, steps
   from deinforeg_jax import train as train_lib
 
   try:
@@ -308,26 +169,30 @@ def replay(oracle_path: str, conv_impl: str = "auto", float64: bool = False) -> 
       oracle = {k: npz[k] for k in npz.files}
   except (OSError, ValueError) as error:
     raise OracleError(f"not a readable .npz: {error}") from None
-  meta = read_meta(oracle)
+  if "meta" not in oracle:
+    raise OracleError("the oracle has no 'meta' entry (a JSON string with its settings).")
+  meta = json.loads(str(oracle["meta"]))
+  meta.setdefault("arch", "vgg")
+  meta.setdefault("rule", "deinforeg")
   if float64 and jnp.zeros((), jnp.float64).dtype != jnp.float64:
     raise OracleError(
       "a float64 replay needs 64-bit JAX: jax.config.update('jax_enable_x64', True) or "
       "`with jax.enable_x64(True):`."
     )
   dtype = np.float64 if float64 else np.float32
-  config = make_config(meta, conv_impl)
+  options = {"conv_impl": conv_impl, "dtype": dtype,
+             "data_dir": data_dir or oracle_data.default_data_dir()}
+  r = family(meta["arch"]).prepare(oracle, meta, options)
+  config, model = r.config, r.model
   num_classes = int(meta["n_classes"])
-  model = models.create_model(config, num_classes)
-  schedule = optim.make_schedule(config.optim, meta["steps"], meta["steps"])
+  steps_total = int(meta["steps"])
+  schedule = optim.make_schedule(config.optim, steps_total, steps_total)
   tx = optim.make_optimizer(config.optim, schedule)
   objective = rules.get_objective(config.rule)
-  x = np.ascontiguousarray(oracle["x"].transpose(0, 1, 3, 4, 2), dtype)  # NCHW -> NHWC
-  y = oracle["y"].astype(np.int32)
-  x_eval = np.ascontiguousarray(oracle["x_eval"].transpose(0, 2, 3, 1), dtype)
   template = jax.eval_shape(
-    lambda: model.init(jax.random.key(0), jnp.zeros((2, *x.shape[2:])), train=False)
+    lambda: model.init(jax.random.key(0), jnp.asarray(r.x[0][:2]), train=False)
   )
-  params, batch_stats = load_state(oracle, "init/", meta, template, dtype)
+  params, batch_stats = r.load("init/", template, dtype)
   state = steps.TrainState(
     step=jnp.zeros((), jnp.int32),
     params=jax.tree.map(jnp.asarray, params),
@@ -338,25 +203,21 @@ def replay(oracle_path: str, conv_impl: str = "auto", float64: bool = False) -> 
   train_step, _ = train_lib.compile_steps(
     model, objective, tx, num_classes, config.loss, mesh, seed=config.seed
   )
+  loss_block = r.loss_block or rule_loss_block
+  columns = meta.get("loss_block_columns")
   totals, blocks = [], []
-  weights = np.array(
-    [config.loss.invariance_weight, config.loss.variance_weight, config.loss.covariance_weight]
-  )
-  for t in range(meta["steps"]):
-    state, metrics, _ = train_step(state, jnp.asarray(x[t]), jnp.asarray(y[t]))
+  for t in range(steps_total):
+    state, metrics, _ = train_step(state, jnp.asarray(r.x[t]), jnp.asarray(r.y[t]))
     m = jax.device_get(metrics)
-    terms = np.stack([m["invariance"], m["variance"], m["covariance"]], axis=1)  # [K, 3]
-    info = terms @ weights
-    blocks.append(np.concatenate([terms, (config.loss.ce_weight * m["ce"])[:, None],
-                                  info[:, None]], axis=1))
+    blocks.append(loss_block(m, config, columns))
     totals.append(float(m["total_loss"]))
   totals, blocks = np.array(totals), np.stack(blocks)
   outputs = model.apply(
-    {"params": state.params, "batch_stats": state.batch_stats}, jnp.asarray(x_eval), train=False
+    {"params": state.params, "batch_stats": state.batch_stats}, jnp.asarray(r.x_eval), train=False
   )
-  logits = np.stack([np.asarray(l, np.float64) for l in outputs["logits"]])
-  final_params, final_stats = load_state(oracle, "final/", meta, template, np.float64)
-  f64_params, f64_stats = load_state(oracle, "f64_final/", meta, template, np.float64)
+  logits = r.eval_logits(outputs)
+  final_params, final_stats = r.load("final/", template, np.float64)
+  f64_params, f64_stats = r.load("f64_final/", template, np.float64)
   ours_params = jax.device_get(state.params)
   ours_stats = jax.device_get(state.batch_stats)
 
@@ -374,18 +235,19 @@ def replay(oracle_path: str, conv_impl: str = "auto", float64: bool = False) -> 
     "params": max(NOISE_FACTOR * noise["params"], PARAMS_REL_FLOOR),
     "logits": max(NOISE_FACTOR * noise["logits"], LOGITS_ABS_FLOOR),
   }
-  # Per-block terms: the loss's relative limit times the largest recorded block figure.
+  # Per-row terms: the loss's relative limit times the largest recorded term.
   limits["loss_block"] = limits["loss"] * float(np.max(np.abs(oracle["loss_block"])))
   row = {
     "benchmark": "trajectory_parity",
     "oracle": oracle_path.rsplit("/", 1)[-1],
-    "layer_cfg": meta["layer_cfg"],
-    "mlp": meta["mlp"],
-    "merge": meta["merge"],
+    "arch": meta["arch"],
+    "rule": meta["rule"],
+    **r.settings,
     "batch": meta["batch"],
     "lr": meta["lr"],
     "seed": meta.get("seed"),
-    "steps": int(meta["steps"]),
+    "offset": meta.get("offset"),
+    "steps": steps_total,
     "float64": float64,
     "non_default_conventions": _non_default_conventions(config),
     "loss_first": float(totals[0]),
@@ -414,14 +276,32 @@ def replay(oracle_path: str, conv_impl: str = "auto", float64: bool = False) -> 
     "logits": max(row["eval_logits_max_abs_diff"], row["f64_eval_logits_max_abs_diff"])
     <= limits["logits"],
   }
-  row["within_limits"] = all(checks.values())
+  row["within_limits"] = all(checks.values()) and all(math.isfinite(v) for v in totals)
   row["failed"] = sorted(k for k, ok in checks.items() if not ok)
   row["per_step_loss_rel_diff"] = [
     float(v) for v in np.abs(totals - oracle["loss_total"]) / np.abs(oracle["loss_total"])
   ]
-  if not all(math.isfinite(v) for v in totals):
-    row["within_limits"] = False
   return row
+
+
+def _non_default_conventions(config) -> dict[str, Any]:
+  """The behaviour settings (``reference.REFERENCE_BEHAVIOUR`` fields and the layer
+  conventions) the replay runs with that differ from ``launch/configs/default.py``'s: the
+  departures of our defaults from the original that the replay depends on."""
+  # pylint: disable=import-outside-toplevel
+  from launch.configs import default, reference
+
+  defaults = default.get_config()
+  fields = {f"model.{name}" for name in ("init", "bn_running_var", "conv_impl")}
+  for group in reference.REFERENCE_BEHAVIOUR.values():
+    fields.update(group)
+
+  def get(c, field):
+    for part in field.split("."):
+      c = c[part]
+    return c
+
+  return {f: get(config, f) for f in sorted(fields) if get(config, f) != get(defaults, f)}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -431,7 +311,7 @@ def main(argv: list[str] | None = None) -> None:
       import jax  # pylint: disable=import-outside-toplevel
 
       jax.config.update("jax_enable_x64", True)
-    row = replay(args.oracle, args.conv_impl, args.float64)
+    row = replay(args.oracle, args.conv_impl, args.float64, args.data_dir)
   except OracleError as error:
     raise SystemExit(f"benchmarks.trajectory_parity: cannot replay {args.oracle}: {error}")
   print(json.dumps(row), flush=True)

@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from benchmarks import replay_vision as rv
 from benchmarks import trajectory_parity as tp
 import helpers
 
@@ -70,8 +71,10 @@ def test_replay_limits_are_those_of_the_issue(replayed):
     max(10 * replayed["noise_eval_logits_max_abs"], 1e-2)
   )
   assert replayed["within_limits"] and replayed["failed"] == []
-  # The replay runs the default layer conventions (BatchNorm's running variance included).
-  assert replayed["non_default_conventions"] == {}
+  # The replay runs the reference preset; its VGG DeInfoReg path needs none of its departures
+  # but the layer conventions are the defaults (BatchNorm's running variance included).
+  assert replayed["non_default_conventions"]["model.init"] == "torch"
+  assert "model.bn_running_var" not in replayed["non_default_conventions"]
 
 
 def test_replay_running_statistics_follow_pytorch_batchnorm(replayed):
@@ -104,22 +107,23 @@ def test_flatten_order_pytorch_nchw_rows_are_permuted_to_our_nhwc_flatten():
   x_nchw = rng.standard_normal((2, c, h, w))
   weight = rng.standard_normal((out, c * h * w))  # torch [out, in]
   torch_out = x_nchw.reshape(2, -1) @ weight.T
-  kernel = tp._linear_kernel(weight, (c, h, w))
+  kernel = rv._linear_kernel(weight, (c, h, w))
   ours = x_nchw.transpose(0, 2, 3, 1).reshape(2, -1) @ kernel
   np.testing.assert_allclose(ours, torch_out, rtol=1e-12)
-  np.testing.assert_array_equal(tp._linear_kernel(weight, None), weight.T)
+  np.testing.assert_array_equal(rv._linear_kernel(weight, None), weight.T)
 
 
 def test_layer_map_follows_the_original_module_indices():
-  meta = {"layer_cfg": [[8, 8, "M"], ["M", 16]], "mlp": "32-32", "merge": "merge"}
-  mapping = tp.layer_map(meta, 32)
+  meta = {"arch": "vgg", "rule": "deinforeg", "layer_cfg": [[8, 8, "M"], ["M", 16]], "mlp": "32-32",
+          "merge": "merge"}
+  mapping = rv.layer_map(meta, 32)
   assert mapping["block_00/encoder/ConvBNReLU_1/Conv_0"] == ("conv", "layer.0.1.0", None)
   assert mapping["block_01/encoder/ConvBNReLU_0/BatchNorm_0"] == ("bn", "layer.1.1.1", None)
   assert mapping["block_00/projector/Dense_0"] == ("linear", "loss.0.projector.1", (8, 16, 16))
   assert mapping["block_01/projector/Dense_0"] == ("linear", "loss.1.projector.1", (16, 8, 8))
   assert mapping["block_01/projector/Dense_1"] == ("linear", "loss.1.projector.4", None)
   assert mapping["block_01/classifier/Dense_0"] == ("linear", "classifier.1.classifier.2", None)
-  unmerge = tp.layer_map({**meta, "merge": "unmerge"}, 32)
+  unmerge = rv.layer_map({**meta, "merge": "unmerge"}, 32)
   assert unmerge["block_00/classifier/MLP_0/Dense_0"] == (
     "linear", "classifier.0.classifier.1", (8, 16, 16)
   )
@@ -142,17 +146,17 @@ def _oracle(**meta_changes):
     ({"bn": {"momentum_torch": 0.01}}, "momentum 0.1"),
     ({"schedule": "cosine"}, "meta.schedule"),
     ({"batch": 5}, "batch=5"),
-    ({"task": "nlp"}, "vision DeInfoReg"),
+    ({"task": "nlp"}, "DeInfoReg local loss"),
   ],
 )
 def test_an_oracle_it_cannot_build_gets_a_clear_error(change, words):
   with pytest.raises(tp.OracleError, match=words):
-    tp.read_meta(_oracle(**change))
+    rv.read_meta(_oracle(**change))
 
 
 def test_an_oracle_whose_arrays_do_not_fit_our_model_is_refused():
-  meta = tp.read_meta(_oracle())
-  config = tp.make_config(meta)
+  meta = rv.read_meta(_oracle())
+  config = rv.make_config(meta)
   from deinforeg_jax import models  # pylint: disable=import-outside-toplevel
 
   model = models.create_model(config, 3)
@@ -160,4 +164,4 @@ def test_an_oracle_whose_arrays_do_not_fit_our_model_is_refused():
     lambda: model.init(jax.random.key(0), jnp.zeros((2, 8, 8, 3)), train=False)
   )
   with pytest.raises(tp.OracleError, match="init/layer.0.0.0.weight"):
-    tp.load_state(_oracle(), "init/", meta, template)
+    rv.load_state(_oracle(), "init/", meta, template, 8)
