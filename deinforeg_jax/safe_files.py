@@ -147,9 +147,9 @@ def atomic_writer(path: str, binary: bool = False, **open_kwargs) -> Iterator[IO
   _fsync_folder(folder)
 
 
-def write_atomic(path: str, content: str | bytes) -> None:
-  """Replace ``path`` by ``content`` as a whole (see ``atomic_writer``)."""
-  with atomic_writer(path, binary=isinstance(content, bytes)) as f:
+def write_atomic(path: str, content: str | bytes | bytearray) -> None:
+  """Replace ``path`` by ``content`` (text, or bytes-like) as a whole (see ``atomic_writer``)."""
+  with atomic_writer(path, binary=not isinstance(content, str)) as f:
     f.write(content)
 
 
