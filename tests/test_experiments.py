@@ -212,6 +212,25 @@ def test_report_only_rebuilds_table_and_curves_from_the_summaries_alone(tmp_path
   assert (tmp_path / "learning_curves_digits.png").read_bytes()[:4] == b"\x89PNG"
 
 
+def test_a_summary_cut_short_is_rebuilt_from_results_or_its_cell_run_again(
+  tmp_path, fake_trainer, capsys
+):
+  grid = _grid(rules=("deinforeg",), noise_rates=(0,))
+  first = experiments.run_grid(grid, str(tmp_path))
+  cells = tmp_path / "cells"
+  for path in cells.iterdir():  # a kill during the write, on a version that wrote in place
+    path.write_text(path.read_text()[:40])
+  shutil.rmtree(tmp_path / "digits" / "deinforeg" / "noise0" / "seed1")  # its results too
+  again = experiments.run_grid(grid, str(tmp_path))
+  assert fake_trainer.calls[2:] == [experiments.cell_workdir(str(tmp_path), again[1])]
+  assert again == first
+  assert [json.loads(p.read_text()) for p in sorted(cells.iterdir())] == first
+  out = capsys.readouterr().out
+  seed0, seed1 = (cells / f"digits__deinforeg__noise0__seed{s}.json" for s in (0, 1))
+  assert f"note: {seed0} was unreadable: rebuilt from " in out
+  assert f"note: {seed1} is unreadable and " in out and "running the cell again" in out
+
+
 def test_a_finished_cell_with_another_config_is_refused(tmp_path, fake_trainer):
   experiments.run_grid(_grid(noise_rates=(0,), seeds=(0,)), str(tmp_path))
   changed = _grid(noise_rates=(0,), seeds=(0,))
