@@ -19,6 +19,8 @@ an uninterrupted run.
 from __future__ import annotations
 
 import errno
+import hashlib
+import json
 import logging
 import os
 import re
@@ -34,6 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
+from deinforeg_jax import safe_files
 from deinforeg_jax.workdir_lock import WorkdirError, write_error
 
 # Config fields that do not change the training path: a resumed run may change them freely.
@@ -265,6 +268,42 @@ def make_metadata(config, state, info, **bookkeeping) -> dict[str, Any]:
   }
 
 
+# ------------------------------------------------------------------ metadata digest
+
+# The metadata key of the digest below: the arrays are covered by ``checksums``, the metadata
+# (config, dataset description, the checksums themselves) by this.  Metadata written before
+# 2026-12-07 has none and is read as it is.
+METADATA_DIGEST = "metadata_sha256"
+
+
+def _metadata_digest(metadata: dict[str, Any]) -> str:
+  """SHA-256 of ``metadata`` without its digest, as JSON with sorted keys and no spaces (of the
+  value as written to and read back from JSON, so that a tuple and its list agree)."""
+  body = {k: v for k, v in json.loads(json.dumps(metadata)).items() if k != METADATA_DIGEST}
+  canonical = json.dumps(body, sort_keys=True, separators=(",", ":"))
+  return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def with_metadata_digest(metadata: dict[str, Any]) -> dict[str, Any]:
+  """``metadata`` with its ``METADATA_DIGEST``, as ``RunCheckpointer.save`` writes it."""
+  return {**metadata, METADATA_DIGEST: _metadata_digest(metadata)}
+
+
+def verified_metadata(metadata: dict[str, Any], step_dir: str) -> dict[str, Any]:
+  """``metadata``, read from ``step_dir``, when it matches its digest (or has none: older).
+
+  Raises:
+    CorruptCheckpointError: the metadata was edited or damaged after it was saved.
+  """
+  saved = metadata.get(METADATA_DIGEST)
+  if saved is not None and saved != _metadata_digest(metadata):
+    raise CorruptCheckpointError(
+      f"the metadata of {step_dir} does not match its saved digest ({METADATA_DIGEST}): it "
+      "was edited or damaged after it was saved"
+    )
+  return metadata
+
+
 def check_compatible(
   saved: dict[str, Any], expected: dict[str, Any], directory: str, allowed: tuple[str, ...] = ()
 ) -> dict[str, tuple[Any, Any]]:
@@ -355,9 +394,19 @@ def _is_abandoned_io_report(unraisable) -> bool:
   return code is not None and f"{os.sep}orbax{os.sep}" in code.co_filename
 
 
+class _QuietAbandonedFutures(logging.Filter):
+  """Drops asyncio's "exception was never retrieved" logs of the futures that Orbax abandons
+  after an OS error (a traceback each)."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    error = record.exc_info[1] if record.exc_info else None
+    return error is None or _os_error(error) is None
+
+
 def _quiet_abandoned_io() -> None:
-  """Route ``_is_abandoned_io_report`` reports nowhere (from now on, in this process: they
-  arrive up to its exit); every other report goes to the hook there was."""
+  """Route ``_is_abandoned_io_report`` reports and ``_QuietAbandonedFutures`` logs nowhere
+  (from now on, in this process: they arrive up to its exit); every other report goes to the
+  hook there was."""
   previous = sys.unraisablehook
   if getattr(previous, "drops_abandoned_io", False):
     return
@@ -368,15 +417,17 @@ def _quiet_abandoned_io() -> None:
 
   hook.drops_abandoned_io = True
   sys.unraisablehook = hook
+  logging.getLogger("asyncio").addFilter(_QuietAbandonedFutures())
 
 
 class RunCheckpointer:
   """A ``CheckpointManager`` in ``<workdir>/checkpoints`` that keeps ``keep`` steps.
 
-  Every save records a checksum of each array in the metadata (``checksums``);
-  ``restore`` verifies them and falls back to the previous kept step when the
-  latest one cannot be read or verified, moving the bad step folder to
-  ``<workdir>/corrupt_checkpoints/`` (nothing is deleted).  ``info`` prints notes.
+  Every save records a checksum of each array in the metadata (``checksums``) and a digest of
+  the metadata itself (``METADATA_DIGEST``); ``restore`` verifies both and falls back to
+  the previous kept step when the latest one cannot be read or verified, moving the bad
+  step folder to ``<workdir>/corrupt_checkpoints/`` (nothing is deleted).  ``info`` prints
+  notes.
 
   A save that cannot be written (disk full, read-only filesystem, file-size limit)
   raises ``CheckpointWriteError``: one line naming the step folder, the cause and the
@@ -432,7 +483,7 @@ class RunCheckpointer:
     (asynchronous) could not be written."""
     self._settle()
     state_dict = flax.serialization.to_state_dict(state)
-    metadata = {**metadata, "checksums": checksums(state_dict)}
+    metadata = with_metadata_digest({**metadata, "checksums": checksums(state_dict)})
     step = metadata["step"]
     try:
       self._manager.save(
@@ -543,9 +594,10 @@ class RunCheckpointer:
     )
 
   def _metadata(self, step: int) -> dict[str, Any]:
-    return self._manager.restore(step, args=ocp.args.Composite(metadata=ocp.args.JsonRestore()))[
-      "metadata"
-    ]
+    metadata = self._manager.restore(
+      step, args=ocp.args.Composite(metadata=ocp.args.JsonRestore())
+    )["metadata"]
+    return verified_metadata(metadata, os.path.join(self.directory, str(step)))
 
   def _restore_verified(self, step: int, state, metadata: dict[str, Any]):
     target = flax.serialization.to_state_dict(state)
@@ -626,12 +678,14 @@ def read_metadata(workdir: str) -> dict[str, Any]:
 
   Raises:
     FileNotFoundError: ``workdir`` holds no checkpoint.
+    CorruptCheckpointError: its metadata does not match its digest.
   """
   reader, step = _reader(workdir)
   with reader:
-    return reader.restore(step, args=ocp.args.Composite(metadata=ocp.args.JsonRestore()))[
+    metadata = reader.restore(step, args=ocp.args.Composite(metadata=ocp.args.JsonRestore()))[
       "metadata"
     ]
+  return verified_metadata(metadata, os.path.join(str(reader.directory), str(step)))
 
 
 def read_variables(workdir: str) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -642,6 +696,7 @@ def read_variables(workdir: str) -> tuple[dict[str, Any], dict[str, Any]]:
 
   Raises:
     FileNotFoundError: ``workdir`` holds no checkpoint.
+    CorruptCheckpointError: its metadata does not match its digest.
   """
   reader, step = _reader(workdir)
   with reader:
@@ -659,6 +714,33 @@ def read_variables(workdir: str) -> tuple[dict[str, Any], dict[str, Any]]:
         metadata=ocp.args.JsonRestore(),
       ),
     )
+  metadata = verified_metadata(restored["metadata"], os.path.join(str(reader.directory), str(step)))
   variables = dict(restored["state"])
   variables.setdefault("batch_stats", {})
-  return variables, restored["metadata"]
+  return variables, metadata
+
+
+def rewrite_metadata(workdir: str, change: Callable[[dict], dict]) -> list[str]:
+  """Replaces the metadata of each kept checkpoint of ``workdir`` that verifies by
+  ``change(metadata)`` with its new digest; the arrays are not touched.  Each file is replaced
+  atomically (a reader sees the old metadata or the new).  Returns the step folders rewritten
+  (a step whose metadata is unreadable or edited is left as it is).
+
+  Raises:
+    FileNotFoundError: ``workdir`` holds no checkpoint.
+  """
+  reader, _ = _reader(workdir)
+  rewritten = []
+  with reader:
+    for step in sorted(reader.all_steps()):
+      step_dir = os.path.join(str(reader.directory), str(step))
+      try:
+        metadata = reader.restore(step, args=ocp.args.Composite(metadata=ocp.args.JsonRestore()))
+        metadata = verified_metadata(metadata["metadata"], step_dir)
+      except (OSError, ValueError, CorruptCheckpointError):
+        continue
+      # The file JsonCheckpointHandler writes for the item "metadata" (orbax 0.12.8).
+      path = os.path.join(step_dir, "metadata", "metadata")
+      safe_files.write_atomic(path, json.dumps(with_metadata_digest(change(metadata))))
+      rewritten.append(step_dir)
+  return rewritten

@@ -13,6 +13,11 @@ its vocabulary), and writes to ``--out_dir`` (default ``W/evaluation``):
 * ``<dataset>.json``: per-exit accuracy, the adaptive-exit report (``results.json``'s
   ``adaptive_inference``), the accuracy and confusion matrix at ``--exit``;
 * ``<dataset>_confusion.png``: that confusion matrix.
+
+``--record_description`` only records the run's dataset description (mean/std, pixel range,
+class names) in its checkpoints, read from its own dataset: a run saved before 2026-12-06
+lacks it, and a trained model is built from its checkpoint alone
+(``deinforeg_jax.trained.record_description``).
 """
 
 from __future__ import annotations
@@ -193,6 +198,11 @@ def main(argv):
       "--config.inference.* overrides (the model is the run's own)."
     )
   try:
+    if args.record_description:
+      rewritten = trained_lib.record_description(args.workdir, overrides.get("data.data_dir"))
+      print(f"recorded the dataset description in {len(rewritten)} checkpoint(s): "
+            + ", ".join(rewritten))
+      return
     trained = trained_lib.load(args.workdir)
     for field, value in overrides.items():
       *path, name = field.split(".")
@@ -233,6 +243,13 @@ def define_flags() -> None:
     "exit", "best", "Exit of the confusion matrix: 'best', 'adaptive' or an exit index."
   )
   flags.DEFINE_string("out_dir", "", "Where to write the report ('' = WORKDIR/evaluation).")
+  flags.DEFINE_bool(
+    "record_description",
+    False,
+    "Only record the run's dataset description (mean/std/pixel_max/class names), read from its "
+    "dataset (in --config.data.data_dir if given), in its checkpoints: a run saved before "
+    "2026-12-06 loads only then.",
+  )
 
 
 def _unknown_field(error: Exception) -> str:

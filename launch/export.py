@@ -96,7 +96,7 @@ def main(argv):
   if not args.workdir or not args.out:
     raise app.UsageError("--workdir and --out are required.")
   try:
-    trained = trained_lib.load(args.workdir, data_dir=args.data_dir)
+    trained = trained_lib.load(args.workdir)
     out, path = export(trained, args.out, args.platforms)
   except (trained_lib.WorkdirError, ValueError, RuntimeError) as error:
     sys.exit(f"error: {error}")
@@ -109,9 +109,6 @@ def define_flags() -> None:
   flags.DEFINE_string("out", None, "Where to write the serialized function.")
   flags.DEFINE_list(
     "platforms", ["cpu", "cuda", "tpu"], "Platforms to lower for (the caller's must be one)."
-  )
-  flags.DEFINE_string(
-    "data_dir", None, "Where the run's dataset is prepared, if its checkpoint lacks mean/std."
   )
 
 

@@ -137,7 +137,7 @@ def main(argv):
   if not args.workdir or not args.input:
     raise app.UsageError("--workdir and --input are required.")
   try:
-    trained = trained_lib.load(args.workdir, data_dir=args.data_dir)
+    trained = trained_lib.load(args.workdir)
     ids, inputs = read_input(args.input, trained)
     prediction = trained.predict(inputs, exit=args.exit, batch_size=args.batch_size or None)
   except ValueError as error:  # WorkdirError and InputError are ValueErrors
@@ -157,9 +157,6 @@ def define_flags() -> None:
   flags.DEFINE_string("out", "predictions.csv", "The CSV to write.")
   flags.DEFINE_string("exit", "best", "'best', 'adaptive' or an exit index.")
   flags.DEFINE_integer("batch_size", 0, "Rows per call (0: the run's eval batch size).")
-  flags.DEFINE_string(
-    "data_dir", None, "Where the run's dataset is prepared, if its checkpoint lacks mean/std."
-  )
 
 
 def run():

@@ -178,8 +178,8 @@ def test_damaged_newest_checkpoint_falls_back_to_the_previous_and_ends_right(
       metadata = json.load(f)
     name = sorted(metadata["checksums"])[0]
     metadata["checksums"][name] = (metadata["checksums"][name] + 1) % 2**32
-    with open(path, "w") as f:
-      json.dump(metadata, f)
+    with open(path, "w") as f:  # with a matching metadata digest: the arrays are what is checked
+      json.dump(checkpoint.with_metadata_digest(metadata), f)
 
   capsys.readouterr()
   train.train_and_evaluate(short_config(6, every_steps=2), workdir)

@@ -305,7 +305,7 @@ def test_growing_to_the_same_block_count_or_from_an_interrupted_run_is_refused(o
     metadata = json.load(f)
   metadata["config"]["train"]["num_epochs"] = 2
   with open(path, "w") as f:
-    json.dump(metadata, f)
+    json.dump(checkpoint.with_metadata_digest(metadata), f)
   grown = _run_config(num_blocks=3, num_epochs=2, side_split="width:4", from_workdir=interrupted)
   grown.model.vgg_blocks = "32,32,M;64,M;128"
   with pytest.raises(

@@ -443,8 +443,8 @@ def test_pipeline_run_loads_as_the_one_program_model(tmp_path):
 
 
 def test_checkpoint_description_is_used_and_damaged_arrays_are_refused(digits_run, monkeypatch):
-  """A checkpoint whose metadata records mean/std/pixel_max/class_names needs no dataset;
-  an array that does not match its saved checksum is refused by name."""
+  """The checkpoint's mean/std/pixel_max/class_names are what the model uses; an array that
+  does not match its saved checksum is refused by name."""
   read = loading.checkpoint.read_variables
   described = {"mean": [0.5], "std": [2.0], "pixel_max": 1.0, "class_names": list("abcdefghij")}
 
@@ -454,7 +454,6 @@ def test_checkpoint_description_is_used_and_damaged_arrays_are_refused(digits_ru
     return variables, metadata
 
   monkeypatch.setattr(loading.checkpoint, "read_variables", with_description)
-  monkeypatch.setitem(loading.registry.EMBEDDED, "digits", None)  # the dataset is not read
   model = deinforeg_jax.load(digits_run[0])
   assert model.class_names == tuple("abcdefghij") and model.notes == []
   np.testing.assert_allclose(model.preprocessing(np.ones((1, 8, 8, 1))), 0.25)

@@ -28,10 +28,10 @@ Preprocessing (the run's own, ``Preprocessing``): images are raw pixels in the u
 dataset stores (``pixel_max``: 1 for [0, 1] floats such as digits, 255 for uint8), then
 ``(x - mean) / std`` per channel; uint8 inputs to a ``pixel_max = 1`` run are divided by
 255 first.  Text is normalised and encoded with the run's ``vocab.json`` (``data.text``).
-The statistics and class names are read from the checkpoint's dataset description; a
-checkpoint without them (older runs) takes them from the dataset named in its config
-(digits: embedded; a prepared TFDS dataset: its metadata in ``config.data.data_dir``),
-and class names default to ``"0" .. "C-1"``.
+The statistics and class names are read from the checkpoint's dataset description, never
+from a dataset; a checkpoint saved before 2026-12-06 lacks it and is refused until
+``record_description(workdir)`` (``launch.evaluate --record_description``) has recorded it
+from the run's dataset.  Class names the dataset does not give default to ``"0" .. "C-1"``.
 
 Grown runs (``config.grow``: from a workdir, in-run schedule, new features) and pipeline
 runs load like any other (checkpoints hold the whole one-program state); a run
@@ -39,8 +39,17 @@ interrupted before its schedule added every block uses the blocks trained so far
 Every problem is one ``WorkdirError`` / ``InputError`` line naming what is missing.
 """
 
+from deinforeg_jax.trained.description import record as record_description
 from deinforeg_jax.trained.loading import WorkdirError, load
 from deinforeg_jax.trained.model import Prediction, TrainedModel
 from deinforeg_jax.trained.preprocessing import InputError, Preprocessing
 
-__all__ = ["InputError", "Prediction", "Preprocessing", "TrainedModel", "WorkdirError", "load"]
+__all__ = [
+  "InputError",
+  "Prediction",
+  "Preprocessing",
+  "TrainedModel",
+  "WorkdirError",
+  "load",
+  "record_description",
+]

@@ -1,4 +1,8 @@
-"""``load(workdir)``: a ``TrainedModel`` from a run's latest checkpoint and saved config."""
+"""``load(workdir)``: a ``TrainedModel`` from a run's latest checkpoint and saved config.
+
+Nothing but the checkpoint (verified: ``checkpoint.read_variables``), the run's ``vocab.json``
+(text) and its ``results.json`` / ``metrics.jsonl`` (the best exit) is read: never a dataset.
+"""
 
 from __future__ import annotations
 
@@ -13,7 +17,6 @@ import ml_collections
 import numpy as np
 
 from deinforeg_jax import checkpoint, growth, inference, models, stack
-from deinforeg_jax.data import registry
 from deinforeg_jax.data import text as text_data
 from deinforeg_jax.trained.model import TrainedModel
 from deinforeg_jax.trained.preprocessing import Preprocessing
@@ -27,7 +30,7 @@ def _fail(workdir: str, problem: str) -> WorkdirError:
   return WorkdirError(f"cannot load {workdir}: {problem}")
 
 
-def _saved_config(metadata: dict[str, Any]) -> ml_collections.ConfigDict:
+def saved_config(metadata: dict[str, Any]) -> ml_collections.ConfigDict:
   """The run's config, with the fields added later at the value older runs had."""
   config = ml_collections.ConfigDict(metadata["config"])
   for field, value in checkpoint.FIELDS_ADDED_LATER.items():
@@ -40,44 +43,29 @@ def _saved_config(metadata: dict[str, Any]) -> ml_collections.ConfigDict:
   return config
 
 
-def _dataset_description(config, saved: dict[str, Any], workdir: str) -> tuple[dict, str]:
-  """``(description, note)``: ``mean``, ``std``, ``pixel_max`` and ``class_names`` of the
-  run's dataset, from the checkpoint when it records them, else from the dataset."""
-  fields = ("mean", "std", "pixel_max", "class_names")
-  if config.data.kind == "text":
-    names = saved.get("class_names") or _text_class_names(config)
-    return {"class_names": tuple(names or ())}, ""
-  if all(f in saved for f in fields):
-    return {f: saved[f] for f in fields}, ""
-  name = config.data.name
-  try:
-    if name in registry.EMBEDDED:
-      info = registry.EMBEDDED[name](seed=config.data.split_seed)[2]
-    else:
-      from deinforeg_jax.data import tfds_source  # pylint: disable=import-outside-toplevel
+# The dataset description a model's preprocessing and outputs need, per ``config.data.kind``:
+# ``checkpoint.make_metadata`` records it in every checkpoint saved since 2026-12-06.
+DESCRIPTION_FIELDS = {
+  "image": ("mean", "std", "pixel_max", "class_names"),
+  "text": ("class_names",),
+}
 
-      info = tfds_source.load_tfds(name, config.data.data_dir)[2]
-  except Exception as error:  # noqa: BLE001  # one line naming what is missing
+
+def _description(config, saved: dict[str, Any], workdir: str) -> dict[str, Any]:
+  """The checkpoint's dataset description (``DESCRIPTION_FIELDS``); an older checkpoint without
+  it is refused, saying how to record it (``description.record``)."""
+  fields = DESCRIPTION_FIELDS["text" if config.data.kind == "text" else "image"]
+  missing = [f for f in fields if f not in saved]
+  if missing:
     raise _fail(
       workdir,
-      f"its checkpoint does not record the input normalisation (mean/std), and the dataset "
-      f"{name!r} it was trained on cannot be read to recompute it ({type(error).__name__}: "
-      f"{str(error).splitlines()[0]}); pass data_dir= where {name!r} is prepared.",
-    ) from None
-  note = f"input normalisation and class names taken from the dataset {name!r}"
-  return {f: getattr(info, f) for f in fields}, note
-
-
-def _text_class_names(config) -> tuple[str, ...]:
-  """A prepared TFDS text dataset's label names, or () when it cannot be read."""
-  try:
-    from deinforeg_jax.data import tfds_source  # pylint: disable=import-outside-toplevel
-
-    data_dir = os.path.expanduser(config.data.data_dir) or tfds_source.default_data_dir()
-    builder = tfds_source.open_builder(config.data.name, data_dir)
-    return tuple(builder.info.features["label"].names)
-  except Exception:  # noqa: BLE001  # names are optional: "0".."C-1"
-    return ()
+      f"its checkpoint does not record the dataset's {', '.join(missing)} (it was saved before "
+      "2026-12-06), and a trained model is built from its checkpoint alone; record them once "
+      f"from the run's dataset {config.data.name!r} with `python -m launch.evaluate "
+      f"--workdir={workdir} --record_description` (add --config.data.data_dir=DIR if it is "
+      "not prepared where the run read it).",
+    )
+  return {f: saved[f] for f in fields}
 
 
 def _preprocessing(config, saved: dict[str, Any], described: dict, workdir: str) -> Preprocessing:
@@ -170,15 +158,14 @@ def _best_exit(workdir: str, step: int, num_exits: int) -> tuple[int, str]:
   return num_exits - 1, f"no results.json or metrics.jsonl line for step {step}: the last exit"
 
 
-def load(workdir: str, *, data_dir: str | None = None) -> TrainedModel:
-  """The trained model in ``workdir`` (its latest checkpoint; nothing is written).
-
-  ``data_dir``: where the run's TFDS dataset is prepared, read only when the checkpoint
-  does not record the input normalisation (default: the run's ``config.data.data_dir``).
+def load(workdir: str) -> TrainedModel:
+  """The trained model in ``workdir`` (its latest checkpoint; nothing is written, no dataset
+  is read).
 
   Raises:
     WorkdirError: naming what is missing (the workdir, a checkpoint, the vocabulary of a
-      text run, a readable dataset description) or what does not match.
+      text run, the dataset description of a checkpoint saved before 2026-12-06) or what
+      does not match.
   """
   workdir = os.path.abspath(os.path.expanduser(workdir))
   if not os.path.isdir(workdir):
@@ -198,18 +185,16 @@ def load(workdir: str, *, data_dir: str | None = None) -> TrainedModel:
       f"{(str(error).splitlines() or [''])[0]}).",
     ) from None
   variables = flax.core.unfreeze(variables)
-  config = _saved_config(metadata)
-  if data_dir is not None:
-    config.data.data_dir = data_dir
+  config = saved_config(metadata)
   saved = metadata["dataset"]
   try:
     model = models.create_model(config, saved["num_classes"])
   except (ValueError, KeyError, AttributeError) as error:
     raise _fail(workdir, f"its saved config does not build a model ({error}).") from None
   _check_variables(workdir, model, variables, saved["input_shape"], metadata)
-  described, note = _dataset_description(config, saved, workdir)
+  described = _description(config, saved, workdir)
   preprocessing = _preprocessing(config, saved, described, workdir)
-  notes = [note] if note else []
+  notes = []
   active = _active_blocks(config, metadata, model)
   if active < len(getattr(model, "blocks", ())):
     model = model.clone(blocks=tuple(model.blocks[:active]))
