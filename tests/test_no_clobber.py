@@ -137,7 +137,8 @@ def _two_cell_grid():
   """Two seeds of one tiny cell (the fields ``run_grid`` reads)."""
   grid = ml_collections.ConfigDict()
   grid.base = tiny_config(num_blocks=2)
-  grid.rules, grid.datasets, grid.noise_rates, grid.seeds = ("deinforeg",), ("digits",), (0,), (0, 1)
+  grid.rules, grid.datasets, grid.noise_rates = ("deinforeg",), ("digits",), (0,)
+  grid.seeds = (0, 1)
   grid.noise_kind, grid.metric, grid.budget_minutes = "symmetric", "best_test_accuracy", 0.0
   grid.dataset_overrides = ml_collections.ConfigDict()
   grid.rule_overrides = ml_collections.ConfigDict()
