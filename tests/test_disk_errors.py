@@ -1,9 +1,11 @@
 """Disk and filesystem errors: one line naming the path and the cause, the run stops at the
 failed save, the last good checkpoint stays usable, and no lock is left behind.
 
-A full disk is injected as ``OSError(ENOSPC)`` in Orbax's metadata write of one step (the
-save path every checkpoint takes); a file-size limit (``RLIMIT_FSIZE``) and a workdir that
-is a file are real.
+The full disks are real: a small tmpfs that a checkpoint fills (mounted here when the tests run
+as root, skipped otherwise), and a file-size limit (``RLIMIT_FSIZE``), both under the real
+``python -m launch.train``; there tensorstore, which writes Orbax's arrays, reports the error as
+a ``ValueError``.  An ``OSError(ENOSPC)`` injected into Orbax's metadata write (the other way a
+save fails) checks the in-process API: the exact message, nothing trained or saved after it.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import resource
 import subprocess
 import sys
 import time
@@ -109,29 +112,55 @@ def test_an_async_failure_is_raised_by_check_once_written_and_again_by_every_lat
   assert saved_steps(str(tmp_path)) == [0]
 
 
-def launch(workdir: str, file_size_limit: str = "unlimited") -> subprocess.CompletedProcess:
-  """``launch.train`` on ``workdir`` (one step) under ``ulimit -f <file_size_limit>``."""
-  command = (
-    f"ulimit -f {file_size_limit}; exec {sys.executable} -m launch.train --workdir={workdir} "
-    "--config.train.max_steps=1 --config.parallel.num_devices=1"
-  )
+def launch(workdir, *flags: str, file_size_limit: int | None = None) -> subprocess.CompletedProcess:
+  """``python -m launch.train --workdir=<workdir> <flags>`` (one step unless ``flags`` say
+  otherwise) with stdout and stderr together, in ``out``, under ``RLIMIT_FSIZE`` =
+  ``file_size_limit`` bytes when given (Python ignores SIGXFSZ: a write past it fails with
+  EFBIG instead of killing the process)."""
+
+  def limit_file_size():
+    resource.setrlimit(resource.RLIMIT_FSIZE, (file_size_limit, file_size_limit))
+
   return subprocess.run(
-    ["bash", "-c", command],
+    [
+      sys.executable,
+      "-m",
+      "launch.train",
+      f"--workdir={workdir}",
+      "--config.train.max_steps=1",
+      "--config.parallel.num_devices=1",
+      *flags,
+    ],
     cwd=REPO,
     env=launch_env(1),
-    capture_output=True,
+    stdout=subprocess.PIPE,
+    stderr=subprocess.STDOUT,
     text=True,
     timeout=300,
     check=False,
+    preexec_fn=None if file_size_limit is None else limit_file_size,
   )
+
+
+def lines(out: str) -> list[str]:
+  """What a terminal shows of ``out``: its lines, each as its last progress-bar redraw left it
+  (tqdm redraws with a carriage return), empty ones left out."""
+  return [line for line in out.split("\n") if line.strip(" \r")]
+
+
+def error_line(out: str) -> str:
+  """The ``error: ...`` line of ``out`` (after a progress bar on the same line, if any)."""
+  assert "Traceback" not in out, out
+  assert len(lines(out)) <= 3, out
+  return out[out.index("error: ") :].split("\n")[0]
 
 
 def test_the_launcher_says_in_one_line_that_the_workdir_is_a_file(tmp_path):
   path = tmp_path / "file"
   path.write_text("x")
-  proc = launch(str(path))
+  proc = launch(path)
   assert proc.returncode == 1
-  assert proc.stderr.strip() == (
+  assert proc.stdout.strip() == (
     f"error: cannot use {path} as the workdir: it is a file, not a folder; give --workdir a "
     "folder (it is created if missing)"
   )
@@ -139,13 +168,91 @@ def test_the_launcher_says_in_one_line_that_the_workdir_is_a_file(tmp_path):
 
 def test_the_launcher_says_in_one_line_that_a_file_size_limit_stopped_it(tmp_path):
   workdir = tmp_path / "run"
-  proc = launch(str(workdir), file_size_limit="0")  # not even the lock file can be written
+  proc = launch(workdir, file_size_limit=0)  # not even the lock file can be written
   assert proc.returncode == 1
-  assert proc.stderr.strip() == (
+  assert proc.stdout.strip() == (
     f"error: cannot write {workdir}/{LOCK_NAME}: File too large (EFBIG); a file-size limit was "
     "reached (ulimit -f): raise it or use another --workdir"
   )
   assert os.listdir(workdir) == []  # no lock, nothing else
+
+
+def test_a_file_size_limit_that_a_checkpoint_file_passes_stops_the_launcher_in_one_line(tmp_path):
+  """1 MiB: the lock, metrics and events fit, the default model's checkpoint files (up to ~4 MB
+  each, 6 MB in all) do not; tensorstore reports that as OUT_OF_RANGE (EFBIG)."""
+  workdir = tmp_path / "run"
+  proc = launch(
+    workdir, "--config.train.max_steps=3", "--config.checkpoint.every_steps=1",
+    file_size_limit=2**20,
+  )
+  assert proc.returncode == 1, proc.stdout
+  assert error_line(proc.stdout) == (
+    f"error: cannot save the checkpoint of step 1 to {workdir}/checkpoints/1: File too large "
+    "(EFBIG); a file-size limit was reached (ulimit -f): raise it or use another --workdir. The "
+    "run stops; no checkpoint of this run was saved before."
+  )
+  assert saved_steps(str(workdir)) == [] and not os.path.exists(workdir / LOCK_NAME)
+
+
+@pytest.fixture
+def tmpfs(tmp_path):
+  """``resize(size)``: a tmpfs of ``size`` (mount's units: "15m") at ``tmp_path/"tmpfs"``,
+  mounted by the first call and unmounted after the test.  Mounting needs root."""
+  if os.geteuid() != 0:
+    pytest.skip("a real full filesystem is a tmpfs mounted by the test, which needs root")
+  point = tmp_path / "tmpfs"
+  point.mkdir()
+  mounted = []
+
+  def resize(size: str):
+    options = f"remount,size={size}" if mounted else f"size={size}"
+    proc = subprocess.run(
+      ["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(point)],
+      capture_output=True, text=True, check=False,
+    )
+    if proc.returncode and not mounted:
+      pytest.skip(f"cannot mount a tmpfs here: {proc.stderr.strip()}")
+    assert proc.returncode == 0, proc.stderr
+    mounted.append(size)
+    return point
+
+  try:
+    yield resize
+  finally:
+    if mounted:
+      subprocess.run(["umount", str(point)], check=True)
+
+
+@pytest.mark.parametrize("use_async", [True, False], ids=["async", "sync"])
+def test_a_really_full_filesystem_stops_the_launcher_in_one_line_and_the_same_command_resumes(
+  tmpfs, use_async
+):
+  """The default model's checkpoint is ~6 MiB (its parameters and LARS momentum): a 15 MiB tmpfs
+  holds the two kept ones (steps 1 and 2), and the third fills it.  Once there is room, the same
+  command resumes from step 2, the last good one."""
+  workdir = tmpfs("15m") / "run"
+  flags = (
+    "--config.train.max_steps=5",  # step 3's failure is raised by the save of step 4 at the latest
+    "--config.checkpoint.every_steps=1",
+    f"--config.checkpoint.use_async={use_async}",
+  )
+  proc = launch(workdir, *flags)
+  assert proc.returncode == 1, proc.stdout
+  directory = workdir / "checkpoints"
+  assert error_line(proc.stdout) == (
+    f"error: cannot save the checkpoint of step 3 to {directory}/3: No space left on device "
+    "(ENOSPC); free space on that filesystem or use another --workdir. The run stops; the last "
+    f"good checkpoint, step 2 in {directory}, is kept and the same command resumes from it once "
+    "that is fixed."
+  )
+  assert saved_steps(str(workdir)) == [1, 2] and not os.path.exists(workdir / LOCK_NAME)
+
+  tmpfs("64m")
+  proc = launch(workdir, *flags)
+  assert proc.returncode == 0, proc.stdout
+  assert "from step 2;" in proc.stdout and "Traceback" not in proc.stdout
+  assert sorted(os.listdir(directory)) == ["4", "5"]  # the failed save's partial folder is gone
+  assert json.loads((workdir / "results.json").read_text())["steps"] == 5
 
 
 def test_a_checkpoint_folder_that_cannot_be_made_is_a_workdir_error(tmp_path):
