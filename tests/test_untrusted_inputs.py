@@ -126,7 +126,9 @@ def _hide(form: str, version_dir, class_name: str) -> str:
     features["featuresDict"]["features"]["label"] = {
       "pythonClassName": FEATURES + "sequence_feature.Sequence",
       "jsonFeature": {
-        "json": json.dumps({"feature": {"type": class_name, "content": {"num_classes": 2}}})
+        "json": json.dumps(
+          {"feature": {"type": class_name, "content": {"num_classes": 2}}, "length": None}
+        )
       },
     }
   elif form == "dataset_info":  # features inside dataset_info.json override features.json
