@@ -22,6 +22,7 @@ import pytest
 from helpers import REPO, launch_env, tiny_config
 
 from deinforeg_jax import reporting, safe_files, tensorboard_events
+from deinforeg_jax.data import prepare
 from launch import experiments, predict
 
 PRECIOUS = "precious: not the project's to write\n"
@@ -204,3 +205,20 @@ def test_open_no_follow_refuses_a_named_pipe_instead_of_blocking(tmp_path):
   os.mkfifo(fifo)
   with pytest.raises(safe_files.UnsafeFileError, match="run.lock: it is a named pipe"):
     safe_files.open_for_append(str(fifo))
+
+
+def test_overwriting_a_prepared_dataset_that_is_a_link_leaves_the_links_target(
+  tmp_path, precious
+):
+  dataset_dir = tmp_path / "tfds" / "linked" / "1.0.0"
+  _link(str(dataset_dir), precious.parent)
+  rng = np.random.default_rng(0)
+  npz = tmp_path / "data.npz"
+  np.savez(
+    npz, x_train=rng.integers(0, 256, (8, 4, 4, 1), np.uint8), y_train=np.arange(8) % 2,
+    x_test=rng.integers(0, 256, (4, 4, 4, 1), np.uint8), y_test=np.arange(4) % 2,
+  )
+  prepare.prepare_npz("linked", str(tmp_path / "tfds"), str(npz), overwrite=True)
+  assert sorted(os.listdir(precious.parent)) == ["precious.txt"]
+  assert precious.read_text() == PRECIOUS
+  assert not os.path.islink(dataset_dir) and "dataset_info.json" in os.listdir(dataset_dir)
