@@ -612,15 +612,19 @@ class RunCheckpointer:
         )
       ),
     )["state"]
-    expected = metadata.get("checksums")
-    if expected is not None:
-      found = checksums(restored)
-      bad = sorted(path for path in expected if found.get(path) != expected[path])
-      if bad or set(found) != set(expected):
-        raise CorruptCheckpointError(
-          f"array {bad[0] if bad else '(structure)'} does not match its saved checksum"
-        )
+    _verify_checksums(restored, metadata)
     return flax.serialization.from_state_dict(state, restored)
+
+  def damage(self, step: int) -> str | None:
+    """Why ``step``'s parameters and BatchNorm statistics do not read back verified (what
+    ``read_variables``, and so ``deinforeg_jax.load``, reads), in one line; None if they do."""
+    reader, _ = _reader(self.workdir)
+    with reader:
+      try:
+        _read_variables_at(reader, step)
+      except Exception as error:  # noqa: BLE001  # any damage: the caller says what it does
+        return _damage(error)
+    return None
 
   def _set_aside(self, step: int, error: Exception) -> str:
     """Move a bad step folder to ``corrupt_checkpoints/`` and say so; returns the reason."""
@@ -659,11 +663,41 @@ class RunCheckpointer:
         logging.getLogger("absl").removeFilter(_QUIET_WRITE_ERRORS)
 
 
+def _verify_checksums(arrays: dict[str, Any], metadata: dict[str, Any]) -> None:
+  """``arrays`` (a state dict, or a part of one: its top-level keys) match the checksums in
+  ``metadata`` (none recorded: nothing to check).
+
+  Raises:
+    CorruptCheckpointError: naming the first array that differs.
+  """
+  expected = metadata.get("checksums")
+  if expected is None:
+    return
+  expected = {p: v for p, v in expected.items() if p.split("/")[0] in arrays}
+  found = checksums(arrays)
+  bad = sorted(path for path in expected if found.get(path) != expected[path])
+  if bad or set(found) != set(expected):
+    raise CorruptCheckpointError(
+      f"array {bad[0] if bad else '(structure)'} does not match its saved checksum"
+    )
+
+
+def _damage(error: Exception) -> str:
+  """What is wrong with a step, in one line: the error's type and first line (cut short)."""
+  return f"{type(error).__name__}: {(str(error).splitlines() or [''])[0][:300]}"
+
+
+def print_warning(message: str) -> None:
+  """``message`` as one ``warning:`` line on stderr."""
+  print(f"warning: {message}", file=sys.stderr, flush=True)
+
+
 def _reader(workdir: str) -> tuple[ocp.CheckpointManager, int]:
   """A read-only manager of ``workdir``'s checkpoints and its latest step."""
   directory = os.path.abspath(os.path.join(workdir, "checkpoints"))
   handlers = {"state": ocp.PyTreeCheckpointHandler(), "metadata": ocp.JsonCheckpointHandler()}
   options = ocp.CheckpointManagerOptions(create=False)  # and never saves
+  _quiet_abandoned_io()  # a damaged step's abandoned reads
   if os.path.isdir(directory):
     reader = ocp.CheckpointManager(directory, options=options, item_handlers=handlers)
     step = reader.latest_step()
@@ -673,51 +707,87 @@ def _reader(workdir: str) -> tuple[ocp.CheckpointManager, int]:
   raise FileNotFoundError(f"no checkpoint in {directory}")
 
 
-def read_metadata(workdir: str) -> dict[str, Any]:
-  """The metadata of ``workdir``'s latest checkpoint (``make_metadata``; nothing is written).
+def _newest_good(workdir: str, read: Callable, warn: Callable[[str], None]):
+  """``read(reader, step)`` of the newest kept step of ``workdir`` for which it succeeds; the
+  newer steps it fails for are passed over, saying so in one line through ``warn``.
 
   Raises:
     FileNotFoundError: ``workdir`` holds no checkpoint.
-    CorruptCheckpointError: its metadata does not match its digest.
+    CorruptCheckpointError: ``read`` fails for every kept step (one line, each step's cause).
   """
-  reader, step = _reader(workdir)
+  reader, _ = _reader(workdir)
+  passed_over = []
   with reader:
-    metadata = reader.restore(step, args=ocp.args.Composite(metadata=ocp.args.JsonRestore()))[
-      "metadata"
-    ]
-  return verified_metadata(metadata, os.path.join(str(reader.directory), str(step)))
+    for step in sorted(reader.all_steps(), reverse=True):
+      try:
+        result = read(reader, step)
+      except Exception as error:  # noqa: BLE001  # a damaged step: try the previous one
+        passed_over.append(f"step {step} in {reader.directory}/{step}: {_damage(error)}")
+        continue
+      if passed_over:
+        warn(
+          f"the newest checkpoint of {workdir} is damaged ({'; '.join(passed_over)}); read "
+          f"step {step}, the newest intact one, instead"
+        )
+      return result
+  raise CorruptCheckpointError(f"no checkpoint of {workdir} is intact: {'; '.join(passed_over)}")
 
 
-def read_variables(workdir: str) -> tuple[dict[str, Any], dict[str, Any]]:
-  """Partial restore of ``workdir``'s latest checkpoint (nothing there is written).
+def _read_metadata_at(reader: ocp.CheckpointManager, step: int) -> dict[str, Any]:
+  """``step``'s metadata, verified against its digest."""
+  metadata = reader.restore(step, args=ocp.args.Composite(metadata=ocp.args.JsonRestore()))
+  return verified_metadata(metadata["metadata"], os.path.join(str(reader.directory), str(step)))
 
-  Reads only ``params`` and ``batch_stats`` (as host arrays; not the optimizer
-  state) and the metadata.  Returns ``(variables, metadata)``.
 
-  Raises:
-    FileNotFoundError: ``workdir`` holds no checkpoint.
-    CorruptCheckpointError: its metadata does not match its digest.
-  """
-  reader, step = _reader(workdir)
-  with reader:
-    tree = reader.item_metadata(step)["state"]
-    item = {
-      key: jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype), dict(tree[key]))
-      for key in ("params", "batch_stats")
-      if key in tree
-    }
-    restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), item)
-    restored = reader.restore(
-      step,
-      args=ocp.args.Composite(
-        state=ocp.args.PyTreeRestore(item=item, restore_args=restore_args, partial_restore=True),
-        metadata=ocp.args.JsonRestore(),
-      ),
-    )
+def _read_variables_at(reader: ocp.CheckpointManager, step: int):
+  """``step``'s ``params`` and ``batch_stats`` (host arrays) and metadata, both verified."""
+  tree = reader.item_metadata(step)["state"]
+  item = {
+    key: jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype), dict(tree[key]))
+    for key in ("params", "batch_stats")
+    if key in tree
+  }
+  restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), item)
+  restored = reader.restore(
+    step,
+    args=ocp.args.Composite(
+      state=ocp.args.PyTreeRestore(item=item, restore_args=restore_args, partial_restore=True),
+      metadata=ocp.args.JsonRestore(),
+    ),
+  )
   metadata = verified_metadata(restored["metadata"], os.path.join(str(reader.directory), str(step)))
   variables = dict(restored["state"])
+  _verify_checksums(variables, metadata)
   variables.setdefault("batch_stats", {})
   return variables, metadata
+
+
+def read_metadata(workdir: str, warn: Callable[[str], None] = print_warning) -> dict[str, Any]:
+  """The metadata of ``workdir``'s newest checkpoint whose metadata is intact (``make_metadata``;
+  nothing is written; a newer damaged one is passed over with a ``warn`` line).
+
+  Raises:
+    FileNotFoundError: ``workdir`` holds no checkpoint.
+    CorruptCheckpointError: no kept metadata matches its digest.
+  """
+  return _newest_good(workdir, _read_metadata_at, warn)
+
+
+def read_variables(
+  workdir: str, warn: Callable[[str], None] = print_warning
+) -> tuple[dict[str, Any], dict[str, Any]]:
+  """Partial restore of ``workdir``'s newest intact checkpoint (nothing there is written).
+
+  Reads only ``params`` and ``batch_stats`` (as host arrays; not the optimizer
+  state) and the metadata, and verifies both (checksums, digest).  A newer step that
+  cannot be read or verified (a truncated file, say) is passed over, saying so in one
+  ``warn`` line (default: to stderr).  Returns ``(variables, metadata)``.
+
+  Raises:
+    FileNotFoundError: ``workdir`` holds no checkpoint.
+    CorruptCheckpointError: no kept step reads and verifies.
+  """
+  return _newest_good(workdir, _read_variables_at, warn)
 
 
 def rewrite_metadata(workdir: str, change: Callable[[dict], dict]) -> list[str]:

@@ -289,7 +289,9 @@ def _train_and_evaluate(config, workdir: str, stop: "_StopRequests") -> dict[str
       saved_step = checkpointer.check_latest(expected, allowed)
       _check_not_past_the_end(config, saved_step, steps_per_epoch, workdir)
       finished = _finished_results(config, workdir, saved_step, steps_per_epoch)
-      if finished is not None:
+      # Finished only if the final parameters read back verified, as ``load`` reads them;
+      # if not, ``restore`` below sets that step aside and the run retrains from the previous.
+      if finished is not None and checkpointer.damage(saved_step) is None:
         log.info(
           f"already finished: the checkpoint at step {saved_step} is the end of this run and "
           f"{os.path.join(workdir, 'results.json')} holds its results (best block "
