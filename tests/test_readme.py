@@ -1,6 +1,7 @@
-"""The README's commands stay runnable: its Python example runs as written (with a temporary
-workdir); every command in its ``bash`` blocks names a module, flags, config fields and files
-that exist; its first two Quick start blocks are the commands ``.ci/run`` runs."""
+"""The README's commands stay runnable: its Python example runs as written (in a temporary
+directory) and shows the method working; every command in its ``bash`` blocks names a module,
+flags, config fields and files that exist; its first two Quick start blocks are the commands
+``.ci/run`` runs."""
 
 from __future__ import annotations
 
@@ -9,8 +10,12 @@ import importlib.util
 import os
 import re
 import shlex
+import subprocess
+import sys
 
 import pytest
+
+from helpers import launch_env
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # absl's own flags, valid for every launch program.
@@ -189,19 +194,20 @@ def test_config_field_check_works(field, ok):
   assert _check_program("launch.train", ["--no_such_flag=1"])
 
 
-def test_readme_python_example_runs(tmp_path):
+@pytest.mark.slow
+def test_readme_python_example_learns(tmp_path):
+  """The Python example, run as written in a fresh directory and a user's environment (one CPU
+  device, every XLA optimisation), prints every block's test accuracy >= 0.9 (issue 34: at 3
+  epochs with the default LARS it printed 0.27 / 0.13 / 0.11 / 0.21)."""
   example = re.search(r"```python\n(.*?)```", _readme(), re.S).group(1)
-  assert "runs/api" in example
-  code = example.replace("runs/api", str(tmp_path / "api"))
-  # A few steps on one device: the example's plumbing is the point, not its accuracy.
-  assert "config.train.num_epochs = 3" in code
-  code = code.replace(
-    "config.train.num_epochs = 3",
-    "config.train.num_epochs = 1; config.train.max_steps = 3; config.parallel.num_devices = 1",
+  proc = subprocess.run(
+    [sys.executable, "-c", example], cwd=tmp_path, env=launch_env(num_devices=1),
+    capture_output=True, text=True, timeout=600, check=False,
   )
-  namespace: dict = {}
-  exec(compile(code, "README.md", "exec"), namespace)  # pylint: disable=exec-used
-  results = namespace["results"]
-  assert len(results["per_block_test_accuracy"]) == 4
-  assert set(namespace["terms"]) == {"invariance", "variance", "covariance"}
-  assert os.path.exists(tmp_path / "api" / "results.json")
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  # The example's print: the per-block accuracies, then the loss terms.
+  printed = re.search(r"^\[([\d., ]+)\] \{'invariance': .*'covariance': ", proc.stdout, re.M)
+  assert printed is not None, proc.stdout[-3000:]
+  accuracies = [float(a) for a in printed.group(1).split(",")]
+  assert len(accuracies) == 4 and min(accuracies) >= 0.9, accuracies
+  assert os.path.exists(tmp_path / "runs" / "api" / "results.json")
