@@ -15,6 +15,11 @@ from deinforeg_jax.data import augment, label_noise
 from deinforeg_jax.data import text as data_text
 from deinforeg_jax.modules import heads, layers, text
 
+
+class ConfigError(ValueError):
+  """A ``config.<field>`` is invalid: the message names it and how to fix it."""
+
+
 MODES = ("data", "pipeline")
 
 CHOICES = {
@@ -101,10 +106,10 @@ def _is_int(value) -> bool:
 
 
 def validate_config(config) -> None:
-  """Raise ``ValueError`` naming the first invalid field of ``config``."""
+  """Raise ``ConfigError`` naming the first invalid field of ``config``."""
   is_text = config.model.arch in models.TEXT_ARCHITECTURES
   if is_text != (config.data.kind == "text"):
-    raise ValueError(
+    raise ConfigError(
       f"config.model.arch={config.model.arch!r} does not fit config.data.kind="
       f"{config.data.kind!r}: text models ({', '.join(models.TEXT_ARCHITECTURES)}) read "
       "kind='text' data; start from launch/configs/agnews_lstm.py (spec_text.py) for text."
@@ -112,7 +117,7 @@ def validate_config(config) -> None:
   choices = {**CHOICES, **(TEXT_CHOICES if is_text else {})}
   for field, allowed in choices.items():
     if _get(config, field) not in allowed:
-      raise ValueError(
+      raise ConfigError(
         f"config.{field}={_get(config, field)!r} must be one of {sorted(allowed)}."
       )
   for fields, check, requirement in (
@@ -125,15 +130,15 @@ def validate_config(config) -> None:
     for field in fields:
       if not check(_get(config, field)):
         hint = _num_blocks_hint(config) if field == "model.num_blocks" else ""
-        raise ValueError(f"config.{field}={_get(config, field)!r} {requirement}{hint}.")
+        raise ConfigError(f"config.{field}={_get(config, field)!r} {requirement}{hint}.")
   if config.rule in BATCH_STATISTIC_RULES and config.data.batch_size < 2:
-    raise ValueError(
+    raise ConfigError(
       f"config.data.batch_size={config.data.batch_size} is too small for config.rule="
       f"{config.rule!r}: {BATCH_STATISTIC_RULES[config.rule]}; set config.data.batch_size >= 2 "
       "(it is the global batch, shared by all devices)."
     )
   if not -1.0 <= config.inference.cosine_threshold <= 1.0:
-    raise ValueError(
+    raise ConfigError(
       f"config.inference.cosine_threshold={config.inference.cosine_threshold!r} must lie in "
       "[-1, 1]."
     )
@@ -141,14 +146,17 @@ def validate_config(config) -> None:
     try:
       _get(config, field)
     except (KeyError, AttributeError):
-      raise ValueError(
+      raise ConfigError(
         f"config.checkpoint.allow_changed names {field!r}, which is not a config field; list "
         "fields as dotted names separated by ',', e.g. 'train.num_epochs,optim.base_lr'."
       ) from None
   if is_text:
     _validate_text(config)
-  _validate_growth(config)
-  models.create_model(config, num_classes=2)  # parses projector, vgg_blocks, num_blocks range
+  try:
+    _validate_growth(config)
+    models.create_model(config, num_classes=2)  # parses projector, vgg_blocks, num_blocks range
+  except ValueError as error:
+    raise ConfigError(str(error)) from error
 
 
 def _num_blocks_hint(config) -> str:
@@ -164,11 +172,11 @@ def _validate_text(config) -> None:
   """Text fields (``launch/configs/spec_text.py``), checked before any data is read."""
   m = config.model
   if m.arch == "transformer" and m.emb_dim % m.heads:
-    raise ValueError(
+    raise ConfigError(
       f"config.model.heads={m.heads} must divide config.model.emb_dim={m.emb_dim} (d_model)."
     )
   if config.data.augment != "none":
-    raise ValueError(f"config.data.augment={config.data.augment!r}: text takes 'none'.")
+    raise ConfigError(f"config.data.augment={config.data.augment!r}: text takes 'none'.")
 
 
 def _validate_growth(config) -> None:
@@ -176,15 +184,15 @@ def _validate_growth(config) -> None:
   grow = config.grow
   schedule = growth.parse_schedule(grow.schedule)
   if (grow.from_workdir or schedule or grow.side_split) and config.parallel.mode != "data":
-    raise ValueError(
+    raise ConfigError(
       f"config.grow needs config.parallel.mode='data' (got {config.parallel.mode!r})."
     )
   if schedule and grow.side_layers:
-    raise ValueError("config.grow.schedule cannot be combined with config.grow.side_layers.")
+    raise ConfigError("config.grow.schedule cannot be combined with config.grow.side_layers.")
   if schedule and (
     len(schedule) >= config.model.num_blocks or schedule[-1] >= config.train.num_epochs
   ):
-    raise ValueError(
+    raise ConfigError(
       f"config.grow.schedule={grow.schedule!r} adds {len(schedule)} blocks: it needs "
       f"config.model.num_blocks > {len(schedule)} (now {config.model.num_blocks}; the run "
       f"starts with num_blocks - {len(schedule)}) and every epoch < config.train.num_epochs "

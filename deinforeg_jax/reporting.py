@@ -86,6 +86,17 @@ class ProgressBar:
     self._count_ready(wait_beyond=0)
     self._bar.close()
 
+  def __enter__(self) -> "ProgressBar":
+    return self
+
+  def __exit__(self, error_type, *_) -> None:
+    """``close()``; after an error only the bar is closed, so the error's message starts on a
+    line of its own (the steps may never finish)."""
+    if error_type is None:
+      self.close()
+    else:
+      self._bar.close()
+
 
 class NonFiniteLossError(FloatingPointError):
   """Raised when a training loss becomes NaN or Inf."""
@@ -93,6 +104,13 @@ class NonFiniteLossError(FloatingPointError):
 
 class NonFiniteStateError(NonFiniteLossError):
   """Raised when an updated state has non-finite values or a non-finite loss (not saved)."""
+
+
+def kept_checkpoint(latest_step: int | None) -> str:
+  """What a run stopped by a non-finite loss or state still has to resume from."""
+  if latest_step is None:
+    return "there is no checkpoint yet, so the same command starts afresh"
+  return f"the checkpoint at step {latest_step} stays the latest, and intact"
 
 
 def _to_json(value: Any) -> Any:
@@ -336,15 +354,18 @@ class RunLog:
   def info(self, message: str) -> None:
     print(message, flush=True)
 
-  def check_finite(self, summary: dict[str, np.ndarray], epoch: int) -> dict[str, np.ndarray]:
-    """Stop with a clear message if any loss in ``summary`` is NaN or Inf."""
+  def check_finite(
+    self, summary: dict[str, np.ndarray], epoch: int, latest_step: int | None
+  ) -> dict[str, np.ndarray]:
+    """Stop with a clear message if any loss in ``summary`` is NaN or Inf (``latest_step``:
+    the newest checkpoint, None when there is none)."""
     bad = {k: v for k, v in summary.items() if not np.all(np.isfinite(v))}
     if bad:
       raise NonFiniteLossError(
         f"non-finite training metrics in epoch {epoch + 1}: "
         + ", ".join(f"{k}={np.round(v, 6).tolist()}" for k, v in bad.items())
         + ". Lower config.optim.base_lr, check the input data, or change the optimizer. "
-        "Nothing was saved after the last finite step: the last checkpoint is intact."
+        f"Nothing was saved after the last finite step: {kept_checkpoint(latest_step)}."
       )
     return summary
 

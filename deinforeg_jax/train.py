@@ -48,7 +48,7 @@ from deinforeg_jax import (
 from deinforeg_jax.configuration import validate_config
 from deinforeg_jax.data import eval_batches, glove, load_dataset, make_augment, train_batches
 from deinforeg_jax.data import steps_per_epoch as count_steps_per_epoch
-from deinforeg_jax.reporting import NonFiniteStateError, ProgressBar, RunLog
+from deinforeg_jax.reporting import NonFiniteStateError, ProgressBar, RunLog, kept_checkpoint
 from deinforeg_jax.workdir_lock import WorkdirLock
 
 
@@ -415,7 +415,7 @@ def _check_not_past_the_end(config, step: int, steps_per_epoch: int, workdir: st
   """A resumed run must not already be past where ``config`` ends."""
   total = _total_steps(config, steps_per_epoch)
   if step > total:
-    raise ValueError(
+    raise checkpoint.CheckpointMismatchError(
       f"the checkpoint in {workdir} is at step {step} ({step / steps_per_epoch:.3g} epochs "
       f"of {steps_per_epoch} steps done), past the end of this run (config.train.num_epochs="
       f"{config.train.num_epochs}, config.train.max_steps={config.train.max_steps}: {total} "
@@ -584,10 +584,9 @@ def run_epochs(
     nonlocal saved_through
     problem = engine.check_state(state)
     if problem:
-      last = checkpointer.latest_step()
       raise NonFiniteStateError(
         f"the state after step {step} (epoch {epoch + 1}) is not fit to save: {problem}. It was "
-        f"not saved; the checkpoint at step {last} stays the latest. Lower "
+        f"not saved; {kept_checkpoint(checkpointer.latest_step())}. Lower "
         "config.optim.base_lr, check the input data, or change the optimizer."
       )
     full = engine.to_train_state(state)
@@ -627,43 +626,42 @@ def run_epochs(
     position = step % steps_per_epoch
     if position == 0:
       sums = EpochMetrics()
-    bar = ProgressBar(steps_per_epoch, f"epoch {epoch + 1}/{num_epochs}", initial=position)
-    batches = iter(
-      train_batches(
-        data.train,
-        info,
-        global_batch_size=config.data.batch_size,
-        seed=config.seed,
-        epoch=epoch,
-        start_step=position,
-        augment=augment,
-        **_this_process(),
+    with ProgressBar(steps_per_epoch, f"epoch {epoch + 1}/{num_epochs}", initial=position) as bar:
+      batches = iter(
+        train_batches(
+          data.train,
+          info,
+          global_batch_size=config.data.batch_size,
+          seed=config.seed,
+          epoch=epoch,
+          start_step=position,
+          augment=augment,
+          **_this_process(),
+        )
       )
-    )
-    while step < epoch_end:
-      stop_at = min(epoch_end, (step // every + 1) * every) if every else epoch_end
-      start = time.perf_counter()
-      segment_batches = _checked(
-        stop.until_requested(itertools.islice(batches, stop_at - step), step), checkpointer
-      )
-      state, segment = engine.train_segment(
-        state, segment_batches, step % steps_per_epoch, bar.update
-      )
-      segment = jax.device_get(segment)  # one wait per segment
-      log.add_train_time(time.perf_counter() - start)
-      if step == 0 and segment and "grad_norm" in segment[0]:  # the gradient at initialisation
-        paths = grad_norms.layer_paths(engine.to_train_state(state).params)
-        log.grad_norms_at_init(paths, segment[0]["grad_norm"])
-      step += len(segment)
-      sums.add(segment)
-      if sums.count:
-        log.check_finite(sums.mean(), epoch)  # never save a NaN state
-      if stop.requested(step):
-        bar.close()
-        stop_now(state, step, epoch, f"in epoch {epoch + 1}")
-      if step < epoch_end:
-        save(state, step, epoch)
-    bar.close()
+      while step < epoch_end:
+        stop_at = min(epoch_end, (step // every + 1) * every) if every else epoch_end
+        start = time.perf_counter()
+        segment_batches = _checked(
+          stop.until_requested(itertools.islice(batches, stop_at - step), step), checkpointer
+        )
+        state, segment = engine.train_segment(
+          state, segment_batches, step % steps_per_epoch, bar.update
+        )
+        segment = jax.device_get(segment)  # one wait per segment
+        log.add_train_time(time.perf_counter() - start)
+        if step == 0 and segment and "grad_norm" in segment[0]:  # the gradient at initialisation
+          paths = grad_norms.layer_paths(engine.to_train_state(state).params)
+          log.grad_norms_at_init(paths, segment[0]["grad_norm"])
+        step += len(segment)
+        sums.add(segment)
+        if sums.count:
+          log.check_finite(sums.mean(), epoch, checkpointer.latest_step())  # never save NaN
+        if stop.requested(step):
+          bar.close()
+          stop_now(state, step, epoch, f"in epoch {epoch + 1}")
+        if step < epoch_end:
+          save(state, step, epoch)
     test_accuracy = test_at(state, step)
     log.epoch(epoch, step, sums.mean(), test_accuracy, schedule(step))
     if (epoch + 1) % config.checkpoint.every_epochs == 0 or step >= total:

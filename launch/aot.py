@@ -49,7 +49,6 @@ import functools
 import importlib.util
 import json
 import os
-import sys
 import time
 from typing import Any
 
@@ -65,12 +64,12 @@ import numpy as np
 from absl import app, flags, logging
 from jax.experimental import topologies
 from jax.sharding import AxisType, Mesh, SingleDeviceSharding
-from ml_collections import config_flags
 
 from deinforeg_jax import growth, models, optim, parallel, pipeline, rules, safe_files, steps, train
 from deinforeg_jax.configuration import validate_config
 from deinforeg_jax.data.tfds_source import TEXT_MAX_LEN
 from deinforeg_jax.modules import layers
+from launch import cli
 
 GIB = 2**30
 
@@ -521,9 +520,8 @@ def no_fit_message(report: TopologyReport) -> str:
 
 # ------------------------------------------------------------------ command line
 
-_DEFAULT_CONFIG = os.path.join(os.path.dirname(__file__), "configs", "default.py")
-config_flags.DEFINE_config_file(
-  "config", _DEFAULT_CONFIG, "Run config (ml_collections file), as launch.train.", lock_config=True
+cli.define_config(
+  "config", help_string="Run config (ml_collections file), as launch.train.", lock_config=True
 )
 _TOPOLOGY = flags.DEFINE_list(
   "topology", None, "TPU topologies, e.g. v5e:2x2,v5e:4x4,v4:2x2x1,v6e:2x2.", required=True
@@ -553,12 +551,13 @@ def main(argv):
   # The numbers must be those of the program a TPU would run: XLA's full optimisation, even when
   # JAX_DISABLE_MOST_OPTIMIZATIONS is set (the test suite sets it for quicker compiles).
   jax.config.update("jax_disable_most_optimizations", False)
+  require_libtpu()
   try:
-    require_libtpu()
     input_shape = tuple(int(v) for v in _INPUT_SHAPE.value)
-  except (AotError, ValueError) as e:
-    print(f"launch.aot: {e}", file=sys.stderr)
-    return 2
+  except ValueError:
+    raise cli.UserError(
+      f"--input_shape={','.join(_INPUT_SHAPE.value)}: give integers, e.g. 32,32,3."
+    ) from None
   failures = []
   for topology in _TOPOLOGY.value:
     try:
@@ -577,14 +576,13 @@ def main(argv):
     if report.fits is False:
       failures.append(no_fit_message(report))
   if failures:
-    print("\nlaunch.aot: " + "\n".join(failures), file=sys.stderr)
-    return 1
-  return 0
+    raise AotError("\n".join(failures))
 
 
 def run():
-  """Entry point of the ``deinforeg-aot`` console script."""
-  app.run(lambda argv: sys.exit(main(argv)))
+  """Entry point of the ``deinforeg-aot`` console script (exit codes: ``launch.cli``; 1 also
+  when a topology does not compile or fit)."""
+  cli.run(main)
 
 
 if __name__ == "__main__":

@@ -25,7 +25,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import sys
 
 import numpy as np
 from absl import app, flags, logging
@@ -35,8 +34,8 @@ from deinforeg_jax import inference, safe_files, steps
 from deinforeg_jax import trained as trained_lib
 from deinforeg_jax.data import DatasetInfo, eval_batches, load_dataset, text, tfds_source
 from deinforeg_jax.data.registry import split_labels
+from launch import cli
 
-_DEFAULT_CONFIG = os.path.join(os.path.dirname(__file__), "configs", "default.py")
 OVERRIDABLE = ("data.", "inference.")
 
 def evaluation_data(trained, data_cfg):
@@ -63,7 +62,7 @@ def evaluation_data(trained, data_cfg):
   data = load_dataset(data_cfg)
   info = data.info
   if tuple(info.input_shape) != tuple(pre.input_shape):
-    raise ValueError(
+    raise cli.UserError(
       f"dataset {info.name!r} has inputs {list(info.input_shape)}, the model takes "
       f"{list(pre.input_shape)} (height, width, channels): evaluate it on a dataset of that size."
     )
@@ -83,7 +82,7 @@ def evaluate(trained, data_cfg, exit="best"):  # pylint: disable=redefined-built
   test, info = evaluation_data(trained, data_cfg)
   labels = split_labels(test)
   if labels.size and (labels.min() < 0 or labels.max() >= trained.num_classes):
-    raise ValueError(
+    raise cli.UserError(
       f"dataset {data_cfg.name!r} has labels up to {int(labels.max())}, the model predicts "
       f"{trained.num_classes} classes (0..{trained.num_classes - 1}): its classes do not fit."
     )
@@ -193,26 +192,23 @@ def main(argv):
   overrides = config_flags.get_override_values(flags.FLAGS["config"])
   refused = sorted(f for f in overrides if not f.startswith(OVERRIDABLE))
   if refused:
-    sys.exit(
-      f"error: --config.{refused[0]}: evaluate takes only --config.data.* and "
-      "--config.inference.* overrides (the model is the run's own)."
+    raise cli.UserError(
+      f"--config.{refused[0]}: evaluate takes only --config.data.* and --config.inference.* "
+      "overrides (the model is the run's own)."
     )
-  try:
-    if args.record_description:
-      rewritten = trained_lib.record_description(args.workdir, overrides.get("data.data_dir"))
-      print(f"recorded the dataset description in {len(rewritten)} checkpoint(s): "
-            + ", ".join(rewritten))
-      return
-    trained = trained_lib.load(args.workdir)
-    for field, value in overrides.items():
-      *path, name = field.split(".")
-      section = trained.config
-      for part in path:
-        section = section[part]
-      section[name] = value
-    report = evaluate(trained, trained.config.data, args.exit)
-  except (ValueError, FileNotFoundError) as error:
-    sys.exit(f"error: {str(error).splitlines()[0]}")
+  if args.record_description:
+    rewritten = trained_lib.record_description(args.workdir, overrides.get("data.data_dir"))
+    print(f"recorded the dataset description in {len(rewritten)} checkpoint(s): "
+          + ", ".join(rewritten))
+    return
+  trained = trained_lib.load(args.workdir)
+  for field, value in overrides.items():
+    *path, name = field.split(".")
+    section = trained.config
+    for part in path:
+      section = section[part]
+    section[name] = value
+  report = evaluate(trained, trained.config.data, args.exit)
   out_dir = args.out_dir or os.path.join(trained.workdir, "evaluation")
   json_path, png = write_report(report, out_dir)
   accuracies = " ".join(
@@ -232,10 +228,9 @@ def main(argv):
 
 def define_flags() -> None:
   """The command's flags (defined when it runs, so importing this module defines none)."""
-  config_flags.DEFINE_config_file(
+  cli.define_config(
     "config",
-    _DEFAULT_CONFIG,
-    "Only --config.data.* / --config.inference.* overrides are read.",
+    help_string="Only --config.data.* / --config.inference.* overrides are read.",
     lock_config=True,
   )
   flags.DEFINE_string("workdir", None, "The trained run (launch.train's --workdir).")
@@ -252,29 +247,10 @@ def define_flags() -> None:
   )
 
 
-def _unknown_field(error: Exception) -> str:
-  given = ", ".join(a.split("=")[0] for a in sys.argv[1:] if a.startswith("--config."))
-  text = str(error).replace("\\n", " ")
-  hint = text[text.index("Did you mean") :].rstrip("'\" ") + " " if "Did you mean" in text else ""
-  return (
-    f"error: unknown config field in {given}: {hint}the fields are in launch/configs/default.py."
-  )
-
-
-def _parse_flags(argv):
-  """absl's parsing, with one line for a ``--config.<field>`` that does not exist."""
-  try:
-    return flags.FLAGS(argv)
-  except (AttributeError, KeyError) as error:
-    sys.exit(_unknown_field(error))
-
-
 def run():
-  try:  # config_flags applies the --config.<field> overrides of sys.argv here
-    define_flags()
-  except (AttributeError, KeyError) as error:
-    sys.exit(_unknown_field(error))
-  app.run(main, flags_parser=_parse_flags)
+  """Entry point of the ``deinforeg-evaluate`` console script (exit codes: ``launch.cli``)."""
+  define_flags()
+  cli.run(main)
 
 
 if __name__ == "__main__":

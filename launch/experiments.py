@@ -45,21 +45,29 @@ import time
 from collections.abc import Iterator, Mapping
 from typing import Any
 
-import jax
-import numpy as np
-from absl import app, flags, logging
-from ml_collections import config_flags
-from scipy import stats
+from launch import cli  # absl and ml_collections only: quick
 
-from deinforeg_jax import plots, rules, safe_files
-from deinforeg_jax.train import train_and_evaluate
+if __name__ == "__main__":
+  cli.remember_signals()  # a SIGTERM during the imports below (seconds): exit 75 before a cell
 
-config_flags.DEFINE_config_file("grid", None, "Grid config (ml_collections file).")
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+from absl import app, flags, logging  # noqa: E402
+from scipy import stats  # noqa: E402
+
+from deinforeg_jax import plots, rules, safe_files  # noqa: E402
+from deinforeg_jax.train import train_and_evaluate  # noqa: E402
+
+cli.define_config("grid", None, help_string="Grid config (ml_collections file).")
 _ROOT = flags.DEFINE_string("root", None, "Output directory of the grid.", required=True)
 _DRY_RUN = flags.DEFINE_bool("dry_run", False, "Print the cells and their state; train nothing.")
 _REPORT_ONLY = flags.DEFINE_bool(
   "report_only", False, "Train nothing; write table and plots from the finished cells."
 )
+
+
+class GridError(ValueError):
+  """The grid config, or a finished cell's saved config, does not fit (the message says how)."""
 
 
 def cells(grid) -> Iterator[dict[str, Any]]:
@@ -85,7 +93,7 @@ def _apply_overrides(config, overrides, where: str) -> None:
   """Set nested ``overrides`` (dicts of fields) on ``config``; unknown fields are an error."""
   for key, value in overrides.items():
     if key not in config:
-      raise ValueError(
+      raise GridError(
         f"{where}.{key} is not a field of the run config; check the spelling against "
         "launch/configs/default.py."
       )
@@ -113,7 +121,7 @@ def cell_config(grid, cell: Mapping[str, Any]):
     if label in overrides:
       _apply_overrides(config, overrides[label], f"grid.rule_overrides.{label}")
     if config.rule not in rules.RULES:
-      raise ValueError(
+      raise GridError(
         f"grid.rules has {label!r}: neither a rule ({', '.join(rules.RULES)}) nor a variant "
         f"label with grid.rule_overrides.{label}.rule set to one."
       )
@@ -140,7 +148,7 @@ def check_same_config(saved: Mapping[str, Any], config, where: str) -> None:
   old, new = _flatten(saved), _flatten(json.loads(json.dumps(config.to_dict())))
   for key in sorted(set(old) | set(new)):
     if old.get(key, "<absent>") != new.get(key, "<absent>"):
-      raise ValueError(
+      raise GridError(
         f"{where} was finished with a different config: {key}={old.get(key, '<absent>')!r} "
         f"there, {new.get(key, '<absent>')!r} in this grid. Use a new --root, or delete that "
         "directory to rerun it."
@@ -407,6 +415,12 @@ def run_grid(
       state = "budget" if budget_s and elapsed > budget_s else "todo"
       print(f"[{state}]    {cell_name(cell)}", flush=True)
       continue
+    if cli.pending_signal():  # arrived between cells (a cell's own run saves and stops)
+      raise cli.Interrupted(
+        f"{cli.pending_signal()} received before cell {cell_name(cell)} started: "
+        f"{len(summaries)} finished cell(s) are saved in {os.path.join(root, 'cells')}. Run "
+        "the same command again to continue."
+      )
     print(f"[run]     {cell_name(cell)} in {workdir} ({elapsed / 60:.1f} min elapsed)", flush=True)
     results = train_and_evaluate(config, workdir)
     summary = summarize(cell, results, workdir)
@@ -443,8 +457,10 @@ def main(argv):
 
 
 def run():
-  """Entry point of the ``deinforeg-experiments`` console script."""
-  app.run(main)
+  """Entry point of the ``deinforeg-experiments`` console script (exit codes: ``launch.cli``;
+  SIGTERM stops the grid in its current cell, which saves a checkpoint: exit 75, and the same
+  command continues)."""
+  cli.run(main, on_signal="remember")
 
 
 if __name__ == "__main__":

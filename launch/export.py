@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 
 import jax
 import jax.numpy as jnp
@@ -24,8 +23,10 @@ from absl import app, flags, logging
 
 from deinforeg_jax import safe_files
 from deinforeg_jax import trained as trained_lib
+from launch import cli
 
 FORMAT = "deinforeg-jax export 1"
+PLATFORMS = ("cpu", "cuda", "rocm", "tpu")  # what jax.export lowers for
 
 
 def description_path(out: str) -> str:
@@ -38,8 +39,10 @@ def export(trained, out: str, platforms=("cpu", "cuda", "tpu")) -> tuple[str, st
   """Write ``trained``'s exit logits function to ``out`` and its description beside it;
   returns both paths."""
   if out.endswith(".json"):
-    raise ValueError(f"--out={out}: the description is written as .json beside it; use another "
-                     "extension, e.g. model.jaxexport")
+    raise cli.UserError(
+      f"--out={out}: the description is written as .json beside it; use another extension, "
+      "e.g. model.jaxexport"
+    )
   model, variables, pre = trained.model, trained.variables, trained.preprocessing
   logits = jax.jit(lambda x: jnp.stack(model.apply(variables, x, train=False)["logits"]))
   (batch,) = jax.export.symbolic_shape("b")
@@ -48,7 +51,7 @@ def export(trained, out: str, platforms=("cpu", "cuda", "tpu")) -> tuple[str, st
   try:
     data = exported.serialize()
   except ImportError as error:  # jax.export needs flatbuffers to serialize
-    raise RuntimeError(f"{error} (pip install flatbuffers)") from None
+    raise cli.UserError(f"{error} (pip install flatbuffers)") from None
   cfg = trained.config.inference
   description = {
     "format": FORMAT,
@@ -95,11 +98,16 @@ def main(argv):
     logging.set_verbosity(logging.WARNING)  # Orbax logs at INFO
   if not args.workdir or not args.out:
     raise app.UsageError("--workdir and --out are required.")
-  try:
-    trained = trained_lib.load(args.workdir)
-    out, path = export(trained, args.out, args.platforms)
-  except (trained_lib.WorkdirError, ValueError, RuntimeError) as error:
-    sys.exit(f"error: {error}")
+  unknown = sorted(set(args.platforms) - set(PLATFORMS))
+  if unknown:
+    raise cli.UserError(f"--platforms: {unknown[0]!r} is none of {', '.join(PLATFORMS)}.")
+  if os.path.isdir(args.out):
+    raise cli.UserError(
+      f"--out={args.out} is a folder: give the file to write, e.g. "
+      f"--out={os.path.join(args.out, 'model.jaxexport')}."
+    )
+  trained = trained_lib.load(args.workdir)
+  out, path = export(trained, args.out, args.platforms)
   print(f"{trained.describe()}\nwrote {out} ({os.path.getsize(out):,} bytes) and {path}")
 
 
@@ -113,8 +121,9 @@ def define_flags() -> None:
 
 
 def run():
+  """Entry point of the ``deinforeg-export`` console script (exit codes: ``launch.cli``)."""
   define_flags()
-  app.run(main)
+  cli.run(main)
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ import csv
 import gzip
 import json
 import os
-import sys
+import zipfile
 
 import numpy as np
 from absl import app, flags, logging
@@ -28,6 +28,8 @@ from absl import app, flags, logging
 from deinforeg_jax import safe_files
 from deinforeg_jax import trained as trained_lib
 from deinforeg_jax.data.prepare.image_folder import read_image
+from deinforeg_jax.trained import InputError
+from launch import cli
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm")
 
@@ -41,13 +43,13 @@ def read_image_folder(root: str, channels: int) -> tuple[list[str], np.ndarray]:
     if f.lower().endswith(IMAGE_EXTENSIONS)
   )
   if not paths:
-    raise ValueError(f"--input={root}: no image files ({', '.join(IMAGE_EXTENSIONS)}) under it.")
+    raise InputError(f"--input={root}: no image files ({', '.join(IMAGE_EXTENSIONS)}) under it.")
   images = [read_image(p, channels) for p in paths]
   shapes = {im.shape for im in images}
   if len(shapes) > 1:
     first = images[0].shape
     odd = next(p for p, im in zip(paths, images) if im.shape != first)
-    raise ValueError(
+    raise InputError(
       f"--input={root}: images differ in size ({paths[0]} is {first[0]}x{first[1]}, {odd} is "
       f"{images[paths.index(odd)].shape[0]}x{images[paths.index(odd)].shape[1]}); resize them "
       "to the model's input size."
@@ -60,35 +62,41 @@ def read_npz(path: str) -> tuple[list[str], np.ndarray]:
   try:
     with np.load(path, allow_pickle=False) as data:
       key = next((k for k in ("x", "images") if k in data.files), None)
-      if key is None:
-        raise ValueError(f"--input={path} has no array 'x' or 'images' (found {data.files}).")
-      images = data[key]
-  except (OSError, EOFError) as error:
-    raise ValueError(f"--input={path} is not a readable .npz archive ({error}).") from None
+      images = None if key is None else data[key]
+  except (OSError, EOFError, ValueError, zipfile.BadZipFile) as error:  # truncated, not a zip
+    raise InputError(f"--input={path} is not a readable .npz archive ({error}).") from None
+  if key is None:
+    raise InputError(f"--input={path} has no array 'x' or 'images' (found {data.files}).")
+  if images.ndim == 0:
+    raise InputError(f"--input={path}: {key!r} is one number, not images [N, H, W, C].")
   return [str(i) for i in range(len(images))], images
 
 
 def read_jsonl(path: str) -> tuple[list[str], list[str]]:
   """``(ids, texts)`` of JSON Lines: ``{"text": ..., "id": ...}`` objects or JSON strings."""
   ids, texts = [], []
-  with (gzip.open if path.endswith(".gz") else open)(path, "rt", encoding="utf-8") as f:
-    for number, line in enumerate(f, 1):
-      if not line.strip():
-        continue
-      try:
-        record = json.loads(line)
-      except json.JSONDecodeError as error:
-        raise ValueError(f"--input={path} line {number} is not JSON ({error}).") from None
-      if isinstance(record, dict) and isinstance(record.get("text"), str):
-        ids.append(str(record.get("id", len(ids))))
-        texts.append(record["text"])
-      elif isinstance(record, str):
-        ids.append(str(len(ids)))
-        texts.append(record)
-      else:
-        raise ValueError(
-          f'--input={path} line {number}: expected {{"text": "...", "id": ...}} or a JSON string.'
-        )
+  try:
+    with (gzip.open if path.endswith(".gz") else open)(path, "rt", encoding="utf-8") as f:
+      lines = f.readlines()
+  except (EOFError, UnicodeDecodeError) as error:  # a truncated .gz, not UTF-8
+    raise InputError(f"--input={path} is not readable UTF-8 JSON Lines ({error}).") from None
+  for number, line in enumerate(lines, 1):
+    if not line.strip():
+      continue
+    try:
+      record = json.loads(line)
+    except json.JSONDecodeError as error:
+      raise InputError(f"--input={path} line {number} is not JSON ({error}).") from None
+    if isinstance(record, dict) and isinstance(record.get("text"), str):
+      ids.append(str(record.get("id", len(ids))))
+      texts.append(record["text"])
+    elif isinstance(record, str):
+      ids.append(str(len(ids)))
+      texts.append(record)
+    else:
+      raise InputError(
+        f'--input={path} line {number}: expected {{"text": "...", "id": ...}} or a JSON string.'
+      )
   return ids, texts
 
 
@@ -97,17 +105,21 @@ def read_input(path: str, trained) -> tuple[list[str], object]:
   kind = trained.kind
   is_text = path.endswith((".jsonl", ".jsonl.gz", ".json"))
   if not os.path.exists(path):
-    raise ValueError(f"--input={path}: no such file or folder.")
+    raise InputError(f"--input={path}: no such file or folder.")
   if (kind == "text") != is_text:
     wanted = "a .jsonl file of texts" if kind == "text" else "an image folder or an .npz file"
-    raise ValueError(f"--input={path}: this {kind} model reads {wanted}.")
+    raise InputError(f"--input={path}: this {kind} model reads {wanted}.")
   if is_text:
-    return read_jsonl(path)
-  if os.path.isdir(path):
-    return read_image_folder(path, trained.preprocessing.input_shape[-1])
-  if path.endswith(".npz"):
-    return read_npz(path)
-  raise ValueError(f"--input={path}: expected a folder, an .npz or a .jsonl file.")
+    ids, inputs = read_jsonl(path)
+  elif os.path.isdir(path):
+    ids, inputs = read_image_folder(path, trained.preprocessing.input_shape[-1])
+  elif path.endswith(".npz"):
+    ids, inputs = read_npz(path)
+  else:
+    raise InputError(f"--input={path}: expected a folder, an .npz or a .jsonl file.")
+  if not ids:
+    raise InputError(f"--input={path} holds no inputs: give at least one to classify.")
+  return ids, inputs
 
 
 def write_csv(path: str, ids: list[str], prediction) -> None:
@@ -136,12 +148,14 @@ def main(argv):
     logging.set_verbosity(logging.WARNING)  # Orbax logs at INFO
   if not args.workdir or not args.input:
     raise app.UsageError("--workdir and --input are required.")
-  try:
-    trained = trained_lib.load(args.workdir)
-    ids, inputs = read_input(args.input, trained)
-    prediction = trained.predict(inputs, exit=args.exit, batch_size=args.batch_size or None)
-  except ValueError as error:  # WorkdirError and InputError are ValueErrors
-    sys.exit(f"error: {error}")
+  if os.path.isdir(args.out):
+    raise InputError(
+      f"--out={args.out} is a folder: give the CSV file to write, e.g. "
+      f"--out={os.path.join(args.out, 'predictions.csv')}."
+    )
+  trained = trained_lib.load(args.workdir)
+  ids, inputs = read_input(args.input, trained)
+  prediction = trained.predict(inputs, exit=args.exit, batch_size=args.batch_size or None)
   write_csv(args.out, ids, prediction)
   counts = np.bincount(prediction.exits, minlength=trained.num_exits)
   print(
@@ -160,8 +174,9 @@ def define_flags() -> None:
 
 
 def run():
+  """Entry point of the ``deinforeg-predict`` console script (exit codes: ``launch.cli``)."""
   define_flags()
-  app.run(main)
+  cli.run(main)
 
 
 if __name__ == "__main__":

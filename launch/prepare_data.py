@@ -43,9 +43,9 @@ Names of TFDS catalogue datasets (cifar10, mnist, ...) are refused: TFDS would r
 them with its own builder; use e.g. cifar10_local.
 """
 
-import sys
-
 from absl import app, flags
+
+from launch import cli
 
 _NAME = flags.DEFINE_string(
   "name", None, "Dataset name (snake_case), e.g. cifar10_20k.", required=True
@@ -161,9 +161,8 @@ def main(argv):
       prepared = prepare.prepare_tiny_imagenet(
         _NAME.value, _DATA_DIR.value, _TINY_IMAGENET.value, resize=_RESIZE.value, **options
       )
-  except (ValueError, OSError) as error:  # OSError: missing file, existing dataset
-    print(f"prepare_data: error: {error}", file=sys.stderr)
-    sys.exit(1)
+  except ValueError as error:  # the prepare functions' refusals of bad input data
+    raise cli.UserError(str(error)) from error
 
   counts = ", ".join(f"{n} {split}" for split, n in prepared.num_examples.items())
   fmt = lambda values: "(" + ", ".join(f"{v:.2f}" for v in values) + ")"  # noqa: E731
@@ -207,9 +206,8 @@ def _prepare_text():
       prepared = prepare.prepare_jsonl(
         _NAME.value, _DATA_DIR.value, _JSONL_TRAIN.value, _JSONL_TEST.value, **options
       )
-  except (ValueError, OSError) as error:
-    print(f"prepare_data: error: {error}", file=sys.stderr)
-    sys.exit(1)
+  except ValueError as error:  # the prepare functions' refusals of bad input data
+    raise cli.UserError(str(error)) from error
   counts = ", ".join(f"{n} {split}" for split, n in prepared.num_examples.items())
   split = (
     f" (split of {_JSONL.value} by label: test fraction {_TEST_FRACTION.value}, seed "
@@ -230,8 +228,12 @@ def _prepare_text():
 
 
 def run():
-  """Entry point of the ``deinforeg-prepare-data`` console script."""
-  app.run(main)
+  """Entry point of the ``deinforeg-prepare-data`` console script (exit codes: ``launch.cli``;
+  SIGTERM/SIGINT remove the incomplete dataset and exit 75)."""
+  cli.run(
+    main,
+    stopped_note="the incomplete dataset was removed and an existing one is unchanged",
+  )
 
 
 if __name__ == "__main__":

@@ -9,55 +9,21 @@ python -m launch.train --workdir=W --config.parallel.distributed=True \
 """
 
 import os
-import signal
-import sys
 
-# SIGTERM/SIGINT before the run installs its own handlers (imports, flag parsing, start-up):
-# remembered and answered with exit 75 and a note, not a silent exit 143.  Installed before the
-# imports (they take seconds) when run as ``python -m launch.train``, and by ``run()``.
-_EARLY_SIGNALS: list[str] = []
-
-
-def _remember_early_signals():
-  def remember(signum, frame):
-    del frame
-    _EARLY_SIGNALS.append(signal.Signals(signum).name)
-
-  for sig in (signal.SIGTERM, signal.SIGINT):
-    signal.signal(sig, remember)
-
+from launch import cli  # absl and ml_collections only: quick
 
 if __name__ == "__main__":
-  _remember_early_signals()
+  # SIGTERM/SIGINT during the imports below (seconds), flag parsing and start-up: remembered and
+  # answered with exit 75 and a note (``main``), not a silent exit 143.
+  cli.remember_signals()
 
 from absl import app, flags, logging  # noqa: E402
-from ml_collections import config_flags  # noqa: E402
 
 from deinforeg_jax import parallel  # noqa: E402
 from deinforeg_jax.train import Preempted, train_and_evaluate  # noqa: E402
-from deinforeg_jax import workdir_lock  # noqa: E402
-from deinforeg_jax.data.tfds_source import DatasetNotPreparedError  # noqa: E402
 
-EXIT_PREEMPTED = 75  # EX_TEMPFAIL: a checkpoint was saved; run the same command to resume
-
-_DEFAULT_CONFIG = os.path.join(os.path.dirname(__file__), "configs", "default.py")
-
-
-def _unknown_field(error: Exception, argv: list[str]) -> str:
-  overrides = [a.split("=")[0] for a in argv[1:] if a.startswith("--config.")]
-  return (
-    f"error: unknown config field {error} (in {', '.join(overrides)}): every --config.<field> "
-    "must exist in the config file; the fields and their defaults are in "
-    "launch/configs/default.py."
-  )
-
-
-try:  # config_flags applies the --config.<field> overrides of sys.argv here
-  config_flags.DEFINE_config_file(
-    "config", _DEFAULT_CONFIG, "Run config (ml_collections file).", lock_config=True
-  )
-except (AttributeError, KeyError) as unknown:
-  sys.exit(_unknown_field(unknown, sys.argv))
+# config_flags applies the --config.<field> overrides of sys.argv here
+cli.define_config("config", help_string="Run config (ml_collections file).", lock_config=True)
 _WORKDIR = flags.DEFINE_string(
   "workdir", None, "Directory for metrics.jsonl and results.json.", required=True
 )
@@ -80,27 +46,10 @@ def main(argv):
   parallel.initialize_distributed(
     config.parallel.distributed, _COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value
   )
-  try:
-    if _EARLY_SIGNALS:
-      latest = _latest_checkpoint_step(_WORKDIR.value)
-      raise Preempted(_EARLY_SIGNALS[0], "while starting", _WORKDIR.value, None, latest)
-    train_and_evaluate(config, _WORKDIR.value)
-  except Preempted as stopped:
-    print(stopped, flush=True)
-    sys.exit(EXIT_PREEMPTED)
-  except (
-    workdir_lock.WorkdirError,  # disk full, read-only, a file as the workdir...
-    workdir_lock.WorkdirLockedError,
-    DatasetNotPreparedError,
-  ) as error:
-    print(f"error: {error}", file=sys.stderr, flush=True)  # one line (or the prepare steps)
-    sys.exit(1)
-  except OSError as error:  # a disk error outside the checkpoints (metrics, results...)
-    if error.errno not in workdir_lock.DISK_ERRNOS:
-      raise
-    path = error.filename or _WORKDIR.value
-    print(f"error: {workdir_lock.write_error(path, error)}", file=sys.stderr, flush=True)
-    sys.exit(1)
+  if cli.pending_signal():
+    latest = _latest_checkpoint_step(_WORKDIR.value)
+    raise Preempted(cli.pending_signal(), "while starting", _WORKDIR.value, None, latest)
+  train_and_evaluate(config, _WORKDIR.value)
 
 
 def _latest_checkpoint_step(workdir: str) -> int | None:
@@ -110,18 +59,9 @@ def _latest_checkpoint_step(workdir: str) -> int | None:
   return max((int(name) for name in names if name.isdigit()), default=None)
 
 
-def _parse_flags(argv):
-  """absl's flag parsing, with a one-line error for a ``--config.<field>`` that does not exist."""
-  try:
-    return flags.FLAGS(argv)
-  except (AttributeError, KeyError) as error:
-    sys.exit(_unknown_field(error, argv))
-
-
 def run():
-  """Entry point of the ``deinforeg-train`` console script."""
-  _remember_early_signals()
-  app.run(main, flags_parser=_parse_flags)
+  """Entry point of the ``deinforeg-train`` console script (exit codes: ``launch.cli``)."""
+  cli.run(main, on_signal="remember")
 
 
 if __name__ == "__main__":

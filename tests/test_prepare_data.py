@@ -341,7 +341,7 @@ def test_cli_reports_label_errors(tmp_path):
     timeout=120,
   )
   assert result.returncode == 1
-  assert "prepare_data: error:" in result.stderr and "y_test labels out of range" in result.stderr
+  assert result.stderr.startswith("error: ") and "y_test labels out of range" in result.stderr
 
 
 # --- reading images with Pillow ------------------------------------------------------------

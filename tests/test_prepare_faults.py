@@ -393,7 +393,7 @@ def test_cli_errors_are_one_line_and_name_the_file(tmp_path):
   out = run_prepare_data_cases(cases, data_dir)
   for case in ("npy", "missing", "nan_mean", "one_class", "bare_five"):
     code, err, _ = out[case]
-    assert code == 1 and err.startswith("prepare_data: error: ") and err.count("\n") == 1, case
+    assert code == 1 and err.startswith("error: ") and err.count("\n") == 1, case
   assert f"{npy} holds a single array of shape (3, 4) (.npy format)" in out["npy"][1]
   assert f"{tmp_path / 'missing.npz'}: no such file" in out["missing"][1]
   assert "mean (--mean) of channel 0 is nan" in out["nan_mean"][1]

@@ -101,7 +101,7 @@ def test_cli_splits_one_file_and_refuses_bad_flags(tmp_path):
     ("too_small", "class 0 has 10 record(s); --test_fraction=0.01 leaves none"),
   ]:
     code, err, _ = out[case]
-    assert code == 1 and err.startswith("prepare_data: error: ") and message in err, case
+    assert code == 1 and err.startswith("error: ") and message in err, case
     assert not (data_dir / f"cli_{case}").exists()
 
 

@@ -164,7 +164,7 @@ def test_cli_prepares_tiny_imagenet_and_refuses_bad_input(tmp_path):
   result = _cli("--name=tiny_bad", *args)
   assert result.returncode == 1
   assert result.stderr.strip() == (
-    f"prepare_data: error: {root}/wnids.txt: no such file (the class ids, one a line); pass "
+    f"error: {root}/wnids.txt: no such file (the class ids, one a line); pass "
     "the tiny-imagenet-200 folder itself, which holds wnids.txt, train/<wnid>/images/*.JPEG, "
     "val/images/*.JPEG and val/val_annotations.txt"
   )

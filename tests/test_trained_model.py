@@ -355,8 +355,8 @@ def test_predict_and_evaluate_commands(digits_run, tmp_path):
   assert "evaluate takes only --config.data.* and --config.inference.*" in bad.stderr
   bad = _launch("launch.evaluate", f"--workdir={workdir}", "--config.data.nme=x")
   assert bad.returncode == 1 and bad.stderr.strip().splitlines() == [
-    'error: unknown config field in --config.data.nme: Did you mean "name" instead of "nme"? '
-    "the fields are in launch/configs/default.py."
+    "error: --config.data.nme: the config has no field 'nme'. Did you mean \"name\" instead of "
+    '"nme"? The fields and their defaults are in launch/configs/default.py.'
   ]
 
 

@@ -16,6 +16,7 @@ classes (``check_feature_classes``; anything else is ``UntrustedDatasetError``).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -321,6 +322,27 @@ def open_builder(name: str, data_dir: str, *, download: bool = False):
   return builder
 
 
+class DamagedDatasetError(OSError):
+  """A prepared dataset's record file cannot be read: truncated or corrupted on disk."""
+
+
+@contextlib.contextmanager
+def damage_named(builder, split: str):
+  """Reads of ``split`` inside the block: array_record's error on a damaged file (a
+  ``RuntimeError`` naming no file) becomes ``DamagedDatasetError`` naming the split's files."""
+  try:
+    yield
+  except RuntimeError as error:
+    if not any(mark in str(error) for mark in ("Riegeli", "ArrayRecord")):
+      raise
+    files = ", ".join(str(f) for f in builder.info.splits[split].filepaths)
+    raise DamagedDatasetError(
+      f"{files}: the {split} split of {builder.name} is damaged (truncated or corrupted: "
+      f"{str(error).splitlines()[0][:200]}). Prepare the dataset again (launch.prepare_data "
+      "... --overwrite), or copy it again."
+    ) from None
+
+
 class TfdsSource:
   """One split of a prepared TFDS dataset: ``source[i] = {"image": [H, W, C], "label": int}``.
 
@@ -345,10 +367,13 @@ class TfdsSource:
     return {"image": image, "label": int(record[self._label_key])}
 
   def __getitem__(self, index: int) -> dict[str, Any]:
-    return self._convert(self._source[index])
+    with damage_named(self._builder, self.split):
+      return self._convert(self._source[index])
 
   def __getitems__(self, indices: Sequence[int]) -> list[dict[str, Any]]:
-    return [self._convert(r) for r in self._source.__getitems__(list(indices))]
+    with damage_named(self._builder, self.split):
+      records = self._source.__getitems__(list(indices))
+    return [self._convert(r) for r in records]
 
   def labels(self) -> np.ndarray:
     """Every label of the split, ``int64 [N]`` (read once, then cached)."""
@@ -380,7 +405,8 @@ class TfdsSource:
       split=self.split, decoders={self._image_key: tfds.decode.SkipDecoding()}
     )
     for start in range(0, n, _LABEL_CHUNK):
-      records = source.__getitems__(list(range(start, min(start + _LABEL_CHUNK, n))))
+      with damage_named(self._builder, self.split):
+        records = source.__getitems__(list(range(start, min(start + _LABEL_CHUNK, n))))
       labels[start : start + len(records)] = [int(r[self._label_key]) for r in records]
     return labels
 
@@ -458,7 +484,8 @@ def read_text_splits(name: str, data_dir: str = "", *, download: bool = False):
     source = builder.as_data_source(split=split)
     texts, labels = [], np.empty(len(source), np.int64)
     for start in range(0, len(source), _LABEL_CHUNK):
-      records = source.__getitems__(list(range(start, min(start + _LABEL_CHUNK, len(source)))))
+      with damage_named(builder, split):
+        records = source.__getitems__(list(range(start, min(start + _LABEL_CHUNK, len(source)))))
       for offset, record in enumerate(records):
         parts = [record[f] for f in fields]
         texts.append(" ".join(p.decode("utf-8") if isinstance(p, bytes) else str(p) for p in parts))

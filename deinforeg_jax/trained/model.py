@@ -11,7 +11,7 @@ import ml_collections
 import numpy as np
 
 from deinforeg_jax import inference
-from deinforeg_jax.trained.preprocessing import Preprocessing
+from deinforeg_jax.trained.preprocessing import InputError, Preprocessing
 
 
 @dataclasses.dataclass(frozen=True)
@@ -123,7 +123,7 @@ class TrainedModel:
   # -------------------------------------------------------------- exits
 
   def resolve_exit(self, exit: int | str) -> int | str:  # pylint: disable=redefined-builtin
-    """An exit index, or ``"adaptive"``; ``ValueError`` naming the choices otherwise."""
+    """An exit index, or ``"adaptive"``; ``InputError`` naming the choices otherwise."""
     if isinstance(exit, str) and exit.lstrip("-").isdigit():
       exit = int(exit)
     if exit == "best":
@@ -133,7 +133,7 @@ class TrainedModel:
     if isinstance(exit, (int, np.integer)) and not isinstance(exit, bool):
       if -self.num_exits <= exit < self.num_exits:
         return int(exit) % self.num_exits
-    raise ValueError(
+    raise InputError(
       f"exit={exit!r}: choose an exit index 0..{self.num_exits - 1} (blocks "
       f"{self.exit_blocks}), 'best' or 'adaptive'."
     )

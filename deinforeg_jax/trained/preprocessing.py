@@ -12,7 +12,7 @@ from deinforeg_jax.data import text as text_data
 
 
 class InputError(ValueError):
-  """The inputs do not fit the model (shape, size, kind)."""
+  """The inputs do not fit the model (shape, size, kind, non-finite pixels)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,6 +54,13 @@ class Preprocessing:
     if x.ndim == len(self.input_shape) and self.input_shape[-1] == 1:
       x = x[..., None]  # [N, H, W] grey
     self.check(x, "images (raw pixels)")
+    finite = np.isfinite(x).reshape(len(x), -1).all(axis=1)
+    if not finite.all():
+      bad = np.flatnonzero(~finite)
+      raise InputError(
+        f"{len(bad)} of {len(x)} images hold NaN or infinite pixels (the first: index "
+        f"{bad[0]}); the model would classify them as garbage. Fix or drop them."
+      )
     scale = 1.0 / 255.0 if x.dtype == np.uint8 and self.pixel_max == 1.0 else 1.0
     x = x.astype(np.float32) * np.float32(scale)
     return (x - np.asarray(self.mean, np.float32)) / np.asarray(self.std, np.float32)
