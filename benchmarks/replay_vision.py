@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from benchmarks import oracle_data
-from benchmarks.trajectory_parity import OracleError, Replay
+from benchmarks.trajectory_parity import OracleError, Replay, apply_overrides
 
 ARCHS = ("vgg", "resnet18")
 RESNET18_UNITS = [2, 2, 2, 2]
@@ -337,7 +337,7 @@ def prepare(oracle, meta, options) -> Replay:
   from deinforeg_jax import models  # pylint: disable=import-outside-toplevel
 
   meta = read_meta(oracle)
-  config = make_config(meta, options["conv_impl"])
+  config = apply_overrides(make_config(meta, options["conv_impl"]), options["overrides"])
   model = models.create_model(config, int(meta["n_classes"]))
   x, y, x_eval = inputs(oracle, meta, options["data_dir"], options["dtype"])
   size = x.shape[-2]

@@ -21,7 +21,8 @@ the train step and optimizer ``launch.train`` uses (``train.compile_steps`` over
 Family contract: ``FAMILIES`` maps ``meta.arch`` (default ``vgg``: the older VGG DeInfoReg
 oracle) to a module (``benchmarks.replay_vision`` for vgg / resnet18, ``benchmarks.replay_text``
 for lstm / transformer) with ``prepare(oracle, meta, options) -> Replay`` (``options``:
-``conv_impl``, ``dtype``, ``data_dir``): our config and model, the inputs in our layout (``x``
+``conv_impl``, ``dtype``, ``data_dir``, ``overrides``, which it applies with
+``apply_overrides`` to its config before it builds the model): our config and model, the inputs in our layout (``x``
 indexable by step, ``y [T, B]``, ``x_eval``), ``load(prefix, template, dtype) -> (params,
 batch_stats)`` from the oracle's ``<prefix>`` state_dict, ``eval_logits(outputs) -> [X, E, C]``
 (our exits that match the oracle's) and optionally ``loss_block(metrics, config, columns) ->
@@ -29,8 +30,9 @@ batch_stats)`` from the oracle's ``<prefix>`` state_dict, ``eval_logits(outputs)
 
 Prints one JSON line: ``loss_max_rel_diff`` (``max_t |ours_t - loss_total_t| / |loss_total_t|``),
 ``loss_block_max_abs_diff``, ``params_rel_l2`` (``‖ours - final‖ / ‖final‖`` over every float
-parameter together, BatchNorm statistics excluded), ``bn_stats_rel_l2`` (the same over the
-running statistics; null without BatchNorm), ``eval_logits_max_abs_diff``, the same against the
+parameter together, BatchNorm statistics excluded), ``params_worst`` (the three
+parameters furthest from the original's, relative L2: where a departure sits),
+``bn_stats_rel_l2`` (the same over the running statistics; null without BatchNorm), ``eval_logits_max_abs_diff``, the same against the
 float64 run (``f64_``), the oracle's own float32-vs-float64 distances (``noise_*``), the limits
 ``max(10 x noise, 1e-4 relative / 1e-2 absolute for logits)`` and ``within_limits``.
 
@@ -141,6 +143,19 @@ def rule_loss_block(metrics, config, columns) -> np.ndarray:
   return np.stack([terms[c] for c in columns], axis=1)
 
 
+def _worst_leaves(ours, reference, count: int = 3) -> dict[str, float]:
+  """The ``count`` parameters (``a/b/kernel``) furthest from ``reference`` (relative L2)."""
+  import flax  # pylint: disable=import-outside-toplevel
+
+  a = flax.traverse_util.flatten_dict(ours, sep="/")
+  b = flax.traverse_util.flatten_dict(reference, sep="/")
+  rel = {
+    k: float(np.linalg.norm(np.asarray(a[k], np.float64) - b[k]) / (np.linalg.norm(b[k]) or 1.0))
+    for k in b
+  }
+  return dict(sorted(rel.items(), key=lambda kv: -kv[1])[:count])
+
+
 def family(arch: str):
   """The replay module of ``arch`` (``FAMILIES``)."""
   if arch not in FAMILIES:
@@ -148,13 +163,32 @@ def family(arch: str):
   return importlib.import_module(FAMILIES[arch])
 
 
+def apply_overrides(config, overrides: dict[str, Any]):
+  """``config`` with ``{"model.al_activation": "tanh", ...}`` set (in place; returned)."""
+  for field, value in overrides.items():
+    *path, name = field.split(".")
+    section = config
+    for part in path:
+      section = section[part]
+    if name not in section:
+      raise OracleError(f"override {field}: the config has no such field.")
+    section[name] = value
+  return config
+
+
 def replay(
-  oracle_path: str, conv_impl: str = "auto", float64: bool = False, data_dir: str | None = None
+  oracle_path: str,
+  conv_impl: str = "auto",
+  float64: bool = False,
+  data_dir: str | None = None,
+  overrides: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
   """Train our model on the oracle's batches from its initial state; the figures (module doc).
 
   ``float64``: parameters, optimizer state and inputs in float64 (needs ``jax_enable_x64``).
   ``data_dir``: where the oracle's indexed data lie (default ``../shared/data``).
+  ``overrides``: config fields set after the family's settings (``apply_overrides``), e.g. our
+  default in place of the reference preset's value, to show what a departure changes.
   """
   import jax  # pylint: disable=import-outside-toplevel
   import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
@@ -181,7 +215,7 @@ def replay(
     )
   dtype = np.float64 if float64 else np.float32
   options = {"conv_impl": conv_impl, "dtype": dtype,
-             "data_dir": data_dir or oracle_data.default_data_dir()}
+             "data_dir": data_dir or oracle_data.default_data_dir(), "overrides": overrides or {}}
   r = family(meta["arch"]).prepare(oracle, meta, options)
   config, model = r.config, r.model
   num_classes = int(meta["n_classes"])
@@ -250,12 +284,14 @@ def replay(
     "steps": steps_total,
     "float64": float64,
     "non_default_conventions": _non_default_conventions(config),
+    "overrides": overrides or {},
     "loss_first": float(totals[0]),
     "loss_last": float(totals[-1]),
     "loss_max_rel_diff": loss_rel(oracle["loss_total"]),
     "loss_block_max_abs_diff": float(np.max(np.abs(blocks - oracle["loss_block"]))),
     "params_rel_l2": _rel_l2(ours_params, final_params),
     "bn_stats_rel_l2": _rel_l2(ours_stats, final_stats),
+    "params_worst": _worst_leaves(ours_params, final_params),
     "eval_logits_max_abs_diff": float(np.max(np.abs(logits - oracle["eval_logits"]))),
     "f64_loss_max_rel_diff": loss_rel(oracle["f64_loss_total"]),
     "f64_params_rel_l2": _rel_l2(ours_params, f64_params),

@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from benchmarks import oracle_data
 from benchmarks import replay_vision as rv
 from benchmarks import trajectory_parity as tp
 import helpers
@@ -165,3 +166,66 @@ def test_an_oracle_whose_arrays_do_not_fit_our_model_is_refused():
   )
   with pytest.raises(tp.OracleError, match="init/layer.0.0.0.weight"):
     rv.load_state(_oracle(), "init/", meta, template, 8)
+
+
+# ------------------------------------------------------------------ committed oracles
+
+
+ORACLES = os.path.join(REPO, "tests", "oracles")
+COMMITTED = sorted(f for f in os.listdir(ORACLES) if f.endswith(".npz"))
+FIGURES = [
+  ("loss_max_rel_diff", "limit_loss_rel"),
+  ("f64_loss_max_rel_diff", "limit_loss_rel"),
+  ("loss_block_max_abs_diff", "limit_loss_block_abs"),
+  ("params_rel_l2", "limit_params_rel_l2"),
+  ("f64_params_rel_l2", "limit_params_rel_l2"),
+  ("eval_logits_max_abs_diff", "limit_eval_logits_abs"),
+  ("f64_eval_logits_max_abs_diff", "limit_eval_logits_abs"),
+]
+
+
+def _committed(name: str) -> str:
+  """The path of ``tests/oracles/<name>``; skips when the data it indexes is absent."""
+  path = os.path.join(ORACLES, name)
+  with np.load(path) as npz:
+    meta = json.loads(str(npz["meta"]))
+  if "data" in meta and not os.path.exists(os.path.join(oracle_data.default_data_dir(), meta["data"])):
+    pytest.skip(f"{name} indexes {meta['data']}, absent from ../shared/data")
+  return path
+
+
+def test_every_class_of_the_original_has_a_committed_oracle_under_2_mib():
+  vision = {f"{a}_{r}.npz" for a in ("vgg", "resnet18") for r in ("deinforeg", "bp", "scpl", "al")}
+  assert vision <= set(COMMITTED)
+  for name in COMMITTED:
+    assert os.path.getsize(os.path.join(ORACLES, name)) < 2 * 2**20, name
+
+
+@pytest.mark.parametrize("name", COMMITTED)
+def test_committed_oracle_replays_within_its_limits(name):
+  """Each committed oracle (``benchmarks/make_oracle.py``, the original's own classes) replays
+  through our config (the reference preset), factory, train step and LARS within the limits."""
+  row = tp.replay(_committed(name))
+  assert row["within_limits"] and row["failed"] == [], (row["failed"], row)
+  for figure, limit in FIGURES:
+    assert row[figure] <= row[limit], (figure, row[figure], limit, row[limit])
+  assert row["steps"] == 4 and row["oracle"] == name
+
+
+def test_departure_al_activation_reference_sigmoid_vs_our_tanh():
+  """Our AL default (``model.al_activation="tanh"``) departs from the original's sigmoid
+  (``VGG_AL_Component`` / ``ResNet_AL_Component``): the reference preset sets sigmoid, and with
+  our default the VGG AL oracle no longer replays (its first step's loss already differs)."""
+  from launch.configs import default, reference  # pylint: disable=import-outside-toplevel
+
+  assert default.get_config().model.al_activation == "tanh"
+  for arch in ("vgg", "resnet18"):
+    assert reference.get_config(arch).model.al_activation == "sigmoid"
+  row = tp.replay(_committed("vgg_al.npz"), overrides={"model.al_activation": "tanh"})
+  assert not row["within_limits"]
+  assert row["per_step_loss_rel_diff"][0] > 100 * row["limit_loss_rel"]
+
+
+def test_replay_overrides_name_a_real_config_field():
+  with pytest.raises(tp.OracleError, match="model.al_activaton"):
+    tp.apply_overrides(rv.make_config(rv.read_meta(_oracle())), {"model.al_activaton": "tanh"})
