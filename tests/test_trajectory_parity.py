@@ -229,3 +229,23 @@ def test_departure_al_activation_reference_sigmoid_vs_our_tanh():
 def test_replay_overrides_name_a_real_config_field():
   with pytest.raises(tp.OracleError, match="model.al_activaton"):
     tp.apply_overrides(rv.make_config(rv.read_meta(_oracle())), {"model.al_activaton": "tanh"})
+
+
+@pytest.mark.parametrize("arch", ["vgg", "resnet18", "lstm", "transformer"])
+def test_reference_preset_is_a_valid_config_with_every_departure_set(arch):
+  """``--config=launch/configs/reference.py:<arch>``: the paper's settings for ``arch`` with
+  each ``REFERENCE_BEHAVIOUR`` field (a departure: it differs from our default) at the
+  original's value."""
+  # pylint: disable=import-outside-toplevel
+  from deinforeg_jax import configuration
+  from launch.configs import default, reference
+
+  config = reference.get_config(arch)
+  configuration.validate_config(config)
+  assert config.model.arch == arch
+  family = "text" if arch in reference.TEXT_ARCHS else "vision"
+  defaults = default.get_config()
+  for field, value in {**reference.REFERENCE_BEHAVIOUR["all"],
+                       **reference.REFERENCE_BEHAVIOUR[family]}.items():
+    section, name = field.split(".")
+    assert config[section][name] == value != defaults[section][name], field
