@@ -381,7 +381,7 @@ def test_unknown_config_field_is_a_one_line_error():
     check=False,
   )
   assert proc.returncode == 1
-  assert proc.stderr.strip().startswith("error: unknown config field")
+  assert proc.stderr.strip().startswith("error: --config.optim.lr: the config has no field 'lr'.")
   assert "--config.optim.lr" in proc.stderr and "Traceback" not in proc.stderr
 
 
