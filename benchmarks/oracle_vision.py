@@ -105,7 +105,8 @@ def _vgg_classes(rule, a):
         self.layer.append(self._make_layer(cfg[i]))
         for _ in range(cfg[i].count("M")):
           self._shape_div_2()
-        self.loss.append(Set_Local_Loss(input_channel=self.in_channels, shape=self.shape, args=args))
+        self.loss.append(
+          Set_Local_Loss(input_channel=self.in_channels, shape=self.shape, args=args))
         self.classifier.append(Layer_Classifier(
           input_channel=self.in_channels * self.shape * self.shape, args=args))
       self.ce = nn.CrossEntropyLoss()

@@ -319,7 +319,9 @@ def inputs(oracle, meta, data_dir: str, dtype):
     except FileNotFoundError as error:
       raise OracleError(f"the oracle's images are read from {meta['data']}: {error}") from None
     if not (np.array_equal(y, oracle["y"]) and np.array_equal(y_eval, oracle["y_eval"])):
-      raise OracleError(f"{data_dir}/{meta['data']} is not the file the oracle indexes: labels differ.")
+      raise OracleError(
+        f"{data_dir}/{meta['data']} is not the file the oracle indexes: labels differ."
+      )
   cast = lambda v: np.ascontiguousarray(v, dtype)
   return cast(x), np.asarray(y, np.int32), cast(x_eval)
 

@@ -20,21 +20,23 @@ the train step and optimizer ``launch.train`` uses (``train.compile_steps`` over
 
 Family contract: ``FAMILIES`` maps ``meta.arch`` (default ``vgg``: the older VGG DeInfoReg
 oracle) to a module (``benchmarks.replay_vision`` for vgg / resnet18, ``benchmarks.replay_text``
-for lstm / transformer) with ``prepare(oracle, meta, options) -> Replay`` (``options``:
-``conv_impl``, ``dtype``, ``data_dir``, ``overrides``, which it applies with
-``apply_overrides`` to its config before it builds the model): our config and model, the inputs in our layout (``x``
-indexable by step, ``y [T, B]``, ``x_eval``), ``load(prefix, template, dtype) -> (params,
-batch_stats)`` from the oracle's ``<prefix>`` state_dict, ``eval_logits(outputs) -> [X, E, C]``
-(our exits that match the oracle's) and optionally ``loss_block(metrics, config, columns) ->
-[R, C]`` (default: ``rule_loss_block`` below) and ``settings`` (sizes for the printed row).
+for lstm / transformer) with ``prepare(oracle, meta, options) -> Replay``.  ``options``:
+``conv_impl``, ``dtype``, ``data_dir`` and ``overrides`` (the family applies them with
+``apply_overrides`` to its config before it builds the model).  ``Replay``: our config and
+model, the inputs in our layout (``x`` indexable by step, ``y [T, B]``, ``x_eval``),
+``load(prefix, template, dtype) -> (params, batch_stats)`` from the oracle's ``<prefix>``
+state_dict, ``eval_logits(outputs) -> [X, E, C]`` (our exits that match the oracle's), and
+optionally ``loss_block(metrics, config, columns) -> [R, C]`` (default: ``rule_loss_block``)
+and ``settings`` (sizes for the printed row).
 
 Prints one JSON line: ``loss_max_rel_diff`` (``max_t |ours_t - loss_total_t| / |loss_total_t|``),
 ``loss_block_max_abs_diff``, ``params_rel_l2`` (``‖ours - final‖ / ‖final‖`` over every float
-parameter together, BatchNorm statistics excluded), ``params_worst`` (the three
-parameters furthest from the original's, relative L2: where a departure sits),
-``bn_stats_rel_l2`` (the same over the running statistics; null without BatchNorm), ``eval_logits_max_abs_diff``, the same against the
-float64 run (``f64_``), the oracle's own float32-vs-float64 distances (``noise_*``), the limits
-``max(10 x noise, 1e-4 relative / 1e-2 absolute for logits)`` and ``within_limits``.
+parameter together, BatchNorm statistics excluded), ``params_worst`` (the three parameters
+furthest from the original's, relative L2: where a departure sits), ``bn_stats_rel_l2`` (the
+same over the running statistics; null without BatchNorm), ``eval_logits_max_abs_diff``, the
+same against the float64 run (``f64_``), the oracle's own float32-vs-float64 distances
+(``noise_*``), the limits ``max(10 x noise, 1e-4 relative / 1e-2 absolute for logits)`` and
+``within_limits``.
 
 ``--float64`` replays in float64 (parameters, optimizer state, activations; our loss terms cast
 to float32) and is meant to be read against the ``f64_`` figures: a float32 gap that vanishes
@@ -93,7 +95,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _rel_l2(ours, reference) -> float | None:
-  """``‖ours - reference‖ / ‖reference‖`` over every leaf together; None for an empty tree."""
+  """``‖ours - reference‖ / ‖reference‖`` over all leaves together; None for an empty tree."""
   import jax  # pylint: disable=import-outside-toplevel
 
   leaves = jax.tree.leaves(reference)

@@ -6,8 +6,12 @@ float32 and float64.  Our model, train step and LARS replay it from its initial 
 figure must stay within ``max(10 x the oracle's own float32-vs-float64 distance, 1e-4 relative
 for loss and parameters, 1e-2 absolute for logits)``; replayed in float64, it must follow the
 original's float64 run ~1e4 times closer than that, so no departure can hide under the float32
-noise.  Without ``../shared/data`` the replay tests skip (CI has it).  The conversion of PyTorch layouts and the errors for oracles that cannot
-be built are checked on small synthetic arrays.
+noise.  Every committed oracle (``tests/oracles/<arch>_<rule>.npz``, one per class of the
+original, made by ``benchmarks/make_oracle.py``) replays within its limits through the reference
+preset; each departure of our defaults from the original has a test by name.  Without
+``../shared/data`` the replays of the oracles that index it skip (CI has it).  The conversion of
+PyTorch layouts and the errors for oracles that cannot be built are checked on small synthetic
+arrays.
 """
 
 from __future__ import annotations
@@ -189,7 +193,8 @@ def _committed(name: str) -> str:
   path = os.path.join(ORACLES, name)
   with np.load(path) as npz:
     meta = json.loads(str(npz["meta"]))
-  if "data" in meta and not os.path.exists(os.path.join(oracle_data.default_data_dir(), meta["data"])):
+  data = os.path.join(oracle_data.default_data_dir(), meta.get("data", ""))
+  if "data" in meta and not os.path.exists(data):
     pytest.skip(f"{name} indexes {meta['data']}, absent from ../shared/data")
   return path
 
@@ -249,3 +254,40 @@ def test_reference_preset_is_a_valid_config_with_every_departure_set(arch):
                        **reference.REFERENCE_BEHAVIOUR[family]}.items():
     section, name = field.split(".")
     assert config[section][name] == value != defaults[section][name], field
+
+
+def _cifar_file(folder, rng) -> None:
+  np.savez(
+    os.path.join(folder, oracle_data.CIFAR10_FILE),
+    x_train=rng.integers(0, 256, (6, 32, 32, 3), dtype=np.uint8),
+    y_train=np.arange(6) % 10,
+    x_test=rng.integers(0, 256, (3, 32, 32, 3), dtype=np.uint8),
+    y_test=np.array([7, 8, 9]),
+  )
+
+
+def test_oracle_inputs_are_centre_crops_normalised_with_cifar_statistics(tmp_path):
+  rng = np.random.default_rng(0)
+  _cifar_file(tmp_path, rng)
+  index = oracle_data.batch_indices(offset=2, steps=2, batch=2)
+  np.testing.assert_array_equal(index, [[2, 3], [4, 5]])
+  x, y, x_eval, y_eval = oracle_data.cifar_inputs(str(tmp_path), index, np.array([1]), 16)
+  assert x.shape == (2, 2, 16, 16, 3) and x.dtype == np.float32 and x_eval.shape == (1, 16, 16, 3)
+  np.testing.assert_array_equal(y, [[2, 3], [4, 5]])
+  np.testing.assert_array_equal(y_eval, [8])
+  with np.load(tmp_path / oracle_data.CIFAR10_FILE) as data:
+    image = data["x_train"][5].astype(np.float64)
+  mean, std = [0.4914, 0.4822, 0.4465], [0.2023, 0.1994, 0.2010]
+  np.testing.assert_allclose(x[1, 1], (image[8:24, 8:24] / 255 - mean) / std, rtol=1e-5, atol=1e-6)
+
+
+def test_a_vision_oracle_read_over_another_data_file_is_refused(tmp_path):
+  _cifar_file(tmp_path, np.random.default_rng(0))
+  oracle = {"train_index": np.array([[0, 1]]), "eval_index": np.array([0]),
+            "y": np.array([[0, 5]]), "y_eval": np.array([7])}
+  meta = {"image_size": 8, "data": oracle_data.CIFAR10_FILE}
+  with pytest.raises(tp.OracleError, match="labels differ"):
+    rv.inputs(oracle, meta, str(tmp_path), np.float32)
+  oracle["y"] = np.array([[0, 1]])
+  x, y, _ = rv.inputs(oracle, meta, str(tmp_path), np.float32)
+  assert x.shape == (1, 2, 8, 8, 3) and y.dtype == np.int32
