@@ -28,6 +28,7 @@ import shutil
 import sys
 import threading
 import time
+import traceback
 from typing import Any, Callable
 
 import flax
@@ -396,11 +397,14 @@ def _is_abandoned_io_report(unraisable) -> bool:
 
 class _QuietAbandonedFutures(logging.Filter):
   """Drops asyncio's "exception was never retrieved" logs of the futures that Orbax abandons
-  after an OS error (a traceback each)."""
+  after an OS error (a traceback each, through Orbax's code)."""
 
   def filter(self, record: logging.LogRecord) -> bool:
     error = record.exc_info[1] if record.exc_info else None
-    return error is None or _os_error(error) is None
+    if error is None or _os_error(error) is None:
+      return True
+    frames = traceback.extract_tb(error.__traceback__)
+    return not any(f"{os.sep}orbax{os.sep}" in frame.filename for frame in frames)
 
 
 def _quiet_abandoned_io() -> None:

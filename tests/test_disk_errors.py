@@ -17,6 +17,7 @@ import resource
 import subprocess
 import sys
 import time
+import warnings
 
 import orbax.checkpoint as ocp
 import pytest
@@ -112,34 +113,60 @@ def test_an_async_failure_is_raised_by_check_once_written_and_again_by_every_lat
   assert saved_steps(str(tmp_path)) == [0]
 
 
+@pytest.mark.parametrize(
+  "message, code",
+  [
+    ("RESOURCE_EXHAUSTED: Error writing ...: No space left on device [os_error_code='28']", 28),
+    ("OUT_OF_RANGE: Error writing ...: File too large [os_error_code='27']", errno.EFBIG),
+    ('RESOURCE_EXHAUSTED: Error writing "w/0" in OCDBT database', errno.ENOSPC),  # by status
+    ("OUT_OF_RANGE: Error reading ...: Requested byte range [0, 9) is not valid", None),
+  ],
+  ids=["errno", "efbig", "status", "damaged-read"],
+)
+def test_tensorstore_value_errors_are_read_as_the_os_errors_they_report(message, code):
+  """Anywhere in the chain of what Orbax raises; a damaged file being read is no disk error."""
+  try:
+    try:
+      raise ValueError(message)
+    except ValueError as error:
+      raise RuntimeError("a background save failed") from error
+  except RuntimeError as error:
+    cause = checkpoint._os_error(error)
+  if code is None:
+    assert cause is None
+  else:
+    assert (cause.errno, cause.strerror) == (code, os.strerror(code))
+
+
 def launch(workdir, *flags: str, file_size_limit: int | None = None) -> subprocess.CompletedProcess:
   """``python -m launch.train --workdir=<workdir> <flags>`` (one step unless ``flags`` say
-  otherwise) with stdout and stderr together, in ``out``, under ``RLIMIT_FSIZE`` =
-  ``file_size_limit`` bytes when given (Python ignores SIGXFSZ: a write past it fails with
-  EFBIG instead of killing the process)."""
+  otherwise), stderr into stdout, under ``RLIMIT_FSIZE`` = ``file_size_limit`` bytes when
+  given (Python ignores SIGXFSZ: a write past it fails with EFBIG instead of killing it)."""
 
   def limit_file_size():
     resource.setrlimit(resource.RLIMIT_FSIZE, (file_size_limit, file_size_limit))
 
-  return subprocess.run(
-    [
-      sys.executable,
-      "-m",
-      "launch.train",
-      f"--workdir={workdir}",
-      "--config.train.max_steps=1",
-      "--config.parallel.num_devices=1",
-      *flags,
-    ],
-    cwd=REPO,
-    env=launch_env(1),
-    stdout=subprocess.PIPE,
-    stderr=subprocess.STDOUT,
-    text=True,
-    timeout=300,
-    check=False,
-    preexec_fn=None if file_size_limit is None else limit_file_size,
-  )
+  with warnings.catch_warnings():  # JAX's warning about fork: the child only calls setrlimit
+    warnings.filterwarnings("ignore", r"os\.fork\(\) was called", RuntimeWarning)
+    return subprocess.run(
+      [
+        sys.executable,
+        "-m",
+        "launch.train",
+        f"--workdir={workdir}",
+        "--config.train.max_steps=1",
+        "--config.parallel.num_devices=1",
+        *flags,
+      ],
+      cwd=REPO,
+      env=launch_env(1),
+      stdout=subprocess.PIPE,
+      stderr=subprocess.STDOUT,
+      text=True,
+      timeout=300,
+      check=False,
+      preexec_fn=None if file_size_limit is None else limit_file_size,
+    )
 
 
 def lines(out: str) -> list[str]:
