@@ -6,14 +6,14 @@ Exit codes of every ``launch.*`` command (``run``):
 * 1: a mistake the user can fix: one line ``error: <message>`` on stderr, no traceback.
   These are the project's own error classes (defined under ``deinforeg_jax`` or ``launch``,
   e.g. ``configuration.ConfigError``, ``checkpoint.CheckpointMismatchError``), file-system
-  errors (``OSError``: a missing file, a full disk) and unknown ``--config.<field>``\\ s.
+  errors (``OSError``: a missing file, a full disk) and an unknown ``--config.<field>``.
 * 75 (``EX_TEMPFAIL``): stopped by SIGTERM/SIGINT; what was done is saved (the message says
   what) and the same command continues.
 * Anything else (a bug: ``TypeError``, a bare ``ValueError`` ...) keeps its traceback.
   ``--verbose`` prints the traceback of a user error too.
 
 This module imports only absl and ml_collections, so a launcher can install the signal handlers
-(``remember_signals``) before its slow imports.
+(``remember_signals``) before its slow imports.  docs/design.md, "Errors and exit codes".
 """
 
 from __future__ import annotations
@@ -158,12 +158,10 @@ def guarded(main, stopped_note: str = ""):
   def guarded_main(argv: list[str]):
     try:
       code = main(argv)
-    except app.UsageError:
-      raise  # absl prints the usage and exits 1
     except BaseException as error:  # pylint: disable=broad-except
       message, code = _one_line(error, stopped_note)
       if message is None:
-        raise  # a bug: its traceback
+        raise  # a bug (its traceback), or absl's UsageError / SystemExit as they were
       if code == EXIT_ERROR and "verbose" in flags.FLAGS and flags.FLAGS.verbose:
         traceback.print_exc()
       _exit_with(message, code)
@@ -185,8 +183,8 @@ def _one_line(error: BaseException, stopped_note: str) -> tuple[str | None, int]
     )
   if isinstance(error, KeyboardInterrupt):  # a second SIGINT while training
     return (
-      f"{error or 'SIGINT'}: stopped at once; what no checkpoint holds is lost. Run the same "
-      "command again to continue from the last checkpoint.", EXIT_PREEMPTED,
+      f"{error or 'SIGINT received'}; what no checkpoint holds is lost. Run the same command "
+      "again to continue from the last checkpoint.", EXIT_PREEMPTED,
     )
   if isinstance(error, SystemExit):
     return None, EXIT_ERROR
