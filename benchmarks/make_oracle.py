@@ -43,7 +43,6 @@ import numpy as np
 FAMILIES = {"vgg": "oracle_vision", "resnet18": "oracle_vision",
             "lstm": "oracle_text", "transformer": "oracle_text"}
 RULES = ("deinforeg", "bp", "scpl", "al")
-REFERENCE = "ianzih/Decoupled-Supervised-Learning-for-Information-Regularization@fe6cc49"
 DATA_DIR = os.path.normpath(
   os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "data")
 )
