@@ -65,6 +65,8 @@ def split_labels(split: ArraySplit | RecordSource) -> np.ndarray:
 
 def _load_text(data_cfg, name: str, workdir: str | None):
   """Train/test ``TextSplit``s, ``DatasetInfo`` and vocabulary of a prepared text dataset."""
+  # pylint: disable-next=import-outside-toplevel  # configuration imports this package
+  from deinforeg_jax.configuration import ConfigError
   from deinforeg_jax.data import text  # pylint: disable=import-outside-toplevel
   from deinforeg_jax.data.tfds_source import (  # pylint: disable=import-outside-toplevel
     TEXT_MAX_LEN,
@@ -73,7 +75,7 @@ def _load_text(data_cfg, name: str, workdir: str | None):
 
   max_len = data_cfg.max_len or TEXT_MAX_LEN.get(name, 0)
   if not max_len:
-    raise ValueError(
+    raise ConfigError(
       f"config.data.max_len=0 and {name!r} has no reference length; set config.data.max_len "
       "(reference: IMDB 350, AG News 60, DBpedia 350)."
     )
@@ -115,6 +117,9 @@ def load_dataset(data_cfg, workdir: str | None = None) -> LoadedData:
   ``workdir`` (text only) holds the run's vocabulary: reused when saved there
   (refused when its settings differ), else built from the data and saved.
   """
+  # pylint: disable-next=import-outside-toplevel  # configuration imports this package
+  from deinforeg_jax.configuration import ConfigError
+
   name = data_cfg.name
   vocabulary = None
   if data_cfg.kind == "text":
@@ -151,7 +156,7 @@ def load_dataset(data_cfg, workdir: str | None = None) -> LoadedData:
     else:
       train = RelabeledSource(train, noisy)
   elif noise_cfg.rate:
-    raise ValueError(
+    raise ConfigError(
       f"data.label_noise.rate={noise_cfg.rate} with kind='none'; set "
       "data.label_noise.kind to 'symmetric' or 'asymmetric' (or the rate to 0)"
     )

@@ -176,7 +176,7 @@ def _probe_address() -> tuple[str, int] | None:
     return None
   host, _, port = setting.rpartition(":")
   if not host or not port.isdigit():
-    raise ValueError(f"DEINFOREG_DOWNLOAD_PROBE={setting!r} must be host:port or 'off'")
+    raise DatasetFormatError(f"DEINFOREG_DOWNLOAD_PROBE={setting!r} must be host:port or 'off'")
   return host, int(port)
 
 
@@ -313,13 +313,17 @@ def open_builder(name: str, data_dir: str, *, download: bool = False):
     )
   file_format = builder.info.file_format
   if file_format is not None and getattr(file_format, "value", file_format) != "array_record":
-    raise ValueError(
+    raise DatasetFormatError(
       f"{name!r} in {data_dir!r} is stored as {getattr(file_format, 'value', file_format)}, "
       "but random access without TensorFlow needs array_record. Convert it (needs "
       f"TensorFlow): `tfds convert_format --dataset_dir={builder.data_path} "
       "--out_file_format=array_record`, or prepare it again in another data_dir."
     )
   return builder
+
+
+class DatasetFormatError(ValueError):
+  """A prepared dataset (or a setting that reads it) does not fit what this project reads."""
 
 
 class DamagedDatasetError(OSError):
@@ -418,7 +422,7 @@ def _feature_keys(builder) -> tuple[str, str]:
   keys = builder.info.supervised_keys
   if isinstance(keys, tuple) and len(keys) == 2 and all(isinstance(k, str) for k in keys):
     return keys
-  raise ValueError(
+  raise DatasetFormatError(
     f"{builder.name}: expected 'image' and 'label' features (or 2 supervised_keys), got "
     f"features {list(features)} and supervised_keys {keys}"
   )
@@ -427,11 +431,11 @@ def _feature_keys(builder) -> tuple[str, str]:
 def _pick_splits(builder) -> tuple[str, str]:
   splits = list(builder.info.splits)
   if "train" not in splits:
-    raise ValueError(f"{builder.name} has no 'train' split (splits: {splits})")
+    raise DatasetFormatError(f"{builder.name} has no 'train' split (splits: {splits})")
   for test in ("test", "validation", "valid", "val"):
     if test in splits:
       return "train", test
-  raise ValueError(f"{builder.name} has no 'test' or 'validation' split (splits: {splits})")
+  raise DatasetFormatError(f"{builder.name} has no 'test' or 'validation' split (splits: {splits})")
 
 
 def _sample_stats(source: TfdsSource, sample: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
@@ -474,7 +478,7 @@ def read_text_splits(name: str, data_dir: str = "", *, download: bool = False):
   builder = open_builder(name, data_dir, download=download)
   fields = text_fields(builder)
   if not fields or "label" not in builder.info.features:
-    raise ValueError(
+    raise DatasetFormatError(
       f"{name} in {data_dir!r} is not a text classification dataset: expected a 'label' and "
       f"text features {' or '.join('+'.join(f) for f in TEXT_FIELDS)}, got "
       f"{list(builder.info.features)}. Image datasets need an image config (no data.max_len)."
@@ -509,7 +513,7 @@ def load_tfds(
   data_dir = os.path.expanduser(data_dir) if data_dir else default_data_dir()
   builder = open_builder(name, data_dir, download=download)
   if text_fields(builder):
-    raise ValueError(
+    raise DatasetFormatError(
       f"{name} is a text dataset; train it with a text config (e.g. "
       "launch/configs/agnews_lstm.py), which sets config.data.max_len."
     )
@@ -517,12 +521,12 @@ def load_tfds(
   image_feature = builder.info.features[image_key]
   label_feature = builder.info.features[label_key]
   if not isinstance(label_feature, tfds.features.ClassLabel):
-    raise ValueError(f"{name}: feature {label_key!r} must be a ClassLabel, got {label_feature}")
+    raise DatasetFormatError(f"{name}: feature {label_key!r} must be a ClassLabel, got {label_feature}")
   shape = tuple(image_feature.shape)
   if len(shape) == 2:
     shape = (*shape, 1)
   if len(shape) != 3 or any(d is None for d in shape):
-    raise ValueError(
+    raise DatasetFormatError(
       f"{name}: images must have one fixed [H, W, C] shape, got {image_feature.shape}; "
       "resize them to one size and prepare them with launch.prepare_data"
     )
