@@ -170,7 +170,8 @@ def _baseline(config, encoders, num_classes: int, is_text: bool) -> nn.Module:
   BP head; AL uses ``al_hidden``, ``al_bridge`` and ``al_activation``.  Text (the
   reference code's NLP variants): every encoder is a block, the embedding included;
   SCPL's contrastive head is the identity and its final head ``text.TextHead``; AL
-  uses Tanh layers of width ``model.hidden`` and a one-layer bridge.
+  uses Tanh layers of width ``model.al_hidden`` (the reference's text AL: 300,
+  whatever ``model.hidden``) and a one-layer bridge.
   """
   m = config.model
   pool = text.pooled if is_text else vision.flatten
@@ -181,7 +182,7 @@ def _baseline(config, encoders, num_classes: int, is_text: bool) -> nn.Module:
     projector = heads.parse_layer_spec(m.scpl_projector, "model.scpl_projector")
     return baselines.SCPLStack(tuple(encoders), bp_head(m, num_classes), projector, pool, c)
   if is_text:
-    return baselines.ALStack(tuple(encoders), num_classes, m.hidden, (), "tanh", pool, c)
+    return baselines.ALStack(tuple(encoders), num_classes, m.al_hidden, (), "tanh", pool, c)
   bridge = heads.parse_layer_spec(m.al_bridge, "model.al_bridge")
   return baselines.ALStack(
     tuple(encoders), num_classes, m.al_hidden, bridge, m.al_activation, pool, c

@@ -103,8 +103,12 @@ class BiLSTM(nn.Module):
   Input: a text state with ``h [B, T, D]``.  Output ``h [B, T, 2H]`` is
   ``[forward ; backward]`` at each position in the original order, ``pooled`` is
   ``(h_fwd + h_bwd) / 2`` of the final hidden states, and the initial ``(h, c)``
-  is zero.  Gates ``i, f, g, o`` as in PyTorch; the input projection of every
-  step is one matmul before the scan, and both directions run in one
+  is zero.  Gates ``i, f, g, o`` and parameters as in PyTorch: ``input_kernel``
+  (``W_ih``), ``recurrent_kernel`` (``W_hh``) and two biases, ``bias`` (``b_ih``)
+  and ``recurrent_bias`` (``b_hh``), each ``U(-1/sqrt(H), 1/sqrt(H))``: their sum
+  enters the gates, and each takes its own optimizer step, so an Adam or SGD
+  update moves the sum twice as far as one bias would.  The input projection of
+  every step is one matmul before the scan, and both directions run in one
   ``lax.scan`` over time with stacked ``[2, ...]`` weights.
 
   ``padding``:
@@ -135,6 +139,7 @@ class BiLSTM(nn.Module):
     w_input = self.param("input_kernel", init, (2, features, 4 * size))
     w_recurrent = self.param("recurrent_kernel", init, (2, size, 4 * size))
     bias = self.param("bias", init, (2, 4 * size))
+    recurrent_bias = self.param("recurrent_bias", init, (2, 4 * size))
 
     if self.padding == "masked":
       lengths = jnp.sum(mask, axis=1).astype(jnp.int32)
@@ -142,7 +147,8 @@ class BiLSTM(nn.Module):
       lengths = jnp.full((batch,), steps, jnp.int32)
     valid = jnp.arange(steps)[None, :] < lengths[:, None]  # [B, T]
     both = jnp.stack([inputs, reverse_within_length(inputs, lengths)])  # [2, B, T, D]
-    gates_in = jnp.einsum("nbtd,ndg->tnbg", both, w_input) + bias[None, :, None, :]
+    gates_in = jnp.einsum("nbtd,ndg->tnbg", both, w_input)
+    gates_in = gates_in + (bias + recurrent_bias)[None, :, None, :]
 
     def step(carry, xs):
       c, h = carry  # [2, B, H]
@@ -177,6 +183,26 @@ def sinusoidal_positions(steps: int, dim: int) -> jax.Array:
   return codes.at[:, 1::2].set(jnp.cos(angles[:, : dim // 2]))
 
 
+class LayerNorm(nn.Module):
+  """The reference encoder's LayerNorm: ``a (x - mean) / (std + eps) + b`` over the last axis.
+
+  ``std`` is the *unbiased* standard deviation and ``eps`` (1e-6) is added to it, not to the
+  variance (``nlp/model/transformer/layer_norm.py`` of the reference code); parameters
+  ``scale`` (``a``, ones) and ``bias`` (``b``, zeros), named as ``flax.linen.LayerNorm``'s.
+  """
+
+  epsilon: float = 1e-6
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    features = x.shape[-1]
+    scale = self.param("scale", nn.initializers.ones_init(), (features,), jnp.float32)
+    bias = self.param("bias", nn.initializers.zeros_init(), (features,), jnp.float32)
+    mean = jnp.mean(x, axis=-1, keepdims=True)
+    std = jnp.std(x, axis=-1, keepdims=True, ddof=1)
+    return scale * (x - mean) / (std + self.epsilon) + bias
+
+
 class TransformerEncoder(nn.Module):
   """One pre-LayerNorm Transformer encoder layer with a final LayerNorm (reference encoder).
 
@@ -185,8 +211,7 @@ class TransformerEncoder(nn.Module):
   ``h = LN(h)``; padded keys are masked out of the attention, weight matrices
   are Xavier-uniform.  ``pooled`` is the masked mean of ``h``.  With
   ``positional`` (off in the reference) sinusoidal codes are added to the input.
-  LayerNorm is the standard one (biased variance inside the square root,
-  eps 1e-6); the reference's divides by the unbiased std + 1e-6.  Biases are
+  ``LN`` is the reference's ``LayerNorm`` (above: unbiased std + 1e-6).  Biases are
   0, or with ``conventions.init="torch"`` ``U(+-1/sqrt(fan_in))`` as the
   reference's ``nn.Linear`` layers (their weights are Xavier-uniform either way).
   """
@@ -211,7 +236,7 @@ class TransformerEncoder(nn.Module):
     xavier = nn.initializers.xavier_uniform()
     bias = self.conventions.bias_init
     drop = lambda y: nn.Dropout(self.dropout)(y, deterministic=not train)
-    y = nn.LayerNorm(epsilon=1e-6)(h)
+    y = LayerNorm()(h)
     y = nn.MultiHeadDotProductAttention(
       num_heads=self.heads,
       kernel_init=xavier,
@@ -220,11 +245,11 @@ class TransformerEncoder(nn.Module):
       deterministic=not train,
     )(y, y, mask=mask[:, None, None, :])
     h = h + drop(y)
-    y = nn.LayerNorm(epsilon=1e-6)(h)
+    y = LayerNorm()(h)
     y = nn.Dense(d_model, kernel_init=xavier, bias_init=bias(self.ff_dim))(
       drop(nn.relu(nn.Dense(self.ff_dim, kernel_init=xavier, bias_init=bias(d_model))(y)))
     )
-    h = nn.LayerNorm(epsilon=1e-6)(h + drop(y))
+    h = LayerNorm()(h + drop(y))
     return {"h": h, "mask": mask, "pooled": masked_mean(h, mask)}
 
 

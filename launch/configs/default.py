@@ -62,9 +62,9 @@ def get_config() -> ml_collections.ConfigDict:
   # 3x3 stride-1 convolutions: "auto" (Winograd F(2x2,3x3) matmuls on CPU, where XLA's own
   # convolution is slow; XLA's elsewhere) | "xla" | "winograd" (modules/winograd.py).
   config.model.conv_impl = "auto"
-  # Baselines, vision (text stacks use the reference's NLP heads: identity, Tanh, width model.hidden):
-  config.model.scpl_projector = "512-1024"  # SCPL contrastive head: Dense-ReLU-Dense
-  config.model.al_hidden = 500  # AL label-code width
+  # Baselines (text stacks use the reference's NLP heads: identity SCPL head, Tanh AL layers):
+  config.model.scpl_projector = "512-1024"  # SCPL contrastive head: Dense-ReLU-Dense (vision)
+  config.model.al_hidden = 500  # AL label-code width (the reference: vision 500, text 300)
   config.model.al_bridge = "2500"  # AL bridge hidden widths before Dense(al_hidden)
   # AL activation: "tanh" | "sigmoid" (the reference's vision AL) | "relu".  Sigmoid label codes
   # shrink towards 0.5 block after block and the deeper exits stay at chance under LARS.

@@ -29,7 +29,11 @@ REFERENCE_BEHAVIOUR = {
     "model.al_activation": "sigmoid",  # VGG_AL / resnet_AL components (ours: tanh)
     "optim.schedule_per_epoch": True,  # Adjust_Learning_Rate once per epoch
   },
-  "text": {},
+  "text": {
+    "model.embedding_pool": "all",  # the embedding block pools over the padding too (ours: masked)
+    "model.lstm_padding": "read",  # nn.LSTM without packing reads the padding (ours: masked)
+    "data.vocab_from": "train_test",  # create_vocab over train + test texts (ours: train)
+  },
 }
 
 

@@ -10,11 +10,17 @@ text dataset by overriding ``config.data.name`` / ``config.data.data_dir`` (and
 ``.npz`` path whose width must equal ``config.model.emb_dim`` ("" = random
 ``N(0, 1)`` init); the reference uses ``glove.6B.300d.txt``.
 
-Deviations from the reference, with the reference behaviour as an option:
+Deviations from the reference, with the reference behaviour as an option
+(``launch/configs/reference.py:lstm`` / ``:transformer`` sets them all):
 ``embedding_pool="masked"`` (reference "all": mean over padding too),
 ``lstm_padding="masked"`` (reference "read": no packing), ``vocab_from="train"``
-(reference "train_test"), fixed ``max_len`` padding (reference: per batch),
-scikit-learn's stop-word list (reference: NLTK's).
+(reference "train_test").  Without an option: fixed ``max_len`` padding (reference:
+per batch), scikit-learn's stop-word list (reference: NLTK's), equally frequent words
+ordered alphabetically in the vocabulary (reference: by first occurrence), one
+``model.heads`` for every rule (reference: BP ``--heads`` 4, the others 6), and AL's
+Transformer layers mask the padding at evaluation too (the reference's
+``Transformer_AL.inference`` passes the mask to layers 1-3 as ``label``).
+Step-for-step replays of the reference's eight text classes: ``tests/oracles``.
 """
 
 import ml_collections
@@ -35,6 +41,7 @@ def spec_text_config(dataset: str, arch: str) -> ml_collections.ConfigDict:
   config.model.arch = arch
   config.model.num_blocks = 4  # LSTM/Transformer blocks after the embedding block_00
   config.model.projector = ""  # identity, as the reference code's NLP models
+  config.model.al_hidden = 300  # the reference's text AL label-code and bridge width
 
   config.optim.name = "adam"
   config.optim.base_lr = 1e-3
