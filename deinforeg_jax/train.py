@@ -459,12 +459,16 @@ class _StopRequests:
   of each start-up stage and around the final evaluation (``check``); a second SIGINT stops at
   once (``KeyboardInterrupt``).  Several processes: JAX's preemption notice
   (``jax.distributed``) is polled with ``multihost_utils.reached_preemption_sync_point``, so
-  every process stops after the same step.
+  every process stops after the same step.  A signal that arrived after the last safe point (the
+  run completed) is passed on to the handler it replaced, when that is a Python function that is
+  not Python's own ``KeyboardInterrupt``: a grid (``launch.experiments``) then stops before its
+  next cell instead of losing the request.
   """
 
   def __init__(self, workdir: str):
     self.workdir = workdir
     self.signal_name = ""
+    self._signum = None
     self._previous = {}
 
   def __enter__(self):
@@ -473,9 +477,12 @@ class _StopRequests:
         self._previous[sig] = signal.signal(sig, self._request)
     return self
 
-  def __exit__(self, *exc):
+  def __exit__(self, error_type, *_):
     for sig, handler in self._previous.items():
       signal.signal(sig, handler)
+    previous = self._previous.get(self._signum)
+    if error_type is None and callable(previous) and previous is not signal.default_int_handler:
+      signal.raise_signal(self._signum)  # unanswered: the run completed after it arrived
 
   def _request(self, signum, frame):
     del frame
@@ -484,7 +491,7 @@ class _StopRequests:
       raise KeyboardInterrupt(f"a second {name}: stopped at once")
     if not self.signal_name:
       print(f"{name} received: stopping at the next safe point ...", flush=True)
-    self.signal_name = self.signal_name or name
+      self.signal_name, self._signum = name, signum
 
   def requested(self, step: int) -> bool:
     """Whether to stop before training step ``step`` (every process answers alike)."""

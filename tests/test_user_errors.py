@@ -235,6 +235,20 @@ def test_sigterm_stops_a_grid_with_exit_75_in_one_line_and_the_same_command_fini
   assert os.path.exists(tmp_path / "root" / "cells" / "digits__deinforeg__noise0__seed0.json")
 
 
+def test_a_signal_after_a_runs_last_safe_point_reaches_the_handler_it_replaced():
+  """A run that completes after SIGTERM arrived passes the signal on to the handler it replaced
+  (``launch.cli``'s in a grid, which then stops before its next cell): it is never lost."""
+  received = []
+  previous = signal.signal(signal.SIGTERM, lambda signum, frame: received.append(signum))
+  try:
+    with train._StopRequests("unused") as stop:  # pylint: disable=protected-access
+      signal.raise_signal(signal.SIGTERM)
+      assert stop.signal_name == "SIGTERM" and received == []
+    assert received == [signal.SIGTERM]
+  finally:
+    signal.signal(signal.SIGTERM, previous)
+
+
 def test_sigterm_during_prepare_data_overwrite_removes_the_incomplete_dataset(tmp_path):
   rng = np.random.default_rng(0)
   np.savez(
