@@ -285,7 +285,7 @@ def _block_losses(model, rule: str, x, y) -> list[list[float]]:
 
   deinforeg: ``[info, 0.001 CE]`` per block (embedding first, its CE 0); bp: ``[[CE]]``;
   scpl: ``[[contrastive]]`` per block then ``[CE]`` of the head; al: ``[bridge, autoencoder]``
-  per component.  Recorded for the reader; the replay compares ``loss_total``.
+  per component (``loss_block``; the replay compares them row by row).
   """
   import torch  # pylint: disable=import-outside-toplevel
 
