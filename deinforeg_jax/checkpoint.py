@@ -212,16 +212,34 @@ def checksums(state_dict) -> dict[str, int]:
 # before the field existed: a saved config without the field is read as having that value, so
 # older workdirs still resume (and a resume that asks for another value is refused by name).
 FIELDS_ADDED_LATER = {"model.init": "flax", "model.bn_running_var": "biased"}
+# The same for fields that only text models read (2026-12-07: the BiLSTM's second bias, the
+# Transformer's LayerNorm and the AL label-code width now follow the reference code); a vision
+# run saved without them is not built from them, and they are no part of its identity.
+TEXT_FIELDS_ADDED_LATER = {
+  "model.lstm_biases": 1,
+  "model.layer_norm": "flax",
+  "model.text_al_width": "hidden",
+}
+
+
+def fields_added_later(saved_config: dict) -> dict[str, Any]:
+  """``{field: value}`` that a run saved with ``saved_config`` had for each field added later."""
+  is_text = saved_config.get("data", {}).get("kind") == "text"
+  return {**FIELDS_ADDED_LATER, **(TEXT_FIELDS_ADDED_LATER if is_text else {})}
 
 
 def changed_fields(saved_config: dict, config: dict) -> dict[str, tuple[Any, Any]]:
   """``{field: (saved, now)}`` for the config fields outside ``RESUMABLE_FIELDS`` that differ
-  (a field in ``FIELDS_ADDED_LATER`` that the saved config lacks has its earlier value)."""
-  old = {**FIELDS_ADDED_LATER, **flax.traverse_util.flatten_dict(saved_config, sep=".")}
+  (a field added later that the saved config lacks has its earlier value, ``fields_added_later``;
+  a text-only field that a vision run's config lacks is not compared)."""
+  saved = flax.traverse_util.flatten_dict(saved_config, sep=".")
+  old = {**fields_added_later(saved_config), **saved}
   new = flax.traverse_util.flatten_dict(config, sep=".")
   changed = {}
   for field in sorted(set(old) | set(new)):
     if any(field == f or field.startswith(f + ".") for f in RESUMABLE_FIELDS):
+      continue
+    if field in TEXT_FIELDS_ADDED_LATER and field not in old:
       continue
     if old.get(field, "<absent>") != new.get(field, "<absent>"):
       changed[field] = (old.get(field, "<absent>"), new.get(field, "<absent>"))

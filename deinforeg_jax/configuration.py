@@ -41,6 +41,9 @@ CHOICES = {
 TEXT_CHOICES = {
   "model.embedding_pool": text.EMBEDDING_POOLS,
   "model.lstm_padding": text.LSTM_PADDING,
+  "model.lstm_biases": text.LSTM_BIASES,
+  "model.layer_norm": text.LAYER_NORMS,
+  "model.text_al_width": models.TEXT_AL_WIDTHS,
   "data.vocab_from": data_text.VOCAB_FROM,
 }
 POSITIVE_INTS = (

@@ -33,6 +33,8 @@ from deinforeg_jax.modules.layers import Conventions
 
 VISION_ARCHITECTURES = ("vgg", "resnet18", "resnet34", "resnet50")
 TEXT_ARCHITECTURES = ("lstm", "transformer")
+# Text AL label-code width: model.al_hidden | model.hidden (runs saved before 2026-12-07)
+TEXT_AL_WIDTHS = ("al_hidden", "hidden")
 SPLIT_AXES = {"height": 1, "width": 2, "channels": 3, "time": 1}  # [B, H, W, C] / [B, T]
 
 
@@ -128,7 +130,7 @@ def _text_encoders(config, vocab_size: int) -> list[stack.EncoderFactory]:
   ]
   for k in range(m.num_blocks):
     if m.arch == "lstm":
-      factories.append(functools.partial(text.BiLSTM, m.hidden, m.lstm_padding))
+      factories.append(functools.partial(text.BiLSTM, m.hidden, m.lstm_padding, m.lstm_biases))
     else:
       factories.append(
         functools.partial(
@@ -138,6 +140,7 @@ def _text_encoders(config, vocab_size: int) -> list[stack.EncoderFactory]:
           m.dropout,
           m.positional_encoding and k == 0,
           conventions=conventions(m),
+          layer_norm=m.layer_norm,
         )
       )
   return factories
@@ -171,7 +174,8 @@ def _baseline(config, encoders, num_classes: int, is_text: bool) -> nn.Module:
   reference code's NLP variants): every encoder is a block, the embedding included;
   SCPL's contrastive head is the identity and its final head ``text.TextHead``; AL
   uses Tanh layers of width ``model.al_hidden`` (the reference's text AL: 300,
-  whatever ``model.hidden``) and a one-layer bridge.
+  whatever ``model.hidden``; ``model.text_al_width="hidden"``: ``model.hidden``, as runs
+  saved before 2026-12-07 have) and a one-layer bridge.
   """
   m = config.model
   pool = text.pooled if is_text else vision.flatten
@@ -182,7 +186,8 @@ def _baseline(config, encoders, num_classes: int, is_text: bool) -> nn.Module:
     projector = heads.parse_layer_spec(m.scpl_projector, "model.scpl_projector")
     return baselines.SCPLStack(tuple(encoders), bp_head(m, num_classes), projector, pool, c)
   if is_text:
-    return baselines.ALStack(tuple(encoders), num_classes, m.al_hidden, (), "tanh", pool, c)
+    width = m.al_hidden if m.text_al_width == "al_hidden" else m.hidden
+    return baselines.ALStack(tuple(encoders), num_classes, width, (), "tanh", pool, c)
   bridge = heads.parse_layer_spec(m.al_bridge, "model.al_bridge")
   return baselines.ALStack(
     tuple(encoders), num_classes, m.al_hidden, bridge, m.al_activation, pool, c

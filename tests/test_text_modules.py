@@ -17,9 +17,11 @@ import numpy as np
 import pytest
 from helpers import global_norm, init_variables, to_host
 
-from deinforeg_jax import models, optim, parallel, rules, steps, train
+from deinforeg_jax import checkpoint, models, optim, parallel, rules, steps, train
 from deinforeg_jax.configuration import validate_config
 from deinforeg_jax.modules import text
+from deinforeg_jax.trained import loading
+from launch.configs import default
 from launch.configs.spec_text import spec_text_config
 
 VOCAB, MAX_LEN, NUM_CLASSES = 40, 12, 3
@@ -289,3 +291,67 @@ def test_validate_config_names_bad_text_fields(field, value, message):
   config = tiny_text_config("transformer", heads=3)
   with pytest.raises(ValueError, match="config.model.heads=3 must divide config.model.emb_dim=8"):
     validate_config(config)
+
+
+
+def _param_shapes(config) -> dict[str, tuple[int, ...]]:
+  model = models.create_model(config, NUM_CLASSES)
+  x = jnp.zeros((2, MAX_LEN), jnp.int32)
+  shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), x, train=False))["params"]
+  flat = jax.tree_util.tree_leaves_with_path(shapes)
+  return {jax.tree_util.keystr(path): leaf.shape for path, leaf in flat}
+
+
+def _without_text_fields_added_later(config) -> dict:
+  saved = config.to_dict()
+  for field in checkpoint.TEXT_FIELDS_ADDED_LATER:
+    del saved["model"][field.split(".")[1]]
+  return saved
+
+
+def test_text_runs_saved_before_the_reference_fixes_rebuild_as_they_were_saved():
+  """A text run saved before ``model.lstm_biases`` / ``layer_norm`` / ``text_al_width`` existed
+  is read with one LSTM bias, Flax's LayerNorm and AL codes of width ``model.hidden`` (its
+  parameters and function then); a vision run without the fields is not refused for them."""
+  now = tiny_text_config("lstm", rule="al", al_hidden=5)
+  older = _without_text_fields_added_later(now)
+  assert checkpoint.changed_fields(older, now.to_dict()) == {
+    "model.layer_norm": ("flax", "unbiased_std"),
+    "model.lstm_biases": (1, 2),
+    "model.text_al_width": ("hidden", "al_hidden"),
+  }
+  rebuilt = loading.saved_config({"config": older})
+  assert checkpoint.changed_fields(older, rebuilt.to_dict()) == {}
+  old_shapes, new_shapes = _param_shapes(rebuilt), _param_shapes(now)
+  assert not any("recurrent_bias" in path for path in old_shapes)
+  assert any("recurrent_bias" in path for path in new_shapes)
+  # AL's label codes: width model.al_hidden (5) now, model.hidden (6) in the older run
+  assert 5 in {shape[-1] for shape in new_shapes.values()}
+  assert 5 not in {shape[-1] for shape in old_shapes.values()}
+
+  vision = default.get_config()
+  assert checkpoint.changed_fields(_without_text_fields_added_later(vision), vision.to_dict()) == {}
+
+
+@pytest.mark.parametrize("layer_norm", text.LAYER_NORMS)
+def test_transformer_layer_norm_is_the_reference_or_flax(layer_norm):
+  """``unbiased_std``: ``(x - mean) / (std_unbiased + 1e-6)``; ``flax``: ``/ sqrt(var + 1e-6)``;
+  the same parameter names either way (an older checkpoint restores into either)."""
+  h = np.random.default_rng(0).normal(size=(2, 5, 8)).astype(np.float32)
+  x = {"h": jnp.asarray(h), "mask": jnp.ones((2, 5), bool)}
+  module = text.TransformerEncoder(2, 8, 0.0, layer_norm=layer_norm)
+  params = module.init(jax.random.key(0), x, train=False)
+  assert sorted(k for k in params["params"] if k.startswith("LayerNorm")) == [
+    "LayerNorm_0", "LayerNorm_1", "LayerNorm_2"
+  ]
+  _, captured = module.apply(
+    params, x, train=False, capture_intermediates=lambda m, _: m.name == "LayerNorm_0",
+    mutable=["intermediates"],
+  )
+  first = np.asarray(captured["intermediates"]["LayerNorm_0"]["__call__"][0])
+  centred = h - h.mean(-1, keepdims=True)
+  if layer_norm == "unbiased_std":
+    want = centred / (h.std(-1, ddof=1, keepdims=True) + 1e-6)
+  else:
+    want = centred / np.sqrt(h.var(-1, keepdims=True) + 1e-6)
+  np.testing.assert_allclose(first, want, rtol=1e-5, atol=1e-5)

@@ -22,6 +22,7 @@ and the LSTM adds ``"carry": (c, h)``, each ``[2, B, H]`` (forward, backward).
 
 from __future__ import annotations
 
+import functools
 import math
 
 import flax.linen as nn
@@ -33,6 +34,8 @@ from deinforeg_jax.modules.layers import DEFAULT_CONVENTIONS, Conventions
 PAD_ID = 0
 EMBEDDING_POOLS = ("masked", "all")
 LSTM_PADDING = ("masked", "read")
+LSTM_BIASES = (2, 1)  # PyTorch's b_ih and b_hh | one gate bias (runs saved before 2026-12-07)
+LAYER_NORMS = ("unbiased_std", "flax")  # the reference's | Flax's (runs before 2026-12-07)
 
 TextState = dict[str, jax.Array]
 
@@ -109,7 +112,8 @@ class BiLSTM(nn.Module):
   enters the gates, and each takes its own optimizer step, so an Adam or SGD
   update moves the sum twice as far as one bias would.  The input projection of
   every step is one matmul before the scan, and both directions run in one
-  ``lax.scan`` over time with stacked ``[2, ...]`` weights.
+  ``lax.scan`` over time with stacked ``[2, ...]`` weights.  ``biases=1`` keeps one
+  gate bias (``bias``), as runs saved before 2026-12-07 have.
 
   ``padding``:
     * ``"masked"`` (default): each direction reads only the row's real tokens
@@ -123,6 +127,7 @@ class BiLSTM(nn.Module):
 
   hidden: int
   padding: str = "masked"
+  biases: int = 2
 
   @nn.compact
   def __call__(self, x: TextState, train: bool) -> TextState:
@@ -139,7 +144,8 @@ class BiLSTM(nn.Module):
     w_input = self.param("input_kernel", init, (2, features, 4 * size))
     w_recurrent = self.param("recurrent_kernel", init, (2, size, 4 * size))
     bias = self.param("bias", init, (2, 4 * size))
-    recurrent_bias = self.param("recurrent_bias", init, (2, 4 * size))
+    if self.biases == 2:
+      bias = bias + self.param("recurrent_bias", init, (2, 4 * size))
 
     if self.padding == "masked":
       lengths = jnp.sum(mask, axis=1).astype(jnp.int32)
@@ -148,7 +154,7 @@ class BiLSTM(nn.Module):
     valid = jnp.arange(steps)[None, :] < lengths[:, None]  # [B, T]
     both = jnp.stack([inputs, reverse_within_length(inputs, lengths)])  # [2, B, T, D]
     gates_in = jnp.einsum("nbtd,ndg->tnbg", both, w_input)
-    gates_in = gates_in + (bias + recurrent_bias)[None, :, None, :]
+    gates_in = gates_in + bias[None, :, None, :]
 
     def step(carry, xs):
       c, h = carry  # [2, B, H]
@@ -211,7 +217,9 @@ class TransformerEncoder(nn.Module):
   ``h = LN(h)``; padded keys are masked out of the attention, weight matrices
   are Xavier-uniform.  ``pooled`` is the masked mean of ``h``.  With
   ``positional`` (off in the reference) sinusoidal codes are added to the input.
-  ``LN`` is the reference's ``LayerNorm`` (above: unbiased std + 1e-6).  Biases are
+  ``LN`` is the reference's ``LayerNorm`` (above: unbiased std + 1e-6), or with
+  ``layer_norm="flax"`` Flax's (biased variance + 1e-6 inside the square root), as runs
+  saved before 2026-12-07 have; the parameters are the same either way.  Biases are
   0, or with ``conventions.init="torch"`` ``U(+-1/sqrt(fan_in))`` as the
   reference's ``nn.Linear`` layers (their weights are Xavier-uniform either way).
   """
@@ -221,6 +229,7 @@ class TransformerEncoder(nn.Module):
   dropout: float = 0.1
   positional: bool = False
   conventions: Conventions = DEFAULT_CONVENTIONS
+  layer_norm: str = "unbiased_std"
 
   @nn.compact
   def __call__(self, x: TextState, train: bool) -> TextState:
@@ -236,7 +245,11 @@ class TransformerEncoder(nn.Module):
     xavier = nn.initializers.xavier_uniform()
     bias = self.conventions.bias_init
     drop = lambda y: nn.Dropout(self.dropout)(y, deterministic=not train)
-    y = LayerNorm()(h)
+    if self.layer_norm == "unbiased_std":
+      norm = LayerNorm
+    else:  # parameters named as LayerNorm's: LayerNorm_0/scale, ...
+      norm = functools.partial(nn.LayerNorm, epsilon=1e-6)
+    y = norm()(h)
     y = nn.MultiHeadDotProductAttention(
       num_heads=self.heads,
       kernel_init=xavier,
@@ -245,11 +258,11 @@ class TransformerEncoder(nn.Module):
       deterministic=not train,
     )(y, y, mask=mask[:, None, None, :])
     h = h + drop(y)
-    y = LayerNorm()(h)
+    y = norm()(h)
     y = nn.Dense(d_model, kernel_init=xavier, bias_init=bias(self.ff_dim))(
       drop(nn.relu(nn.Dense(self.ff_dim, kernel_init=xavier, bias_init=bias(d_model))(y)))
     )
-    h = LayerNorm()(h + drop(y))
+    h = norm()(h + drop(y))
     return {"h": h, "mask": mask, "pooled": masked_mean(h, mask)}
 
 

@@ -33,7 +33,7 @@ def _fail(workdir: str, problem: str) -> WorkdirError:
 def saved_config(metadata: dict[str, Any]) -> ml_collections.ConfigDict:
   """The run's config, with the fields added later at the value older runs had."""
   config = ml_collections.ConfigDict(metadata["config"])
-  for field, value in checkpoint.FIELDS_ADDED_LATER.items():
+  for field, value in checkpoint.fields_added_later(metadata["config"]).items():
     section, name = field.rsplit(".", 1)
     part = config
     for key in section.split("."):

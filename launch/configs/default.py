@@ -76,10 +76,15 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.embedding_pool = "masked"  # "masked" | "all" (reference: padding included)
   config.model.hidden = 300  # BiLSTM hidden size H per direction (output 2H)
   config.model.lstm_padding = "masked"  # "masked" (real tokens only) | "read" (reference)
+  config.model.lstm_biases = 2  # 2: PyTorch's b_ih and b_hh (reference) | 1 (before 2026-12-07)
   config.model.heads = 6  # Transformer heads (reference: DeInfoReg 6, BP 4)
   config.model.ff_dim = 300  # Transformer feed-forward width (d_model = emb_dim)
   config.model.dropout = 0.1  # Transformer dropout
   config.model.positional_encoding = False  # sinusoidal codes before block_01 (reference: off)
+  # Transformer LayerNorm: "unbiased_std" (reference: / (unbiased std + 1e-6)) | "flax" (before
+  # 2026-12-07).  Text AL label-code width: "al_hidden" (reference) | "hidden" (before 2026-12-07).
+  config.model.layer_norm = "unbiased_std"
+  config.model.text_al_width = "al_hidden"
 
   config.loss = ml_collections.ConfigDict()
   config.loss.invariance_weight = 1.0
