@@ -3,6 +3,7 @@
   DEINFOREG_REF_DIR=/path/to/original python benchmarks/make_oracle.py --arch=resnet18 \
       --rule=scpl --out=oracle.npz [--npz=../shared/data/cifar10_20k.npz | --jsonl=...] \
       [--seed=0 --batch=16 --steps=4 --lr=0.2 --offset=0 --eval=32] [the family's size flags]
+      [--adaptive --patience=1 --cosine_threshold=0.8 --adaptive_batch=8]
 
 Runs in a venv with only ``torch``, ``numpy`` and ``tqdm``; the original's classes (reference
 commit fe6cc49 of github.com/ianzih/Decoupled-Supervised-Learning-for-Information-Regularization)
@@ -21,6 +22,9 @@ and ``final/<state_dict key>`` (every parameter and buffer before and after trai
 indices into ``../shared/data``; text: token ids) and the same run in float64 from the same
 initial state (``f64_loss_total``, ``f64_final/<key>``, ``f64_eval_logits``), whose distance
 from the float32 run is the comparison's noise floor.
+
+``--adaptive`` (vision, rule deinforeg) adds the original's ``*_DeInfoReg_Adaptive`` exits
+after training (``oracle_adaptive``: ``adaptive_exit``, ``adaptive_pred``, ``adaptive_accuracy``).
 
 Family contract: ``FAMILIES`` maps ``--arch`` to a module beside this script
 (``oracle_vision``: vgg, resnet18; ``oracle_text``: lstm, transformer).  A family defines
@@ -74,6 +78,7 @@ def parser() -> argparse.ArgumentParser:
   p.add_argument("--offset", type=int, default=0, help="first training example used")
   p.add_argument("--eval", type=int, default=32, help="evaluation examples (test split, first)")
   p.add_argument("--ref_dir", default=os.environ.get("DEINFOREG_REF_DIR"))
+  family_module("oracle_adaptive").add_arguments(p)
   for name in sorted(set(FAMILIES.values())):
     family_module(name).add_arguments(p)
   return p
@@ -83,6 +88,8 @@ def main(argv=None) -> None:
   a = parser().parse_args(argv)
   if not a.ref_dir or not os.path.isdir(a.ref_dir):
     raise SystemExit("set DEINFOREG_REF_DIR (or --ref_dir) to the original code's folder")
+  if a.adaptive and FAMILIES[a.arch] != "oracle_vision":
+    raise SystemExit("--adaptive is recorded for the vision family only (oracle_adaptive)")
   sys.path.insert(0, a.ref_dir)
   arrays, summary = family_module(FAMILIES[a.arch]).make(a, a.data_dir)
   np.savez_compressed(a.out, **arrays)

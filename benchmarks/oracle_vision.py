@@ -21,7 +21,8 @@ Runs in the original's PyTorch venv (``make_oracle.py`` passes ``torch`` in and 
   ``resnet_AL`` writes 64..512 and 500 into its ``__init__``: rebuilt like VGG's, from
   ``conv_layer_bn``, ``_make_layer`` and ``ResNet_AL_Component``.
 * Images: CIFAR-10 from ``--npz``, centre-cropped to ``--vision_image_size`` (``oracle_data``);
-  the oracle stores the indices.  Nothing the original imports is stubbed.
+  the oracle stores the indices; eval example ``k`` is test image ``k x --vision_eval_stride``
+  (the test split is sorted by label).  Nothing the original imports is stubbed.
 * The float64 twin of AL: ``train_step`` makes the one-hot label codes with ``.float()``; a
   forward pre-hook on ``layer1`` casts its floating inputs to float64.
 
@@ -31,6 +32,12 @@ DeInfoReg: a row per block, ``local_total`` (its ``DeInfoReg`` module's loss) an
 the head's CE, column ``loss``; AL: a row per block, ``bridge`` (``cb``) and
 ``reconstruction`` (``ca``).  ``eval_logits``: DeInfoReg each block classifier; BP, SCPL and
 AL the original's one inference output.
+
+``--adaptive`` (rule deinforeg): the trained model's ``VGG_DeInfoReg_Adaptive`` decisions
+(``oracle_adaptive``; the subclass puts the original's adaptive class over the small
+``VGG_DeInfoReg``).  ``resnet_DeInfoReg_Adaptive.inference`` raises ``AttributeError`` (it reads
+``layer1``/``loss1``/``classifier1``; ``resnet_DeInfoReg`` has ``ModuleList``s): the maker stops
+with that error.
 """
 
 from __future__ import annotations
@@ -43,6 +50,7 @@ import types
 
 import numpy as np
 
+import oracle_adaptive
 import oracle_data
 
 ARCHS = ("vgg", "resnet18")
@@ -55,6 +63,9 @@ def add_arguments(parser) -> None:
                       help="VGG blocks (JSON), each with one 'M'; BP/SCPL/AL need 4 blocks")
   parser.add_argument("--resnet_width", type=int, default=4, help="stem width (the original: 64)")
   parser.add_argument("--resnet_layers", default="2,2,2,2", help="BasicBlock units per stage")
+  parser.add_argument("--vision_eval_stride", type=int, default=1,
+                      help="eval example k is test image k x stride (the test split is sorted "
+                           "by label: stride > 1 mixes the classes)")
   parser.add_argument("--vision_image_size", type=int, default=16, help="centre crop side")
   parser.add_argument("--vision_mlp", default="16-16", help="DeInfoReg projector (args.mlp)")
   parser.add_argument("--vision_merge", default="merge", choices=("merge", "unmerge"))
@@ -88,7 +99,8 @@ def _vgg_classes(rule, a):
   from vision.model import VGG as ref
 
   cfg = json.loads(a.vgg_layer_cfg)
-  if rule != "deinforeg" and (len(cfg) != 4 or any(b.count("M") != 1 for b in cfg)):
+  fixed_four = rule not in ("deinforeg", "adaptive")
+  if fixed_four and (len(cfg) != 4 or any(b.count("M") != 1 for b in cfg)):
     raise SystemExit("--vgg_layer_cfg: VGG, VGG_SCPL and VGG_AL have 4 blocks, one 'M' each")
 
   def start(self, args):
@@ -148,8 +160,11 @@ def _vgg_classes(rule, a):
           conv=conv, input_size=self.in_channels, shape=self._shape_div_2(), hidden_size=hidden,
           out_features=self.num_classes if k == 1 else hidden))
 
+  class SmallVGGDeInfoRegAdaptive(ref.VGG_DeInfoReg_Adaptive, SmallVGGDeInfoReg):
+    """The original's adaptive class over the small ``VGG_DeInfoReg`` (its ``super().__init__``)."""
+
   return {"deinforeg": SmallVGGDeInfoReg, "bp": SmallVGG, "scpl": SmallVGGSCPL,
-          "al": SmallVGGAL}[rule]
+          "al": SmallVGGAL, "adaptive": SmallVGGDeInfoRegAdaptive}[rule]
 
 
 def _resnet_class(rule, a):
@@ -182,6 +197,8 @@ def _resnet_class(rule, a):
 
   if rule == "al":
     return SmallResnetAL
+  if rule == "adaptive":
+    return type("Smallresnet_DeInfoReg_Adaptive", (ref.resnet_DeInfoReg_Adaptive, SmallWidths), {})
   original = {"deinforeg": ref.resnet_DeInfoReg, "bp": ref.resnet, "scpl": ref.resnet_SCPL}[rule]
   return type(f"Small{original.__name__}", (original, SmallWidths), {})
 
@@ -283,6 +300,26 @@ def _train(make_model, init, dtype, a, rule, batches, eval_batch, torch):
   return np.array(totals), np.stack(blocks), final, logits
 
 
+def _adaptive(arch, a, args, layers, fin32, fin64, eval_batch, torch):
+  """``oracle_adaptive.record`` with the original's ``VGG_DeInfoReg_Adaptive``; its
+  ``resnet_DeInfoReg_Adaptive.inference`` reads ``layer1``/``loss1``/``classifier1``, which
+  ``resnet_DeInfoReg`` (``ModuleList``s) lacks: the ``AttributeError`` it raises is reported."""
+  args = types.SimpleNamespace(**vars(args), patiencethreshold=a.patience,
+                               cosinesimthreshold=a.cosine_threshold)
+  cls = _vgg_classes("adaptive", a) if arch == "vgg" else _resnet_class("adaptive", a)
+  if arch == "vgg":
+    make_adaptive = lambda: cls(args)
+  else:
+    from vision.model.ResNet import BasicBlock  # pylint: disable=import-outside-toplevel
+
+    make_adaptive = lambda: cls(args, BasicBlock, layers)
+  try:
+    return oracle_adaptive.record(make_adaptive, fin32, fin64, *eval_batch, a, torch)
+  except AttributeError as error:
+    raise SystemExit(f"--adaptive: the original's {cls.__mro__[1].__name__}.inference fails: "
+                     f"AttributeError: {error}") from None
+
+
 def make(a, data_dir):
   """``make_oracle``'s family entry point (its module docstring): ``(arrays, summary)``."""
   import torch  # pylint: disable=import-outside-toplevel
@@ -294,7 +331,7 @@ def make(a, data_dir):
   if os.path.basename(npz) != oracle_data.CIFAR10_FILE:
     raise SystemExit(f"--npz must be {oracle_data.CIFAR10_FILE} (the replay reads it by name)")
   train_index = oracle_data.batch_indices(a.offset, a.steps, a.batch)
-  eval_index = np.arange(a.eval, dtype=np.int32)
+  eval_index = np.arange(a.eval, dtype=np.int32) * a.vision_eval_stride
   x, y, x_eval, y_eval = oracle_data.cifar_inputs(
     os.path.dirname(npz) or ".", train_index, eval_index, size)
   nchw = lambda v: torch.from_numpy(np.ascontiguousarray(np.moveaxis(v, -1, -3)))
@@ -304,8 +341,8 @@ def make(a, data_dir):
     localloss="DeInfoReg", task="vision")
   meta = dict(arch=arch, rule=rule, seed=a.seed, batch=a.batch, steps=a.steps, lr=a.lr,
               wd=a.wd, momentum=0.9, eta=0.001, schedule="constant", offset=a.offset,
-              eval=a.eval, data=oracle_data.CIFAR10_FILE, image_size=size,
-              n_classes=N_CLASSES, blocks=blocks,
+              eval=a.eval, eval_stride=a.vision_eval_stride, data=oracle_data.CIFAR10_FILE,
+              image_size=size, n_classes=N_CLASSES, blocks=blocks,
               bn=dict(eps=1e-5, momentum_torch=0.1, running_var="unbiased"),
               loss_block_columns=LOSS_BLOCK_COLUMNS[rule], torch=torch.__version__,
               reference="ianzih/Decoupled-Supervised-Learning-for-Information-Regularization"
@@ -336,6 +373,8 @@ def make(a, data_dir):
   if rule == "al":
     meta.update(al_hidden=a.vision_al_hidden, al_bridge=5 * a.vision_al_hidden,
                 al_activation="sigmoid")
+  if a.adaptive and rule != "deinforeg":
+    raise SystemExit("--adaptive: the original's adaptive classes are *_DeInfoReg_Adaptive")
   torch.manual_seed(a.seed)
   init = {k: v.detach().clone() for k, v in make_model().state_dict().items()}
   batches = [(nchw(x[t]), torch.from_numpy(y[t])) for t in range(a.steps)]
@@ -348,6 +387,11 @@ def make(a, data_dir):
             "loss_total": tot32.astype(np.float32), "loss_block": blk32.astype(np.float32),
             "eval_logits": log32.astype(np.float32), "f64_loss_total": tot64,
             "f64_loss_block": blk64, "f64_eval_logits": log64}
+  if a.adaptive:
+    arrays.update(_adaptive(arch, a, args, layers if arch == "resnet18" else None, fin32, fin64,
+                            eval_batch, torch))
+    meta.update(oracle_adaptive.meta(a))
+    arrays["meta"] = np.array(json.dumps(meta))
   arrays.update({f"init/{k}": v.numpy() for k, v in init.items()})
   arrays.update({f"final/{k}": v for k, v in fin32.items()})
   arrays.update({f"f64_final/{k}": v for k, v in fin64.items()})
@@ -356,4 +400,8 @@ def make(a, data_dir):
                  f32_vs_f64_loss_max_rel=float(np.max(np.abs(tot32 - tot64) / np.abs(tot64))),
                  f32_vs_f64_logits_max_abs=float(np.max(np.abs(log32 - log64))),
                  params=int(sum(v.numel() for v in init.values() if v.is_floating_point())))
+  if a.adaptive:
+    summary.update(adaptive_exit=arrays["adaptive_exit"].tolist(),
+                   f64_adaptive_exit=arrays["f64_adaptive_exit"].tolist(),
+                   adaptive_accuracy=float(arrays["adaptive_accuracy"]))
   return arrays, summary

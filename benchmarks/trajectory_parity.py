@@ -42,6 +42,10 @@ same against the float64 run (``f64_``), the oracle's own float32-vs-float64 dis
 to float32) and is meant to be read against the ``f64_`` figures: a float32 gap that vanishes
 there is rounding, e.g. a ReLU input within float32 rounding of 0 whose sign differs between
 the two frameworks, which routes one gradient entry differently.
+
+An oracle with ``adaptive_exit`` (``make_oracle.py --adaptive``) also gets the adaptive figures
+of ``benchmarks.replay_adaptive`` (the original's exit per eval batch and ours, mismatches of
+exits and predictions, both accuracies); they must be equal (check ``adaptive``).
 """
 
 from __future__ import annotations
@@ -314,6 +318,12 @@ def replay(
     "logits": max(row["eval_logits_max_abs_diff"], row["f64_eval_logits_max_abs_diff"])
     <= limits["logits"],
   }
+  if "adaptive_exit" in oracle:
+    from benchmarks import replay_adaptive  # pylint: disable=import-outside-toplevel
+
+    variables = {"params": state.params, "batch_stats": state.batch_stats}
+    row.update(replay_adaptive.compare(oracle, meta, config, model, variables, r.x_eval))
+    checks["adaptive"] = row["adaptive_match"]
   row["within_limits"] = all(checks.values()) and all(math.isfinite(v) for v in totals)
   row["failed"] = sorted(k for k, ok in checks.items() if not ok)
   row["per_step_loss_rel_diff"] = [
