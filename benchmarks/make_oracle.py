@@ -23,7 +23,7 @@ indices into ``../shared/data``; text: token ids) and the same run in float64 fr
 initial state (``f64_loss_total``, ``f64_final/<key>``, ``f64_eval_logits``), whose distance
 from the float32 run is the comparison's noise floor.
 
-``--adaptive`` (vision, rule deinforeg) adds the original's ``*_DeInfoReg_Adaptive`` exits
+``--adaptive`` (rule deinforeg; vgg, lstm) adds the original's ``*_DeInfoReg_Adaptive`` exits
 after training (``oracle_adaptive``: ``adaptive_exit``, ``adaptive_pred``, ``adaptive_accuracy``).
 
 Family contract: ``FAMILIES`` maps ``--arch`` to a module beside this script
@@ -37,6 +37,7 @@ array of the oracle (``meta`` included), ``summary`` a JSON-able dict printed on
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import json
 import os
@@ -88,10 +89,18 @@ def main(argv=None) -> None:
   a = parser().parse_args(argv)
   if not a.ref_dir or not os.path.isdir(a.ref_dir):
     raise SystemExit("set DEINFOREG_REF_DIR (or --ref_dir) to the original code's folder")
-  if a.adaptive and FAMILIES[a.arch] != "oracle_vision":
-    raise SystemExit("--adaptive is recorded for the vision family only (oracle_adaptive)")
+  if a.adaptive and (a.rule != "deinforeg" or a.arch == "transformer"):
+    raise SystemExit("--adaptive: the original's adaptive classes are VGG_DeInfoReg_Adaptive, "
+                     "resnet_DeInfoReg_Adaptive and LSTM_DeInfoReg_Adaptive (rule deinforeg)")
   sys.path.insert(0, a.ref_dir)
   arrays, summary = family_module(FAMILIES[a.arch]).make(a, a.data_dir)
+  if a.adaptive and a.arch == "lstm":
+    adaptive = family_module("oracle_adaptive")
+    with contextlib.redirect_stdout(sys.stderr):  # the original's prints
+      arrays.update(adaptive.record_lstm(a, arrays))
+    arrays["meta"] = np.array(json.dumps({**json.loads(str(arrays["meta"])), **adaptive.meta(a)}))
+    summary.update(adaptive_exit=arrays["adaptive_exit"].tolist(),
+                   adaptive_accuracy=float(arrays["adaptive_accuracy"]))
   np.savez_compressed(a.out, **arrays)
   summary = {"out": os.path.basename(a.out), "bytes": os.path.getsize(a.out), **summary}
   print(json.dumps(summary), flush=True)

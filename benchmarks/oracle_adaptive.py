@@ -2,7 +2,8 @@
 
 Used by ``make_oracle.py --adaptive`` after the trajectory is recorded: the trained
 ``state_dict`` (float32, and its float64 twin) is loaded into the original's
-``VGG_DeInfoReg_Adaptive`` (made small like ``VGG_DeInfoReg``), whose ``inference`` runs
+``VGG_DeInfoReg_Adaptive`` (made small like ``VGG_DeInfoReg``, ``oracle_vision``) or
+``LSTM_DeInfoReg_Adaptive`` (``record_lstm``), whose ``inference`` runs
 unchanged in eval mode on the eval set cut into batches of ``--adaptive_batch``.  Its rule (one
 decision per batch: ``torch.argmax`` of the whole ``[B, C]`` logits, the batch-mean cosine,
 a counter that never resets; exit ``e`` when the counter reaches ``--patience``, else the last)
@@ -59,6 +60,25 @@ def _run(model, x_eval, y_eval, batch, torch):
   return np.array(exits, np.int32), np.concatenate(predictions).astype(np.int32)
 
 
+def record_lstm(a, arrays) -> dict:
+  """The adaptive arrays of an LSTM DeInfoReg oracle (``oracle_text``'s ``arrays``): the
+  original's ``LSTM_DeInfoReg_Adaptive``, built by its ``set_model`` with ``oracle_text``'s
+  small arguments, on the oracle's eval token ids (collated as one batch, so padded to the
+  longest eval text) cut into batches; its ``inference`` returns ``(logits, exit)``."""
+  import oracle_text  # pylint: disable=import-outside-toplevel
+  import torch  # pylint: disable=import-outside-toplevel
+  from nlp import setting  # pylint: disable=import-outside-toplevel
+
+  name = "LSTM_DeInfoReg_Adaptive"
+  args = oracle_text._model_args(a, name, 4)  # pylint: disable=protected-access
+  args.patiencethreshold, args.cosinesimthreshold = a.patience, a.cosine_threshold
+  final = lambda prefix: {k[len(prefix):]: v for k, v in arrays.items() if k.startswith(prefix)}
+  x_eval = torch.from_numpy(arrays["x_eval"].astype(np.int64))
+  y_eval = torch.from_numpy(arrays["y_eval"])
+  return record(lambda: setting.set_model(name, args), final("final/"), final("f64_final/"),
+                x_eval, y_eval, a, torch)
+
+
 def record(make_adaptive, final32, final64, x_eval, y_eval, a, torch) -> dict:
   """The adaptive arrays (module docstring) of the trained ``state_dict``s ``final32`` /
   ``final64`` (numpy) in ``make_adaptive()``'s model; ``x_eval``/``y_eval`` torch tensors."""
@@ -66,7 +86,8 @@ def record(make_adaptive, final32, final64, x_eval, y_eval, a, torch) -> dict:
   for prefix, final, dtype in (("", final32, torch.float32), ("f64_", final64, torch.float64)):
     model = make_adaptive().to(dtype)
     model.load_state_dict({k: torch.from_numpy(np.asarray(v)) for k, v in final.items()})
-    exits, predictions = _run(model, x_eval.to(dtype), y_eval, a.adaptive_batch, torch)
+    x = x_eval.to(dtype) if x_eval.is_floating_point() else x_eval
+    exits, predictions = _run(model, x, y_eval, a.adaptive_batch, torch)
     arrays[f"{prefix}adaptive_exit"] = exits
     arrays[f"{prefix}adaptive_pred"] = predictions
   arrays["adaptive_accuracy"] = np.float64(np.mean(arrays["adaptive_pred"] == y_eval.numpy()))

@@ -373,8 +373,6 @@ def make(a, data_dir):
   if rule == "al":
     meta.update(al_hidden=a.vision_al_hidden, al_bridge=5 * a.vision_al_hidden,
                 al_activation="sigmoid")
-  if a.adaptive and rule != "deinforeg":
-    raise SystemExit("--adaptive: the original's adaptive classes are *_DeInfoReg_Adaptive")
   torch.manual_seed(a.seed)
   init = {k: v.detach().clone() for k, v in make_model().state_dict().items()}
   batches = [(nchw(x[t]), torch.from_numpy(y[t])) for t in range(a.steps)]
