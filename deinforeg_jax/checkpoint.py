@@ -415,14 +415,15 @@ def _is_abandoned_io_report(unraisable) -> bool:
 
 class _QuietAbandonedFutures(logging.Filter):
   """Drops asyncio's "exception was never retrieved" logs of the futures that Orbax abandons
-  after an OS error (a traceback each, through Orbax's code)."""
+  after an OS error: a traceback through Orbax's code, or none at all (a tensorstore write's
+  future, failed in C++; which of the two arrives first varies from run to run)."""
 
   def filter(self, record: logging.LogRecord) -> bool:
     error = record.exc_info[1] if record.exc_info else None
     if error is None or _os_error(error) is None:
       return True
     frames = traceback.extract_tb(error.__traceback__)
-    return not any(f"{os.sep}orbax{os.sep}" in frame.filename for frame in frames)
+    return bool(frames) and not any(f"{os.sep}orbax{os.sep}" in f.filename for f in frames)
 
 
 def _quiet_abandoned_io() -> None:

@@ -182,6 +182,31 @@ def error_line(out: str) -> str:
   return out[out.index("error: ") :].split("\n")[0]
 
 
+
+def test_asyncio_reports_of_abandoned_disk_error_futures_are_dropped_and_others_kept():
+  """A tensorstore write's future that failed in C++ has no Python traceback; under load it
+  can be the one asyncio reports as "never retrieved" after the run's one error line."""
+  import logging
+
+  def record(error):
+    return logging.LogRecord(
+      "asyncio", logging.ERROR, "base_events.py", 1, "Future exception was never retrieved",
+      None, (type(error), error, error.__traceback__),
+    )
+
+  quiet = checkpoint._QuietAbandonedFutures()
+  full = ValueError("RESOURCE_EXHAUSTED: Error writing x: No space left on device "
+                    "[os_error_code='28']")
+  assert not quiet.filter(record(full))  # no traceback: a tensorstore future
+  try:
+    raise ValueError("a bug, not a disk error")
+  except ValueError as bug:
+    assert quiet.filter(record(bug))
+  try:  # a disk error raised in our own code (not Orbax's) is still reported
+    raise full
+  except ValueError as ours:
+    assert quiet.filter(record(ours))
+
 def test_the_launcher_says_in_one_line_that_the_workdir_is_a_file(tmp_path):
   path = tmp_path / "file"
   path.write_text("x")

@@ -72,17 +72,40 @@ def _record(**entry):
     f.write(json.dumps(entry) + "\\n")
 
 
-def _watching_open(file, mode="r", *args, **kwargs):
+def _note_write(file):
   name = os.path.basename(str(file))
-  if name in ("metrics.jsonl", "results.json") and set(mode) & set("wax+"):
+  if name in ("metrics.jsonl", "results.json"):
     import jax
     _record(write=name, process=jax.process_index())
+
+
+def _watching_open(file, mode="r", *args, **kwargs):
+  if set(mode) & set("wax+"):
+    _note_write(file)
   return _open(file, mode, *args, **kwargs)
 
 
 builtins.open = _watching_open
 
-from deinforeg_jax import train
+from deinforeg_jax import safe_files, train
+
+# The project writes these files through safe_files (atomic replace, no-follow append).
+_atomic_writer, _open_no_follow = safe_files.atomic_writer, safe_files.open_no_follow
+
+
+def _watching_atomic_writer(path, *args, **kwargs):
+  _note_write(path)
+  return _atomic_writer(path, *args, **kwargs)
+
+
+def _watching_open_no_follow(path, flags, *args, **kwargs):
+  if flags & (os.O_WRONLY | os.O_RDWR):
+    _note_write(path)
+  return _open_no_follow(path, flags, *args, **kwargs)
+
+
+safe_files.atomic_writer = _watching_atomic_writer
+safe_files.open_no_follow = _watching_open_no_follow
 from deinforeg_jax.data import steps_per_epoch
 
 _train_batches = train.train_batches
