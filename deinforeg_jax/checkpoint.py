@@ -39,6 +39,7 @@ import orbax.checkpoint as ocp
 
 from deinforeg_jax import safe_files
 from deinforeg_jax.workdir_lock import WorkdirError, write_error
+from deinforeg_jax.config_error import ConfigError
 
 # Config fields that do not change the training path: a resumed run may change them freely.
 # Everything else (model, data order and content, loss, optimizer, schedule, epochs, seed) is
@@ -467,7 +468,7 @@ class RunCheckpointer:
     self, workdir: str, *, keep: int = 2, use_async: bool = True, info: Callable = print
   ):
     if not isinstance(keep, int) or keep < 1:
-      raise ValueError(f"config.checkpoint.keep={keep!r} must be an integer >= 1.")
+      raise ConfigError(f"config.checkpoint.keep={keep!r} must be an integer >= 1.")
     self.workdir = os.path.abspath(workdir)
     self.directory = os.path.join(self.workdir, "checkpoints")
     self._info = info

@@ -11,13 +11,10 @@ from __future__ import annotations
 import math
 
 from deinforeg_jax import baselines, growth, inference, models, optim, rules
+from deinforeg_jax.config_error import ConfigError
 from deinforeg_jax.data import augment, label_noise
 from deinforeg_jax.data import text as data_text
 from deinforeg_jax.modules import heads, layers, text
-
-
-class ConfigError(ValueError):
-  """A ``config.<field>`` is invalid: the message names it and how to fix it."""
 
 
 MODES = ("data", "pipeline")

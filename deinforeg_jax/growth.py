@@ -38,6 +38,7 @@ import numpy as np
 import optax
 
 from deinforeg_jax import checkpoint, stack
+from deinforeg_jax.config_error import ConfigError
 
 
 class GrowthMismatchError(ValueError):
@@ -56,7 +57,7 @@ def parse_schedule(text: str) -> tuple[int, ...]:
   except ValueError:
     epochs = ()
   if not epochs or any(e < 1 for e in epochs) or list(epochs) != sorted(epochs):
-    raise ValueError(
+    raise ConfigError(
       f"config.grow.schedule={text!r} must be non-decreasing positive epochs separated by ',' "
       "(e.g. '5,10' adds one block after 5 and one after 10 epochs), or '' for none."
     )

@@ -52,6 +52,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from deinforeg_jax import stack
+from deinforeg_jax.config_error import ConfigError
 
 EXIT_MODES = ("sample", "batch")
 _EPS = 1e-8
@@ -106,7 +107,9 @@ def _count(counter: jax.Array, agreed: jax.Array, reset: bool) -> jax.Array:
 
 def _check_mode(mode: str) -> None:
   if mode not in EXIT_MODES:
-    raise ValueError(f"config.inference.exit_mode={mode!r} is unknown; choose one of {EXIT_MODES}.")
+    raise ConfigError(
+      f"config.inference.exit_mode={mode!r} is unknown; choose one of {EXIT_MODES}."
+    )
 
 
 def decide_exits(
@@ -248,7 +251,7 @@ def _stages(model) -> list[list[tuple[str, Any]]]:
   A block without classifier (a text stack's embedding block) joins the next exit's stage.
   """
   if not isinstance(model, stack.DecoupledStack):
-    raise ValueError(
+    raise ConfigError(
       f"skipping inference runs a decoupled stack block by block; a {type(model).__name__} "
       "(config.rule other than 'deinforeg', or config.grow.side_split set) is not supported."
     )

@@ -30,6 +30,7 @@ import flax.linen as nn
 from deinforeg_jax import baselines, stack
 from deinforeg_jax.modules import heads, layers, text, vision
 from deinforeg_jax.modules.layers import Conventions
+from deinforeg_jax.config_error import ConfigError
 
 VISION_ARCHITECTURES = ("vgg", "resnet18", "resnet34", "resnet50")
 TEXT_ARCHITECTURES = ("lstm", "transformer")
@@ -56,7 +57,7 @@ def parse_vgg_blocks(spec: str) -> tuple[tuple[int | str, ...], ...]:
       elif re.fullmatch(r"[0-9]+", item) and int(item) > 0:
         layers.append(int(item))
       else:
-        raise ValueError(
+        raise ConfigError(
           f"config.model.vgg_blocks={spec!r} does not parse at {item!r}: expected "
           "blocks separated by ';', each a ','-separated list of conv widths and 'M' "
           "(max-pool), e.g. '128,128,M;256,M', or 'spec' for the paper's VGG."
@@ -72,7 +73,7 @@ def parse_split(spec: str) -> tuple[int, int] | None:
     return None
   axis, _, at = spec.partition(":")
   if axis not in SPLIT_AXES or not at.isdigit() or int(at) < 1:
-    raise ValueError(
+    raise ConfigError(
       f"config.grow.side_split={spec!r} must be '<axis>:<index>' with axis one of "
       f"{sorted(SPLIT_AXES)} and a positive index, e.g. 'width:4' (old features: columns "
       "0..3, new features: the rest), or '' for none."
@@ -200,12 +201,12 @@ def _block_specs(config, encoders, is_text: bool) -> tuple[stack.BlockSpec, ...]
   c = conventions(m)
   if is_text:
     if m.classifier_mode != "merge":
-      raise ValueError(
+      raise ConfigError(
         f"config.model.classifier_mode={m.classifier_mode!r}: text stacks support only "
         "'merge' (Tanh-Dense classifier on the pooled vector)."
       )
     if heads.parse_layer_spec(m.projector, "model.projector"):
-      raise ValueError(
+      raise ConfigError(
         f"config.model.projector={m.projector!r}: text blocks use the identity projector "
         "(as the reference code's NLP models); set it to ''."
       )
@@ -246,7 +247,7 @@ def create_model(config, num_classes: int, *, vocab_size: int | None = None) -> 
   else:
     encoders = vision_encoders(m)
     if m.num_blocks > len(encoders):
-      raise ValueError(
+      raise ConfigError(
         f"config.model.num_blocks={m.num_blocks} is out of range: architecture {m.arch!r} as "
         f"configured has {len(encoders)} blocks, so use 1..{len(encoders)}."
       )
@@ -270,25 +271,25 @@ def _with_new_features(config, model: nn.Module, is_text: bool) -> nn.Module:
   split = parse_split(grow.side_split)
   growing = grow.from_workdir or grow.schedule or split
   if growing and not isinstance(model, stack.DecoupledStack):
-    raise ValueError(
+    raise ConfigError(
       f"config.grow needs a decoupled vision or text stack; config.rule={config.rule!r} with "
       f"config.model.arch={config.model.arch!r} builds a {type(model).__name__}."
     )
   if grow.side_layers and not split:
-    raise ValueError("config.grow.side_layers needs config.grow.side_split (e.g. 'width:4').")
+    raise ConfigError("config.grow.side_layers needs config.grow.side_split (e.g. 'width:4').")
   if split is None:
     return model
   if is_text != grow.side_split.startswith("time:"):
-    raise ValueError(
+    raise ConfigError(
       f"config.grow.side_split={grow.side_split!r}: text models split along 'time', image "
       f"models along height, width or channels (config.model.arch={config.model.arch!r})."
     )
   blocks, last = tuple(model.blocks), model.blocks[-1]
   if is_text:
     if grow.side_encoder:
-      raise ValueError("config.grow.side_encoder is for image models; set it to '' for text.")
+      raise ConfigError("config.grow.side_encoder is for image models; set it to '' for text.")
     if grow.side_layers and grow.side_layers != config.model.arch:
-      raise ValueError(
+      raise ConfigError(
         f"config.grow.side_layers={grow.side_layers!r}: for text the new-feature block is one "
         f"more block of the stack's kind; set it to {config.model.arch!r}."
       )
@@ -313,7 +314,7 @@ def _vgg_stage(spec: str, field: str, model_cfg) -> stack.EncoderFactory:
   try:
     (stage,) = parse_vgg_blocks(spec)
   except ValueError:
-    raise ValueError(
+    raise ConfigError(
       f"config.{field}={spec!r} must be one VGG stage: ','-separated conv widths and 'M' "
       "(max-pool), e.g. '64,M'."
     ) from None

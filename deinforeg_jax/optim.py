@@ -27,6 +27,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from deinforeg_jax.config_error import ConfigError
+
 OPTIMIZERS = ("lars", "adam", "sgd")
 SCHEDULES = ("cosine", "constant")
 
@@ -107,7 +109,7 @@ def make_schedule(optim_cfg, total_steps: int, steps_per_epoch: int) -> optax.Sc
       total_steps,
       steps_per_epoch if optim_cfg.schedule_per_epoch else None,
     )
-  raise ValueError(
+  raise ConfigError(
     f"config.optim.schedule={optim_cfg.schedule!r} is unknown; choose one of {SCHEDULES}."
   )
 
@@ -123,4 +125,4 @@ def make_optimizer(optim_cfg, schedule: optax.Schedule) -> optax.GradientTransfo
     return optax.adam(schedule)
   if name == "sgd":
     return optax.sgd(schedule, momentum=optim_cfg.momentum or None)
-  raise ValueError(f"config.optim.name={name!r} is unknown; choose one of {OPTIMIZERS}.")
+  raise ConfigError(f"config.optim.name={name!r} is unknown; choose one of {OPTIMIZERS}.")

@@ -21,6 +21,8 @@ import jax
 import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
+from deinforeg_jax.config_error import ConfigError
+
 DATA_AXIS = "data"
 
 
@@ -59,7 +61,7 @@ def initialize_distributed(
            "process_id": process_id if process_id >= 0 else None}
   if not enabled:
     if any(v is not None for v in given.values()):
-      raise ValueError(
+      raise ConfigError(
         f"--{next(k for k, v in given.items() if v is not None)} is set but "
         "config.parallel.distributed=False; add --config.parallel.distributed=True."
       )
@@ -95,7 +97,7 @@ def make_data_mesh(num_devices: int | None = None) -> Mesh:
   devices = jax.devices()
   count = num_devices or len(devices)
   if not 1 <= count <= len(devices):
-    raise ValueError(
+    raise ConfigError(
       f"config.parallel.num_devices={num_devices} but {len(devices)} device(s) are visible; "
       "use 0 (all devices) or a number up to the device count. For fake CPU devices set "
       "XLA_FLAGS=--xla_force_host_platform_device_count=N before JAX starts."
@@ -117,7 +119,7 @@ def check_batch_divisible(global_batch_size: int, mesh: Mesh, field: str) -> Non
   """The global batch must split evenly over the ``data`` axis."""
   devices = mesh.shape[DATA_AXIS]
   if global_batch_size % devices:
-    raise ValueError(
+    raise ConfigError(
       f"config.{field}={global_batch_size} is not divisible by the {devices} devices of the "
       f"data mesh; use a multiple of {devices} or set config.parallel.num_devices."
     )

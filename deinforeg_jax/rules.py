@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 
 from deinforeg_jax import losses
+from deinforeg_jax.config_error import ConfigError
 
 Objective = Callable[..., tuple[jax.Array, dict[str, jax.Array]]]
 
@@ -159,5 +160,5 @@ RULES: dict[str, Objective] = {
 def get_objective(rule: str) -> Objective:
   """The objective of ``config.rule``; a clear error for an unknown rule."""
   if rule not in RULES:
-    raise ValueError(f"config.rule={rule!r} is unknown; choose one of {sorted(RULES)}.")
+    raise ConfigError(f"config.rule={rule!r} is unknown; choose one of {sorted(RULES)}.")
   return RULES[rule]

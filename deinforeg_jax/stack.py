@@ -25,6 +25,7 @@ import jax.numpy as jnp
 
 from deinforeg_jax.modules import heads, vision
 from deinforeg_jax.modules.layers import DEFAULT_CONVENTIONS, Conventions
+from deinforeg_jax.config_error import ConfigError
 
 EncoderFactory = Callable[..., nn.Module]  # called with ``name=`` only
 
@@ -222,7 +223,7 @@ class FeatureBlock(nn.Module):
     side = x_new if self.side_encoder is None else self.side(x_new, train)
     (bh, bw), (sh, sw) = h_old.shape[1:3], side.shape[1:3]
     if sh % bh or sw % bw:
-      raise ValueError(
+      raise ConfigError(
         f"new features of spatial size {(sh, sw)} cannot be pooled to the old top block's "
         f"{(bh, bw)}: change config.grow.side_encoder (add or remove 'M') or grow.side_split."
       )
@@ -256,7 +257,7 @@ class TextFeatureBlock(nn.Module):
     elif h_old.shape[-1] == width:
       parts, masks = [h_old], [mask_old]
     else:
-      raise ValueError(
+      raise ConfigError(
         f"the old top block's width {h_old.shape[-1]} must equal the embedding width {width} "
         "(or twice it for a BiLSTM) to join the new tokens in time: set config.model.hidden "
         "= config.model.emb_dim."

@@ -45,6 +45,11 @@ CONFIG_CHECKS = {
   "num_blocks": ("--config.model.num_blocks=99", "config.model.num_blocks=99 is out of range"),
   "optimizer": ("--config.optim.name=rmsprop", "config.optim.name='rmsprop' must be one of"),
   "keep": ("--config.checkpoint.keep=0", "config.checkpoint.keep=0 must be a positive integer"),
+  # Checked where the field is used (ConfigError), not by validate_config:
+  "pipeline_schedule": (
+    "--config.parallel.mode=pipeline --config.parallel.pipeline_schedule=zigzag",
+    "config.parallel.pipeline_schedule='zigzag' is unknown",
+  ),
 }
 
 GRID = '''
@@ -107,7 +112,7 @@ def _bad_inputs(tmp_path, finished_run) -> dict[str, tuple[list[str], int, str]]
   predict = ["launch.predict", f"--workdir={finished_run}", f"--out={tmp_path / 'p.csv'}"]
   grid = ["launch.experiments", f"--grid={_write_grid(tmp_path / 'grid.py', 1)}"]
   checks = {
-    case: ([*_train_command(tmp_path / case), flag], 1, words)
+    case: ([*_train_command(tmp_path / case), *flag.split()], 1, words)
     for case, (flag, words) in CONFIG_CHECKS.items()
   }
   return {

@@ -19,6 +19,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from deinforeg_jax.data.text import Vocabulary
+from deinforeg_jax.config_error import ConfigError
 
 
 def read_vectors(path: str, wanted: set[str] | None = None) -> tuple[dict[str, np.ndarray], int]:
@@ -72,7 +73,7 @@ def embedding_matrix(
     raise ValueError(f"{len(words)} vocabulary words do not fit a table of {rows} rows")
   vectors, dim = read_vectors(path, set(words))
   if dim != emb_dim:
-    raise ValueError(
+    raise ConfigError(
       f"config.model.emb_dim={emb_dim} but {path} holds {dim}-dimensional vectors; set "
       f"config.model.emb_dim={dim} (and a divisible config.model.heads for a Transformer)."
     )

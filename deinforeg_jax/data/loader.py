@@ -115,15 +115,19 @@ class StatsAccumulator:
     return tuple(float(m) for m in mean), tuple(float(s) if s > 0 else 1.0 for s in std)
 
 
+class LabelError(ValueError):
+  """A split's labels are not integer class ids in ``[0, num_classes)`` (the message says which)."""
+
+
 def validate_labels(labels: np.ndarray, num_classes: int, *, split_name: str) -> None:
-  """Raises ``ValueError`` unless every label in ``labels`` [N] is an integer in [0, num_classes)."""
+  """Raises ``LabelError`` unless every label in ``labels`` [N] is an integer in [0, num_classes)."""
   labels = np.asarray(labels)
   if not np.issubdtype(labels.dtype, np.integer):
-    raise ValueError(f"{split_name} labels must be integer class ids, got dtype {labels.dtype}")
+    raise LabelError(f"{split_name} labels must be integer class ids, got dtype {labels.dtype}")
   bad = np.flatnonzero((labels < 0) | (labels >= num_classes))
   if bad.size:
     shown = bad[:5]
-    raise ValueError(
+    raise LabelError(
       f"{split_name} labels out of range: {bad.size} label(s) outside [0, {num_classes}), "
       f"e.g. value(s) {labels[shown].tolist()} at index(es) {shown.tolist()}. "
       "Labels must be 0-based class ids; check data.num_classes or remap the labels."

@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from deinforeg_jax.config_error import ConfigError
 from deinforeg_jax.data.digits import load_digits
 from deinforeg_jax.data.label_noise import RelabeledSource, apply_label_noise
 from deinforeg_jax.data.loader import ArraySplit, DatasetInfo, RecordSource, validate_labels
@@ -65,8 +66,6 @@ def split_labels(split: ArraySplit | RecordSource) -> np.ndarray:
 
 def _load_text(data_cfg, name: str, workdir: str | None):
   """Train/test ``TextSplit``s, ``DatasetInfo`` and vocabulary of a prepared text dataset."""
-  # pylint: disable-next=import-outside-toplevel  # configuration imports this package
-  from deinforeg_jax.configuration import ConfigError
   from deinforeg_jax.data import text  # pylint: disable=import-outside-toplevel
   from deinforeg_jax.data.tfds_source import (  # pylint: disable=import-outside-toplevel
     TEXT_MAX_LEN,
@@ -117,8 +116,6 @@ def load_dataset(data_cfg, workdir: str | None = None) -> LoadedData:
   ``workdir`` (text only) holds the run's vocabulary: reused when saved there
   (refused when its settings differ), else built from the data and saved.
   """
-  # pylint: disable-next=import-outside-toplevel  # configuration imports this package
-  from deinforeg_jax.configuration import ConfigError
 
   name = data_cfg.name
   vocabulary = None

@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 
 from deinforeg_jax import safe_files
+from deinforeg_jax.config_error import ConfigError
 
 PAD, UNK = "<pad>", "<unk>"
 PAD_ID, UNK_ID = 0, 1
@@ -76,11 +77,11 @@ class TextSettings:
 
   def __post_init__(self):
     if self.vocab_size < 3:
-      raise ValueError(f"config.data.vocab_size={self.vocab_size} must be at least 3.")
+      raise ConfigError(f"config.data.vocab_size={self.vocab_size} must be at least 3.")
     if self.max_len < 1:
-      raise ValueError(f"config.data.max_len={self.max_len} must be a positive integer.")
+      raise ConfigError(f"config.data.max_len={self.max_len} must be a positive integer.")
     if self.vocab_from not in VOCAB_FROM:
-      raise ValueError(f"config.data.vocab_from={self.vocab_from!r} must be one of {VOCAB_FROM}.")
+      raise ConfigError(f"config.data.vocab_from={self.vocab_from!r} must be one of {VOCAB_FROM}.")
 
 
 class VocabularyMismatchError(ValueError):

@@ -17,6 +17,7 @@ import flax.linen as nn
 import jax
 
 from deinforeg_jax.modules.layers import DEFAULT_CONVENTIONS, Conventions
+from deinforeg_jax.config_error import ConfigError
 
 CLASSIFIER_MODES = ("merge", "unmerge")
 
@@ -36,7 +37,7 @@ def parse_layer_spec(spec: str, field: str = "model.projector") -> tuple[int, ..
   except ValueError:
     widths = ()
   if not widths or any(w <= 0 for w in widths):
-    raise ValueError(
+    raise ConfigError(
       f"config.{field}={spec!r} does not parse: expected dash-separated positive "
       "integers such as '2048-2048-2048', or '' / 'identity' for no projector."
     )

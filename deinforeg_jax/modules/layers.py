@@ -44,6 +44,7 @@ import jax.numpy as jnp
 
 from deinforeg_jax import xla_cpu
 from deinforeg_jax.modules import winograd
+from deinforeg_jax.config_error import ConfigError
 
 INITS = ("flax", "torch")
 BN_RUNNING_VARS = ("biased", "unbiased")
@@ -111,9 +112,9 @@ class Conventions:
 
   def __post_init__(self):
     if self.init not in INITS:
-      raise ValueError(f"config.model.init={self.init!r} must be one of {list(INITS)}.")
+      raise ConfigError(f"config.model.init={self.init!r} must be one of {list(INITS)}.")
     if self.bn_running_var not in BN_RUNNING_VARS:
-      raise ValueError(
+      raise ConfigError(
         f"config.model.bn_running_var={self.bn_running_var!r} must be one of "
         f"{list(BN_RUNNING_VARS)}."
       )

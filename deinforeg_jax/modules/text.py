@@ -30,6 +30,7 @@ import jax
 import jax.numpy as jnp
 
 from deinforeg_jax.modules.layers import DEFAULT_CONVENTIONS, Conventions
+from deinforeg_jax.config_error import ConfigError
 
 PAD_ID = 0
 EMBEDDING_POOLS = ("masked", "all")
@@ -74,7 +75,7 @@ class Embedding(nn.Module):
   def __call__(self, tokens: jax.Array, train: bool) -> TextState:
     del train
     if self.pool not in EMBEDDING_POOLS:
-      raise ValueError(
+      raise ConfigError(
         f"config.model.embedding_pool={self.pool!r} is unknown; choose one of {EMBEDDING_POOLS}."
       )
     tokens = jnp.asarray(tokens).astype(jnp.int32)
@@ -133,7 +134,7 @@ class BiLSTM(nn.Module):
   def __call__(self, x: TextState, train: bool) -> TextState:
     del train
     if self.padding not in LSTM_PADDING:
-      raise ValueError(
+      raise ConfigError(
         f"config.model.lstm_padding={self.padding!r} is unknown; choose one of {LSTM_PADDING}."
       )
     inputs, mask = x["h"], x["mask"]
@@ -236,7 +237,7 @@ class TransformerEncoder(nn.Module):
     h, mask = x["h"], x["mask"]
     d_model = h.shape[-1]
     if self.heads <= 0 or d_model % self.heads:
-      raise ValueError(
+      raise ConfigError(
         f"config.model.heads={self.heads} must divide d_model={d_model} (the embedding "
         "width config.model.emb_dim); change one of them."
       )

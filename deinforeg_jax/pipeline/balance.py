@@ -20,6 +20,7 @@ from jax.sharding import SingleDeviceSharding
 
 from deinforeg_jax import stack, steps, xla_cpu
 from deinforeg_jax.pipeline.executor import stage_input_shapes, stage_model
+from deinforeg_jax.config_error import ConfigError
 
 BALANCE_METHODS = ("flops", "time", "uniform")
 
@@ -104,7 +105,7 @@ def block_costs(
   ``"uniform"``: 1 per block.
   """
   if method not in BALANCE_METHODS:
-    raise ValueError(
+    raise ConfigError(
       f"config.parallel.pipeline_balance={method!r} is unknown; choose one of {BALANCE_METHODS}."
     )
   num_blocks = len(model.blocks)

@@ -10,6 +10,7 @@ import numpy as np
 from deinforeg_jax import models, steps
 from deinforeg_jax.pipeline.balance import BALANCE_METHODS, plan_stages
 from deinforeg_jax.pipeline.executor import DISPATCH_MODES, LOCAL_RULES, SCHEDULES, Pipeline
+from deinforeg_jax.config_error import ConfigError
 
 
 def pipeline_settings(config, num_blocks: int) -> dict[str, Any]:
@@ -22,16 +23,16 @@ def pipeline_settings(config, num_blocks: int) -> dict[str, Any]:
     "dispatch": par.pipeline_dispatch,
   }
   if config.rule == "bp":
-    raise ValueError(
+    raise ConfigError(
       "config.rule='bp' cannot be pipelined: its gradient crosses block boundaries, so "
       f"stages cannot update independently. Use one of {LOCAL_RULES}, or data parallelism "
       "(config.parallel.mode='data')."
     )
   unsupported = _unsupported_feature(config)
   if unsupported:
-    raise ValueError(f"{unsupported}; use data parallelism (config.parallel.mode='data').")
+    raise ConfigError(f"{unsupported}; use data parallelism (config.parallel.mode='data').")
   if jax.process_count() > 1:
-    raise ValueError(
+    raise ConfigError(
       "config.parallel.mode='pipeline' runs on the devices of one host; use data "
       "parallelism for multi-host jobs (docs/tpu_vm.md)."
     )
@@ -41,14 +42,14 @@ def pipeline_settings(config, num_blocks: int) -> dict[str, Any]:
     ("dispatch", DISPATCH_MODES),
   ):
     if settings[field] not in allowed:
-      raise ValueError(
+      raise ConfigError(
         f"config.parallel.pipeline_{field}={settings[field]!r} is unknown; choose one of {allowed}."
       )
   devices = jax.local_devices()
   limit = min(len(devices), num_blocks)
   stages = settings["num_stages"] or limit
   if not isinstance(stages, int) or not 1 <= stages <= limit:
-    raise ValueError(
+    raise ConfigError(
       f"config.parallel.num_stages={settings['num_stages']!r} must be 0 (auto) or 1..{limit}: "
       f"one device per stage ({len(devices)} visible) and at least one block per stage "
       f"({num_blocks} blocks). For fake CPU devices set "

@@ -21,6 +21,7 @@ import optax
 from jax.sharding import SingleDeviceSharding
 
 from deinforeg_jax import rules, stack, steps, xla_cpu
+from deinforeg_jax.config_error import ConfigError
 
 LOCAL_RULES = ("deinforeg",)  # rules whose loss is a sum of per-block local losses
 
@@ -204,11 +205,11 @@ class Pipeline:
     of the devices ("ticks").  Returns the new states and an ``EpochRecord``.
     """
     if schedule not in SCHEDULES:
-      raise ValueError(
+      raise ConfigError(
         f"config.parallel.pipeline_schedule={schedule!r} is unknown; choose one of {SCHEDULES}."
       )
     if dispatch not in DISPATCH_MODES:
-      raise ValueError(
+      raise ConfigError(
         f"config.parallel.pipeline_dispatch={dispatch!r} is unknown; choose one "
         f"of {DISPATCH_MODES}."
       )
