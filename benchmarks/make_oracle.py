@@ -3,7 +3,7 @@
   DEINFOREG_REF_DIR=/path/to/original python benchmarks/make_oracle.py --arch=resnet18 \
       --rule=scpl --out=oracle.npz [--npz=../shared/data/cifar10_20k.npz | --jsonl=...] \
       [--seed=0 --batch=16 --steps=4 --lr=0.2 --offset=0 --eval=32] [the family's size flags]
-      [--adaptive --patience=1 --cosine_threshold=0.8 --adaptive_batch=8]
+      [--adaptive --patience=1 --cosine_threshold=0.8 --adaptive_batch=8] [--side=20]
 
 Runs in a venv with only ``torch``, ``numpy`` and ``tqdm``; the original's classes (reference
 commit fe6cc49 of github.com/ianzih/Decoupled-Supervised-Learning-for-Information-Regularization)
@@ -25,6 +25,10 @@ from the float32 run is the comparison's noise floor.
 
 ``--adaptive`` (rule deinforeg; vgg, lstm) adds the original's ``*_DeInfoReg_Adaptive`` exits
 after training (``oracle_adaptive``: ``adaptive_exit``, ``adaptive_pred``, ``adaptive_accuracy``).
+
+``--side=A`` (rule deinforeg; lstm, transformer) records the original's ``*_DeInfoReg_side``
+instead: the old stack frozen, one new block reading its output and the tokens from ``A`` on
+(``oracle_side``).
 
 Family contract: ``FAMILIES`` maps ``--arch`` to a module beside this script
 (``oracle_vision``: vgg, resnet18; ``oracle_text``: lstm, transformer).  A family defines
@@ -80,6 +84,7 @@ def parser() -> argparse.ArgumentParser:
   p.add_argument("--eval", type=int, default=32, help="evaluation examples (test split, first)")
   p.add_argument("--ref_dir", default=os.environ.get("DEINFOREG_REF_DIR"))
   family_module("oracle_adaptive").add_arguments(p)
+  family_module("oracle_side").add_arguments(p)
   for name in sorted(set(FAMILIES.values())):
     family_module(name).add_arguments(p)
   return p
@@ -93,7 +98,8 @@ def main(argv=None) -> None:
     raise SystemExit("--adaptive: the original's adaptive classes are VGG_DeInfoReg_Adaptive, "
                      "resnet_DeInfoReg_Adaptive and LSTM_DeInfoReg_Adaptive (rule deinforeg)")
   sys.path.insert(0, a.ref_dir)
-  arrays, summary = family_module(FAMILIES[a.arch]).make(a, a.data_dir)
+  recorder = family_module("oracle_side" if a.side else FAMILIES[a.arch])
+  arrays, summary = recorder.make(a, a.data_dir)
   if a.adaptive and a.arch == "lstm":
     adaptive = family_module("oracle_adaptive")
     with contextlib.redirect_stdout(sys.stderr):  # the original's prints

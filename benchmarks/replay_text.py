@@ -159,10 +159,13 @@ def torch_map(meta) -> dict[str, Callable[[Take], np.ndarray]]:
   return out
 
 
-def load_params(oracle, prefix: str, meta, template, dtype=np.float32) -> tuple[dict, dict]:
+def load_params(
+  oracle, prefix: str, meta, template, dtype=np.float32, mapping=None
+) -> tuple[dict, dict]:
   """``(params, {})``: our parameters (nested like ``template``) from the oracle's
-  ``<prefix><key>`` arrays.  Every array must be used, except the never-run copies inside the
-  Transformer encoder, which must equal their ``init/`` values (``unused_copies_moved``).
+  ``<prefix><key>`` arrays, placed by ``mapping`` (default ``torch_map(meta)``).  Every array
+  must be used, except the never-run copies inside the Transformer encoder, which must equal
+  their ``init/`` values (``unused_copies_moved``).
   """
   import flax  # pylint: disable=import-outside-toplevel
   from benchmarks.trajectory_parity import OracleError  # pylint: disable=import-outside-toplevel
@@ -176,7 +179,7 @@ def load_params(oracle, prefix: str, meta, template, dtype=np.float32) -> tuple[
     used.add(key)
     return np.asarray(oracle[prefix + key], dtype)
 
-  flat = {path: get(take) for path, get in torch_map(meta).items()}
+  flat = {path: get(take) for path, get in (mapping or torch_map(meta)).items()}
   unused = sorted(k for k in keys - used if not _UNUSED_COPIES.search(k))
   if unused:
     raise OracleError(f"oracle arrays with no place in our model: {unused[:5]} ...")
@@ -288,6 +291,10 @@ def prepare(oracle, meta, options):
   from benchmarks.trajectory_parity import Replay, apply_overrides
   from deinforeg_jax import models
 
+  if "side" in meta:  # make_oracle --side: the original's *_DeInfoReg_side
+    from benchmarks import replay_side
+
+    return replay_side.prepare(oracle, meta, options)
   config = apply_overrides(make_config(meta), options.get("overrides", {}))
   model = models.create_model(config, int(meta["n_classes"]))
   settings = {k: meta[k] for k in ("torch_class", "vocab_size", "emb_dim", "h_dim", "max_len",

@@ -26,8 +26,12 @@ for lstm / transformer) with ``prepare(oracle, meta, options) -> Replay``.  ``op
 model, the inputs in our layout (``x`` indexable by step, ``y [T, B]``, ``x_eval``),
 ``load(prefix, template, dtype) -> (params, batch_stats)`` from the oracle's ``<prefix>``
 state_dict, ``eval_logits(outputs) -> [X, E, C]`` (our exits that match the oracle's), and
-optionally ``loss_block(metrics, config, columns) -> [R, C]`` (default: ``rule_loss_block``)
-and ``settings`` (sizes for the printed row).
+optionally ``loss_block(metrics, config, columns) -> [R, C]`` (default: ``rule_loss_block``),
+``settings`` (sizes for the printed row), ``frozen`` (block names the train step keeps, as a
+grown stack's old blocks) and ``total_loss(metrics, config)`` (the oracle's back-propagated
+scalar when it is not our ``total_loss``, e.g. only the new block's of a side oracle).  With
+``frozen``, the parameter figures cover the other blocks, and ``frozen_params_max_abs_change``
+(ours, the original's float32 and float64 runs, from ``init/``) must be 0 (check ``frozen``).
 
 Prints one JSON line: ``loss_max_rel_diff`` (``max_t |ours_t - loss_total_t| / |loss_total_t|``),
 ``loss_block_max_abs_diff``, ``params_rel_l2`` (``‖ours - final‖ / ‖final‖`` over every float
@@ -123,6 +127,8 @@ class Replay:
   eval_logits: Callable[[Any], np.ndarray]
   loss_block: Callable[..., np.ndarray] | None = None
   settings: dict[str, Any] = dataclasses.field(default_factory=dict)
+  frozen: frozenset[str] = frozenset()  # blocks the train step keeps (a grown stack's old ones)
+  total_loss: Callable[..., float] | None = None  # (metrics, config) -> the oracle's loss_total
 
 
 def rule_loss_block(metrics, config, columns) -> np.ndarray:
@@ -241,7 +247,7 @@ def replay(
   )
   mesh = parallel.make_data_mesh(1)
   train_step, _ = train_lib.compile_steps(
-    model, objective, tx, num_classes, config.loss, mesh, seed=config.seed
+    model, objective, tx, num_classes, config.loss, mesh, seed=config.seed, frozen=r.frozen
   )
   loss_block = r.loss_block or rule_loss_block
   columns = meta.get("loss_block_columns")
@@ -250,7 +256,7 @@ def replay(
     state, metrics, _ = train_step(state, jnp.asarray(r.x[t]), jnp.asarray(r.y[t]))
     m = jax.device_get(metrics)
     blocks.append(loss_block(m, config, columns))
-    totals.append(float(m["total_loss"]))
+    totals.append(float(r.total_loss(m, config) if r.total_loss else m["total_loss"]))
   totals, blocks = np.array(totals), np.stack(blocks)
   outputs = model.apply(
     {"params": state.params, "batch_stats": state.batch_stats}, jnp.asarray(r.x_eval), train=False
@@ -260,6 +266,17 @@ def replay(
   f64_params, f64_stats = r.load("f64_final/", template, np.float64)
   ours_params = jax.device_get(state.params)
   ours_stats = jax.device_get(state.batch_stats)
+  frozen_moved = None
+  if r.frozen:  # frozen blocks must not move (ours and the original's); the rest is compared
+    init_params, _ = r.load("init/", template, np.float64)
+    frozen_moved = max(
+      float(np.max(np.abs(np.asarray(a, np.float64) - b)))
+      for tree in (ours_params, final_params, f64_params)
+      for a, b in zip(jax.tree.leaves({k: tree[k] for k in r.frozen}),
+                      jax.tree.leaves({k: init_params[k] for k in r.frozen}))
+    )
+    trained = lambda tree: {k: v for k, v in tree.items() if k not in r.frozen}
+    ours_params, final_params, f64_params = map(trained, (ours_params, final_params, f64_params))
 
   def loss_rel(reference):
     return float(np.max(np.abs(totals - reference) / np.abs(reference)))
@@ -298,6 +315,8 @@ def replay(
     "params_rel_l2": _rel_l2(ours_params, final_params),
     "bn_stats_rel_l2": _rel_l2(ours_stats, final_stats),
     "params_worst": _worst_leaves(ours_params, final_params),
+    "frozen_blocks": sorted(r.frozen),
+    "frozen_params_max_abs_change": frozen_moved,
     "eval_logits_max_abs_diff": float(np.max(np.abs(logits - oracle["eval_logits"]))),
     "f64_loss_max_rel_diff": loss_rel(oracle["f64_loss_total"]),
     "f64_params_rel_l2": _rel_l2(ours_params, f64_params),
@@ -318,6 +337,8 @@ def replay(
     "logits": max(row["eval_logits_max_abs_diff"], row["f64_eval_logits_max_abs_diff"])
     <= limits["logits"],
   }
+  if r.frozen:
+    checks["frozen"] = frozen_moved == 0.0
   if "adaptive_exit" in oracle:
     from benchmarks import replay_adaptive  # pylint: disable=import-outside-toplevel
 
