@@ -1,4 +1,4 @@
-"""``make_oracle.py --side=A``: the original's ``LSTM_DeInfoReg_side`` / ``Transformer_DeInfoReg_side``.
+"""``make_oracle.py --side=A``: the original's ``*_DeInfoReg_side`` (LSTM and Transformer).
 
 Each token row ``[max_len]`` is cut at ``A`` (the original's ``--side_dim A B``, ``B = max_len -
 A``): the old features ``x[:, :A]`` and the new ones ``x[:, A:]``.  The original's recipe is two
@@ -118,7 +118,9 @@ def _make(a, data_dir: str):
     replica = copy.deepcopy(model).to(dtype)
     optimizer = setting.set_optim(replica, a.text_optimizer, args)
     info = []
-    replica.newloss.register_forward_hook(lambda _m, _i, out: info.append(float(torch.as_tensor(out[0]).detach())))
+    replica.newloss.register_forward_hook(
+      lambda _m, _i, out: info.append(float(torch.as_tensor(out[0]).detach()))
+    )
     totals, blocks = [], []
     for x, y in batches:
       replica.train()

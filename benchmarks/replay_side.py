@@ -18,19 +18,21 @@ import numpy as np
 
 from benchmarks import replay_text
 
+# pylint: disable=protected-access
+
 
 def torch_map(meta) -> dict:
   """``replay_text.torch_map`` of the old stack plus the new block as ``block_N``."""
   mapping = replay_text.torch_map(meta)
   name = f"block_{int(meta['blockwise_total']):02d}"
   encoder = (
-    replay_text._lstm("newlayer")  # pylint: disable=protected-access
+    replay_text._lstm("newlayer")
     if meta["arch"] == "lstm"
-    else replay_text._transformer("newlayer", 6)  # pylint: disable=protected-access
+    else replay_text._transformer("newlayer", 6)
   )
   for path, get in encoder.items():
     mapping[f"{name}/encoder/{path}"] = get
-  for path, get in replay_text._linear("newclassifier.classifier.1").items():  # pylint: disable=protected-access
+  for path, get in replay_text._linear("newclassifier.classifier.1").items():
     mapping[f"{name}/classifier/Dense_0/{path}"] = get
   return mapping
 
@@ -53,12 +55,12 @@ def prepare(oracle, meta, options):
                                    "max_len", "blockwise_total")}
 
   def new_block_loss(metrics, config) -> float:
-    return float(np.sum(replay_text._loss_block(metrics, config, columns)[-1]))  # pylint: disable=protected-access
+    return float(np.sum(replay_text._loss_block(metrics, config, columns)[-1]))
 
   return Replay(
-    config=config, model=phase.model, x=replay_text._Batches(oracle),  # pylint: disable=protected-access
+    config=config, model=phase.model, x=replay_text._Batches(oracle),
     y=oracle["y"].astype(np.int32), x_eval=oracle["x_eval"], settings=settings,
-    loss_block=replay_text._loss_block,  # pylint: disable=protected-access
+    loss_block=replay_text._loss_block,
     load=lambda prefix, template, dtype: replay_text.load_params(
       oracle, prefix, meta, template, dtype, mapping
     ),

@@ -42,6 +42,7 @@ TEXT_CHOICES = {
   "model.layer_norm": text.LAYER_NORMS,
   "model.text_al_width": models.TEXT_AL_WIDTHS,
   "data.vocab_from": data_text.VOCAB_FROM,
+  "grow.side_lstm_state": models.SIDE_LSTM_STATES,
 }
 POSITIVE_INTS = (
   "data.batch_size",

@@ -37,6 +37,7 @@ TEXT_ARCHITECTURES = ("lstm", "transformer")
 # Text AL label-code width: model.al_hidden | model.hidden (runs saved before 2026-12-07)
 TEXT_AL_WIDTHS = ("al_hidden", "hidden")
 SPLIT_AXES = {"height": 1, "width": 2, "channels": 3, "time": 1}  # [B, H, W, C] / [B, T]
+SIDE_LSTM_STATES = ("zero", "old_top")  # config.grow.side_lstm_state: ours | the reference's
 
 
 def parse_vgg_blocks(spec: str) -> tuple[tuple[int | str, ...], ...]:
@@ -293,8 +294,17 @@ def _with_new_features(config, model: nn.Module, is_text: bool) -> nn.Module:
         f"config.grow.side_layers={grow.side_layers!r}: for text the new-feature block is one "
         f"more block of the stack's kind; set it to {config.model.arch!r}."
       )
+    if grow.side_lstm_state not in SIDE_LSTM_STATES:
+      raise ConfigError(
+        f"config.grow.side_lstm_state={grow.side_lstm_state!r} is unknown; choose one of "
+        f"{SIDE_LSTM_STATES}."
+      )
     side = last if grow.side_layers else None
-    return stack.SplitInputStack(blocks, model.num_classes, split, side, text=True)
+    return stack.SplitInputStack(
+      blocks, model.num_classes, split, side, text=True,
+      keep_order=config.model.lstm_padding == "read",
+      start_from_old=grow.side_lstm_state == "old_top",
+    )
   side = side_encoder = None
   if grow.side_layers:
     side = stack.BlockSpec(

@@ -238,12 +238,16 @@ class TextFeatureBlock(nn.Module):
   into its two halves, which are placed one after the other in time, as the
   reference) is concatenated in time with the frozen embedding of the new tokens
   ``[B, b, E]``; real tokens are then moved to the front in order (so the
-  "masked" BiLSTM sees one contiguous sequence).  The new BiLSTM starts from a
-  zero state (the reference starts it from the old top block's final state).
+  "masked" BiLSTM sees one contiguous sequence) unless ``keep_order`` (the
+  reference: under ``lstm_padding="read"`` the padding is read where it lies).
+  The new BiLSTM starts from a zero state, or with ``start_from_old`` from the old
+  top BiLSTM's final ``(c, h)`` (``grow.side_lstm_state="old_top"``, the reference).
   """
 
   spec: BlockSpec
   num_classes: int
+  keep_order: bool = False
+  start_from_old: bool = False
 
   def setup(self):
     self.block = Block(self.spec, self.num_classes)
@@ -264,10 +268,14 @@ class TextFeatureBlock(nn.Module):
       )
     h = jnp.concatenate(parts + [new["h"]], axis=1)
     mask = jnp.concatenate(masks + [new["mask"]], axis=1)
-    order = jnp.argsort(~mask, axis=1, stable=True)  # real tokens first, order kept
-    h = jnp.take_along_axis(h, order[..., None], axis=1)
-    mask = jnp.take_along_axis(mask, order, axis=1)
-    return self.block({"h": h, "mask": mask}, train)
+    if not self.keep_order:
+      order = jnp.argsort(~mask, axis=1, stable=True)  # real tokens first, order kept
+      h = jnp.take_along_axis(h, order[..., None], axis=1)
+      mask = jnp.take_along_axis(mask, order, axis=1)
+    state = {"h": h, "mask": mask}
+    if self.start_from_old and "carry" in top:
+      state["initial"] = top["carry"]
+    return self.block(state, train)
 
 
 class SplitInputStack(nn.Module):
@@ -284,6 +292,8 @@ class SplitInputStack(nn.Module):
   side_encoder: Any = None
   frozen_blocks: Sequence[int] = ()
   text: bool = False
+  keep_order: bool = False  # text: TextFeatureBlock's
+  start_from_old: bool = False  # text: TextFeatureBlock's
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> dict[str, list[jax.Array]]:
@@ -295,7 +305,10 @@ class SplitInputStack(nn.Module):
       name = block_name(len(self.blocks))
       if self.text:  # the new tokens through the (frozen) embedding block
         new = jax.lax.stop_gradient(blocks[0](x_new, False)[0])
-        _, z, logits = TextFeatureBlock(self.side, self.num_classes, name=name)(h, new, train)
+        feature_block = TextFeatureBlock(
+          self.side, self.num_classes, self.keep_order, self.start_from_old, name=name
+        )
+        _, z, logits = feature_block(h, new, train)
       else:
         feature_block = FeatureBlock(self.side, self.side_encoder, self.num_classes, name=name)
         _, z, logits = feature_block(h, x_new, train)

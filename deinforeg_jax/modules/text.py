@@ -106,8 +106,10 @@ class BiLSTM(nn.Module):
 
   Input: a text state with ``h [B, T, D]``.  Output ``h [B, T, 2H]`` is
   ``[forward ; backward]`` at each position in the original order, ``pooled`` is
-  ``(h_fwd + h_bwd) / 2`` of the final hidden states, and the initial ``(h, c)``
-  is zero.  Gates ``i, f, g, o`` and parameters as in PyTorch: ``input_kernel``
+  ``(h_fwd + h_bwd) / 2`` of the final hidden states and ``carry`` the final
+  ``(c, h)`` ``[2, B, H]`` each.  The initial ``(c, h)`` is the input state's
+  ``initial`` when it has one (a grown side block: the old top block's
+  ``carry``), else zero.  Gates ``i, f, g, o`` and parameters as in PyTorch: ``input_kernel``
   (``W_ih``), ``recurrent_kernel`` (``W_hh``) and two biases, ``bias`` (``b_ih``)
   and ``recurrent_bias`` (``b_hh``), each ``U(-1/sqrt(H), 1/sqrt(H))``: their sum
   enters the gates, and each takes its own optimizer step, so an Adam or SGD
@@ -169,7 +171,8 @@ class BiLSTM(nn.Module):
       return (jnp.where(keep, c_new, c), jnp.where(keep, h_new, h)), out
 
     zeros = jnp.zeros((2, batch, size), inputs.dtype)
-    (c, h), outputs = jax.lax.scan(step, (zeros, zeros), (gates_in, valid.T))
+    initial = x.get("initial", (zeros, zeros))
+    (c, h), outputs = jax.lax.scan(step, initial, (gates_in, valid.T))
     forward = jnp.transpose(outputs[:, 0], (1, 0, 2))  # [B, T, H]
     backward = reverse_within_length(jnp.transpose(outputs[:, 1], (1, 0, 2)), lengths)
     return {

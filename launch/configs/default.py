@@ -147,4 +147,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.grow.side_split = ""  # new input features: "width:4" = columns 4.. (height, channels)
   config.grow.side_layers = ""  # the new-feature block's VGG layers, e.g. "64" (needs side_split)
   config.grow.side_encoder = ""  # VGG layers run on the new features first, e.g. "32,M"
+  # text: the new BiLSTM starts from zeros, or from the old top block's final (h, c) ("old_top",
+  # the reference's LSTM_DeInfoReg_side)
+  config.grow.side_lstm_state = "zero"
   return config

@@ -33,6 +33,7 @@ REFERENCE_BEHAVIOUR = {
     "model.embedding_pool": "all",  # the embedding block pools over the padding too (ours: masked)
     "model.lstm_padding": "read",  # nn.LSTM without packing reads the padding (ours: masked)
     "data.vocab_from": "train_test",  # create_vocab over train + test texts (ours: train)
+    "grow.side_lstm_state": "old_top",  # LSTM_DeInfoReg_side: hiddenlist[-1] (ours: zero)
   },
 }
 
