@@ -212,18 +212,16 @@ def checksums(state_dict) -> dict[str, int]:
 # Config fields added after checkpoints were first written, with the behaviour every run had
 # before the field existed: a saved config without the field is read as having that value, so
 # older workdirs still resume (and a resume that asks for another value is refused by name).
-FIELDS_ADDED_LATER = {
-  "model.init": "flax",
-  "model.bn_running_var": "biased",
-  "grow.side_lstm_state": "zero",  # 2026-12-07: a grown text block's BiLSTM initial state
-}
+FIELDS_ADDED_LATER = {"model.init": "flax", "model.bn_running_var": "biased"}
 # The same for fields that only text models read (2026-12-07: the BiLSTM's second bias, the
-# Transformer's LayerNorm and the AL label-code width now follow the reference code); a vision
-# run saved without them is not built from them, and they are no part of its identity.
+# Transformer's LayerNorm, the AL label-code width and a side block's BiLSTM state can follow the
+# reference code); a vision run saved without them is not built from them, and they are no part
+# of its identity.
 TEXT_FIELDS_ADDED_LATER = {
   "model.lstm_biases": 1,
   "model.layer_norm": "flax",
   "model.text_al_width": "hidden",
+  "grow.side_lstm_state": "zero",  # a grown text block's BiLSTM initial state
 }
 
 

@@ -305,7 +305,8 @@ def _param_shapes(config) -> dict[str, tuple[int, ...]]:
 def _without_text_fields_added_later(config) -> dict:
   saved = config.to_dict()
   for field in checkpoint.TEXT_FIELDS_ADDED_LATER:
-    del saved["model"][field.split(".")[1]]
+    section, name = field.split(".")
+    del saved[section][name]
   return saved
 
 
