@@ -168,19 +168,12 @@ def load_params(
   their ``init/`` values (``unused_copies_moved``).
   """
   import flax  # pylint: disable=import-outside-toplevel
-  from benchmarks.trajectory_parity import OracleError  # pylint: disable=import-outside-toplevel
+  # pylint: disable-next=import-outside-toplevel
+  from benchmarks.trajectory_parity import OracleArrays, OracleError
 
-  keys = {k[len(prefix):] for k in oracle if k.startswith(prefix)}
-  used = set()
-
-  def take(key):
-    if key not in keys:
-      raise OracleError(f"the oracle has no {prefix}{key}; its layout does not fit meta.")
-    used.add(key)
-    return np.asarray(oracle[prefix + key], dtype)
-
-  flat = {path: get(take) for path, get in (mapping or torch_map(meta)).items()}
-  unused = sorted(k for k in keys - used if not _UNUSED_COPIES.search(k))
+  arrays = OracleArrays(oracle, prefix, dtype)
+  flat = {path: get(arrays.take) for path, get in (mapping or torch_map(meta)).items()}
+  unused = [k for k in arrays.unused() if not _UNUSED_COPIES.search(k)]
   if unused:
     raise OracleError(f"oracle arrays with no place in our model: {unused[:5]} ...")
   expected = flax.traverse_util.flatten_dict(template["params"], sep="/")

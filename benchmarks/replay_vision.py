@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from benchmarks import oracle_data
-from benchmarks.trajectory_parity import OracleError, Replay, apply_overrides
+from benchmarks.trajectory_parity import OracleArrays, OracleError, Replay, apply_overrides
 
 ARCHS = ("vgg", "resnet18")
 RESNET18_UNITS = [2, 2, 2, 2]
@@ -257,15 +257,8 @@ def load_state(oracle, prefix: str, meta, template, image_size: int, dtype=np.fl
   oracle's ``<prefix><torch key>`` arrays; every torch parameter and statistic must be used."""
   import flax  # pylint: disable=import-outside-toplevel
 
-  keys = {k[len(prefix):] for k in oracle if k.startswith(prefix)}
-  used = set()
-
-  def take(key):
-    if key not in keys:
-      raise OracleError(f"the oracle has no {prefix}{key}; its layout does not fit meta.")
-    used.add(key)
-    return np.asarray(oracle[prefix + key], dtype)
-
+  arrays = OracleArrays(oracle, prefix, dtype)
+  take = arrays.take
   params, stats = {}, {}
   for path, (kind, torch_prefix, flat) in layer_map(meta, image_size).items():
     if kind == "conv":
@@ -278,8 +271,8 @@ def load_state(oracle, prefix: str, meta, template, image_size: int, dtype=np.fl
       params[f"{path}/bias"] = take(f"{torch_prefix}.bias")
       stats[f"{path}/mean"] = take(f"{torch_prefix}.running_mean")
       stats[f"{path}/var"] = take(f"{torch_prefix}.running_var")
-      used.add(f"{torch_prefix}.num_batches_tracked")
-  unused = sorted(keys - used)
+      arrays.used.add(f"{torch_prefix}.num_batches_tracked")
+  unused = arrays.unused()
   if unused:
     raise OracleError(f"oracle arrays with no place in our model: {unused[:5]} ...")
   loaded = {"params": params, "batch_stats": stats}

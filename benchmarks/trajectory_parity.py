@@ -76,6 +76,25 @@ class OracleError(ValueError):
   """An oracle this script cannot build or replay; the message says which setting."""
 
 
+class OracleArrays:
+  """The oracle's ``<prefix><torch key>`` arrays, each taken at most once by a family's loader;
+  ``unused()`` lists those no parameter or statistic of ours took (each must have a place)."""
+
+  def __init__(self, oracle, prefix: str, dtype=np.float32):
+    self.oracle, self.prefix, self.dtype = oracle, prefix, dtype
+    self.keys = {k[len(prefix):] for k in oracle if k.startswith(prefix)}
+    self.used: set[str] = set()
+
+  def take(self, key: str) -> np.ndarray:
+    if key not in self.keys:
+      raise OracleError(f"the oracle has no {self.prefix}{key}; its layout does not fit meta.")
+    self.used.add(key)
+    return np.asarray(self.oracle[self.prefix + key], self.dtype)
+
+  def unused(self) -> list[str]:
+    return sorted(self.keys - self.used)
+
+
 def _parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(
     prog="python -m benchmarks.trajectory_parity",
