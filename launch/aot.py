@@ -66,6 +66,7 @@ from jax.experimental import topologies
 from jax.sharding import AxisType, Mesh, SingleDeviceSharding
 
 from deinforeg_jax import growth, models, optim, parallel, pipeline, rules, safe_files, steps, train
+from deinforeg_jax import user_errors
 from deinforeg_jax.configuration import validate_config
 from deinforeg_jax.data.tfds_source import TEXT_MAX_LEN
 from deinforeg_jax.modules import layers
@@ -555,7 +556,7 @@ def main(argv):
   try:
     input_shape = tuple(int(v) for v in _INPUT_SHAPE.value)
   except ValueError:
-    raise cli.UserError(
+    raise user_errors.UserError(
       f"--input_shape={','.join(_INPUT_SHAPE.value)}: give integers, e.g. 32,32,3."
     ) from None
   failures = []

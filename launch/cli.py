@@ -1,19 +1,12 @@
 """What every launcher shares: the ``--config`` flag, SIGTERM/SIGINT, and one error boundary.
 
-Exit codes of every ``launch.*`` command (``run``):
+``run`` runs a launcher's ``main`` behind ``guarded``: an error the user can act on exits with
+one line and exit code 1 or 75, a bug keeps its traceback (``deinforeg_jax.user_errors`` says
+which is which); ``--verbose`` prints the traceback of a user error too.
 
-* 0: done; also when SIGTERM/SIGINT arrive after the work completed (results written).
-* 1: a mistake the user can fix: one line ``error: <message>`` on stderr, no traceback.
-  These are the project's own error classes (defined under ``deinforeg_jax`` or ``launch``,
-  e.g. ``configuration.ConfigError``, ``checkpoint.CheckpointMismatchError``), file-system
-  errors (``OSError``: a missing file, a full disk) and an unknown ``--config.<field>``.
-* 75 (``EX_TEMPFAIL``): stopped by SIGTERM/SIGINT; what was done is saved (the message says
-  what) and the same command continues.
-* Anything else (a bug: ``TypeError``, a bare ``ValueError`` ...) keeps its traceback.
-  ``--verbose`` prints the traceback of a user error too.
-
-This module imports only absl and ml_collections, so a launcher can install the signal handlers
-(``remember_signals``) before its slow imports.  docs/design.md, "Errors and exit codes".
+This module imports only absl, ml_collections and ``user_errors`` (the standard library), so a
+launcher can install the signal handlers (``remember_signals``) before its slow imports.
+docs/design.md, "Errors and exit codes".
 """
 
 from __future__ import annotations
@@ -27,32 +20,14 @@ import traceback
 from absl import app, flags
 from ml_collections import config_flags
 
-EXIT_ERROR = 1
-EXIT_PREEMPTED = 75  # EX_TEMPFAIL: run the same command again to continue
+from deinforeg_jax import user_errors
+
 DEFAULT_CONFIG = os.path.join(os.path.dirname(__file__), "configs", "default.py")
-PROJECT_PACKAGES = ("deinforeg_jax", "launch")
 SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 _signals: list[str] = []  # names of the signals remembered by ``remember_signals``
 
 flags.disclaim_key_flags()  # the flags defined here belong to the launcher that asks for them
-
-
-class UserError(ValueError):
-  """A launcher's flags or inputs do not fit (the message says which and how to fix it)."""
-
-
-class Interrupted(Exception):
-  """SIGTERM/SIGINT stopped the command at a safe point; the message says what was saved."""
-
-
-class Stopped(KeyboardInterrupt):
-  """SIGTERM/SIGINT under ``stop_on_signals``: raised where the command is, so that its
-  clean-up (``finally``, ``except BaseException``) runs as it does for Ctrl-C."""
-
-  def __init__(self, signal_name: str):
-    super().__init__(f"{signal_name} received")
-    self.signal_name = signal_name
 
 
 # ------------------------------------------------------------------ signals
@@ -76,11 +51,11 @@ def pending_signal() -> str | None:
 
 
 def stop_on_signals() -> None:
-  """SIGTERM/SIGINT raise ``Stopped`` wherever the command is."""
+  """SIGTERM/SIGINT raise ``user_errors.Stopped`` wherever the command is."""
 
   def stop(signum, frame):
     del frame
-    raise Stopped(signal.Signals(signum).name)
+    raise user_errors.Stopped(signal.Signals(signum).name)
 
   for sig in SIGNALS:
     signal.signal(sig, stop)
@@ -95,7 +70,7 @@ def define_config(name: str = "config", default: str | None = DEFAULT_CONFIG, **
   try:
     config_flags.DEFINE_config_file(name, default, **kwargs)
   except (AttributeError, KeyError) as error:
-    _exit_with(unknown_field(error, sys.argv), EXIT_ERROR)
+    _exit_with(unknown_field(error, sys.argv), user_errors.EXIT_ERROR)
 
 
 def unknown_field(error: Exception, argv: list[str]) -> str:
@@ -120,19 +95,19 @@ def parse_flags(argv: list[str]) -> list[str]:
   try:
     return flags.FLAGS(argv)
   except (AttributeError, KeyError) as error:  # ml_collections: a --config.<field> not in it
-    _exit_with(unknown_field(error, argv), EXIT_ERROR)
+    _exit_with(unknown_field(error, argv), user_errors.EXIT_ERROR)
   except flags.Error as error:
-    _exit_with(f"{error}. See --helpfull for the flags.", EXIT_ERROR)
+    _exit_with(f"{error}. See --helpfull for the flags.", user_errors.EXIT_ERROR)
 
 
 # ------------------------------------------------------------------ the error boundary
 
 
 def run(main, *, on_signal: str = "stop", stopped_note: str = "") -> None:
-  """``app.run(main)`` behind the error boundary (``guarded``; exit codes: module docstring).
+  """``app.run(main)`` behind the error boundary (``guarded``; exit codes: ``user_errors``).
 
   ``on_signal``: ``"remember"`` (the command saves at safe points and reads
-  ``pending_signal``) or ``"stop"`` (``Stopped`` is raised at once).
+  ``pending_signal``) or ``"stop"`` (``user_errors.Stopped`` is raised at once).
   """
   (remember_signals if on_signal == "remember" else stop_on_signals)()
   if "verbose" not in flags.FLAGS:
@@ -151,18 +126,18 @@ def run(main, *, on_signal: str = "stop", stopped_note: str = "") -> None:
 
 
 def guarded(main, stopped_note: str = ""):
-  """``main`` whose user errors exit with one line (module docstring); ``stopped_note``: what
-  a ``Stopped`` command leaves behind, said after "stopped before finishing"."""
+  """``main`` whose user errors exit with one line (``user_errors.one_line``); ``stopped_note``:
+  what a ``Stopped`` command leaves behind, said after "stopped before finishing"."""
 
   @functools.wraps(main)
   def guarded_main(argv: list[str]):
     try:
       code = main(argv)
     except BaseException as error:  # pylint: disable=broad-except
-      message, code = _one_line(error, stopped_note)
+      message, code = user_errors.one_line(error, stopped_note)
       if message is None:
         raise  # a bug (its traceback), or absl's UsageError / SystemExit as they were
-      if code == EXIT_ERROR and "verbose" in flags.FLAGS and flags.FLAGS.verbose:
+      if code == user_errors.EXIT_ERROR and "verbose" in flags.FLAGS and flags.FLAGS.verbose:
         traceback.print_exc()
       _exit_with(message, code)
     return code
@@ -170,43 +145,8 @@ def guarded(main, stopped_note: str = ""):
   return guarded_main
 
 
-def _one_line(error: BaseException, stopped_note: str) -> tuple[str | None, int]:
-  """``(message, exit code)`` of an error the user can act on; ``(None, 1)`` for a bug."""
-  train = sys.modules.get("deinforeg_jax.train")  # loaded if the error can be its Preempted
-  if isinstance(error, Interrupted) or train is not None and isinstance(error, train.Preempted):
-    return str(error), EXIT_PREEMPTED
-  if isinstance(error, Stopped):
-    note = f": {stopped_note}" if stopped_note else ""
-    return (
-      f"{error.signal_name} received: stopped before finishing{note}. Run the same command "
-      "again.", EXIT_PREEMPTED,
-    )
-  if isinstance(error, KeyboardInterrupt):  # a second SIGINT while training
-    return (
-      f"{error or 'SIGINT received'}; what no checkpoint holds is lost. Run the same command "
-      "again to continue from the last checkpoint.", EXIT_PREEMPTED,
-    )
-  if isinstance(error, SystemExit):
-    return None, EXIT_ERROR
-  if _is_project_error(error):
-    return str(error), EXIT_ERROR
-  if isinstance(error, OSError):
-    from deinforeg_jax import workdir_lock  # pylint: disable=import-outside-toplevel
-
-    if error.errno in workdir_lock.DISK_ERRNOS and error.filename:
-      return str(workdir_lock.write_error(error.filename, error)), EXIT_ERROR
-    return str(error), EXIT_ERROR
-  return None, EXIT_ERROR
-
-
-def _is_project_error(error: BaseException) -> bool:
-  """Raised as one of this project's public error classes (not a library's or Python's)."""
-  kind = type(error)
-  return kind.__module__.split(".")[0] in PROJECT_PACKAGES and not kind.__name__.startswith("_")
-
-
 def _exit_with(message: str, code: int) -> None:
-  stream = sys.stdout if code == EXIT_PREEMPTED else sys.stderr
-  prefix = "" if code == EXIT_PREEMPTED else "error: "
+  stream = sys.stdout if code == user_errors.EXIT_PREEMPTED else sys.stderr
+  prefix = "" if code == user_errors.EXIT_PREEMPTED else "error: "
   print(f"{prefix}{message}", file=stream, flush=True)
   sys.exit(code)

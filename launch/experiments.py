@@ -55,7 +55,7 @@ import numpy as np  # noqa: E402
 from absl import app, flags, logging  # noqa: E402
 from scipy import stats  # noqa: E402
 
-from deinforeg_jax import plots, rules, safe_files  # noqa: E402
+from deinforeg_jax import plots, rules, safe_files, user_errors  # noqa: E402
 from deinforeg_jax.train import train_and_evaluate  # noqa: E402
 
 cli.define_config("grid", None, help_string="Grid config (ml_collections file).")
@@ -416,7 +416,7 @@ def run_grid(
       print(f"[{state}]    {cell_name(cell)}", flush=True)
       continue
     if cli.pending_signal():  # arrived between cells (a cell's own run saves and stops)
-      raise cli.Interrupted(
+      raise user_errors.Interrupted(
         f"{cli.pending_signal()} received before cell {cell_name(cell)} started: "
         f"{len(summaries)} finished cell(s) are saved in {os.path.join(root, 'cells')}. Run "
         "the same command again to continue."
