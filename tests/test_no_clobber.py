@@ -23,7 +23,9 @@ from helpers import REPO, launch_env, tiny_config
 
 from deinforeg_jax import reporting, safe_files, tensorboard_events
 from deinforeg_jax.data import prepare
-from launch import experiments, predict
+from deinforeg_jax.studies import grid as grids
+from deinforeg_jax.studies import runner
+from launch import predict
 
 PRECIOUS = "precious: not the project's to write\n"
 
@@ -148,11 +150,11 @@ def _two_cell_grid():
 
 def test_grid_summaries_replace_links_whether_dangling_or_not(tmp_path, precious, monkeypatch):
   grid = _two_cell_grid()
-  cells = list(experiments.cells(grid))
+  cells = list(grids.cells(grid))
   results = {}
   for cell in cells:
-    config = experiments.cell_config(grid, cell)
-    results[experiments.cell_workdir(str(tmp_path), cell)] = {
+    config = grids.cell_config(grid, cell)
+    results[grids.cell_workdir(str(tmp_path), cell)] = {
       "best_test_accuracy": 0.5, "per_block_test_accuracy": [0.4, 0.5], "best_block": 1,
       "best_epoch_test_accuracy": 0.5, "label_noise": None, "steps": 11, "train_time_s": 1.0,
       "config": config.to_dict(),
@@ -161,15 +163,15 @@ def test_grid_summaries_replace_links_whether_dangling_or_not(tmp_path, precious
     os.makedirs(workdir)
     with open(os.path.join(workdir, "metrics.jsonl"), "w") as f:
       f.write(json.dumps({"epoch": 1, "test_accuracy": [0.4, 0.5], "train_accuracy": [1, 1]}))
-  finished = experiments.cell_workdir(str(tmp_path), cells[0])
+  finished = grids.cell_workdir(str(tmp_path), cells[0])
   with open(os.path.join(finished, "results.json"), "w") as f:
     json.dump(results[finished], f)
-  summary = {cell["seed"]: tmp_path / "cells" / (experiments.cell_name(cell) + ".json")
+  summary = {cell["seed"]: tmp_path / "cells" / (grids.cell_name(cell) + ".json")
              for cell in cells}
   _link(str(summary[0]), precious)  # exists: read as a summary, found unreadable, rebuilt
   _link(str(summary[1]), tmp_path / "outside" / "created.json")  # dangling: the cell runs
-  monkeypatch.setattr(experiments, "train_and_evaluate", lambda config, workdir: results[workdir])
-  experiments.run_grid(grid, str(tmp_path))
+  monkeypatch.setattr(runner, "train_and_evaluate", lambda config, workdir: results[workdir])
+  runner.run_grid(grid, str(tmp_path))
   assert precious.read_text() == PRECIOUS
   assert not os.path.exists(tmp_path / "outside" / "created.json")
   for seed, path in summary.items():

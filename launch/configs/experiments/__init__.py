@@ -9,7 +9,7 @@ def make_grid(base, rules, datasets, noise_rates=(0,), seeds=(0, 1)) -> ml_colle
   Symmetric noise, ``best_test_accuracy`` tabulated, no time budget, no overrides,
   no convergence check and no win/tie/loss by default; any field can be set
   afterwards or on the command line.  A ``rules`` entry may be a variant label whose
-  ``rule_overrides`` set the real ``rule`` (``launch/experiments.py``).
+  ``rule_overrides`` set the real ``rule`` (``deinforeg_jax/studies/grid.py``).
   """
   grid = ml_collections.ConfigDict()
   grid.base = base
