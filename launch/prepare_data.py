@@ -11,36 +11,21 @@
   python -m launch.prepare_data --name=dbpedia_10k --data_dir=DIR \
       --jsonl=all.jsonl.gz --test_fraction=0.2 --split_seed=0   # one file, split here
 
-Writes the array_record dataset ``<data_dir>/<name>/1.0.0`` and prints the command
-that trains on it. The dataset is written to a temporary folder in ``data_dir`` and
-renamed into place only when complete, so a failed run (or ``--overwrite`` with bad
-input) leaves an existing dataset as it was. Labels must be 0-based class ids, and the
-train split needs two classes or more (``--allow_one_class`` to accept one). Without
-``--num_classes`` the classes of JSON Lines text are those of its train records, as an
-image folder's are its train class folders: the labels must be ``0..K-1`` with every id in
-train (label 99 without 2..98 is refused, not read as 100 classes), and every test label
-must be a train class.
+Writes the array_record dataset ``<data_dir>/<name>/1.0.0`` and prints the command that trains
+on it (``deinforeg_jax.data.prepare.LocalSource``; each source's module says what it may hold).
+The dataset is renamed into place only when complete, so a failed run (or ``--overwrite`` with
+bad input) leaves an existing dataset as it was.  Labels are 0-based class ids and the train
+split needs two classes or more (``--allow_one_class`` accepts one); without ``--num_classes``
+the classes of an image folder or of JSON Lines text are those of its train split.
+``--resize=N`` resizes each image file to NxN (bilinear, as torchvision's Resize).  ``--jsonl``
+sends a seeded ``--test_fraction`` of each class's records to the test split.
 
-Image files (``--image_folder``, ``--tiny_imagenet``) are decoded with Pillow;
-``--resize=N`` resizes each to NxN (bilinear, as torchvision's Resize; the thesis trains
-on Tiny-ImageNet at 32x32). Tiny-ImageNet's labels follow the order of its ``wnids.txt``.
-
-Text from one file (``--jsonl``) is split into train and test by label: from each class
-a seeded random ``--test_fraction`` of its records (rounded, halves up) goes to the test
-split, so every class is in both and the split is the same on every run
-(``deinforeg_jax.data.prepare.stratified_split``). Other fields of the records (e.g. a
-``source_split``) are ignored.
-
-Images: ``.npz`` integer arrays must hold 0..255 (stored as uint8); float arrays must be
-finite, in [0, 1] or 0..255 (the range is inferred from the data and stored as
-``pixel_max``). The train split's per-channel pixel mean/std are stored with the dataset;
-``--mean``/``--std`` (in [0, 1] units, as for torchvision's Normalize; finite, std > 0)
-replace them, e.g. with the reference code's constants (vision/setting.py;
-``config.data.name=cifar10`` uses CIFAR-10's):
+The train split's per-channel pixel mean/std are stored with an image dataset; ``--mean``/
+``--std`` (in [0, 1] units, as for torchvision's Normalize) replace them, e.g. with the
+reference code's constants (vision/setting.py):
   --mean=0.4914,0.4822,0.4465 --std=0.2023,0.1994,0.2010   # CIFAR-10
   --mean=0.4802,0.4481,0.3975 --std=0.2770,0.2691,0.2821   # Tiny-ImageNet
-Names of TFDS catalogue datasets (cifar10, mnist, ...) are refused: TFDS would read
-them with its own builder; use e.g. cifar10_local.
+Names of TFDS catalogue datasets (cifar10, mnist, ...) are refused: use e.g. cifar10_local.
 """
 
 from absl import app, flags
@@ -128,103 +113,37 @@ def main(argv):
     )
   if _RESIZE.value is not None and _IMAGE_FOLDER.value is None and _TINY_IMAGENET.value is None:
     raise app.UsageError("--resize applies to image files (--image_folder, --tiny_imagenet)")
-  if text is not None:
-    if _MEAN.value is not None or _STD.value is not None:
-      raise app.UsageError(
-        "--mean/--std apply to images (--npz, --image_folder, --tiny_imagenet), not text"
-      )
-    _prepare_text()
-    return
+  if text is not None and (_MEAN.value is not None or _STD.value is not None):
+    raise app.UsageError(
+      "--mean/--std apply to images (--npz, --image_folder, --tiny_imagenet), not text"
+    )
   if (_MEAN.value is None) != (_STD.value is None):
     raise app.UsageError("give both --mean and --std, or neither")
   mean, std = _floats(_MEAN), _floats(_STD)
   # Imported here so that --help and flag errors need no TFDS import.
-  import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
+  from deinforeg_jax.data.prepare import LocalSource  # pylint: disable=import-outside-toplevel
 
-  from deinforeg_jax.data import prepare  # pylint: disable=import-outside-toplevel
-
-  tfds.disable_progress_bar()
-  options = dict(overwrite=_OVERWRITE.value, allow_one_class=_ALLOW_ONE_CLASS.value)
-  if mean is not None:
-    # [0, 1] units, scaled to the stored pixel range (inferred from the data).
-    options.update(mean=mean, std=std, stats_units="unit", stats_source="given (--mean/--std)")
-  try:
-    if _NPZ.value is not None:
-      prepared = prepare.prepare_npz(
-        _NAME.value, _DATA_DIR.value, _NPZ.value, num_classes=_NUM_CLASSES.value, **options
-      )
-    elif _IMAGE_FOLDER.value is not None:
-      prepared = prepare.prepare_image_folder(
-        _NAME.value, _DATA_DIR.value, _IMAGE_FOLDER.value, resize=_RESIZE.value, **options
-      )
-    else:
-      prepared = prepare.prepare_tiny_imagenet(
-        _NAME.value, _DATA_DIR.value, _TINY_IMAGENET.value, resize=_RESIZE.value, **options
-      )
-  except ValueError as error:  # the prepare functions' refusals of bad input data
-    raise cli.UserError(str(error)) from error
-
-  counts = ", ".join(f"{n} {split}" for split, n in prepared.num_examples.items())
-  fmt = lambda values: "(" + ", ".join(f"{v:.2f}" for v in values) + ")"  # noqa: E731
-  print(
-    f"Prepared {prepared.name} in {prepared.seconds:.1f} s: {counts} images of shape "
-    f"{prepared.image_shape}, {prepared.num_classes} classes, pixel range "
-    f"[0, {prepared.metadata['pixel_max']:g}], mean {fmt(prepared.mean)} std "
-    f"{fmt(prepared.std)}\n  -> {prepared.dataset_dir}"
+  source = LocalSource(
+    npz=_NPZ.value,
+    image_folder=_IMAGE_FOLDER.value,
+    tiny_imagenet=_TINY_IMAGENET.value,
+    jsonl=_JSONL.value,
+    jsonl_train=_JSONL_TRAIN.value,
+    jsonl_test=_JSONL_TEST.value,
+    resize=_RESIZE.value,
+    test_fraction=_TEST_FRACTION.value,
+    split_seed=_SPLIT_SEED.value,
   )
-  config = "tinyimagenet_vgg" if _TINY_IMAGENET.value is not None else "default"
-  print(
-    "Train on it with:\n"
-    f"  python -m launch.train --config=launch/configs/{config}.py "
-    f"--config.data.name={prepared.name} --config.data.data_dir={prepared.data_dir} "
-    "--workdir=W"
-  )
-
-
-def _prepare_text():
-  import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
-
-  from deinforeg_jax.data import prepare  # pylint: disable=import-outside-toplevel
-
-  tfds.disable_progress_bar()
-  options = dict(
+  prepared = source.prepare(
+    _NAME.value,
+    _DATA_DIR.value,
     num_classes=_NUM_CLASSES.value,
-    allow_one_class=_ALLOW_ONE_CLASS.value,
+    mean=mean,
+    std=std,
     overwrite=_OVERWRITE.value,
+    allow_one_class=_ALLOW_ONE_CLASS.value,
   )
-  try:
-    if _JSONL.value is not None:
-      prepared = prepare.prepare_jsonl_split(
-        _NAME.value,
-        _DATA_DIR.value,
-        _JSONL.value,
-        test_fraction=_TEST_FRACTION.value,
-        split_seed=_SPLIT_SEED.value,
-        **options,
-      )
-    else:
-      prepared = prepare.prepare_jsonl(
-        _NAME.value, _DATA_DIR.value, _JSONL_TRAIN.value, _JSONL_TEST.value, **options
-      )
-  except ValueError as error:  # the prepare functions' refusals of bad input data
-    raise cli.UserError(str(error)) from error
-  counts = ", ".join(f"{n} {split}" for split, n in prepared.num_examples.items())
-  split = (
-    f" (split of {_JSONL.value} by label: test fraction {_TEST_FRACTION.value}, seed "
-    f"{_SPLIT_SEED.value})"
-    if _JSONL.value is not None
-    else ""
-  )
-  print(
-    f"Prepared {prepared.name} in {prepared.seconds:.1f} s: {counts} texts, "
-    f"{prepared.num_classes} classes{split}\n  -> {prepared.dataset_dir}"
-  )
-  print(
-    "Train on it with a text config, e.g.:\n"
-    f"  python -m launch.train --config=launch/configs/agnews_lstm.py "
-    f"--config.data.name={prepared.name} --config.data.data_dir={prepared.data_dir} "
-    "--config.data.max_len=60 --workdir=W"
-  )
+  print(source.summary(prepared))
 
 
 def run():

@@ -25,7 +25,7 @@ from deinforeg_jax import reporting, safe_files, tensorboard_events
 from deinforeg_jax.data import prepare
 from deinforeg_jax.studies import grid as grids
 from deinforeg_jax.studies import runner
-from launch import predict
+from deinforeg_jax.trained import prediction_csv
 
 PRECIOUS = "precious: not the project's to write\n"
 
@@ -129,7 +129,7 @@ def test_predicts_out_replaces_a_link_and_writes_the_csv(tmp_path, precious):
   prediction = types.SimpleNamespace(
     labels=[3], names=["three"], confidence=[0.75], exits=[1], blocks=[2]
   )
-  predict.write_csv(str(out), ["a.png"], prediction)
+  prediction_csv.write_csv(str(out), ["a.png"], prediction)
   assert precious.read_text() == PRECIOUS
   assert out.read_text().splitlines() == [
     "id,label,class_name,probability,exit,exit_block", "a.png,3,three,0.750000,1,2"

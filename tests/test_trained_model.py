@@ -23,15 +23,20 @@ import sys
 import jax
 import numpy as np
 import pytest
-from helpers import REPO, launch_env, tiny_config
-from test_text_data import text_data_config, toy_records, write_jsonl
+from helpers import (
+  REPO,
+  launch_env,
+  text_data_config,
+  tiny_config,
+  toy_records,
+  write_jsonl,
+)
 
 import deinforeg_jax
 from deinforeg_jax import inference, train, trained
-from deinforeg_jax.trained import loading
+from deinforeg_jax.trained import evaluation, export, inputs, loading, prediction_csv
 from deinforeg_jax.data import load_digits, load_dataset
 from deinforeg_jax.data.prepare import text as text_prepare
-from launch import evaluate, export, predict
 
 # One worker trains the module's runs once (conftest groups by fixture name otherwise).
 pytestmark = pytest.mark.xdist_group("test_trained_model")
@@ -233,8 +238,8 @@ def test_bad_workdirs_and_inputs_fail_with_one_line_naming_the_problem(
 def test_evaluate_reports_the_runs_accuracy_and_writes_json_and_png(loaded, tmp_path):
   name, model, results = loaded
   before = sorted(os.listdir(os.path.join(model.workdir, "checkpoints")))
-  report = evaluate.evaluate(model, model.config.data, "adaptive")
-  json_path, png = evaluate.write_report(report, str(tmp_path / name))
+  report = evaluation.evaluate(model, model.config.data, "adaptive")
+  json_path, png = evaluation.write_report(report, str(tmp_path / name))
   np.testing.assert_allclose(report["per_exit_accuracy"], results["per_block_test_accuracy"])
   assert report["adaptive_inference"]["accuracy"] == pytest.approx(
     results["adaptive_inference"]["accuracy"], abs=1e-12
@@ -267,7 +272,7 @@ def test_evaluate_on_another_prepared_dataset_rescales_its_pixels(digits_run, tm
   model = deinforeg_jax.load(digits_run[0])
   data_cfg = model.config.data.copy_and_resolve_references()
   data_cfg.name, data_cfg.data_dir = "digits_uint8", str(tmp_path / "tfds")
-  report = evaluate.evaluate(model, data_cfg, 1)
+  report = evaluation.evaluate(model, data_cfg, 1)
   uint8 = model.predict(to_uint8(test_split.images), exit=1)
   assert report["accuracy"] == pytest.approx(np.mean(uint8.labels == test_split.labels))
   assert report["dataset"] == "digits_uint8" and report["num_examples"] == 360
@@ -283,16 +288,16 @@ def test_predict_reads_image_folders_npz_and_jsonl(digits_run, text_run, tmp_pat
   (folder / "sub").mkdir(parents=True)
   for i, image in enumerate(images):
     Image.fromarray(image).save(folder / ("sub" if i % 2 else "") / f"{i}.png")
-  ids, raw = predict.read_input(str(folder), model)
+  ids, raw = inputs.read_input(str(folder), model)
   assert ids == ["0.png", "2.png", "4.png", "sub/1.png", "sub/3.png", "sub/5.png"]
   order = [0, 2, 4, 1, 3, 5]
   np.testing.assert_array_equal(raw[..., 0], images[order])
   np.savez(tmp_path / "x.npz", images=images)
-  ids, raw = predict.read_input(str(tmp_path / "x.npz"), model)
+  ids, raw = inputs.read_input(str(tmp_path / "x.npz"), model)
   assert ids == [str(i) for i in range(6)]
   out = tmp_path / "preds.csv"
   prediction = model.predict(raw, exit="adaptive")
-  predict.write_csv(str(out), ids, prediction)
+  prediction_csv.write_csv(str(out), ids, prediction)
   with open(out) as f:
     rows = list(csv.DictReader(f))
   assert [int(r["label"]) for r in rows] == prediction.labels.tolist()
@@ -304,13 +309,13 @@ def test_predict_reads_image_folders_npz_and_jsonl(digits_run, text_run, tmp_pat
   with open(tmp_path / "texts.jsonl", "w") as f:
     f.writelines(json.dumps(r) + "\n" for r in records[:3])
     f.write(json.dumps(records[3]["text"]) + "\n")
-  ids, texts = predict.read_input(str(tmp_path / "texts.jsonl"), text_model)
+  ids, texts = inputs.read_input(str(tmp_path / "texts.jsonl"), text_model)
   assert ids == ["t0", "t1", "t2", "3"] and texts == [r["text"] for r in records]
   with pytest.raises(ValueError, match="this image model reads an image folder or an .npz"):
-    predict.read_input(str(tmp_path / "texts.jsonl"), model)
+    inputs.read_input(str(tmp_path / "texts.jsonl"), model)
   np.savez(tmp_path / "bad.npz", pixels=images)
   with pytest.raises(ValueError, match=r"has no array 'x' or 'images' \(found \['pixels'\]\)"):
-    predict.read_input(str(tmp_path / "bad.npz"), model)
+    inputs.read_input(str(tmp_path / "bad.npz"), model)
 
 
 def _launch(module: str, *args: str) -> subprocess.CompletedProcess:

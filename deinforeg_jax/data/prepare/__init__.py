@@ -8,12 +8,14 @@ this package. Every dataset goes through the one builder in ``builder``:
   (and the writing path of every layout of image files);
 - ``tiny_imagenet``: the ``tiny-imagenet-200/`` folder (``wnids.txt``, train, val);
 - ``text``: JSON Lines files with ``text`` and ``label`` (a train and a test file, or one
-  file split by label, seeded).
+  file split by label, seeded);
+- ``source``: ``LocalSource``, the one source ``launch.prepare_data``'s flags name, prepared.
 """
 
 from deinforeg_jax.data.prepare.builder import LocalDataset, Prepared, SplitData, write_dataset
 from deinforeg_jax.data.prepare.image_folder import prepare_image_folder, read_image
 from deinforeg_jax.data.prepare.images import PreparedImages, prepare_npz
+from deinforeg_jax.data.prepare.source import LocalSource
 from deinforeg_jax.data.prepare.text import (
   prepare_jsonl,
   prepare_jsonl_split,
@@ -24,6 +26,7 @@ from deinforeg_jax.data.prepare.tiny_imagenet import prepare_tiny_imagenet
 
 __all__ = [
   "LocalDataset",
+  "LocalSource",
   "Prepared",
   "PreparedImages",
   "SplitData",
