@@ -37,6 +37,7 @@ from deinforeg_jax import inference, train, trained
 from deinforeg_jax.trained import evaluation, export, inputs, loading, prediction_csv
 from deinforeg_jax.data import load_digits, load_dataset
 from deinforeg_jax.data.prepare import text as text_prepare
+from deinforeg_jax.user_errors import UserError
 
 # One worker trains the module's runs once (conftest groups by fixture name otherwise).
 pytestmark = pytest.mark.xdist_group("test_trained_model")
@@ -276,6 +277,16 @@ def test_evaluate_on_another_prepared_dataset_rescales_its_pixels(digits_run, tm
   uint8 = model.predict(to_uint8(test_split.images), exit=1)
   assert report["accuracy"] == pytest.approx(np.mean(uint8.labels == test_split.labels))
   assert report["dataset"] == "digits_uint8" and report["num_examples"] == 360
+
+
+def test_evaluate_overrides_only_data_and_inference_fields():
+  config = tiny_config(num_blocks=2)
+  width = config.model.width
+  evaluation.apply_overrides(config, {"data.name": "other", "inference.patience": 2})
+  assert (config.data.name, config.inference.patience, config.model.width) == ("other", 2, width)
+  with pytest.raises(UserError, match=r"^--config.model.width: evaluate takes only "):
+    evaluation.apply_overrides(config, {"data.name": "again", "model.width": 2.0})
+  assert (config.data.name, config.model.width) == ("other", width)  # refused before any is set
 
 
 def test_predict_reads_image_folders_npz_and_jsonl(digits_run, text_run, tmp_path):
