@@ -229,7 +229,7 @@ class SpmdPipeline:
 
   def _make_tick(self):
     pipe, k, width, act = self.pipe, self.pipe.num_stages, max(self.sizes), self.act
-    stage_steps = pipe._train_steps  # pylint: disable=protected-access
+    stage_steps = pipe.train_steps
 
     def branch(j):
 

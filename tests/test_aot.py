@@ -1,4 +1,5 @@
-"""``launch.aot``: TPU ahead-of-time compilation of a tiny run for ``v5e:2x2``, without a TPU.
+"""``deinforeg_jax.aot`` and ``launch.aot``: TPU ahead-of-time compilation of a tiny run for
+``v5e:2x2``, without a TPU.
 
 Needs libtpu, which the README's test command installs (the ``[tpu]`` extra). libtpu has
 wheels for Linux x86_64 only: on any other platform the tests that compile for a TPU skip and say
@@ -12,9 +13,11 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
+import json
 import math
 import os
 import platform
+import re
 import subprocess
 import sys
 
@@ -22,8 +25,8 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from deinforeg_jax import steps
-from launch import aot
+from deinforeg_jax import aot, steps
+from deinforeg_jax.run import build_run
 
 from helpers import tiny_config
 
@@ -47,14 +50,22 @@ def _tile_padded_bytes(shape, itemsize: int = 4) -> int:
   return math.prod(dims) * itemsize
 
 
+def _fit_run(config):
+  """The ``run.Run`` that ``aot.check_topology`` compiles for ``config``."""
+  return build_run(config, aot.run_shapes(config), platform="tpu", num_old=0)
+
+
+def _logical_bytes(tree) -> int:
+  return sum(math.prod(x.shape) * x.dtype.itemsize for x in jax.tree.leaves(tree))
+
+
 @pytest.fixture(scope="module")
 def compiled():
   """The tiny run compiled once for v5e:2x2, with its abstract state and steps."""
   config = tiny_config()
   report = aot.check_topology(config, "v5e:2x2")
-  shapes = aot.run_shapes(config)
-  run = aot.build_run(config, shapes)
-  return config, report, run, aot.state_shapes_of(run["model"], run["tx"], shapes.input_shape)
+  run = _fit_run(config)
+  return config, report, run, run.abstract_state()
 
 
 @needs_libtpu
@@ -102,7 +113,7 @@ def test_v5e_2x2_data_parallel_report(compiled):
   # Per chip: the replicated state plus this chip's rows of the batch, at least as their
   # logical size and at most with every array padded to (8, 128) tiles.
   leaves = jax.tree.leaves(state)
-  logical = sum(math.prod(x.shape) * x.dtype.itemsize for x in leaves)
+  logical = _logical_bytes(state)
   rows = GLOBAL_BATCH // CHIPS
   batch_logical = rows * (8 * 8 * 1 + 1) * 4
   padded = sum(_tile_padded_bytes(x.shape) for x in leaves)
@@ -121,10 +132,8 @@ def test_sharded_state_splits_the_large_arrays():
   config = tiny_config(projector="512-512")  # 512 x 512 kernels: split, large enough to count
   config.parallel.shard_state = True
   report = aot.check_topology(config, "v5e:2x2")
-  shapes = aot.run_shapes(config)
-  run = aot.build_run(config, shapes)
-  leaves = jax.tree.leaves(aot.state_shapes_of(run["model"], run["tx"], shapes.input_shape))
-  whole = sum(math.prod(x.shape) * x.dtype.itemsize for x in leaves)
+  leaves = jax.tree.leaves(_fit_run(config).abstract_state())
+  whole = _logical_bytes(leaves)
   large = sum(math.prod(x.shape) * x.dtype.itemsize for x in leaves if math.prod(x.shape) >= 2**16)
   train_step = report.steps[0]
   assert large > 0.85 * whole  # the projectors' 512 x 512 kernels and their LARS momenta
@@ -137,10 +146,9 @@ def test_flops_are_per_chip_and_plausible(compiled):
   """XLA:TPU's FLOPs for one chip's rows agree with XLA's HLO estimate of the same step
   lowered (not compiled) for one device at the per-chip batch, within 2x."""
   config, report, run, state = compiled
-  phase = run["phase"]
   rows = GLOBAL_BATCH // CHIPS
   train_step = jax.jit(
-    steps.make_train_step(phase.model, run["objective"], run["tx"], 10, config.loss)
+    steps.make_train_step(run.plan.final.model, run.objective, run.tx, 10, config.loss)
   )
   lowered = train_step.lower(
     state, jax.ShapeDtypeStruct((rows, 8, 8, 1), jnp.float32),
@@ -166,10 +174,33 @@ def test_report_text_and_no_fit_message(compiled):
 
 
 @needs_libtpu
-def test_refusals_name_the_field():
+def test_pipeline_compiles_each_stage_for_its_own_chip():
+  """Pipeline mode compiles ``pipeline.Pipeline``'s stage programs, one stage per chip: the
+  stages cover the blocks in order, and their donated states hold at least the whole state."""
+  config = tiny_config()
+  config.parallel.mode, config.parallel.num_stages = "pipeline", 2
+  report = aot.check_topology(config, "v5e:2x2")
+  assert (report.mode, report.chips_used) == ("pipeline", 2)
+  trains, evals = report.steps[0::2], report.steps[1::2]
+  assert [s.name for s in evals] == ["eval stage 0", "eval stage 1"]
+  names = [re.fullmatch(r"train stage (\d) \(blocks (\d)-(\d)\)", s.name) for s in trains]
+  stages, firsts, lasts = zip(*[tuple(map(int, m.groups())) for m in names])
+  assert stages == (0, 1) and firsts[0] == 0 and firsts[1] == lasts[0] + 1 and lasts[1] == 3
+  whole = _logical_bytes(_fit_run(config).abstract_state())
+  assert whole <= sum(s.alias_bytes for s in trains)
+  for step in report.steps:
+    assert step.flops > 0 and 0 < step.total_bytes < report.hbm_bytes
+  assert "pipeline, 2 stage(s) on the chips of one host" in aot.format_report(report, config)
+
+
+@needs_libtpu
+def test_refusals_name_the_field(capsys):
   config = tiny_config()
   config.data.batch_size = 66
   with pytest.raises(aot.AotError, match="config.data.batch_size=66 is not divisible"):
+    aot.check_topology(config, "v5e:2x2")
+  config.data.batch_size = 1440  # digits: 1437 training examples
+  with pytest.raises(aot.AotError, match="config.data.batch_size=1440 exceeds the 1437 training"):
     aot.check_topology(config, "v5e:2x2")
   config = tiny_config(rule="bp")
   config.parallel.mode = "pipeline"
@@ -181,19 +212,27 @@ def test_refusals_name_the_field():
     aot.check_topology(config, "v5e:2x2")
   with pytest.raises(aot.AotError, match="--topology='v9z:1x1'"):
     aot.check_topology(tiny_config(), "v9z:1x1")
+  with pytest.raises(aot.AotError, match=r"^v9z:1x1: --topology='v9z:1x1' is not a TPU topology"):
+    aot.check_topologies(tiny_config(), ["v9z:1x1"])
+  assert capsys.readouterr().out.startswith("v9z:1x1: DOES NOT COMPILE: --topology='v9z:1x1'")
 
 
 @needs_libtpu
-def test_command_line_exit_status():
-  """The CLI prints the report and exits 1 when the run does not fit (1 MiB of HBM)."""
+def test_command_line_exit_status(tmp_path):
+  """The CLI prints the report, appends it to ``--json`` and exits 1 when the run does not fit
+  (1 MiB of HBM)."""
+  rows = tmp_path / "rows.jsonl"
   env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
   env["PYTHONPATH"] = os.pathsep.join(filter(None, [REPO_ROOT, env.get("PYTHONPATH")]))
   env["JAX_PLATFORMS"] = "cpu"
   proc = subprocess.run(
     [sys.executable, "-m", "launch.aot", "--topology=v5e:2x2", "--hbm_gib=0.001",
-     "--config.model.width=0.125", "--config.model.projector=32-32"],
+     "--config.model.width=0.125", "--config.model.projector=32-32", f"--json={rows}"],
     cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300, check=False,
   )
   assert proc.returncode == 1, proc.stderr[-3000:]
   assert "DOES NOT FIT" in proc.stdout and "FLOPs/chip" in proc.stdout
   assert "config.data.batch_size" in proc.stderr and "config.model.width" in proc.stderr
+  (row,) = [json.loads(line) for line in rows.read_text().splitlines()]
+  assert (row["topology"], row["chips_used"], row["fits"]) == ("v5e:2x2", 4, False)
+  assert row["config"]["model"]["projector"] == "32-32" and row["hbm_bytes"] == 2**30 // 1000

@@ -199,8 +199,8 @@ def test_a_failing_stage_stops_the_pipeline_with_its_error(one_program, monkeypa
   def broken(*args):
     raise RuntimeError("stage 2 exploded")
 
-  stage_steps = list(pipe._train_steps)  # pylint: disable=protected-access
-  monkeypatch.setattr(pipe, "_train_steps", stage_steps[:2] + [broken] + stage_steps[3:])
+  stage_steps = list(pipe.train_steps)
+  monkeypatch.setattr(pipe, "train_steps", stage_steps[:2] + [broken] + stage_steps[3:])
   with pytest.raises(RuntimeError, match="stage 2 exploded"):
     pipe.train_epoch(states, itertools.repeat(random_batch(BATCH), 50), "pipelined", "threads")
 

@@ -20,11 +20,10 @@ import pytest
 from PIL import Image
 from test_prepare_data import REPO, all_records, data_cfg
 
-from deinforeg_jax import models
+from deinforeg_jax import aot, models
 from deinforeg_jax.configuration import validate_config
 from deinforeg_jax.data import prepare
 from deinforeg_jax.data.registry import load_dataset
-from launch import aot
 from launch.configs import tinyimagenet_resnet18, tinyimagenet_vgg
 
 WNIDS = ("n02", "n01", "n03")

@@ -56,7 +56,8 @@ class Pipeline:
   ``model`` is the full stack (``models.create_model``); ``bounds`` the block range
   of each stage (``partition_blocks``); ``input_shape`` one example's shape.  Stage
   ``k`` runs ``stage_model(model, *bounds[k])`` with the one step builder of
-  ``steps`` (``make_train_step`` / ``make_eval_step``).
+  ``steps`` (``make_train_step`` / ``make_eval_step``): its jitted programs are
+  ``train_steps[k]``, ``eval_steps[k]`` and ``check_steps[k]``, placed by their arguments.
   """
 
   def __init__(
@@ -90,7 +91,7 @@ class Pipeline:
     self.num_classes = model.num_classes
     self.stages = [stage_model(model, a, b) for a, b in bounds]
     self.input_shapes = stage_input_shapes(self.stages, input_shape)
-    self._train_steps = [
+    self.train_steps = [
       jax.jit(
         steps.make_train_step(
           s, objective, tx, model.num_classes, loss_cfg, log_grad_norms=log_grad_norms
@@ -100,8 +101,8 @@ class Pipeline:
       )
       for s, device in zip(self.stages, self.devices)
     ]
-    self._eval_steps = [jax.jit(steps.make_eval_step(s)) for s in self.stages]
-    self._check_steps = [
+    self.eval_steps = [jax.jit(steps.make_eval_step(s)) for s in self.stages]
+    self.check_steps = [
       jax.jit(steps.make_check_step(s, objective, model.num_classes, loss_cfg))
       for s in self.stages
     ]
@@ -113,6 +114,18 @@ class Pipeline:
 
   # ---------------------------------------------------------------- state
 
+  def create_states(self, rng: jax.Array) -> list[steps.TrainState]:
+    """Every stage's initial ``TrainState`` (traceable), equal to the full stack's init at
+    ``rng``."""
+    return [
+      steps.create_train_state(stage, self.tx, rng, shape)
+      for stage, shape in zip(self.stages, self.input_shapes)
+    ]
+
+  def abstract_states(self) -> list[steps.TrainState]:
+    """``create_states``' shapes and dtypes, per stage (``jax.eval_shape``: nothing is built)."""
+    return jax.eval_shape(self.create_states, jax.random.key(0))
+
   def init(self, rng: jax.Array, device: jax.Device | None = None) -> list[steps.TrainState]:
     """Per-stage states on their devices, equal to the full stack's init at ``rng``.
 
@@ -122,15 +135,8 @@ class Pipeline:
 
     device = device or self.devices[0]
     if device not in self._inits:
-
-      def init_all(key):
-        return [
-          steps.create_train_state(stage, self.tx, key, shape)
-          for stage, shape in zip(self.stages, self.input_shapes)
-        ]
-
       self._inits[device] = jax.jit(
-        init_all,
+        self.create_states,
         out_shardings=SingleDeviceSharding(device),
         compiler_options=xla_cpu.init_options(device.platform),
       )
@@ -242,7 +248,7 @@ class Pipeline:
 
   def _stage(self, k: int, state, x, labels):
     x, labels = jax.device_put((x, labels), self.devices[k])
-    state, metrics, h = self._train_steps[k](state, x, labels)
+    state, metrics, h = self.train_steps[k](state, x, labels)
     return state, h, metrics, labels
 
   def _run_synchronous(self, states, batches, ctx, queue_size):
@@ -354,7 +360,7 @@ class Pipeline:
     x, total, finite = inputs, 0.0, {}
     for k, (state, device) in enumerate(zip(states, self.devices)):
       x, labels = jax.device_put((x, labels), device)
-      out, x = self._check_steps[k](state, x, labels)
+      out, x = self.check_steps[k](state, x, labels)
       out = jax.device_get(out)
       total += float(out["total_loss"])
       finite.update({name: ok for name, ok in out["finite"].items() if name != "optimizer state"})
@@ -368,7 +374,7 @@ class Pipeline:
     correct = []
     for k, (state, device) in enumerate(zip(states, self.devices)):
       x, labels, mask = jax.device_put((x, labels, mask), device)
-      out, x = self._eval_steps[k](state, x, labels, mask)
+      out, x = self.eval_steps[k](state, x, labels, mask)
       correct.append(out["correct"])
     last = self.devices[-1]
     return jnp.concatenate(jax.device_put(correct, last)), jnp.sum(mask)
