@@ -37,25 +37,9 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
-from deinforeg_jax import safe_files
+from deinforeg_jax import config_fields, safe_files
 from deinforeg_jax.workdir_lock import WorkdirError, write_error
 from deinforeg_jax.config_error import ConfigError
-
-# Config fields that do not change the training path: a resumed run may change them freely.
-# Everything else (model, data order and content, loss, optimizer, schedule, epochs, seed) is
-# part of the checkpoint's identity (``changed_fields``).
-RESUMABLE_FIELDS = (
-  "checkpoint",
-  "parallel",
-  "inference",
-  "train.max_steps",
-  "model.conv_impl",  # how convolutions are computed, not what: the state is the same
-  "train.log_grad_norms",
-  "data.data_dir",
-  "data.download",
-  "data.eval_batch_size",
-)
-
 
 class CheckpointMismatchError(ValueError):
   """The checkpoint in the workdir does not fit the model or data being trained."""
@@ -209,40 +193,32 @@ def checksums(state_dict) -> dict[str, int]:
   return {path: sums[path] for path in flat}
 
 
-# Config fields added after checkpoints were first written, with the behaviour every run had
-# before the field existed: a saved config without the field is read as having that value, so
-# older workdirs still resume (and a resume that asks for another value is refused by name).
-FIELDS_ADDED_LATER = {"model.init": "flax", "model.bn_running_var": "biased"}
-# The same for fields that only text models read (2026-12-07: the BiLSTM's second bias, the
-# Transformer's LayerNorm, the AL label-code width and a side block's BiLSTM state can follow the
-# reference code); a vision run saved without them is not built from them, and they are no part
-# of its identity.
-TEXT_FIELDS_ADDED_LATER = {
-  "model.lstm_biases": 1,
-  "model.layer_norm": "flax",
-  "model.text_al_width": "hidden",
-  "grow.side_lstm_state": "zero",  # a grown text block's BiLSTM initial state
-}
-
-
 def fields_added_later(saved_config: dict) -> dict[str, Any]:
-  """``{field: value}`` that a run saved with ``saved_config`` had for each field added later."""
+  """``{field: value}`` that a run saved with ``saved_config`` had for each field added later
+  (``config_fields.AddedLater``: a saved config without the field is read as that value, so
+  older workdirs still resume, and a resume that asks for another value is refused by name);
+  a vision run has none of the text-only ones."""
   is_text = saved_config.get("data", {}).get("kind") == "text"
-  return {**FIELDS_ADDED_LATER, **(TEXT_FIELDS_ADDED_LATER if is_text else {})}
+  return {
+    name: field.added_later.earlier
+    for name, field in config_fields.FIELDS.items()
+    if field.added_later and (is_text or not field.text_only)
+  }
 
 
 def changed_fields(saved_config: dict, config: dict) -> dict[str, tuple[Any, Any]]:
-  """``{field: (saved, now)}`` for the config fields outside ``RESUMABLE_FIELDS`` that differ
-  (a field added later that the saved config lacks has its earlier value, ``fields_added_later``;
-  a text-only field that a vision run's config lacks is not compared)."""
+  """``{field: (saved, now)}`` for the config fields that differ and that a resume may not change
+  (all but ``config_fields.Field.resumable``: the model, data, loss, optimizer, schedule,
+  epochs and seed make the checkpoint's identity).  A field added later that the saved config
+  lacks has its earlier value (``fields_added_later``); a text-only one that a vision run's
+  config lacks is not compared."""
   saved = flax.traverse_util.flatten_dict(saved_config, sep=".")
   old = {**fields_added_later(saved_config), **saved}
   new = flax.traverse_util.flatten_dict(config, sep=".")
   changed = {}
   for field in sorted(set(old) | set(new)):
-    if any(field == f or field.startswith(f + ".") for f in RESUMABLE_FIELDS):
-      continue
-    if field in TEXT_FIELDS_ADDED_LATER and field not in old:
+    facts = config_fields.FIELDS.get(field)
+    if facts and (facts.resumable or (facts.text_only and facts.added_later and field not in old)):
       continue
     if old.get(field, "<absent>") != new.get(field, "<absent>"):
       changed[field] = (old.get(field, "<absent>"), new.get(field, "<absent>"))

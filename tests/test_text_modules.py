@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from helpers import global_norm, init_variables, to_host
 
-from deinforeg_jax import checkpoint, models, optim, parallel, rules, steps, train
+from deinforeg_jax import checkpoint, config_fields, models, optim, parallel, rules, steps, train
 from deinforeg_jax.configuration import validate_config
 from deinforeg_jax.modules import text
 from deinforeg_jax.trained import loading
@@ -304,7 +304,10 @@ def _param_shapes(config) -> dict[str, tuple[int, ...]]:
 
 def _without_text_fields_added_later(config) -> dict:
   saved = config.to_dict()
-  for field in checkpoint.TEXT_FIELDS_ADDED_LATER:
+  text_fields_added_later = [
+    f for f, facts in config_fields.FIELDS.items() if facts.text_only and facts.added_later
+  ]
+  for field in text_fields_added_later:
     section, name = field.split(".")
     del saved[section][name]
   return saved

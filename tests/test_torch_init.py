@@ -196,7 +196,7 @@ def test_default_batch_norm_keeps_the_originals_unbiased_running_variance():
   np.testing.assert_allclose(
     updates["batch_stats"]["var"], 0.9 + 0.1 * batch.var(0, ddof=1), rtol=1e-5
   )
-  assert checkpoint.FIELDS_ADDED_LATER["model.bn_running_var"] == "biased"  # older checkpoints
+  assert checkpoint.fields_added_later({})["model.bn_running_var"] == "biased"  # older checkpoints
 
 
 def test_unbiased_running_variance_in_a_model():

@@ -288,7 +288,7 @@ def _state(step: int):
 
 
 def _metadata(step: int):
-  """Just what ``check_compatible`` compares (``FIELDS_ADDED_LATER`` at their old values)."""
+  """Just what ``check_compatible`` compares (the fields added later at their old values)."""
   return {
     "step": step, "rule": "deinforeg", "num_blocks": 0, "parameter_shapes": {"w": [4]},
     "optimizer": "sgd", "optimizer_state_shapes": {},

@@ -24,7 +24,7 @@ i.e. PyTorch's 0.1; normalisation always uses the biased batch variance
   original DeInfoReg code (its BatchNorm layers), so evaluation-mode statistics are the
   original's.
 * ``"biased"``: Flax's ``var <- m var + (1 - m) s2`` (the default before 2026-12; a checkpoint
-  without the field has it, ``checkpoint.FIELDS_ADDED_LATER``).
+  without the field has it, ``config_fields.FIELDS``).
 
 ``conv_impl`` (``config.model.conv_impl``, ``"auto"`` resolved by ``resolve_conv_impl``):
 ``"xla"`` computes every convolution with ``lax.conv_general_dilated``; ``"winograd"``
