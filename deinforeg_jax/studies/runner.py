@@ -80,8 +80,7 @@ def run_grid(
   ``dry_run``: list the cells, write nothing.  ``report_only``: train nothing, write table and
   plots from the finished cells' summaries.  ``stop_requested() -> signal name | None`` is asked
   before each cell starts; a name raises ``user_errors.Interrupted`` (exit 75; the cells that
-  ran are saved).
-  Returns the summaries of the finished cells, in run order.
+  ran are saved).  Returns the summaries of the finished cells, in run order.
   """
   executor = executor or LocalExecutor()
   os.makedirs(os.path.join(root, "cells"), exist_ok=True)
@@ -114,7 +113,7 @@ def run_grid(
     return True
 
   if dry_run or report_only:
-    skipped = todo
+    skipped.extend(todo)
     for run in todo:
       print(f"[todo]    {run.name}", flush=True)
   else:
