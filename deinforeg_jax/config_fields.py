@@ -8,7 +8,8 @@ one line there and one row here (``tests/test_config_fields.py`` checks that the
   ``bool``/``str``/``int``/``number`` fields are typed by ``ml_collections`` on override, and
   strings with a syntax (``model.projector``, ``grow.schedule``, ...) are parsed by the module
   that reads them.  A choice's values come from the module that uses them.
-* ``text_only``: only text runs check it (a vision run never reads it).
+* ``text_only``: only text runs check it (a vision run never reads it), and a vision run's
+  checkpoint need not hold it when it was added later.
 * ``resumable``: a resumed run may change it freely; every other field is part of the
   checkpoint's identity (``checkpoint.changed_fields``).
 * ``compiled``: it may change the compiled programs (``False``: it steers only the loop around
@@ -67,7 +68,8 @@ INT, NUMBER, BOOL, STR = Kind("int"), Kind("number"), Kind("bool"), Kind("str")
 
 
 def checked_where_used(where: str) -> Kind:
-  """A string the module ``where`` checks when it reads it (a module this one cannot import)."""
+  """A string the module ``where`` checks when it reads it (``pipeline/`` imports ``checkpoint``,
+  which reads this table, so its values cannot be imported here)."""
   return Kind(f"str, checked by {where}")
 
 
