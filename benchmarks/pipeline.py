@@ -11,7 +11,7 @@ after one untimed warm-up epoch each; the median wall time gives samples/s.
 
 Methods (one JSON line each, ``"benchmark": "pipeline_throughput"``):
 
-* ``one_program``: ``train.compile_steps`` on one device (the reference).
+* ``one_program``: ``run.Run.jit_steps`` on one device (the reference).
 * ``data_parallel``: the same step with the batch split over ``--devices``.
 * ``pipeline_synchronous``: stages on ``--devices`` devices, one batch at a
   time through all stages (no overlap); its per-stage busy times ``c_k`` are
@@ -55,6 +55,7 @@ import re
 import statistics
 import sys
 import time
+import types
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -117,7 +118,8 @@ from jax.flatten_util import ravel_pytree
 from jax.sharding import AxisType, Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from deinforeg_jax import models, optim, parallel, pipeline, rules, steps, train
+from deinforeg_jax import parallel, pipeline
+from deinforeg_jax.run import build_run
 from launch.configs import default
 
 INPUT_SHAPE = (32, 32, 3)
@@ -154,18 +156,13 @@ def synthetic_batches(count, batch_size, seed):
 
 
 class OneProgram:
-  """``train.compile_steps`` over a ``data`` mesh of ``devices`` devices."""
+  """``run.Run.jit_steps`` over a ``data`` mesh of ``devices`` devices."""
 
-  def __init__(self, model, tx, config, devices, batches):
+  def __init__(self, run, devices, batches):
     self.mesh = parallel.make_data_mesh(devices)
-    init = jax.jit(
-      lambda key: steps.create_train_state(model, tx, key, INPUT_SHAPE),
-      out_shardings=parallel.replicated(self.mesh),
-    )
+    init = jax.jit(run.create_state, out_shardings=parallel.replicated(self.mesh))
     self.state = init(jax.random.key(0))
-    self.step, _ = train.compile_steps(
-      model, rules.get_objective(config.rule), tx, NUM_CLASSES, config.loss, self.mesh
-    )
+    self.step = run.jit_steps(run.plan.final, self.mesh).train
     self.batches = batches
 
   def epoch(self):
@@ -309,12 +306,13 @@ def main(argv=None):
     raise ValueError(f"--devices={args.devices} but only {len(jax.devices())} visible.")
   num_stages = args.stages or args.devices
   config = make_config(args)
-  model = models.create_model(config, NUM_CLASSES)
-  objective = rules.get_objective(config.rule)
-  total_steps = args.batches * (args.repeats + 1)
-  tx = optim.make_optimizer(
-    config.optim, optim.make_schedule(config.optim, total_steps, args.batches)
+  config.train.num_epochs = args.repeats + 1  # the schedule: one epoch per repeat (and warm-up)
+  info = types.SimpleNamespace(
+    input_shape=INPUT_SHAPE, num_classes=NUM_CLASSES,
+    num_train=args.batches * args.batch_size, kind="image",
   )
+  run = build_run(config, info)
+  model, objective, tx = run.model, run.objective, run.tx
   batches = synthetic_batches(args.batches, args.batch_size, args.seed)
   common = {
     "devices": args.devices,
@@ -355,9 +353,9 @@ def main(argv=None):
   for method in methods:
     start = time.perf_counter()
     if method == "one_program":
-      runs[method] = OneProgram(model, tx, config, 1, batches)
+      runs[method] = OneProgram(run, 1, batches)
     elif method == "data_parallel":
-      runs[method] = OneProgram(model, tx, config, args.devices, batches)
+      runs[method] = OneProgram(run, args.devices, batches)
     elif method == "pipeline_spmd":
       runs[method] = SpmdPipeline(pipe, pipe.init(jax.random.key(0)), batches)
     elif method.startswith("pipeline_"):

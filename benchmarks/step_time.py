@@ -21,6 +21,7 @@ import resource
 import statistics
 import sys
 import time
+import types
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -71,7 +72,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from deinforeg_jax import models, optim, parallel, rules, steps, train
+from deinforeg_jax import parallel, train
+from deinforeg_jax.run import build_run
 from deinforeg_jax.configuration import validate_config
 from deinforeg_jax.modules import layers
 from launch.configs import default
@@ -163,14 +165,17 @@ class StepRunner:
     input_shape=INPUT_SHAPE,
     num_classes: int = NUM_CLASSES,
   ):
-    model = models.create_model(config, num_classes)
-    schedule = optim.make_schedule(config.optim, total_steps, total_steps)
-    tx = optim.make_optimizer(config.optim, schedule)
-    create = lambda rng: steps.create_train_state(model, tx, rng, input_shape)  # noqa: E731
-    state_sharding = parallel.state_shardings(
-      jax.eval_shape(create, jax.random.key(0)), mesh, config.parallel.shard_state
+    config = config.copy_and_resolve_references()
+    config.train.num_epochs = 1  # the schedule: one epoch of the timed steps
+    info = types.SimpleNamespace(
+      input_shape=input_shape, num_classes=num_classes,
+      num_train=total_steps * config.data.batch_size, kind="image",
     )
-    init = jax.jit(create, out_shardings=state_sharding)
+    run = build_run(config, info)
+    state_sharding = parallel.state_shardings(
+      run.abstract_state(), mesh, config.parallel.shard_state
+    )
+    init = jax.jit(run.create_state, out_shardings=state_sharding)
     self.name = f"{config.model.arch}/{config.rule}"
     self.state = init(jax.random.key(config.seed))
     self.params = train.parameter_count(self.state.params)
@@ -182,11 +187,8 @@ class StepRunner:
     def train_step(conv_impl: str):
       config_impl = config.copy_and_resolve_references()
       config_impl.model.conv_impl = conv_impl
-      objective = rules.get_objective(config.rule)
-      built = models.create_model(config_impl, num_classes)
-      return train.compile_steps(
-        built, objective, tx, num_classes, config.loss, mesh, state_sharding
-      )[0]
+      built = build_run(config_impl, info)
+      return built.jit_steps(built.plan.final, mesh, state_sharding).train
 
     self.conv_impl = layers.resolve_conv_impl(config.model.conv_impl)
     start = time.perf_counter()

@@ -15,8 +15,8 @@ float64 (``f64_*``), whose distance from the float32 run is the comparison's noi
 This script builds **our** model for the oracle through the project's own config (the
 ``launch/configs/reference.py`` preset of the oracle's arch, only the sizes ``meta`` names
 changed) and ``models.create_model``, loads ``init/*`` into it, and trains the ``T`` batches with
-the train step and optimizer ``launch.train`` uses (``train.compile_steps`` over
-``steps.make_train_step``, ``optim.make_optimizer``).
+the train step and optimizer ``launch.train`` uses (``run.Run.jit_steps``
+over ``steps.make_train_step``, ``optim.make_optimizer``).
 
 Family contract: ``FAMILIES`` maps ``meta.arch`` (default ``vgg``: the older VGG DeInfoReg
 oracle) to a module (``benchmarks.replay_vision`` for vgg / resnet18, ``benchmarks.replay_text``
@@ -60,6 +60,7 @@ import importlib
 import json
 import math
 import sys
+import types
 from typing import Any, Callable
 
 import numpy as np
@@ -226,8 +227,8 @@ def replay(
 
   # pylint: disable=import-outside-toplevel
   from benchmarks import oracle_data
-  from deinforeg_jax import optim, parallel, rules, steps
-  from deinforeg_jax import train as train_lib
+  from deinforeg_jax import growth, optim, parallel, rules, steps
+  from deinforeg_jax.run import Run
 
   try:
     with np.load(oracle_path) as npz:
@@ -264,10 +265,21 @@ def replay(
     batch_stats=jax.tree.map(jnp.asarray, batch_stats),
     opt_state=tx.init(jax.tree.map(jnp.asarray, params)),
   )
-  mesh = parallel.make_data_mesh(1)
-  train_step, _ = train_lib.compile_steps(
-    model, objective, tx, num_classes, config.loss, mesh, seed=config.seed, frozen=r.frozen
+  phase = growth.Phase(0, model, frozenset(r.frozen))
+  run = Run(
+    config=config,
+    info=types.SimpleNamespace(
+      input_shape=tuple(r.x[0].shape[1:]), num_classes=num_classes,
+      num_train=steps_total * len(r.x[0]), kind=config.data.kind,
+    ),
+    model=model,
+    plan=growth.GrowthPlan((phase,)),
+    objective=objective,
+    schedule=schedule,
+    tx=tx,
+    steps_per_epoch=steps_total,  # the replay's schedule: one epoch of the oracle's steps
   )
+  train_step = run.jit_steps(phase, parallel.make_data_mesh(1)).train
   loss_block = r.loss_block or rule_loss_block
   columns = meta.get("loss_block_columns")
   totals, blocks = [], []

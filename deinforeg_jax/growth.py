@@ -169,7 +169,7 @@ def check_growable(workdir: str, model: nn.Module) -> int:
 
 
 def _end_step(metadata: dict[str, Any]) -> int:
-  """The step at which the run that wrote ``metadata`` ends (``train._total_steps``)."""
+  """The step at which the run that wrote ``metadata`` ends (``run.Run.total_steps``)."""
   saved = metadata["config"]
   per_epoch = metadata["dataset"]["num_train"] // saved["data"]["batch_size"]
   total = per_epoch * saved["train"]["num_epochs"]

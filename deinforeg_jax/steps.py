@@ -6,17 +6,10 @@ program for all blocks) or for a pipeline stage's blocks (``stack.DecoupledStack
 with ``first_block`` and ``with_carry``).  Because the stack cuts gradients at
 block boundaries both give the same update as training the blocks one after
 another.
-
-``shared_programs(config, info)`` is where engines keep the jitted programs of a
-run, so that a later run in the same process with the same programs (a test
-session, a sweep in one process) does not trace, lower and load them again.
 """
 
 from __future__ import annotations
 
-import collections
-import dataclasses
-import json
 from typing import Any, Callable
 
 import flax
@@ -26,70 +19,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from deinforeg_jax import grad_norms, growth, parallel, rules
-from deinforeg_jax.modules import winograd
+from deinforeg_jax import grad_norms, growth, rules
 
 Batch = dict[str, jax.Array]
 TrainStep = Callable[..., tuple["TrainState", dict[str, jax.Array], Any]]
-
-# Config fields that steer the loop around the programs, never the programs.  grow.from_workdir
-# changes which blocks are frozen in a phase; engines key phase programs by the phase.
-LOOP_FIELDS = ("checkpoint", "inference", "train.max_steps", "grow.from_workdir")
-KEPT_PROGRAM_SETS = 8
-_PROGRAM_SETS: collections.OrderedDict[str, dict[str, Any]] = collections.OrderedDict()
-
-
-def program_key(config, info) -> str:
-  """What decides a run's programs: ``config`` less ``LOOP_FIELDS``, the dataset's
-  description (``info``: shapes, classes, train size, hence the schedule's length), JAX's
-  configuration (the compile setting of ``tests/conftest.py``, x64, ...) and the module
-  constants that decide sharding and the convolution path.  JSON, for equality."""
-  values = config.to_dict()
-  for field in LOOP_FIELDS:
-    *path, name = field.split(".")
-    section = values
-    for part in path:
-      section = section[part]
-    del section[name]
-  constants = {  # module constants that shape programs (tests change them)
-    "parallel.SHARD_MIN_ELEMENTS": parallel.SHARD_MIN_ELEMENTS,
-    "winograd.MIN_CHANNELS": winograd.MIN_CHANNELS,
-    "winograd.MIN_SIZE": winograd.MIN_SIZE,
-  }
-  return json.dumps(
-    {
-      "config": values,
-      "info": dataclasses.asdict(info),
-      "jax": jax.config.values,
-      "constants": constants,
-    },
-    sort_keys=True,
-    default=repr,
-  )
-
-
-def shared_programs(config, info) -> dict[str, Any]:
-  """The dict in which engines keep ``config``'s jitted programs, shared by every run in
-  this process with the same ``program_key`` (the last ``KEPT_PROGRAM_SETS`` keys).
-
-  A later run of equal programs skips JAX's tracing, lowering and compilation-cache
-  reads (about 5 s of CPU per run of the digits default).  What a run builds from its
-  own ``model`` and ``tx`` is stored here, so it must depend only on the key: a
-  program may close over an earlier run's model and optimizer, equal by construction.
-  """
-  key = program_key(config, info)
-  programs = _PROGRAM_SETS.pop(key, None)
-  _PROGRAM_SETS[key] = programs = {} if programs is None else programs
-  while len(_PROGRAM_SETS) > KEPT_PROGRAM_SETS:
-    _PROGRAM_SETS.popitem(last=False)
-  return programs
-
-
-def reuse(programs: dict[str, Any], name: Any, build: Callable[[], Any]) -> Any:
-  """``programs[name]``, built by ``build()`` the first time."""
-  if name not in programs:
-    programs[name] = build()
-  return programs[name]
 
 
 def model_inputs(batch: Batch) -> jax.Array:

@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from typing import Any
 
+import jax
 import numpy as np
 
 from deinforeg_jax.data.text import Vocabulary
@@ -95,3 +97,19 @@ def with_embedding(params: dict, matrix: np.ndarray, block: str = "block_00") ->
       f"the embedding table is {tuple(old.shape)} but the GloVe matrix is {matrix.shape}"
     )
   return {**params, block: {**params[block], "encoder": {**encoder, "embedding": matrix}}}
+
+
+def initialise_embedding(config, state, vocabulary) -> tuple[Any, str]:
+  """A text run's ``TrainState`` with its embedding table set from ``config.model.glove`` (if
+  any; placed as the table it replaces), and a note saying how many vocabulary words GloVe
+  had ("" when nothing changed)."""
+  path = config.model.glove if vocabulary is not None else ""
+  if not path:
+    return state, ""
+  matrix, found = embedding_matrix(
+    vocabulary, path, config.model.emb_dim, rows=config.data.vocab_size, seed=config.seed
+  )
+  old = state.params["block_00"]["encoder"]["embedding"]
+  params = with_embedding(state.params, jax.device_put(matrix, old.sharding))
+  note = f"GloVe {path}: {found} of {len(vocabulary)} vocabulary words found, the rest U[0, 1)"
+  return state.replace(params=params), note

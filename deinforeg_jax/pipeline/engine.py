@@ -7,10 +7,11 @@ from typing import Any
 import jax
 import numpy as np
 
-from deinforeg_jax import models, steps
+from deinforeg_jax import models, program_cache, steps
 from deinforeg_jax.pipeline.balance import BALANCE_METHODS, plan_stages
 from deinforeg_jax.pipeline.executor import DISPATCH_MODES, LOCAL_RULES, SCHEDULES, Pipeline
 from deinforeg_jax.config_error import ConfigError
+from deinforeg_jax.run import Run
 
 
 def pipeline_settings(config, num_blocks: int) -> dict[str, Any]:
@@ -96,20 +97,21 @@ class PipelineEngine:
   "ticks"); ``config.parallel.num_devices`` is not used.  Its ``report`` (stage
   plan, devices, busy and wall time) goes to ``results.json`` and ``pipeline.json``.
   The stage plan (unless measured) and the ``Pipeline`` with its programs are kept in
-  ``steps.shared_programs`` for later runs of the same programs in this process.
+  ``program_cache.shared_programs`` for later runs of the same programs in this process.
   """
 
   name = "pipeline"
 
-  def __init__(self, config, model, tx, objective, info):
+  def __init__(self, run: Run):
+    config, model, info = run.config, run.model, run.info
     self.settings = pipeline_settings(config, len(getattr(model, "blocks", ())))
-    programs = steps.shared_programs(config, info)
+    programs = program_cache.shared_programs(run)
 
     def plan():
       return plan_stages(
         model,
-        tx,
-        objective,
+        run.tx,
+        run.objective,
         config.loss,
         info.input_shape,
         config.data.batch_size,
@@ -119,14 +121,14 @@ class PipelineEngine:
       )
 
     measured = self.settings["balance"] == "time"  # measured again by every run
-    self.plan = plan() if measured else steps.reuse(programs, "stage plan", plan)
-    self.pipe = steps.reuse(
+    self.plan = plan() if measured else program_cache.reuse(programs, "stage plan", plan)
+    self.pipe = program_cache.reuse(
       programs,
       ("pipeline", self.plan.bounds),
       lambda: Pipeline(
         model,
-        tx,
-        objective,
+        run.tx,
+        run.objective,
         config.loss,
         info.input_shape,
         self.plan.bounds,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import types
 from typing import Any
 
 import flax
@@ -16,8 +17,9 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from deinforeg_jax import checkpoint, growth, inference, models, stack
+from deinforeg_jax import checkpoint, inference, stack
 from deinforeg_jax.data import text as text_data
+from deinforeg_jax.run import build_run
 from deinforeg_jax.trained.model import TrainedModel
 from deinforeg_jax.trained.preprocessing import Preprocessing
 
@@ -95,17 +97,6 @@ def _preprocessing(config, saved: dict[str, Any], described: dict, workdir: str)
       f"{input_shape[0]}: they are from different runs.",
     )
   return Preprocessing("text", input_shape, vocabulary=vocabulary)
-
-
-def _active_blocks(config, metadata: dict[str, Any], model) -> int:
-  """How many blocks a ``config.grow.schedule`` run had added by its checkpoint's step."""
-  schedule = growth.parse_schedule(config.grow.schedule)
-  total = len(getattr(model, "blocks", ()))
-  if not schedule or not total:
-    return total
-  per_epoch = max(metadata["dataset"]["num_train"] // config.data.batch_size, 1)
-  last_epoch = max(int(metadata["step"]) - 1, 0) // per_epoch  # the epoch of the last step
-  return total - len(schedule) + sum(last_epoch >= e for e in schedule)
 
 
 def _check_variables(workdir: str, model, variables, input_shape) -> None:
@@ -189,14 +180,22 @@ def load(workdir: str) -> TrainedModel:
   variables = flax.core.unfreeze(variables)
   config = saved_config(metadata)
   saved = metadata["dataset"]
+  shape = types.SimpleNamespace(
+    input_shape=tuple(saved["input_shape"]),
+    num_classes=saved["num_classes"],
+    num_train=saved["num_train"],
+    kind=config.data.kind,
+  )
   try:
-    model = models.create_model(config, saved["num_classes"])
+    run = build_run(config, shape, num_old=0)
   except (ValueError, KeyError, AttributeError) as error:
     raise _fail(workdir, f"its saved config does not build a model ({error}).") from None
+  model = run.model
   _check_variables(workdir, model, variables, saved["input_shape"])
   described = _description(config, saved, workdir)
   preprocessing = _preprocessing(config, saved, described, workdir)
-  active = _active_blocks(config, metadata, model)
+  # A ``config.grow.schedule`` run has the blocks it had added by the checkpoint's last step.
+  active = len(getattr(run.phase_at(max(int(metadata["step"]) - 1, 0)).model, "blocks", ()))
   if active < len(getattr(model, "blocks", ())):
     model = model.clone(blocks=tuple(model.blocks[:active]))
     kept = {stack.block_name(k) for k in range(active)}
