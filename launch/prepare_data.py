@@ -120,28 +120,17 @@ def main(argv):
   if (_MEAN.value is None) != (_STD.value is None):
     raise app.UsageError("give both --mean and --std, or neither")
   mean, std = _floats(_MEAN), _floats(_STD)
-  # Imported here so that --help and flag errors need no TFDS import.
+  # Imported here so that --help and flag errors need no JAX import.
   from deinforeg_jax.data.prepare import LocalSource  # pylint: disable=import-outside-toplevel
 
   source = LocalSource(
-    npz=_NPZ.value,
-    image_folder=_IMAGE_FOLDER.value,
-    tiny_imagenet=_TINY_IMAGENET.value,
-    jsonl=_JSONL.value,
-    jsonl_train=_JSONL_TRAIN.value,
-    jsonl_test=_JSONL_TEST.value,
-    resize=_RESIZE.value,
-    test_fraction=_TEST_FRACTION.value,
-    split_seed=_SPLIT_SEED.value,
+    npz=_NPZ.value, image_folder=_IMAGE_FOLDER.value, tiny_imagenet=_TINY_IMAGENET.value,
+    jsonl=_JSONL.value, jsonl_train=_JSONL_TRAIN.value, jsonl_test=_JSONL_TEST.value,
+    resize=_RESIZE.value, test_fraction=_TEST_FRACTION.value, split_seed=_SPLIT_SEED.value,
   )
   prepared = source.prepare(
-    _NAME.value,
-    _DATA_DIR.value,
-    num_classes=_NUM_CLASSES.value,
-    mean=mean,
-    std=std,
-    overwrite=_OVERWRITE.value,
-    allow_one_class=_ALLOW_ONE_CLASS.value,
+    _NAME.value, _DATA_DIR.value, num_classes=_NUM_CLASSES.value, mean=mean, std=std,
+    overwrite=_OVERWRITE.value, allow_one_class=_ALLOW_ONE_CLASS.value,
   )
   print(source.summary(prepared))
 
