@@ -37,6 +37,9 @@ Grown runs (``config.grow``: from a workdir, in-run schedule, new features) and 
 runs load like any other (checkpoints hold the whole one-program state); a run
 interrupted before its schedule added every block uses the blocks trained so far.
 Every problem is one ``WorkdirError`` / ``InputError`` line naming what is missing.
+
+The commands' parts, imported by name: ``evaluation`` (``launch.evaluate``'s report), ``inputs``
+and ``prediction_csv`` (``launch.predict``'s files) and ``export`` (``launch.export``).
 """
 
 from deinforeg_jax.trained.description import record as record_description
