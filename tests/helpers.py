@@ -1,4 +1,6 @@
-"""Tiny configs, batches and tree utilities shared by the stack/train/config tests.
+"""The tests' one set of helpers: tiny configs, batches and datasets, tree asserts, checkpoint
+readers and launcher runners (test modules import only this, ``conftest`` and
+``reference_losses``).
 
 Widths are tiny (``model.width=0.125``, projector ``"32-32"``) so every model
 compiles in seconds and runs in milliseconds on 2 CPU cores.
@@ -8,6 +10,8 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import gzip
+import io
 import json
 import os
 import subprocess
@@ -17,15 +21,24 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+import orbax.checkpoint as ocp
 import pytest
+from PIL import Image
 
 from launch.configs import default
+from launch.configs.spec_text import spec_text_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NUM_CLASSES = 10
 DIGITS_SHAPE = (8, 8, 1)
 RGB_SHAPE = (16, 16, 3)
-# The tests that train runs of ``test_checkpoint.tiny_config`` with loop settings changed
+# Tiny text stacks (``tiny_text_config``, ``token_batch``): vocabulary, tokens per text, classes.
+TEXT_VOCAB, TEXT_MAX_LEN, TEXT_CLASSES = 40, 12, 3
+# The classes of the tiny image datasets that ``write_npz`` and ``write_folder`` write.
+CLASS_NAMES = ["ant", "bee", "cat", "dog"]
+# The words of ``toy_records``' texts: class c's texts mention ``TOY_WORDS[c]`` often.
+TOY_WORDS = ["alpha", "beta", "gamma", "delta", "epsilon", "zeta", "theta", "kappa"]
+# The tests that train runs of ``tiny_config(num_epochs=...)`` with loop settings changed
 # (``steps.LOOP_FIELDS``): under xdist one worker runs them all and builds their programs once.
 TINY_RUNS = pytest.mark.xdist_group("tiny_config runs")
 
@@ -97,8 +110,11 @@ def launch_env(num_devices: int = 1) -> dict[str, str]:
   return env
 
 
-def tiny_config(arch: str = "vgg", rule: str = "deinforeg", **model_overrides: Any):
-  """The default config shrunk to a few thousand parameters."""
+def tiny_config(
+  arch: str = "vgg", rule: str = "deinforeg", *, num_epochs: int | None = None, **model_overrides
+):
+  """The default config shrunk to a few thousand parameters; with ``num_epochs``, a run of that
+  many epochs on one device (``parallel.num_devices=1``), as the checkpoint tests train."""
   config = default.get_config()
   config.rule = rule
   config.model.arch = arch
@@ -107,17 +123,59 @@ def tiny_config(arch: str = "vgg", rule: str = "deinforeg", **model_overrides: A
   config.model.bp_head_hidden = 64
   for name, value in model_overrides.items():
     config.model[name] = value
+  if num_epochs is not None:
+    config.train.num_epochs = num_epochs
+    config.parallel.num_devices = 1
   return config
 
 
-def data_config(**overrides: Any):
-  """The default ``config.data`` with ``overrides`` (a dict value updates a sub-config)."""
+def short_config(max_steps: int, every_steps: int = 0, **changes):
+  """``tiny_config(num_epochs=1)`` that stops after ``max_steps`` steps, saving synchronously
+  every ``every_steps``; ``changes`` as ``section__field=value``."""
+  config = tiny_config(num_epochs=1)
+  config.train.max_steps = max_steps
+  config.checkpoint.every_steps = every_steps
+  config.checkpoint.use_async = False
+  for path, value in changes.items():
+    section, name = path.split("__")
+    config[section][name] = value
+  return config
+
+
+def tiny_text_config(arch: str = "lstm", rule: str = "deinforeg", **model_overrides):
+  """A text stack of ``TEXT_VOCAB`` words and ``TEXT_MAX_LEN`` tokens, two tiny blocks."""
+  config = spec_text_config("tiny_text", arch)
+  config.rule = rule
+  config.data.vocab_size = TEXT_VOCAB
+  config.data.max_len = TEXT_MAX_LEN
+  defaults = {"num_blocks": 2, "emb_dim": 8, "hidden": 6, "heads": 2, "ff_dim": 8, "dropout": 0.0}
+  config.model.update({**defaults, **model_overrides})
+  return config
+
+
+def text_data_config(data_dir, name: str = "toy_text", **data):
+  """A one-epoch, one-block LSTM run on the prepared text dataset ``name`` in ``data_dir``."""
+  config = spec_text_config(name, "lstm")
+  config.data.data_dir = str(data_dir)
+  config.data.update(
+    {"max_len": 6, "vocab_size": 12, "batch_size": 8, "eval_batch_size": 16, **data}
+  )
+  config.model.update({"num_blocks": 1, "emb_dim": 4, "hidden": 4})
+  config.train.num_epochs = 1
+  return config
+
+
+def data_config(name: str | None = None, data_dir=None, **overrides: Any):
+  """The default ``config.data`` with ``overrides`` (a dict value updates a sub-config); with
+  ``name`` and ``data_dir``, the dataset prepared there (``download=False``)."""
   data = default.get_config().data
-  for name, value in overrides.items():
+  if name is not None:
+    data.update({"name": name, "data_dir": str(data_dir), "download": False})
+  for field, value in overrides.items():
     if isinstance(value, dict):
-      data[name].update(value)
+      data[field].update(value)
     else:
-      data[name] = value
+      data[field] = value
   return data
 
 
@@ -130,6 +188,88 @@ def random_batch(
   label = (np.arange(batch_size) % num_classes).astype(np.int32)
   rng.shuffle(label)
   return {"image": image, "label": label}
+
+
+def token_batch(batch_size: int = 12, seed: int = 0, min_len: int = 1) -> dict[str, np.ndarray]:
+  """``{"tokens": int32 [B, TEXT_MAX_LEN] right-padded, "label": int32 [B]}``, every class
+  present."""
+  rng = np.random.default_rng(seed)
+  lengths = rng.integers(min_len, TEXT_MAX_LEN + 1, batch_size)
+  tokens = rng.integers(2, TEXT_VOCAB, (batch_size, TEXT_MAX_LEN)).astype(np.int32)
+  tokens[np.arange(TEXT_MAX_LEN)[None, :] >= lengths[:, None]] = 0
+  label = (np.arange(batch_size) % TEXT_CLASSES).astype(np.int32)
+  return {"tokens": tokens, "label": label}
+
+
+# ------------------------------------------------------------------ tiny datasets on disk
+
+
+def tiny_arrays(channels: int | None = 3, seed: int = 0) -> dict[str, np.ndarray]:
+  """40 train / 20 test 8x8 uint8 images (``channels=None``: [N, 8, 8]) and labels 0..3."""
+  rng = np.random.default_rng(seed)
+  shape = (8, 8) if channels is None else (8, 8, channels)
+  return {
+    "x_train": rng.integers(0, 256, (40, *shape), dtype=np.uint8),
+    "y_train": np.arange(40) % 4,
+    "x_test": rng.integers(0, 256, (20, *shape), dtype=np.uint8),
+    "y_test": (np.arange(20) * 3) % 4,
+  }
+
+
+def png_bytes(image: np.ndarray, **save_options) -> bytes:
+  """uint8 ``[H, W]`` or ``[H, W, C]`` (C in 1..4) encoded as PNG by Pillow."""
+  image = np.asarray(image)
+  if image.ndim == 3 and image.shape[-1] == 1:
+    image = image[..., 0]
+  buffer = io.BytesIO()
+  Image.fromarray(image).save(buffer, format="PNG", **save_options)
+  return buffer.getvalue()
+
+
+def write_npz(path, arrays, class_names=CLASS_NAMES) -> str:
+  """``arrays`` (and ``class_names`` unless None) saved as the .npz ``path``."""
+  extra = {} if class_names is None else {"class_names": np.asarray(class_names)}
+  np.savez(path, **arrays, **extra)
+  return str(path)
+
+
+def write_folder(root, arrays, class_names=CLASS_NAMES) -> str:
+  """``root/{train,test}/<class>/<i>.png``, written by Pillow."""
+  for split in ("train", "test"):
+    for i, (image, label) in enumerate(zip(arrays[f"x_{split}"], arrays[f"y_{split}"])):
+      folder = root / split / class_names[label]
+      folder.mkdir(parents=True, exist_ok=True)
+      (folder / f"{i:03d}.png").write_bytes(png_bytes(image))
+  return str(root)
+
+
+def all_records(source) -> tuple[np.ndarray, np.ndarray]:
+  """A data source's images ``[N, ...]`` and labels ``[N]``, in its order."""
+  records = [source[i] for i in range(len(source))]
+  return np.stack([r["image"] for r in records]), np.asarray([r["label"] for r in records])
+
+
+def toy_records(n: int, seed: int, extra_word: str | None = None) -> list[dict[str, Any]]:
+  """``n`` texts of classes 0..2; class c's mention ``TOY_WORDS[c]`` often, ``extra_word``
+  appears in every text."""
+  rng = np.random.default_rng(seed)
+  records = []
+  for i in range(n):
+    label = i % 3
+    words = (
+      [TOY_WORDS[label]] * 3
+      + list(rng.choice(TOY_WORDS[3:], 4))
+      + ([extra_word] if extra_word else [])
+    )
+    records.append({"text": "<p>" + " ".join(words).title() + "!</p>", "label": label})
+  return records
+
+
+def write_jsonl(path, records) -> None:
+  """``records`` as gzipped JSON lines."""
+  with gzip.open(path, "wt", encoding="utf-8") as f:
+    for record in records:
+      f.write(json.dumps(record) + "\n")
 
 
 def init_variables(model, input_shape, seed: int = 0) -> dict[str, Any]:
@@ -179,6 +319,43 @@ def to_host(tree):
   return jax.tree.map(lambda x: np.array(x), jax.device_get(tree))
 
 
+def assert_trees_equal(actual, expected, rtol: float = 0.0, atol: float = 0.0) -> None:
+  """``actual`` and ``expected`` have the same structure and each leaf equals the other's, bit
+  for bit, or within ``rtol``/``atol`` when given; a failure names the leaf's path."""
+  flat_actual, flat_expected = (
+    {jax.tree_util.keystr(path): leaf for path, leaf in jax.tree_util.tree_leaves_with_path(t)}
+    for t in (actual, expected)
+  )
+  assert flat_actual.keys() == flat_expected.keys()
+  assert jax.tree.structure(actual) == jax.tree.structure(expected)
+  for path, leaf in flat_actual.items():
+    a, b = np.asarray(leaf), np.asarray(flat_expected[path])
+    if rtol or atol:
+      np.testing.assert_allclose(a, b, rtol=rtol, atol=atol, err_msg=path)
+    else:
+      np.testing.assert_array_equal(a, b, err_msg=path)
+
+
+# ------------------------------------------------------------------ checkpoints of a run
+
+
+def saved_state(workdir: str, step: int | None = None) -> tuple[Any, int]:
+  """The raw state tree (numpy arrays) of the run's checkpoint at ``step`` (default: the
+  newest), and that step."""
+  with ocp.CheckpointManager(os.path.join(workdir, "checkpoints")) as manager:
+    step = manager.latest_step() if step is None else step
+    restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore()))
+  return restored["state"], step
+
+
+def saved_steps(workdir) -> list[int]:
+  """The steps of the run's checkpoint folders, ascending."""
+  directory = os.path.join(workdir, "checkpoints")
+  if not os.path.isdir(directory):
+    return []
+  return sorted(int(d) for d in os.listdir(directory) if d.isdigit())
+
+
 def run_prepare_data_cases(cases: dict[str, list[str]], data_dir) -> dict[str, list[Any]]:
   """Run ``launch.prepare_data`` once per case (its flags besides ``--name``/``--data_dir``)
   in one fresh interpreter, which re-parses the absl flags per case to pay the imports once;
@@ -220,6 +397,57 @@ print(json.dumps(out))
 
 
 # ------------------------------------------------------------------ launchers as a user runs them
+
+
+def _launcher_kwargs(module: str, flags, num_devices: int, cwd: str, stderr) -> dict[str, Any]:
+  env = launch_env(num_devices)
+  env["PYTHONPATH"] = os.pathsep.join(filter(None, [REPO, env.get("PYTHONPATH")]))
+  return dict(
+    args=[sys.executable, "-m", module, *flags], cwd=cwd, env=env, stdout=subprocess.PIPE,
+    stderr=stderr, text=True,
+  )
+
+
+def start_launcher(
+  module: str, *flags: str, num_devices: int = 1, cwd: str = REPO, stderr=subprocess.PIPE,
+  **popen_kwargs,
+) -> subprocess.Popen:
+  """``python -m <module> <flags>`` started as a user runs it: in ``launch_env(num_devices)``,
+  with the repository on ``PYTHONPATH`` whatever ``cwd`` is, its text output piped
+  (``stderr=subprocess.STDOUT``: the errors in ``stdout`` too)."""
+  return subprocess.Popen(
+    **_launcher_kwargs(module, flags, num_devices, cwd, stderr), **popen_kwargs
+  )
+
+
+def run_launcher(
+  module: str, *flags: str, num_devices: int = 1, cwd: str = REPO, stderr=subprocess.PIPE,
+  timeout: float = 300, **run_kwargs,
+) -> subprocess.CompletedProcess:
+  """``start_launcher``'s command run to its end (at most ``timeout`` seconds)."""
+  return subprocess.run(
+    **_launcher_kwargs(module, flags, num_devices, cwd, stderr), timeout=timeout, check=False,
+    **run_kwargs,
+  )
+
+
+# ``launch.train`` flags of a tiny run on one device (``start_train``).
+TINY_TRAIN_FLAGS = (
+  "--config.model.width=0.25",
+  "--config.model.projector=32-32",
+  "--config.parallel.num_devices=1",
+)
+
+
+def start_train(workdir: str, *flags: str) -> subprocess.Popen:
+  """``launch.train`` of a tiny run (``TINY_TRAIN_FLAGS``) into ``workdir``, its errors in
+  ``stdout``, in a process with as many fake CPU devices as this one: XLA:CPU's convolutions
+  split their work by the threads each device gets, and a run compared bit for bit with one in
+  this process must get the same split."""
+  return start_launcher(
+    "launch.train", f"--workdir={workdir}", *TINY_TRAIN_FLAGS, *flags,
+    num_devices=jax.device_count(), stderr=subprocess.STDOUT,
+  )
 
 
 @dataclasses.dataclass(frozen=True)

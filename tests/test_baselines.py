@@ -18,15 +18,17 @@ from helpers import (
   DIGITS_SHAPE,
   NUM_CLASSES,
   RGB_SHAPE,
+  TEXT_CLASSES,
+  TEXT_MAX_LEN,
   block_names,
   global_norm,
   init_variables,
   optimized_compiles,
   random_batch,
   tiny_config,
+  tiny_text_config,
+  token_batch,
 )
-from test_text_modules import MAX_LEN, tiny_text_config, token_batch
-from test_text_modules import NUM_CLASSES as TEXT_CLASSES
 
 from deinforeg_jax import losses, models, pipeline, rules
 from deinforeg_jax.train import train_and_evaluate
@@ -34,7 +36,7 @@ from launch.configs import default
 from deinforeg_jax.configuration import validate_config
 
 ARCHS = (("vgg", DIGITS_SHAPE), ("resnet18", RGB_SHAPE))
-TEXT_ARCHS = (("lstm", (MAX_LEN,)), ("transformer", (MAX_LEN,)))
+TEXT_ARCHS = (("lstm", (TEXT_MAX_LEN,)), ("transformer", (TEXT_MAX_LEN,)))
 AL_PARTS = ("encoder", "bridge", "label_encoder", "decoder")
 
 

@@ -6,68 +6,15 @@ import json
 import os
 import shutil
 import signal
-import subprocess
-import sys
 import time
 
-import jax
-import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
 from deinforeg_jax import checkpoint
 from deinforeg_jax.reporting import NonFiniteLossError
 from deinforeg_jax.train import train_and_evaluate
-from helpers import TINY_RUNS, launch_env
-from launch.configs import default
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY = [
-  "--config.model.width=0.25",
-  "--config.model.projector=32-32",
-  "--config.parallel.num_devices=1",
-]
-
-
-def tiny_config(num_epochs: int = 1):
-  config = default.get_config()
-  config.model.width = 0.125
-  config.model.projector = "16-16"
-  config.parallel.num_devices = 1
-  config.train.num_epochs = num_epochs
-  return config
-
-
-def saved_state(workdir: str, step: int | None = None):
-  """The raw state tree of a checkpoint (numpy arrays) and its step."""
-  with ocp.CheckpointManager(os.path.join(workdir, "checkpoints")) as manager:
-    step = manager.latest_step() if step is None else step
-    restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore()))
-  return restored["state"], step
-
-
-def assert_trees_equal(a, b):
-  flat_a, flat_b = (dict(checkpoint.flax.traverse_util.flatten_dict(t, sep="/")) for t in (a, b))
-  assert flat_a.keys() == flat_b.keys()
-  for key in flat_a:
-    np.testing.assert_array_equal(np.asarray(flat_a[key]), np.asarray(flat_b[key]), err_msg=key)
-
-
-def run_launcher(workdir: str, *extra: str, **popen_kwargs):
-  """``launch.train`` on ``TINY`` (one device in use) in a process with as many fake CPU devices
-  as this one: XLA:CPU's convolutions split their work by the threads each device gets, and a
-  run compared bit for bit with one in this process must get the same split."""
-  env = launch_env(num_devices=jax.device_count())
-  cmd = [sys.executable, "-m", "launch.train", f"--workdir={workdir}", *TINY, *extra]
-  return subprocess.Popen(
-    cmd,
-    cwd=REPO,
-    env=env,
-    stdout=subprocess.PIPE,
-    stderr=subprocess.STDOUT,
-    text=True,
-    **popen_kwargs,
-  )
+from helpers import TINY_RUNS, assert_trees_equal, saved_state, start_train, tiny_config
 
 
 def test_killed_run_resumes_to_the_uninterrupted_parameters(tmp_path):
@@ -78,7 +25,7 @@ def test_killed_run_resumes_to_the_uninterrupted_parameters(tmp_path):
     "--config.checkpoint.use_async=False",
   )
   interrupted_dir = str(tmp_path / "interrupted")
-  victim = run_launcher(interrupted_dir, *args)
+  victim = start_train(interrupted_dir, *args)
   ckpt_dir = os.path.join(interrupted_dir, "checkpoints")
   deadline = time.time() + 240
   while time.time() < deadline:  # wait for the first committed checkpoint (step 10)
@@ -91,9 +38,9 @@ def test_killed_run_resumes_to_the_uninterrupted_parameters(tmp_path):
   _, killed_at = saved_state(interrupted_dir)
   assert 0 < killed_at < 44, "the kill must land before the end of the run"
 
-  resumed = run_launcher(interrupted_dir, *args)
+  resumed = start_train(interrupted_dir, *args)
   # Meanwhile the uninterrupted reference, launched the same way (a user's environment).
-  reference = run_launcher(str(tmp_path / "reference"), *args)
+  reference = start_train(str(tmp_path / "reference"), *args)
   resumed_out, _ = resumed.communicate(timeout=300)
   assert resumed.returncode == 0, resumed_out
   reference_out, _ = reference.communicate(timeout=300)
@@ -108,7 +55,7 @@ def test_killed_run_resumes_to_the_uninterrupted_parameters(tmp_path):
 
 @pytest.fixture(scope="module")
 def one_epoch_run(tmp_path_factory):
-  """A finished one-epoch run of ``tiny_config()``; tests resume copies of it."""
+  """A finished one-epoch run of ``tiny_config(num_epochs=1)``; tests resume copies of it."""
   workdir = str(tmp_path_factory.mktemp("one_epoch") / "run")
   train_and_evaluate(tiny_config(num_epochs=1), workdir)
   return workdir
@@ -133,11 +80,11 @@ def test_checkpoint_from_a_different_model_is_refused(one_epoch_run, tmp_path):
   shutil.copytree(one_epoch_run, workdir)
   before, step = saved_state(workdir)
   grown = tiny_config(num_epochs=2)
-  grown.model.projector = "16-8"
+  grown.model.projector = "32-8"
   with pytest.raises(
     checkpoint.CheckpointMismatchError,
     match=r"block 'block_00' does not match the checkpoint: parameter 'block_00/\S+' has shape "
-    r"\[16\] in the checkpoint but \[8\] in the model",
+    r"\[32\] in the checkpoint but \[8\] in the model",
   ):
     train_and_evaluate(grown, workdir)
   fewer = tiny_config(num_epochs=2)

@@ -1,26 +1,28 @@
 """A damaged newest checkpoint outside training: ``load``/``launch.evaluate`` read the previous
 intact step and say so in one warning line; with no intact step left, one error line; and a
 finished run whose final checkpoint is damaged is not "already finished" (``load`` would refuse
-it) but retrains from the previous step.  Runs are tiny (``test_faults.short_config``).
+it) but retrains from the previous step.  Runs are tiny (``helpers.short_config``).
 """
 
 from __future__ import annotations
 
 import os
 import shutil
-import subprocess
-import sys
 
 import pytest
-from helpers import TINY_RUNS, launch_env
-from test_checkpoint import assert_trees_equal, saved_state
-from test_faults import saved_steps, short_config
+from helpers import (
+  TINY_RUNS,
+  assert_trees_equal,
+  run_launcher,
+  saved_state,
+  saved_steps,
+  short_config,
+)
 
 import deinforeg_jax
 from deinforeg_jax import train
 from deinforeg_jax.trained.loading import WorkdirError
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 pytestmark = TINY_RUNS
 
 
@@ -51,15 +53,7 @@ def test_evaluate_reads_the_previous_intact_step_and_says_so_in_one_warning_line
   finished_run, tmp_path
 ):
   workdir = damaged_copy(finished_run, tmp_path, 4)
-  proc = subprocess.run(
-    [sys.executable, "-m", "launch.evaluate", f"--workdir={workdir}", f"--out_dir={tmp_path}"],
-    cwd=REPO,
-    env=launch_env(1),
-    capture_output=True,
-    text=True,
-    timeout=300,
-    check=False,
-  )
+  proc = run_launcher("launch.evaluate", f"--workdir={workdir}", f"--out_dir={tmp_path}")
   assert proc.returncode == 0, proc.stderr
   warning = proc.stderr.strip()
   assert "\n" not in warning and "Traceback" not in proc.stdout + proc.stderr

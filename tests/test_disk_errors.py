@@ -15,20 +15,16 @@ import json
 import os
 import resource
 import subprocess
-import sys
 import time
 import warnings
 
 import orbax.checkpoint as ocp
 import pytest
-from helpers import TINY_RUNS, launch_env
-from test_checkpoint import saved_state, tiny_config
-from test_faults import saved_steps
+from helpers import TINY_RUNS, run_launcher, saved_state, saved_steps, tiny_config
 
 from deinforeg_jax import checkpoint, train
 from deinforeg_jax.workdir_lock import LOCK_NAME, WorkdirError
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def config_saving_every_2_steps(use_async: bool):
@@ -148,23 +144,9 @@ def launch(workdir, *flags: str, file_size_limit: int | None = None) -> subproce
 
   with warnings.catch_warnings():  # JAX's warning about fork: the child only calls setrlimit
     warnings.filterwarnings("ignore", r"os\.fork\(\) was called", RuntimeWarning)
-    return subprocess.run(
-      [
-        sys.executable,
-        "-m",
-        "launch.train",
-        f"--workdir={workdir}",
-        "--config.train.max_steps=1",
-        "--config.parallel.num_devices=1",
-        *flags,
-      ],
-      cwd=REPO,
-      env=launch_env(1),
-      stdout=subprocess.PIPE,
-      stderr=subprocess.STDOUT,
-      text=True,
-      timeout=300,
-      check=False,
+    return run_launcher(
+      "launch.train", f"--workdir={workdir}", "--config.train.max_steps=1",
+      "--config.parallel.num_devices=1", *flags, stderr=subprocess.STDOUT,
       preexec_fn=None if file_size_limit is None else limit_file_size,
     )
 

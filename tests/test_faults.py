@@ -19,8 +19,15 @@ import sys
 
 import numpy as np
 import pytest
-from helpers import TINY_RUNS, launch_env
-from test_checkpoint import assert_trees_equal, saved_state, tiny_config
+from helpers import (
+  TINY_RUNS,
+  assert_trees_equal,
+  run_launcher,
+  saved_state,
+  saved_steps,
+  short_config,
+  tiny_config,
+)
 
 from deinforeg_jax import checkpoint, train
 from deinforeg_jax.configuration import validate_config
@@ -28,32 +35,12 @@ from deinforeg_jax.reporting import NonFiniteLossError, RunLog
 from deinforeg_jax.workdir_lock import WorkdirLock, WorkdirLockedError
 from launch.configs import default
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 pytestmark = TINY_RUNS
-
-
-def short_config(max_steps: int, every_steps: int = 0, **changes):
-  """``tiny_config`` that stops after ``max_steps`` steps, saving every ``every_steps``."""
-  config = tiny_config(num_epochs=1)
-  config.train.max_steps = max_steps
-  config.checkpoint.every_steps = every_steps
-  config.checkpoint.use_async = False
-  for path, value in changes.items():
-    section, name = path.split("__")
-    config[section][name] = value
-  return config
 
 
 def metrics_lines(workdir) -> list[dict]:
   with open(os.path.join(workdir, "metrics.jsonl")) as f:
     return [json.loads(line) for line in f]  # every line must be valid JSON
-
-
-def saved_steps(workdir) -> list[int]:
-  directory = os.path.join(workdir, "checkpoints")
-  if not os.path.isdir(directory):
-    return []
-  return sorted(int(d) for d in os.listdir(directory) if d.isdigit())
 
 
 # ------------------------------------------------------------------ only good state is saved
@@ -371,14 +358,8 @@ def test_tilde_in_the_workdir_is_the_home_directory(tmp_path, monkeypatch):
 
 
 def test_unknown_config_field_is_a_one_line_error():
-  proc = subprocess.run(
-    [sys.executable, "-m", "launch.train", "--workdir=/nonexistent/x", "--config.optim.lr=1"],
-    cwd=REPO,
-    env=launch_env(1),
-    capture_output=True,
-    text=True,
-    timeout=120,
-    check=False,
+  proc = run_launcher(
+    "launch.train", "--workdir=/nonexistent/x", "--config.optim.lr=1", timeout=120
   )
   assert proc.returncode == 1
   assert proc.stderr.strip().startswith("error: --config.optim.lr: the config has no field 'lr'.")

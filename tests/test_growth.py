@@ -13,7 +13,6 @@ import json
 import os
 import shutil
 
-import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -22,8 +21,15 @@ import pytest
 from deinforeg_jax import checkpoint, growth, models, optim, rules, steps, train
 from deinforeg_jax.configuration import validate_config
 from deinforeg_jax.data import eval_batches, load_dataset
-from helpers import DIGITS_SHAPE, NUM_CLASSES, init_variables, random_batch, tiny_config
-from test_checkpoint import saved_state
+from helpers import (
+  DIGITS_SHAPE,
+  NUM_CLASSES,
+  assert_trees_equal,
+  init_variables,
+  random_batch,
+  saved_state,
+  tiny_config,
+)
 
 
 def _run_config(num_blocks: int, num_epochs: int, **grow):
@@ -36,16 +42,8 @@ def _run_config(num_blocks: int, num_epochs: int, **grow):
   return config
 
 
-def _flat(tree):
-  return flax.traverse_util.flatten_dict(flax.core.unfreeze(tree), sep="/")
-
-
 def _assert_blocks_equal(a, b, blocks):
-  for name in blocks:
-    flat_a, flat_b = _flat(a[name]), _flat(b[name])
-    assert flat_a.keys() == flat_b.keys()
-    for key in flat_a:
-      np.testing.assert_array_equal(flat_a[key], flat_b[key], err_msg=f"{name}/{key}")
+  assert_trees_equal({name: a[name] for name in blocks}, {name: b[name] for name in blocks})
 
 
 def _test_predictions(config, workdir):

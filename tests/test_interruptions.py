@@ -17,8 +17,7 @@ import signal
 import time
 
 import pytest
-from helpers import TINY_RUNS
-from test_checkpoint import assert_trees_equal, run_launcher, saved_state, tiny_config
+from helpers import TINY_RUNS, assert_trees_equal, saved_state, start_train, tiny_config
 
 from deinforeg_jax import inference, train
 from deinforeg_jax.checkpoint import RunCheckpointer
@@ -188,7 +187,7 @@ def test_launched_run_stopped_by_sigterm_exits_75_and_the_rerun_equals_no_stop(t
   stopped ends; rerunning the finished run then changes nothing."""
   args = ("--config.train.num_epochs=2", "--config.checkpoint.every_steps=10")
   stopped_dir, reference_dir = str(tmp_path / "stopped"), str(tmp_path / "reference")
-  victim = run_launcher(stopped_dir, *args)
+  victim = start_train(stopped_dir, *args)
   _wait_for_checkpoint(victim, stopped_dir)
   victim.send_signal(signal.SIGTERM)
   out, _ = victim.communicate(timeout=240)
@@ -197,8 +196,8 @@ def test_launched_run_stopped_by_sigterm_exits_75_and_the_rerun_equals_no_stop(t
   _, stopped_at = saved_state(stopped_dir)
   assert 10 <= stopped_at < 2 * STEPS_PER_EPOCH
 
-  resumed = run_launcher(stopped_dir, *args)
-  reference = run_launcher(reference_dir, *args)
+  resumed = start_train(stopped_dir, *args)
+  reference = start_train(reference_dir, *args)
   resumed_out, _ = resumed.communicate(timeout=300)
   reference_out, _ = reference.communicate(timeout=300)
   assert resumed.returncode == 0, resumed_out
@@ -214,7 +213,7 @@ def test_launched_run_stopped_by_sigterm_exits_75_and_the_rerun_equals_no_stop(t
 
   before = {name: (stopped_dir + "/" + name) for name in ("results.json", "metrics.jsonl")}
   contents = {name: open(path).read() for name, path in before.items()}
-  again = run_launcher(stopped_dir, *args)
+  again = start_train(stopped_dir, *args)
   again_out, _ = again.communicate(timeout=300)
   assert again.returncode == 0, again_out
   assert f"already finished: the checkpoint at step {2 * STEPS_PER_EPOCH}" in again_out
@@ -223,7 +222,7 @@ def test_launched_run_stopped_by_sigterm_exits_75_and_the_rerun_equals_no_stop(t
 
 def test_launched_run_stopped_while_starting_exits_75_and_saves_nothing(tmp_path):
   workdir = str(tmp_path / "run")
-  process = run_launcher(workdir)
+  process = start_train(workdir)
   time.sleep(0.5)  # still importing
   process.send_signal(signal.SIGTERM)
   out, _ = process.communicate(timeout=240)

@@ -13,13 +13,12 @@ import errno
 import json
 import os
 import subprocess
-import sys
 import types
 
 import ml_collections
 import numpy as np
 import pytest
-from helpers import REPO, launch_env, tiny_config
+from helpers import run_launcher, tiny_config
 
 from deinforeg_jax import reporting, safe_files, tensorboard_events
 from deinforeg_jax.data import prepare
@@ -45,15 +44,10 @@ def _link(path, target) -> None:
 
 
 def _launch_train(workdir) -> subprocess.CompletedProcess:
-  env = launch_env(num_devices=1)
-  env["PYTHONPATH"] = os.pathsep.join(filter(None, [REPO, env.get("PYTHONPATH")]))
-  return subprocess.run(
-    [
-      sys.executable, "-m", "launch.train", f"--workdir={workdir}", "--config.train.num_epochs=1",
-      "--config.train.max_steps=2", "--config.model.width=0.125", "--config.model.num_blocks=2",
-      "--config.model.projector=32-32", "--config.checkpoint.use_async=False",
-    ],
-    cwd=REPO, env=env, capture_output=True, text=True, timeout=300, check=False,
+  return run_launcher(
+    "launch.train", f"--workdir={workdir}", "--config.train.num_epochs=1",
+    "--config.train.max_steps=2", "--config.model.width=0.125", "--config.model.num_blocks=2",
+    "--config.model.projector=32-32", "--config.checkpoint.use_async=False",
   )
 
 

@@ -21,6 +21,7 @@ import pytest
 from helpers import (
   DIGITS_SHAPE,
   NUM_CLASSES,
+  assert_trees_equal,
   optimized_compiles,
   random_batch,
   tiny_config,
@@ -34,6 +35,7 @@ BATCH = 32
 NUM_STEPS = 3
 SPLITS = {"2 uneven stages": ((0, 1), (1, 4)), "4 stages": ((0, 1), (1, 2), (2, 3), (3, 4))}
 MODES = (("synchronous", "auto"), ("pipelined", "threads"), ("pipelined", "ticks"))
+CLOSE = {"rtol": 1e-5, "atol": 1e-7}  # a pipelined step against the one program's
 
 
 @pytest.fixture(scope="module")
@@ -79,16 +81,6 @@ def _pipeline(split_name: str) -> pipeline.Pipeline:
   )
 
 
-def _assert_trees_close(actual, expected, rtol=1e-5, atol=1e-7):
-  assert jax.tree.structure(actual) == jax.tree.structure(expected)
-  for (path, a), b in zip(
-    jax.tree_util.tree_flatten_with_path(actual)[0], jax.tree.leaves(expected)
-  ):
-    np.testing.assert_allclose(
-      np.asarray(a), np.asarray(b), rtol=rtol, atol=atol, err_msg=jax.tree_util.keystr(path)
-    )
-
-
 # ---------------------------------------------------------------- state layout
 
 
@@ -100,7 +92,7 @@ def test_stage_states_are_the_block_subtrees_of_the_one_program_state(one_progra
     assert {d for leaf in jax.tree.leaves(state) for d in leaf.devices()} == {device}
   initial, _, _ = one_program
   # Same names => same initial values as the full stack, and the optimizer state lines up.
-  _assert_trees_close(to_host(pipe.to_train_state(states)), initial, rtol=0, atol=0)
+  assert_trees_equal(to_host(pipe.to_train_state(states)), initial)
 
 
 @pytest.mark.parametrize("split_name", list(SPLITS))
@@ -113,7 +105,7 @@ def test_one_program_state_splits_into_stages_and_back(one_program, split_name):
     assert [sorted(s.params) for s in stages] == [
       [stack.block_name(i) for i in range(a, b)] for a, b in pipe.bounds
     ]
-    _assert_trees_close(to_host(pipe.to_train_state(stages)), state, rtol=0, atol=0)
+    assert_trees_equal(to_host(pipe.to_train_state(stages)), state)
 
 
 # ---------------------------------------------------------------- equivalence
@@ -130,11 +122,11 @@ def test_schedule_reproduces_the_one_program_step(
   initial, expected_state, expected_metrics = one_program
   pipe = _pipeline(split_name)
   states, record = pipe.train_epoch(pipe.from_train_state(initial), batches, schedule, dispatch)
-  _assert_trees_close(to_host(pipe.to_train_state(states)), expected_state)
+  assert_trees_equal(to_host(pipe.to_train_state(states)), expected_state, **CLOSE)
   assert len(record.metrics) == NUM_STEPS
   for got, want in zip(record.metrics, expected_metrics):
     assert set(got) == set(want)
-    _assert_trees_close(got, {k: np.asarray(v) for k, v in want.items()})
+    assert_trees_equal(got, {k: np.asarray(v) for k, v in want.items()}, **CLOSE)
 
 
 def test_pipeline_logs_the_one_program_gradient_norms(setup, one_program):

@@ -7,7 +7,6 @@ fresh one that never imports the builder class.
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import re
@@ -18,41 +17,19 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from helpers import data_config
+from helpers import (
+  CLASS_NAMES,
+  REPO,
+  all_records,
+  data_config,
+  png_bytes,
+  tiny_arrays,
+  write_folder,
+  write_npz,
+)
 from deinforeg_jax.data import prepare
 from deinforeg_jax.data.prepare.image_folder import image_shape
 from deinforeg_jax.data.registry import load_dataset
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CLASS_NAMES = ["ant", "bee", "cat", "dog"]
-
-
-def tiny_arrays(channels: int | None = 3, seed: int = 0):
-  """40 train / 20 test 8x8 uint8 images (``channels=None``: [N, 8, 8]) and labels 0..3."""
-  rng = np.random.default_rng(seed)
-  shape = (8, 8) if channels is None else (8, 8, channels)
-  return {
-    "x_train": rng.integers(0, 256, (40, *shape), dtype=np.uint8),
-    "y_train": np.arange(40) % 4,
-    "x_test": rng.integers(0, 256, (20, *shape), dtype=np.uint8),
-    "y_test": (np.arange(20) * 3) % 4,
-  }
-
-
-def png_bytes(image: np.ndarray, **save_options) -> bytes:
-  """uint8 ``[H, W]`` or ``[H, W, C]`` (C in 1..4) encoded as PNG by Pillow."""
-  image = np.asarray(image)
-  if image.ndim == 3 and image.shape[-1] == 1:
-    image = image[..., 0]
-  buffer = io.BytesIO()
-  Image.fromarray(image).save(buffer, format="PNG", **save_options)
-  return buffer.getvalue()
-
-
-def write_npz(path, arrays, class_names=CLASS_NAMES):
-  extra = {} if class_names is None else {"class_names": np.asarray(class_names)}
-  np.savez(path, **arrays, **extra)
-  return str(path)
 
 
 def run_python(code: str, timeout: float = 120) -> subprocess.CompletedProcess:
@@ -60,15 +37,6 @@ def run_python(code: str, timeout: float = 120) -> subprocess.CompletedProcess:
   return subprocess.run(
     [sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout
   )
-
-
-def data_cfg(name, data_dir, **extra):
-  return data_config(name=name, data_dir=str(data_dir), download=False, **extra)
-
-
-def all_records(source):
-  records = [source[i] for i in range(len(source))]
-  return np.stack([r["image"] for r in records]), np.asarray([r["label"] for r in records])
 
 
 # --- npz -------------------------------------------------------------------------------
@@ -81,7 +49,7 @@ def test_npz_round_trip_keeps_order_pixels_labels_and_stats(tmp_path):
   assert prepared.dataset_dir == str(tmp_path / "tfds" / "tiny_rgb" / "1.0.0")
   assert os.path.isfile(os.path.join(prepared.dataset_dir, "dataset_info.json"))
 
-  data = load_dataset(data_cfg("tiny_rgb", tmp_path / "tfds"))
+  data = load_dataset(data_config("tiny_rgb", tmp_path / "tfds"))
   info = data.info
   assert (info.input_shape, info.num_classes, info.num_train, info.num_test) == (
     (8, 8, 3),
@@ -105,7 +73,7 @@ def test_npz_greyscale_hw_arrays_become_hw1(tmp_path):
   npz = write_npz(tmp_path / "grey.npz", arrays, class_names=None)
   prepared = prepare.prepare_npz("tiny_grey", str(tmp_path), npz)
   assert prepared.image_shape == (8, 8, 1) and prepared.num_classes == 4  # max label + 1
-  data = load_dataset(data_cfg("tiny_grey", tmp_path))
+  data = load_dataset(data_config("tiny_grey", tmp_path))
   assert data.info.input_shape == (8, 8, 1) and len(data.info.mean) == 1
   images, _ = all_records(data.test)
   np.testing.assert_array_equal(images[..., 0], arrays["x_test"])
@@ -116,7 +84,7 @@ def test_given_mean_std_are_stored(tmp_path):
   prepare.prepare_npz(
     "tiny_stats", str(tmp_path), npz, mean=[1.0, 2.0, 3.0], std=[4.0, 5.0, 6.0]
   )
-  info = load_dataset(data_cfg("tiny_stats", tmp_path)).info
+  info = load_dataset(data_config("tiny_stats", tmp_path)).info
   assert info.mean == (1.0, 2.0, 3.0) and info.std == (4.0, 5.0, 6.0)
 
 
@@ -155,21 +123,11 @@ def test_existing_dataset_needs_overwrite(tmp_path):
   prepare.prepare_npz(
     "tiny_twice", str(tmp_path), write_npz(tmp_path / "b.npz", arrays), overwrite=True
   )
-  images, _ = all_records(load_dataset(data_cfg("tiny_twice", tmp_path)).train)
+  images, _ = all_records(load_dataset(data_config("tiny_twice", tmp_path)).train)
   np.testing.assert_array_equal(images, arrays["x_train"])
 
 
 # --- image folder ----------------------------------------------------------------------
-
-
-def write_folder(root, arrays, class_names=CLASS_NAMES):
-  """``root/{train,test}/<class>/<i>.png``, written by Pillow."""
-  for split in ("train", "test"):
-    for i, (image, label) in enumerate(zip(arrays[f"x_{split}"], arrays[f"y_{split}"])):
-      folder = root / split / class_names[label]
-      folder.mkdir(parents=True, exist_ok=True)
-      (folder / f"{i:03d}.png").write_bytes(png_bytes(image))
-  return str(root)
 
 
 def expected_folder_order(arrays, split):
@@ -185,7 +143,7 @@ def test_image_folder_round_trip(tmp_path):
   (tmp_path / "images" / "train" / "ant" / "notes.txt").write_text("not an image")
   prepared = prepare.prepare_image_folder("tiny_folder", str(tmp_path / "tfds"), folder)
   assert prepared.image_shape == (8, 8, 3) and prepared.num_classes == 4
-  data = load_dataset(data_cfg("tiny_folder", tmp_path / "tfds"))
+  data = load_dataset(data_config("tiny_folder", tmp_path / "tfds"))
   assert data.info.class_names == tuple(CLASS_NAMES)
   for split, source in (("train", data.train), ("test", data.test)):
     images, labels = all_records(source)
@@ -201,7 +159,7 @@ def test_image_folder_mixed_grey_and_rgb_becomes_rgb(tmp_path):
   grey = np.arange(64, dtype=np.uint8).reshape(8, 8)
   (root / "train" / "bee" / "zzz_grey.png").write_bytes(png_bytes(grey))
   prepare.prepare_image_folder("tiny_mixed", str(tmp_path), str(root))
-  data = load_dataset(data_cfg("tiny_mixed", tmp_path))
+  data = load_dataset(data_config("tiny_mixed", tmp_path))
   assert data.info.input_shape == (8, 8, 3) and data.info.num_train == 41
   images, labels = all_records(data.train)
   # Last "bee" file: after ant's 10 and bee's 10 files -> index 20.
@@ -233,7 +191,7 @@ def test_image_folder_reads_jpeg_with_pillow(tmp_path):
       Image.new("RGB", (6, 4), colour).save(root / split / cls / "a.jpg", quality=95)
   prepared = prepare.prepare_image_folder("tiny_jpeg", str(tmp_path / "tfds"), str(root))
   assert prepared.image_shape == (4, 6, 3) and prepared.num_classes == 2
-  images, labels = all_records(load_dataset(data_cfg("tiny_jpeg", tmp_path / "tfds")).train)
+  images, labels = all_records(load_dataset(data_config("tiny_jpeg", tmp_path / "tfds")).train)
   np.testing.assert_array_equal(labels, [0, 1])
   want = np.broadcast_to(np.asarray(list(colours.values()))[:, None, None], images.shape)
   np.testing.assert_allclose(images, want, atol=3)

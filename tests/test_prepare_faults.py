@@ -16,11 +16,11 @@ import zlib
 import numpy as np
 import pytest
 from PIL import Image
-from helpers import run_prepare_data_cases
-from test_prepare_data import (
+from helpers import (
   all_records,
-  data_cfg,
+  data_config,
   png_bytes,
+  run_prepare_data_cases,
   tiny_arrays,
   write_folder,
   write_npz,
@@ -63,7 +63,7 @@ def old_dataset(tmp_path):
 
 
 def assert_intact(data_dir, arrays):
-  data = load_dataset(data_cfg("keep_me", data_dir))
+  data = load_dataset(data_config("keep_me", data_dir))
   for split, source in (("train", data.train), ("test", data.test)):
     images, labels = all_records(source)
     np.testing.assert_array_equal(images, arrays[f"x_{split}"])
@@ -140,7 +140,7 @@ def test_pixel_range_is_inferred_from_the_data(tmp_path, dtype, scale, pixel_max
   npz = write_npz(tmp_path / "range.npz", arrays)
   prepared = prepare.prepare_npz("px", str(tmp_path), npz)
   assert prepared.metadata["pixel_max"] == pixel_max
-  data = load_dataset(data_cfg("px", tmp_path))
+  data = load_dataset(data_config("px", tmp_path))
   assert data.info.pixel_max == pixel_max
   images, _ = all_records(data.train)
   assert images.dtype == stored

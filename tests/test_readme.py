@@ -158,6 +158,7 @@ def test_quick_start_is_what_ci_runs():
   assert "^## Quick start" in ci and 'readme_$i.sh' in ci and "blocks[:2]" in ci
 
 
+@pytest.mark.pins_docs
 def test_readme_reads_in_five_minutes():
   text = _readme()
   assert len(text.splitlines()) <= 250

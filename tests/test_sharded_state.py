@@ -11,8 +11,7 @@ import jax
 import numpy as np
 import pytest
 from jax.sharding import PartitionSpec
-from helpers import TINY_RUNS
-from test_checkpoint import saved_state, tiny_config
+from helpers import TINY_RUNS, saved_state, tiny_config
 
 from deinforeg_jax import parallel, train
 

@@ -9,14 +9,12 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 import types
 
 import jax
 import numpy as np
 import pytest
-from helpers import REPO, launch_env, tiny_config
+from helpers import run_launcher, tiny_config
 
 # TensorBoard's own reader (the test extra installs tensorboard; TensorFlow is not needed).
 from tensorboard import context
@@ -290,14 +288,9 @@ def test_launch_train_over_a_stale_attempt_writes_exact_metrics_and_events(tmp_p
   with open(workdir / "metrics.jsonl", "w") as f:
     f.write(json.dumps({"epoch": 1, "step": 22, "learning_rate": 9.0}) + "\n")
   tensorboard_events.EventFileWriter(str(workdir)).add(22, {"train/learning_rate": 9.0})
-  env = launch_env(num_devices=1)
-  env["PYTHONPATH"] = os.pathsep.join(filter(None, [REPO, env.get("PYTHONPATH")]))
-  env["JAX_PLATFORMS"] = "cpu"
-  proc = subprocess.run(
-    [sys.executable, "-m", "launch.train", f"--workdir={workdir}",
-     "--config.train.num_epochs=2", "--config.model.width=0.125",
-     "--config.model.projector=32-32"],
-    cwd=REPO, env=env, capture_output=True, text=True, timeout=600, check=False,
+  proc = run_launcher(
+    "launch.train", f"--workdir={workdir}", "--config.train.num_epochs=2",
+    "--config.model.width=0.125", "--config.model.projector=32-32", timeout=600,
   )
   assert proc.returncode == 0, proc.stderr[-3000:]
 

@@ -5,54 +5,20 @@ Data is generated here; the optional tests on ``../shared/data`` skip when it is
 
 from __future__ import annotations
 
-import gzip
-import json
 import os
 
 import numpy as np
 import pytest
 
-from helpers import data_config
+from helpers import data_config, text_data_config, toy_records, write_jsonl
 from deinforeg_jax.data import glove, load_dataset, prepare, text
 from deinforeg_jax.data.loader import eval_batches, train_batches
-from launch.configs.spec_text import spec_text_config
 
 SHARED = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data")
-WORDS = ["alpha", "beta", "gamma", "delta", "epsilon", "zeta", "theta", "kappa"]
 
 
 def settings(**overrides):
   return text.TextSettings(**{"dataset": "toy", "vocab_size": 8, "max_len": 4, **overrides})
-
-
-def write_jsonl(path, records):
-  with gzip.open(path, "wt", encoding="utf-8") as f:
-    for record in records:
-      f.write(json.dumps(record) + "\n")
-
-
-def toy_records(n, seed, extra_word=None):
-  """Class c texts mention WORDS[c] often; ``extra_word`` appears in every text."""
-  rng = np.random.default_rng(seed)
-  records = []
-  for i in range(n):
-    label = i % 3
-    words = (
-      [WORDS[label]] * 3 + list(rng.choice(WORDS[3:], 4)) + ([extra_word] if extra_word else [])
-    )
-    records.append({"text": "<p>" + " ".join(words).title() + "!</p>", "label": label})
-  return records
-
-
-def text_data_config(data_dir, name="toy_text", **data):
-  config = spec_text_config(name, "lstm")
-  config.data.data_dir = str(data_dir)
-  config.data.update(
-    {"max_len": 6, "vocab_size": 12, "batch_size": 8, "eval_batch_size": 16, **data}
-  )
-  config.model.update({"num_blocks": 1, "emb_dim": 4, "hidden": 4})
-  config.train.num_epochs = 1
-  return config
 
 
 @pytest.fixture(scope="module")

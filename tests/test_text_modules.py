@@ -15,37 +15,22 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import global_norm, init_variables, to_host
+from helpers import (
+  TEXT_CLASSES,
+  TEXT_MAX_LEN,
+  TEXT_VOCAB,
+  global_norm,
+  init_variables,
+  tiny_text_config,
+  to_host,
+  token_batch,
+)
 
 from deinforeg_jax import checkpoint, config_fields, models, optim, parallel, rules, steps, train
 from deinforeg_jax.configuration import validate_config
 from deinforeg_jax.modules import text
 from deinforeg_jax.trained import loading
 from launch.configs import default
-from launch.configs.spec_text import spec_text_config
-
-VOCAB, MAX_LEN, NUM_CLASSES = 40, 12, 3
-
-
-def tiny_text_config(arch="lstm", rule="deinforeg", **model):
-  config = spec_text_config("tiny_text", arch)
-  config.rule = rule
-  config.data.vocab_size = VOCAB
-  config.data.max_len = MAX_LEN
-  defaults = {"num_blocks": 2, "emb_dim": 8, "hidden": 6, "heads": 2, "ff_dim": 8, "dropout": 0.0}
-  config.model.update({**defaults, **model})
-  return config
-
-
-def token_batch(batch_size=12, seed=0, min_len=1):
-  """``{"tokens": int32 [B, T] right-padded, "label": int32 [B]}``, every class present."""
-  rng = np.random.default_rng(seed)
-  lengths = rng.integers(min_len, MAX_LEN + 1, batch_size)
-  tokens = rng.integers(2, VOCAB, (batch_size, MAX_LEN)).astype(np.int32)
-  tokens[np.arange(MAX_LEN)[None, :] >= lengths[:, None]] = 0
-  label = (np.arange(batch_size) % NUM_CLASSES).astype(np.int32)
-  return {"tokens": tokens, "label": label}
-
 
 def host_init(module, *args):
   """``module.init`` shapes filled by NumPy ``0.3·N(0, 1)`` (no slow XLA:CPU init compile)."""
@@ -83,7 +68,7 @@ def test_masked_mean_is_the_mean_of_real_positions():
 def test_adding_padding_leaves_the_pooled_vector_unchanged(block):
   tokens = token_batch(6, seed=1)["tokens"]
   padded = _pad(tokens, 7)
-  embed = text.Embedding(VOCAB, 8)
+  embed = text.Embedding(TEXT_VOCAB, 8)
   params = host_init(embed, tokens)
   short, long = (apply_fn(embed)(params, t) for t in (tokens, padded))
   if block != "embedding":
@@ -97,7 +82,7 @@ def test_adding_padding_leaves_the_pooled_vector_unchanged(block):
 def test_reference_pooling_options_read_the_padding():
   tokens = token_batch(6, seed=2)["tokens"]
   padded = _pad(tokens, 7)
-  embed = text.Embedding(VOCAB, 8, pool="all")
+  embed = text.Embedding(TEXT_VOCAB, 8, pool="all")
   params = host_init(embed, tokens)
   all_short, all_long = (apply_fn(embed)(params, t)["pooled"] for t in (tokens, padded))
   assert not np.allclose(all_short, all_long, atol=1e-4)
@@ -105,7 +90,7 @@ def test_reference_pooling_options_read_the_padding():
   lstm_params = host_init(text.BiLSTM(5), state)
   masked = apply_fn(text.BiLSTM(5))(lstm_params, state)["pooled"]
   read = apply_fn(text.BiLSTM(5, padding="read"))(lstm_params, state)["pooled"]
-  has_padding = np.asarray(state["mask"]).sum(1) < MAX_LEN
+  has_padding = np.asarray(state["mask"]).sum(1) < TEXT_MAX_LEN
   assert has_padding.any()
   assert not np.allclose(masked[has_padding], read[has_padding], atol=1e-4)
   np.testing.assert_allclose(masked[~has_padding], read[~has_padding], rtol=1e-5)
@@ -147,8 +132,8 @@ def test_backward_direction_reads_the_sequence_in_reverse():
 @functools.cache
 def _text_stack(arch, rule="deinforeg"):
   config = tiny_text_config(arch, rule)
-  model = models.create_model(config, NUM_CLASSES)
-  variables = init_variables(model, (MAX_LEN,))
+  model = models.create_model(config, TEXT_CLASSES)
+  variables = init_variables(model, (TEXT_MAX_LEN,))
   batch = token_batch(12)
   objective = rules.get_objective(rule)
 
@@ -160,7 +145,7 @@ def _text_stack(arch, rule="deinforeg"):
       outputs = model.apply(
         {"params": p}, batch["tokens"], train=True, rngs={"dropout": jax.random.key(0)}
       )
-      total, metrics = objective(outputs, batch["label"], NUM_CLASSES, config.loss)
+      total, metrics = objective(outputs, batch["label"], TEXT_CLASSES, config.loss)
       if rule == "bp":
         return total
       return jnp.dot(weights, jnp.concatenate([metrics["embedding_loss"][None], metrics["loss"]]))
@@ -177,12 +162,12 @@ def test_text_stack_layout_and_outputs(arch):
   assert sorted(params) == ["block_00", "block_01", "block_02"]
   assert sorted(params["block_00"]) == ["encoder"]  # identity projector, no classifier
   assert sorted(params["block_01"]) == ["classifier", "encoder"]
-  assert params["block_00"]["encoder"]["embedding"].shape == (VOCAB, 8)
+  assert params["block_00"]["encoder"]["embedding"].shape == (TEXT_VOCAB, 8)
   outputs = model.apply(variables, token_batch(4)["tokens"], train=False)
   width = 6 if arch == "lstm" else 8  # LSTM pooled: hidden H; Transformer: d_model
   assert [z.shape for z in outputs["extra_z"]] == [(4, 8)]
   assert [z.shape for z in outputs["z"]] == [(4, width)] * 2
-  assert [lg.shape for lg in outputs["logits"]] == [(4, NUM_CLASSES)] * 2
+  assert [lg.shape for lg in outputs["logits"]] == [(4, TEXT_CLASSES)] * 2
 
 
 @pytest.mark.parametrize("arch", ["lstm", "transformer"])
@@ -211,13 +196,13 @@ def test_bp_text_model_trains_every_block(arch):
 
 def test_frozen_embedding_gets_no_gradient():
   config = tiny_text_config(freeze_embedding=True)
-  model = models.create_model(config, NUM_CLASSES)
-  variables = init_variables(model, (MAX_LEN,))
+  model = models.create_model(config, TEXT_CLASSES)
+  variables = init_variables(model, (TEXT_MAX_LEN,))
   batch = token_batch(12)
 
   def loss(p):
     outputs = model.apply({"params": p}, batch["tokens"], train=True)
-    return rules.deinforeg_objective(outputs, batch["label"], NUM_CLASSES, config.loss)[0]
+    return rules.deinforeg_objective(outputs, batch["label"], TEXT_CLASSES, config.loss)[0]
 
   g = jax.jit(jax.grad(loss))(variables["params"])
   assert global_norm(g["block_00"]) == 0.0
@@ -226,23 +211,23 @@ def test_frozen_embedding_gets_no_gradient():
 
 def test_text_config_errors_name_the_field():
   with pytest.raises(ValueError, match="config.model.projector"):
-    models.create_model(tiny_text_config(projector="8-8"), NUM_CLASSES)
+    models.create_model(tiny_text_config(projector="8-8"), TEXT_CLASSES)
   with pytest.raises(ValueError, match="config.model.num_blocks"):
     validate_config(tiny_text_config(num_blocks=0))
   with pytest.raises(ValueError, match="config.model.classifier_mode"):
-    models.create_model(tiny_text_config(classifier_mode="unmerge"), NUM_CLASSES)
-  model = models.create_model(tiny_text_config("transformer", heads=3), NUM_CLASSES)
+    models.create_model(tiny_text_config(classifier_mode="unmerge"), TEXT_CLASSES)
+  model = models.create_model(tiny_text_config("transformer", heads=3), TEXT_CLASSES)
   with pytest.raises(ValueError, match="config.model.heads=3 must divide d_model=8"):
-    jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((2, MAX_LEN)), train=False))
+    jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((2, TEXT_MAX_LEN)), train=False))
 
 
 def test_text_stack_on_eight_devices_equals_one_device(eight_devices):
   """One Adam step of a BiLSTM DeInfoReg stack: same metrics and parameters on 1 and 8 devices."""
   del eight_devices
   config = tiny_text_config("lstm")
-  model = models.create_model(config, NUM_CLASSES)
+  model = models.create_model(config, TEXT_CLASSES)
   tx = optim.make_optimizer(config.optim, lambda _: config.optim.base_lr)
-  params = init_variables(model, (MAX_LEN,))["params"]
+  params = init_variables(model, (TEXT_MAX_LEN,))["params"]
   batch = token_batch(16, seed=5)
   results = []
   for devices in (1, 8):
@@ -252,7 +237,7 @@ def test_text_stack_on_eight_devices_equals_one_device(eight_devices):
     )
     state = jax.device_put(state, parallel.replicated(mesh))
     step, _ = train.compile_steps(
-      model, rules.deinforeg_objective, tx, NUM_CLASSES, config.loss, mesh
+      model, rules.deinforeg_objective, tx, TEXT_CLASSES, config.loss, mesh
     )
     sharded = parallel.shard_batch(batch, mesh)
     new_state, metrics, _ = step(state, sharded["tokens"], sharded["label"])
@@ -295,8 +280,8 @@ def test_validate_config_names_bad_text_fields(field, value, message):
 
 
 def _param_shapes(config) -> dict[str, tuple[int, ...]]:
-  model = models.create_model(config, NUM_CLASSES)
-  x = jnp.zeros((2, MAX_LEN), jnp.int32)
+  model = models.create_model(config, TEXT_CLASSES)
+  x = jnp.zeros((2, TEXT_MAX_LEN), jnp.int32)
   shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), x, train=False))["params"]
   flat = jax.tree_util.tree_leaves_with_path(shapes)
   return {jax.tree_util.keystr(path): leaf.shape for path, leaf in flat}

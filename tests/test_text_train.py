@@ -7,7 +7,7 @@ import json
 import jax
 import numpy as np
 import pytest
-from test_text_data import text_data_config, toy_records, write_jsonl
+from helpers import text_data_config, toy_records, write_jsonl
 
 from deinforeg_jax import models, optim, steps, train
 from deinforeg_jax.data import load_dataset, text

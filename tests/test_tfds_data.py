@@ -11,18 +11,15 @@ from __future__ import annotations
 
 import os
 import socket
-import subprocess
-import sys
 import threading
 import time
 
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
-from test_prepare_data import png_bytes
 
 from deinforeg_jax.configuration import validate_config
-from helpers import data_config, launch_env, tiny_config
+from helpers import data_config, png_bytes, run_launcher, tiny_config
 from deinforeg_jax.data import eval_batches, make_augment, prepare, train_batches
 from deinforeg_jax.data.label_noise import CIFAR10_CLASSES
 from deinforeg_jax.data.registry import LoadedData, load_dataset
@@ -139,10 +136,6 @@ def tiny_dataset(tmp_path_factory):
   return str(root), arrays
 
 
-def cfg(name, data_dir, **extra):
-  return data_config(name=name, data_dir=str(data_dir), **extra)
-
-
 @pytest.fixture
 def network_up(monkeypatch):
   """The download probe pointed at a listening local socket: "the network is up"."""
@@ -167,7 +160,7 @@ def closed_port() -> tuple[str, int]:
 def test_a_catalogue_dataset_not_prepared_fails_fast_with_instructions(tmp_path, name):
   start = time.perf_counter()
   with pytest.raises(DatasetNotPreparedError) as error:
-    load_dataset(cfg(name, tmp_path, download=False))
+    load_dataset(data_config(name, tmp_path, download=False))
   assert time.perf_counter() - start < 5.0  # no network wait
   message = str(error.value)
   assert f"{name!r} is not prepared" in message and str(tmp_path) in message
@@ -182,7 +175,7 @@ def test_an_unknown_dataset_is_one_line_without_the_tfds_catalogue(tmp_path, dow
   """TFDS's own error lists its whole catalogue (~300 lines): it is neither shown nor chained."""
   start = time.perf_counter()
   with pytest.raises((DatasetNotPreparedError, ValueError)) as error:
-    load_dataset(cfg("cifar01", tmp_path, download=download))
+    load_dataset(data_config("cifar01", tmp_path, download=download))
   assert time.perf_counter() - start < 5.0
   assert error.value.__cause__ is None and error.value.__suppress_context__
   assert str(error.value) == (
@@ -196,15 +189,9 @@ def test_an_unknown_dataset_is_one_line_without_the_tfds_catalogue(tmp_path, dow
 
 
 def test_the_launcher_prints_an_unknown_dataset_in_one_line(tmp_path):
-  proc = subprocess.run(
-    [sys.executable, "-m", "launch.train", f"--workdir={tmp_path / 'run'}",
-     "--config.data.name=deinforeg_never_prepared", f"--config.data.data_dir={tmp_path}"],
-    cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-    env=launch_env(1),
-    capture_output=True,
-    text=True,
-    timeout=300,
-    check=False,
+  proc = run_launcher(
+    "launch.train", f"--workdir={tmp_path / 'run'}", "--config.data.name=deinforeg_never_prepared",
+    f"--config.data.data_dir={tmp_path}",
   )
   assert proc.returncode == 1
   assert proc.stderr.strip().startswith(
@@ -216,8 +203,8 @@ def test_the_launcher_prints_an_unknown_dataset_in_one_line(tmp_path):
 
 def test_download_opt_in_prepares_then_reads(tmp_path, network_up):
   with pytest.raises(DatasetNotPreparedError):
-    load_dataset(cfg("deinforeg_test_toy_images", tmp_path, download=False))
-  data = load_dataset(cfg("deinforeg_test_toy_images", tmp_path, download=True))
+    load_dataset(data_config("deinforeg_test_toy_images", tmp_path, download=False))
+  data = load_dataset(data_config("deinforeg_test_toy_images", tmp_path, download=True))
   assert isinstance(data, LoadedData)
   info = data.info
   assert (info.input_shape, info.num_classes, info.num_train, info.num_test) == (
@@ -237,13 +224,13 @@ def test_download_opt_in_prepares_then_reads(tmp_path, network_up):
   np.testing.assert_allclose(info.mean, flat.mean(0), rtol=1e-9)
   np.testing.assert_allclose(info.std, flat.std(0), rtol=1e-9)
   # Already prepared: download=True is a no-op, download=False now works too.
-  again = load_dataset(cfg("deinforeg_test_toy_images", tmp_path, download=False))
+  again = load_dataset(data_config("deinforeg_test_toy_images", tmp_path, download=False))
   assert again.info == info
 
 
 def test_download_of_a_builder_that_needs_tensorflow_says_so(tmp_path, network_up):
   with pytest.raises(RuntimeError, match="needs TensorFlow to generate.*tfds build"):
-    load_dataset(cfg("deinforeg_test_toy_needs_tf", tmp_path, download=True))
+    load_dataset(data_config("deinforeg_test_toy_needs_tf", tmp_path, download=True))
 
 
 def test_download_without_network_fails_fast_naming_the_offline_way(tmp_path, monkeypatch):
@@ -252,7 +239,7 @@ def test_download_without_network_fails_fast_naming_the_offline_way(tmp_path, mo
   monkeypatch.setattr(tfds_source, "DOWNLOAD_PROBE", closed_port())
   start = time.perf_counter()
   with pytest.raises(DownloadUnavailableError) as error:
-    load_dataset(cfg("deinforeg_test_toy_images", tmp_path, download=True))
+    load_dataset(data_config("deinforeg_test_toy_images", tmp_path, download=True))
   assert time.perf_counter() - start < 5.0
   message = str(error.value)
   assert message.startswith("config.data.download=True, but 127.0.0.1:")
@@ -264,11 +251,12 @@ def test_download_without_network_fails_fast_naming_the_offline_way(tmp_path, mo
   # DEINFOREG_DOWNLOAD_PROBE=off skips the probe (this builder needs no network) ...
   monkeypatch.setattr(tfds_source, "probe_network", lambda *a: pytest.fail("probed"))
   monkeypatch.setenv("DEINFOREG_DOWNLOAD_PROBE", "off")
-  data = load_dataset(cfg("deinforeg_test_toy_images", tmp_path, download=True))
+  data = load_dataset(data_config("deinforeg_test_toy_images", tmp_path, download=True))
   assert data.info.num_train == 12
   # ... and a prepared dataset is read with download=True without probing.
   monkeypatch.delenv("DEINFOREG_DOWNLOAD_PROBE")
-  assert load_dataset(cfg("deinforeg_test_toy_images", tmp_path, download=True)).info == data.info
+  again = load_dataset(data_config("deinforeg_test_toy_images", tmp_path, download=True))
+  assert again.info == data.info
 
 
 def test_download_probe_bounds_slow_name_resolution(monkeypatch):
@@ -310,7 +298,7 @@ def test_catalogue_cifar10_reads_spec_stats_and_png_images(tmp_path):
 
 def test_labels_out_of_range_rejected_at_load(tmp_path, network_up):
   with pytest.raises(ValueError, match=r"test labels out of range.*value\(s\) \[-1\] at index"):
-    load_dataset(cfg("deinforeg_test_toy_no_label", tmp_path, download=True))
+    load_dataset(data_config("deinforeg_test_toy_no_label", tmp_path, download=True))
 
 
 # --- sources, noise and batching ---------------------------------------------------------
@@ -330,19 +318,19 @@ def test_labels_are_read_once_and_match_records(tiny_dataset):
 def test_label_noise_relabels_train_source_only(tiny_dataset):
   data_dir, arrays = tiny_dataset
   noise = {"kind": "symmetric", "rate": 100, "seed": 3}
-  data = load_dataset(cfg("tiny_tfds", data_dir, label_noise=noise))
+  data = load_dataset(data_config("tiny_tfds", data_dir, label_noise=noise))
   noisy = np.asarray([data.train[i]["label"] for i in range(40)])
   assert data.label_noise["kind"] == "symmetric" and data.label_noise["rate"] == 100
   assert data.label_noise["changed_fraction"] == np.mean(noisy != arrays["y_train"]) > 0.4
   np.testing.assert_array_equal(data.train[5]["image"], arrays["x_train"][5])
   assert [data.test[i]["label"] for i in range(20)] == arrays["y_test"].tolist()
-  again = load_dataset(cfg("tiny_tfds", data_dir, label_noise=noise))
+  again = load_dataset(data_config("tiny_tfds", data_dir, label_noise=noise))
   np.testing.assert_array_equal([again.train[i]["label"] for i in range(40)], noisy)
 
 
 def test_grain_batches_from_a_tfds_source(tiny_dataset):
   data_dir, arrays = tiny_dataset
-  data = load_dataset(cfg("tiny_tfds", data_dir, augment="strong"))
+  data = load_dataset(data_config("tiny_tfds", data_dir, augment="strong"))
   augment = make_augment("strong", data.info)
   batches = list(
     train_batches(data.train, data.info, global_batch_size=8, seed=0, epoch=0, augment=augment)

@@ -8,18 +8,15 @@ one of them grey, plus the parts the reader must ignore (``test/``, ``words.txt`
 
 from __future__ import annotations
 
-import os
 import shutil
-import subprocess
-import sys
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from PIL import Image
-from test_prepare_data import REPO, all_records, data_cfg
 
+from helpers import all_records, data_config, run_launcher
 from deinforeg_jax import aot, models
 from deinforeg_jax.configuration import validate_config
 from deinforeg_jax.data import prepare
@@ -78,7 +75,7 @@ def test_resized_round_trip_keeps_wnid_order_labels_and_splits(tmp_path):
   prepared = prepare.prepare_tiny_imagenet("tiny_in", str(tmp_path / "tfds"), str(root), resize=4)
   assert prepared.image_shape == (4, 4, 3) and prepared.num_classes == 3
   assert prepared.num_examples == {"train": 6, "test": 4}
-  data = load_dataset(data_cfg("tiny_in", tmp_path / "tfds"))
+  data = load_dataset(data_config("tiny_in", tmp_path / "tfds"))
   assert data.info.class_names == WNIDS and data.info.input_shape == (4, 4, 3)
   for split, source in (("train", data.train), ("test", data.test)):
     images, labels = all_records(source)
@@ -137,37 +134,28 @@ def test_a_malformed_layout_is_refused_naming_the_problem(tmp_path, fault, messa
   assert not (tmp_path / "tfds").exists()  # refused before anything is written
 
 
-def _cli(*args: str) -> subprocess.CompletedProcess:
-  return subprocess.run(
-    [sys.executable, "-m", "launch.prepare_data", *args],
-    cwd=REPO,
-    env=dict(os.environ, PYTHONPATH=REPO),
-    capture_output=True,
-    text=True,
-    timeout=180,
-  )
-
-
 def test_cli_prepares_tiny_imagenet_and_refuses_bad_input(tmp_path):
   root = tmp_path / "tiny-imagenet-200"
   write_tiny_imagenet(root)
   data_dir = tmp_path / "tfds"
   args = (f"--data_dir={data_dir}", f"--tiny_imagenet={root}")
-  result = _cli("--name=tiny_cli", *args, "--resize=4")
+  result = run_launcher("launch.prepare_data", "--name=tiny_cli", *args, "--resize=4")
   assert result.returncode == 0, result.stderr[-2000:]
   assert "6 train, 4 test images of shape (4, 4, 3), 3 classes" in result.stdout
   assert "--config=launch/configs/tinyimagenet_vgg.py --config.data.name=tiny_cli" in result.stdout
-  assert load_dataset(data_cfg("tiny_cli", data_dir)).info.num_test == 4
+  assert load_dataset(data_config("tiny_cli", data_dir)).info.num_test == 4
 
   (root / "wnids.txt").unlink()
-  result = _cli("--name=tiny_bad", *args)
+  result = run_launcher("launch.prepare_data", "--name=tiny_bad", *args)
   assert result.returncode == 1
   assert result.stderr.strip() == (
     f"error: {root}/wnids.txt: no such file (the class ids, one a line); pass "
     "the tiny-imagenet-200 folder itself, which holds wnids.txt, train/<wnid>/images/*.JPEG, "
     "val/images/*.JPEG and val/val_annotations.txt"
   )
-  result = _cli("--name=x", f"--data_dir={data_dir}", "--npz=x.npz", "--resize=4")
+  result = run_launcher(
+    "launch.prepare_data", "--name=x", f"--data_dir={data_dir}", "--npz=x.npz", "--resize=4"
+  )
   assert result.returncode != 0 and "--resize applies to image files" in result.stderr
 
 

@@ -16,13 +16,12 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
 import sys
 
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import REPO, data_config, launch_env, tiny_config
+from helpers import data_config, run_launcher, tiny_config
 
 import deinforeg_jax
 from deinforeg_jax import checkpoint, train, trained
@@ -79,13 +78,10 @@ def test_train_refuses_a_dataset_that_names_its_own_feature_module(clean_data_di
   class_name = _plant(clean_data_dir, tmp_path / "dsroot", marker)
   assert class_name == "dsroot.evil_ds.payload.ClassLabel"
   _name_label_class(tmp_path / "dsroot" / "evil_ds" / "1.0.0", class_name)
-  env = launch_env(1)
-  env["PYTHONPATH"] = os.pathsep.join([REPO, env.get("PYTHONPATH", "")])
-  proc = subprocess.run(
-    [sys.executable, "-m", "launch.train", f"--workdir={tmp_path / 'run'}",
-     "--config.data.data_dir=dsroot", "--config.data.name=evil_ds",
-     "--config.model.width=0.125", "--config.data.batch_size=4", "--config.train.max_steps=1"],
-    cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600, check=False,
+  proc = run_launcher(
+    "launch.train", f"--workdir={tmp_path / 'run'}", "--config.data.data_dir=dsroot",
+    "--config.data.name=evil_ds", "--config.model.width=0.125", "--config.data.batch_size=4",
+    "--config.train.max_steps=1", cwd=tmp_path, timeout=600,
   )
   assert not marker.exists()
   assert proc.stderr.strip().splitlines() == [
@@ -237,12 +233,9 @@ def test_predict_on_a_copied_run_with_edited_metadata_runs_nothing(
   marker = tmp_path / "payload_ran"
   copied = _copy_with_crafted_dataset(trained_run, clean_data_dir, tmp_path, marker, "removed")
   np.savez(tmp_path / "x.npz", x=np.zeros((2, 8, 8, 1), np.float32))
-  env = launch_env(1)
-  env["PYTHONPATH"] = os.pathsep.join([REPO, env.get("PYTHONPATH", "")])
-  proc = subprocess.run(
-    [sys.executable, "-m", "launch.predict", "--workdir=copied", "--input=x.npz",
-     f"--out={tmp_path / 'predictions.csv'}"],
-    cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600, check=False,
+  proc = run_launcher(
+    "launch.predict", "--workdir=copied", "--input=x.npz", f"--out={tmp_path / 'predictions.csv'}",
+    cwd=tmp_path, timeout=600,
   )
   assert not marker.exists()
   lines = proc.stderr.strip().splitlines()
@@ -266,9 +259,8 @@ def test_an_older_run_is_told_how_to_record_its_description_and_then_loads(train
   with pytest.raises(trained.WorkdirError, match=f"record them once from the run's dataset "
                      f"'digits' with `{command}`"):
     deinforeg_jax.load(str(older))
-  proc = subprocess.run(
-    [sys.executable, "-m", "launch.evaluate", f"--workdir={older}", "--record_description"],
-    cwd=REPO, env=launch_env(1), capture_output=True, text=True, timeout=600, check=False,
+  proc = run_launcher(
+    "launch.evaluate", f"--workdir={older}", "--record_description", timeout=600
   )
   assert proc.returncode == 0, proc.stderr[-2000:]
   step_dir = os.path.dirname(os.path.dirname(_metadata_path(older)))

@@ -14,12 +14,11 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import time
 
 import numpy as np
 import pytest
-from helpers import REPO, launch_env, run_launchers
+from helpers import run_launchers, start_launcher
 
 from deinforeg_jax import train
 from deinforeg_jax.data import prepare
@@ -203,17 +202,6 @@ def test_every_bad_input_is_one_error_line_and_no_traceback(tmp_path, finished_r
   assert "\\" not in launched["unknown_field"].stderr
 
 
-def _launch(*command: str) -> subprocess.Popen:
-  return subprocess.Popen(
-    [sys.executable, "-m", *command],
-    cwd=REPO,
-    env=launch_env(num_devices=1),
-    stdout=subprocess.PIPE,
-    stderr=subprocess.PIPE,
-    text=True,
-  )
-
-
 def _wait_for(pattern: str, process: subprocess.Popen, timeout: float = 240) -> None:
   deadline = time.time() + timeout
   while not glob.glob(pattern):
@@ -224,7 +212,7 @@ def _wait_for(pattern: str, process: subprocess.Popen, timeout: float = 240) -> 
 def test_sigterm_stops_a_grid_with_exit_75_in_one_line_and_the_same_command_finishes(tmp_path):
   command = ("launch.experiments", f"--grid={_write_grid(tmp_path / 'grid.py', 2)}",
              f"--root={tmp_path / 'root'}")
-  grid = _launch(*command)
+  grid = start_launcher(*command)
   _wait_for(str(tmp_path / "root" / CELL / "checkpoints" / "[0-9]*"), grid)
   grid.send_signal(signal.SIGTERM)
   out, err = grid.communicate(timeout=240)
@@ -233,7 +221,7 @@ def test_sigterm_stops_a_grid_with_exit_75_in_one_line_and_the_same_command_fini
   assert "SIGTERM received in epoch" in out.splitlines()[-1], out
   assert "Run the same command again" in out.splitlines()[-1], out
 
-  again = _launch(*command)
+  again = start_launcher(*command)
   out, err = again.communicate(timeout=300)
   assert again.returncode == 0, out + err
   assert "resuming from the checkpoint at step" in out
@@ -266,7 +254,7 @@ def test_sigterm_during_prepare_data_overwrite_removes_the_incomplete_dataset(tm
   data_dir = tmp_path / "tfds"
   old = prepare.prepare_npz("big", str(data_dir), str(tmp_path / "data.npz"))
   before = sorted(os.listdir(old.dataset_dir))
-  process = _launch(
+  process = start_launcher(
     "launch.prepare_data", "--name=big", f"--data_dir={data_dir}",
     f"--npz={tmp_path / 'data.npz'}", "--overwrite",
   )

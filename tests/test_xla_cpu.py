@@ -88,6 +88,7 @@ def _compiled_both_ways(fn, *args):
   return ours, default
 
 
+@pytest.mark.pins_implementation
 @pytest.mark.parametrize("kernel_size,stride", [(3, 1), (3, 2), (1, 2)])
 def test_this_process_compiles_convolutions_without_ynnpack_and_equally(kernel_size, stride):
   """The test process imported the package before JAX started (pinned jaxlib): the flag is in
@@ -114,6 +115,7 @@ def test_this_process_compiles_convolutions_without_ynnpack_and_equally(kernel_s
     np.testing.assert_allclose(got, want, rtol=0, atol=2e-5 * float(jnp.max(jnp.abs(want))))
 
 
+@pytest.mark.pins_implementation
 def test_a_model_computes_alike_with_either_convolution_library():
   """The default digits stack (under XLA's default, YNNPACK takes 7 of the 11 convolutions of
   its forward and backward pass): the same outputs and parameter gradients to fp32 rounding."""
