@@ -13,8 +13,10 @@ import threading
 import jax
 from jax.experimental import multihost_utils
 
+from deinforeg_jax.user_errors import Interrupted
 
-class Preempted(Exception):
+
+class Preempted(Interrupted):
   """SIGTERM/SIGINT stopped the run at a safe point; the message says what was saved.
 
   ``saved_step``: the step checkpointed on the way out (None: nothing new was saved, because no

@@ -18,7 +18,6 @@ docs/design.md, "Errors and exit codes".
 
 from __future__ import annotations
 
-import sys
 
 EXIT_ERROR = 1
 EXIT_PREEMPTED = 75  # EX_TEMPFAIL: run the same command again to continue
@@ -46,8 +45,7 @@ def one_line(error: BaseException, stopped_note: str = "") -> tuple[str | None, 
   """``(message, exit code)`` of an error the user can act on; ``(None, 1)`` for a bug (and for
   ``SystemExit``, which exits as it is).  ``stopped_note``: what a ``Stopped`` command leaves
   behind, said after "stopped before finishing"."""
-  train = sys.modules.get("deinforeg_jax.train")  # loaded if the error can be its Preempted
-  if isinstance(error, Interrupted) or train is not None and isinstance(error, train.Preempted):
+  if isinstance(error, Interrupted):  # a grid or a run (``preemption.Preempted``) stopped
     return str(error), EXIT_PREEMPTED
   if isinstance(error, Stopped):
     note = f": {stopped_note}" if stopped_note else ""

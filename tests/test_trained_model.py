@@ -19,6 +19,7 @@ import os
 import shutil
 import subprocess
 import sys
+import types
 
 import jax
 import numpy as np
@@ -37,6 +38,7 @@ from deinforeg_jax import inference, train, trained
 from deinforeg_jax.trained import evaluation, export, inputs, loading, prediction_csv
 from deinforeg_jax.data import load_digits, load_dataset
 from deinforeg_jax.data.prepare import text as text_prepare
+from deinforeg_jax.run import build_run
 from deinforeg_jax.user_errors import UserError
 
 # One worker trains the module's runs once (conftest groups by fixture name otherwise).
@@ -193,13 +195,13 @@ def test_interrupted_run_best_exit_falls_back_to_metrics_then_the_last_exit(digi
 def test_schedule_run_uses_only_the_blocks_added_by_its_step():
   config = _digits_config(3, schedule="1,2")
   config.train.num_epochs = 3
-  model = loading.models.create_model(config, 10)
-  metadata = {"step": 22, "dataset": {"num_train": 1437}}  # 22 steps per epoch
-  assert loading._active_blocks(config, metadata, model) == 1  # pylint: disable=protected-access
-  metadata["step"] = 23  # the first step of epoch 2 trains the added block
-  assert loading._active_blocks(config, metadata, model) == 2  # pylint: disable=protected-access
-  metadata["step"] = 66
-  assert loading._active_blocks(config, metadata, model) == 3  # pylint: disable=protected-access
+  shape = types.SimpleNamespace(input_shape=(8, 8, 1), num_classes=10, num_train=1437, kind="image")
+  run = build_run(config, shape, num_old=0)
+  assert run.steps_per_epoch == 22
+  active = loading._active_blocks  # pylint: disable=protected-access
+  assert active(run, 22) == 1
+  assert active(run, 23) == 2  # the first step of epoch 2 trains the added block
+  assert active(run, 66) == 3
 
 
 # ------------------------------------------------------------------ clear errors

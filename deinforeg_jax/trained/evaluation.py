@@ -8,8 +8,9 @@ or its vocabulary) and returns the report that ``write_report`` writes to ``out_
   ``adaptive_inference``), the accuracy and confusion matrix at ``exit``;
 * ``<dataset>_confusion.png``: that confusion matrix.
 
-Only the fields under ``OVERRIDABLE`` (``config.data.*``, ``config.inference.*``) may differ
-from the run's saved config (``apply_overrides``): the model is the run's own.
+Only the fields ``config_fields.evaluate_may_override`` names (``config.data.*``,
+``config.inference.*``) may differ from the run's saved config (``apply_overrides``): the model
+is the run's own.
 """
 
 from __future__ import annotations
@@ -21,17 +22,14 @@ from typing import Any
 
 import numpy as np
 
-from deinforeg_jax import inference, safe_files, steps
+from deinforeg_jax import config_fields, inference, safe_files, steps
 from deinforeg_jax.data import DatasetInfo, eval_batches, load_dataset, text, tfds_source
 from deinforeg_jax.data.registry import split_labels
 from deinforeg_jax.user_errors import UserError
 
-OVERRIDABLE = ("data.", "inference.")
-
-
 def check_overrides(overrides: dict[str, Any]) -> None:
-  """Refuses a ``--config.<field>`` override outside ``OVERRIDABLE``."""
-  refused = sorted(f for f in overrides if not f.startswith(OVERRIDABLE))
+  """Refuses a ``--config.<field>`` override that evaluate may not take."""
+  refused = sorted(f for f in overrides if not config_fields.evaluate_may_override(f))
   if refused:
     raise UserError(
       f"--config.{refused[0]}: evaluate takes only --config.data.* and --config.inference.* "

@@ -99,6 +99,12 @@ def _preprocessing(config, saved: dict[str, Any], described: dict, workdir: str)
   return Preprocessing("text", input_shape, vocabulary=vocabulary)
 
 
+def _active_blocks(run, step: int) -> int:
+  """How many blocks a ``config.grow.schedule`` run had added by checkpoint step ``step``: those
+  of the phase that trained its last step (all blocks when nothing grows)."""
+  return len(getattr(run.phase_at(max(step - 1, 0)).model, "blocks", ()))
+
+
 def _check_variables(workdir: str, model, variables, input_shape) -> None:
   """The checkpoint's arrays (verified against their checksums when read) have the model's
   shapes."""
@@ -194,8 +200,7 @@ def load(workdir: str) -> TrainedModel:
   _check_variables(workdir, model, variables, saved["input_shape"])
   described = _description(config, saved, workdir)
   preprocessing = _preprocessing(config, saved, described, workdir)
-  # A ``config.grow.schedule`` run has the blocks it had added by the checkpoint's last step.
-  active = len(getattr(run.phase_at(max(int(metadata["step"]) - 1, 0)).model, "blocks", ()))
+  active = _active_blocks(run, int(metadata["step"]))
   if active < len(getattr(model, "blocks", ())):
     model = model.clone(blocks=tuple(model.blocks[:active]))
     kept = {stack.block_name(k) for k in range(active)}
