@@ -26,7 +26,7 @@ import dataclasses
 import math
 from typing import Any, Callable
 
-from deinforeg_jax import baselines, inference, models, optim, rules
+from deinforeg_jax import baselines, inference, models, optim, precision, rules
 from deinforeg_jax.data import augment, label_noise
 from deinforeg_jax.data import text as data_text
 from deinforeg_jax.modules import heads, layers, text
@@ -126,6 +126,17 @@ FIELDS = {
   ),
   # How convolutions are computed, not what: the state is the same.
   "model.conv_impl": Field(choice(layers.CONV_IMPLS), resumable=True),
+  # Mixed precision: another dtype on resume is refused unless allowed (the checkpoint is float32
+  # either way, so an allowed change restores); the matmul precision changes rounding only.
+  "model.dtype": Field(
+    Kind("'float32' | 'bfloat16'", lambda v: v in precision.DTYPES, precision.DTYPE_REQUIREMENT),
+    added_later=AddedLater("2026-12-07", "float32"),
+  ),
+  "model.matmul_precision": Field(
+    choice(tuple(precision.MATMUL_PRECISIONS)),
+    resumable=True,
+    added_later=AddedLater("2026-12-07", "default"),
+  ),
   "model.scpl_projector": Field(STR),
   "model.al_hidden": Field(POSITIVE_INT),
   "model.al_bridge": Field(STR),

@@ -62,6 +62,8 @@ def get_config() -> ml_collections.ConfigDict:
   # 3x3 stride-1 convolutions: "auto" (Winograd F(2x2,3x3) matmuls on CPU, where XLA's own
   # convolution is slow; XLA's elsewhere) | "xla" | "winograd" (modules/winograd.py).
   config.model.conv_impl = "auto"
+  config.model.dtype = "float32"  # "float32" | "bfloat16": layers compute in bf16 (precision.py)
+  config.model.matmul_precision = "default"  # "default" | "high" | "highest" (every layer)
   # Baselines (text stacks use the reference's NLP heads: identity SCPL head, Tanh AL layers):
   config.model.scpl_projector = "512-1024"  # SCPL contrastive head: Dense-ReLU-Dense (vision)
   config.model.al_hidden = 500  # AL label-code width (the reference: vision 500, text 300)
