@@ -17,7 +17,10 @@ Each compiled step gives a ``StepReport`` per chip: ``Compiled.memory_analysis()
 temporary, output, aliased (outputs reusing the donated state) and code bytes, and
 ``Compiled.cost_analysis()``'s FLOPs.  A ``TopologyReport`` holds them per step (per stage in
 pipeline mode) and judges the fit: the largest step's bytes against ``(1 - headroom)`` of the
-chip's HBM.  ``check_topologies`` is the ``launch.aot`` command: a report per topology, and one
+chip's HBM.  In pipeline mode it also holds ``pipeline.cost``'s prediction: each stage's
+train-step FLOPs and the bytes it sends to the next stage, against the chip's peak and one ICI
+link (``CHIP_RATES``), give the steady-state speedup over one chip.  ``check_topologies`` is the
+``launch.aot`` command: a report per topology, and one
 ``AotError`` naming the config fields to change for those that do not compile or fit.
 """
 
@@ -48,6 +51,7 @@ from deinforeg_jax import parallel, pipeline, safe_files
 from deinforeg_jax.config_error import ConfigError
 from deinforeg_jax.configuration import validate_config
 from deinforeg_jax.data.tfds_source import TEXT_MAX_LEN
+from deinforeg_jax.pipeline.cost import PipelineCost, sent_bytes, stage_inputs
 from deinforeg_jax.run import Run, build_run
 
 GIB = 2**30
@@ -58,6 +62,33 @@ GIB = 2**30
 # v5p 95 GiB, v6e (Trillium) 32 GiB (the pages write "GB" for some generations; the runtime
 # keeps a little of it, which the headroom covers).  One JAX device per chip (v4 in megacore mode).
 HBM_GIB = {"TPU v4": 32, "TPU v5 lite": 16, "TPU v5": 95, "TPU v6 lite": 32}
+
+
+
+@dataclasses.dataclass(frozen=True)
+class ChipRates:
+  """A chip's datasheet rates for the pipeline cost model (``pipeline.cost``)."""
+
+  peak_flops_per_s: float  # bf16 matmul peak (XLA's default precision runs fp32 dots in bf16)
+  ici_bytes_per_s: float  # bidirectional inter-chip interconnect, all ports together
+  ici_ports: int
+
+  @property
+  def link_bytes_per_s(self) -> float:
+    """One port, one direction: what a stage's send to its neighbour chip gets."""
+    return self.ici_bytes_per_s / (2 * self.ici_ports)
+
+
+# Peak bf16 compute and bidirectional ICI bandwidth per chip, from the same Google Cloud pages as
+# HBM_GIB: v4 275 TFLOP/s and 2400 Gbps per direction (600 GB/s both ways; 6 ports, 3D mesh);
+# v5e 197 TFLOP/s, 400 GB/s, 4 ports; v5p 459 TFLOP/s, 1200 GB/s, 6 ports (3D torus);
+# v6e 918 TFLOP/s, 800 GB/s, 4 ports.
+CHIP_RATES = {
+  "TPU v4": ChipRates(275e12, 600e9, 6),
+  "TPU v5 lite": ChipRates(197e12, 400e9, 4),
+  "TPU v5": ChipRates(459e12, 1200e9, 6),
+  "TPU v6 lite": ChipRates(918e12, 800e9, 4),
+}
 
 # The chip configuration libtpu uses on Cloud TPU VMs, as in JAX's own AOT tests: v4 runs
 # its two TensorCores as one device ("megacore"); without it the topology has 2 devices
@@ -143,6 +174,8 @@ class TopologyReport:
   headroom: float
   steps: list[StepReport]
   note: str = ""
+  pipeline_cost: PipelineCost | None = None  # pipeline mode on a chip in CHIP_RATES
+  batches_per_epoch: int = 0
 
   @property
   def budget_bytes(self) -> float | None:
@@ -157,11 +190,15 @@ class TopologyReport:
     return None if self.budget_bytes is None else self.peak_bytes <= self.budget_bytes
 
   def as_dict(self) -> dict[str, Any]:
+    cost = self.pipeline_cost
     return {
-      **{k: v for k, v in dataclasses.asdict(self).items() if k != "steps"},
+      **{k: v for k, v in dataclasses.asdict(self).items() if k not in ("steps", "pipeline_cost")},
       "steps": [{**dataclasses.asdict(s), "total_bytes": s.total_bytes} for s in self.steps],
       "peak_bytes": self.peak_bytes,
       "fits": self.fits,
+      "pipeline_cost": None if cost is None else {
+        **cost.as_dict(), "epoch_speedup": cost.epoch_speedup(self.batches_per_epoch)
+      },
     }
 
 
@@ -290,7 +327,7 @@ def _data_parallel(run: Run, devices) -> tuple[int, list[StepReport]]:
   ]
 
 
-def _pipeline(run: Run, devices) -> tuple[int, list[StepReport], str]:
+def _pipeline(run: Run, devices) -> tuple[int, list[StepReport], str, tuple[int, ...]]:
   config, model = run.config, run.model
   num_blocks = len(getattr(model, "blocks", ()))
   checked = config.copy_and_resolve_references()
@@ -317,18 +354,23 @@ def _pipeline(run: Run, devices) -> tuple[int, list[StepReport], str]:
     model, run.tx, run.objective, config.loss, input_shape, plan.bounds, host,
     log_grad_norms=config.train.log_grad_norms,
   )
+  states = pipe.abstract_states()
+  inputs = stage_inputs(
+    pipe.train_steps, states,
+    jax.ShapeDtypeStruct((config.data.batch_size, *input_shape), run.info.dtype),
+  )
   reports = []
-  for k, state in enumerate(pipe.abstract_states()):
+  for k, state in enumerate(states):
     place = SingleDeviceSharding(pipe.devices[k])
     state = _placed(state, place)
-    batch = functools.partial(_batch_args, config, pipe.input_shapes[k], jnp.float32, place)
+    batch = functools.partial(_batch_args, config, inputs[k].shape[1:], inputs[k].dtype, place)
     first, stop = pipe.bounds[k]  # images only: pipeline_settings refuses text
     reports.append(
       compile_step(f"train stage {k} (blocks {first}-{stop - 1})", pipe.train_steps[k], state,
                    *batch(False))
     )
     reports.append(compile_step(f"eval stage {k}", pipe.eval_steps[k], state, *batch(True)))
-  return stages, reports, note
+  return stages, reports, note, sent_bytes(inputs)
 
 
 def check_topology(
@@ -353,11 +395,15 @@ def check_topology(
   devices = topology_devices(topology)
   kind = devices[0].device_kind
   hbm = int(hbm_gib * GIB) if hbm_gib > 0 else (HBM_GIB[kind] * GIB if kind in HBM_GIB else None)
-  note = ""
+  note, cost = "", None
   try:
     run = build_run(config, shapes, platform="tpu", num_old=0)
     if config.parallel.mode == "pipeline":
-      used, reports, note = _pipeline(run, devices)
+      used, reports, note, sends = _pipeline(run, devices)
+      if kind in CHIP_RATES:
+        trains = [s.flops for s in reports if s.name.startswith("train")]
+        rates = CHIP_RATES[kind]
+        cost = PipelineCost(tuple(trains), sends, rates.peak_flops_per_s, rates.link_bytes_per_s)
     else:
       used, reports = _data_parallel(run, devices)
   except ConfigError as e:
@@ -373,6 +419,8 @@ def check_topology(
     headroom=headroom,
     steps=reports,
     note=note,
+    pipeline_cost=cost,
+    batches_per_epoch=run.steps_per_epoch,
   )
 
 
@@ -418,6 +466,11 @@ def _gib(n: float) -> str:
   return f"{n / GIB:.2f} GiB" if abs(n) >= GIB else f"{n / 2**20:.2f} MiB"
 
 
+def _duration(seconds: float) -> str:
+  """Seconds as ms (µs below 0.1 ms)."""
+  return f"{1e3 * seconds:.2f} ms" if seconds >= 1e-4 else f"{1e6 * seconds:.2f} µs"
+
+
 def format_report(report: TopologyReport, config) -> str:
   """The human-readable block printed for one topology."""
   hbm = "HBM unknown" if report.hbm_bytes is None else f"{_gib(report.hbm_bytes)} HBM per chip"
@@ -447,6 +500,8 @@ def format_report(report: TopologyReport, config) -> str:
     f"  per chip = arguments + temporaries + outputs - aliased (outputs reusing the donated "
     f"state) + code; train FLOPs per step, all chips: {train_flops:.3e} (XLA's estimate)"
   )
+  if report.mode == "pipeline":
+    lines.extend(_pipeline_cost_lines(report))
   if report.note:
     lines.append(f"  note: {report.note}")
   if report.fits is None:
@@ -461,6 +516,33 @@ def format_report(report: TopologyReport, config) -> str:
       f"{_gib(report.budget_bytes - report.peak_bytes)} to spare"
     )
   return "\n".join(lines)
+
+
+def _pipeline_cost_lines(report: TopologyReport) -> list[str]:
+  """The cost model's per-stage compute and transfer and its predicted speedup."""
+  cost = report.pipeline_cost
+  if cost is None:
+    return [f"  pipeline cost model: no peak FLOP/s or ICI bandwidth known for "
+            f"{report.device_kind!r} (deinforeg_jax.aot.CHIP_RATES)"]
+  lines = [
+    f"  pipeline cost model, per batch ({cost.peak_flops_per_s / 1e12:.0f} TFLOP/s peak, one "
+    f"ICI link {cost.link_bytes_per_s / 1e9:.1f} GB/s each way):"
+  ]
+  for k, (flops, sent, c, x, bound) in enumerate(
+    zip(cost.stage_flops, cost.sent_bytes, cost.compute_s, cost.transfer_s, cost.bound)
+  ):
+    lines.append(
+      f"    stage {k}: {flops:.3e} FLOPs -> {_duration(c)}; sends {_gib(sent)} -> "
+      f"{_duration(x)} ({bound}-bound)"
+    )
+  lines.append(
+    f"  predicted speedup over one chip: {cost.speedup:.2f}x in the steady state (stage "
+    f"{cost.slowest_stage} sets the rate, {_duration(cost.tick_s)} per batch, against "
+    f"{_duration(cost.one_chip_s)} for every stage on one chip); "
+    f"{cost.epoch_speedup(report.batches_per_epoch):.2f}x over an epoch of "
+    f"{report.batches_per_epoch} batches (fill and drain)"
+  )
+  return lines
 
 
 def no_fit_message(report: TopologyReport) -> str:

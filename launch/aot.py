@@ -15,9 +15,11 @@ per host, so an 8-chip single-host VM such as v5litepod-8 shows as 2 hosts; the 
 data-parallel program is the same), per chip and step the argument,
 temporary and output bytes (``aliased`` is the part of the outputs that reuses the donated
 state's buffers) against the chip's HBM, whether the step fits with ``--headroom``, XLA's
-FLOPs per chip and step and the compile time.  It exits with status 1 when a step does not
-fit or does not compile (the message names the config fields to change), when libtpu is
-missing or when a flag is wrong.
+FLOPs per chip and step and the compile time; in pipeline mode also each stage's FLOPs and the
+bytes it sends to the next stage, and the speedup over one chip that the chip's peak FLOP/s and
+ICI bandwidth predict (``deinforeg_jax.pipeline.cost``; ``--json`` has it as ``pipeline_cost``).
+It exits with status 1 when a step does not fit or does not compile (the message names the
+config fields to change), when libtpu is missing or when a flag is wrong.
 
 No dataset is read: the input shape and class count come from ``deinforeg_jax.aot.DATASETS``
 for the shipped datasets (``digits`` 8x8x1/10, ``cifar10`` 32x32x3/10, ``cifar100``

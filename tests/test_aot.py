@@ -25,7 +25,8 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from deinforeg_jax import aot, steps
+from deinforeg_jax import aot, pipeline, steps
+from deinforeg_jax.pipeline import cost as pipeline_cost
 from deinforeg_jax.run import build_run
 
 from helpers import tiny_config
@@ -186,11 +187,46 @@ def test_pipeline_compiles_each_stage_for_its_own_chip():
   names = [re.fullmatch(r"train stage (\d) \(blocks (\d)-(\d)\)", s.name) for s in trains]
   stages, firsts, lasts = zip(*[tuple(map(int, m.groups())) for m in names])
   assert stages == (0, 1) and firsts[0] == 0 and firsts[1] == lasts[0] + 1 and lasts[1] == 3
-  whole = _logical_bytes(_fit_run(config).abstract_state())
+  run = _fit_run(config)
+  whole = _logical_bytes(run.abstract_state())
   assert whole <= sum(s.alias_bytes for s in trains)
   for step in report.steps:
     assert step.flops > 0 and 0 < step.total_bytes < report.hbm_bytes
-  assert "pipeline, 2 stage(s) on the chips of one host" in aot.format_report(report, config)
+  text = aot.format_report(report, config)
+  assert "pipeline, 2 stage(s) on the chips of one host" in text
+  # The cost model: the stages' train FLOPs, stage 0's float32 output and the labels sent on.
+  cost = report.pipeline_cost
+  stage_models = [pipeline.stage_model(run.model, a, b + 1) for a, b in zip(firsts, lasts)]
+  sent_shape = pipeline.stage_input_shapes(stage_models, (8, 8, 1))[1]
+  assert cost.stage_flops == tuple(s.flops for s in trains)
+  assert cost.sent_bytes == (GLOBAL_BATCH * (math.prod(sent_shape) + 1) * 4, 0)
+  assert (cost.peak_flops_per_s, cost.link_bytes_per_s) == (197e12, 50e9)
+  assert report.batches_per_epoch == 1437 // GLOBAL_BATCH
+  for k in range(2):
+    assert f"stage {k}: {trains[k].flops:.3e} FLOPs" in text
+  assert f"sends {aot._gib(cost.sent_bytes[0])}" in text
+  assert f"predicted speedup over one chip: {cost.speedup:.2f}x in the steady state" in text
+  row = json.loads(json.dumps(report.as_dict()))["pipeline_cost"]
+  assert row["speedup"] == pytest.approx(cost.speedup) and row["sent_bytes"] == list(cost.sent_bytes)
+  assert row["epoch_speedup"] == pytest.approx(cost.epoch_speedup(report.batches_per_epoch))
+
+
+def test_pipeline_cost_model_arithmetic():
+  """Stage times are FLOPs / peak and bytes / link; the slowest stage's larger one sets the rate,
+  against the sum of the stages' compute on one chip."""
+  cost = pipeline_cost.PipelineCost((3e12, 2e12, 1e12), (1e9, 4e9, 0), 1e12, 1e9)
+  assert cost.compute_s == (3.0, 2.0, 1.0) and cost.transfer_s == (1.0, 4.0, 0.0)
+  assert cost.bound == ("compute", "transfer", "compute")
+  assert (cost.tick_s, cost.slowest_stage, cost.one_chip_s) == (4.0, 1, 6.0)
+  assert cost.speedup == 1.5
+  # 3 batches: the first takes 3 + 1 + 2 + 4 + 1 = 11 s through the stages, then one per tick.
+  assert cost.epoch_speedup(3) == pytest.approx(3 * 6 / (11 + 2 * 4))
+  fast_links = dataclasses.replace(cost, link_bytes_per_s=1e15)
+  assert fast_links.speedup == pytest.approx(6e12 / 3e12)  # compute-bound: Σ F / max F
+  assert fast_links.epoch_speedup(10**9) == pytest.approx(2.0)
+  inputs = [jax.ShapeDtypeStruct((8, 4), jnp.float32),
+            jax.ShapeDtypeStruct((8, 16), jnp.bfloat16), jax.ShapeDtypeStruct((8, 3), jnp.float32)]
+  assert pipeline_cost.sent_bytes(inputs) == (8 * 16 * 2 + 8 * 4, 0)
 
 
 @needs_libtpu

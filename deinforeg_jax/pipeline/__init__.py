@@ -74,7 +74,8 @@ checkpoints hold the one-program ``TrainState``, so either mode resumes the
 other's run.
 
 Modules: ``executor`` (``Pipeline``: stage programs, states and schedules),
-``balance`` (costs and the partition), ``engine`` (``PipelineEngine``).
+``balance`` (costs and the partition), ``engine`` (``PipelineEngine``), ``cost`` (the
+predicted speedup from stage FLOPs, bytes sent and a chip's rates; ``launch.aot`` prints it).
 """
 
 from deinforeg_jax.pipeline.balance import (
