@@ -30,7 +30,10 @@ Then ``"benchmark": "pipeline_summary"``: speedups over ``one_program`` and over
 ``T``-batch epoch), and the overlap actually achieved:
 ``overlap_efficiency = (T·Σc − wall) / (T·Σc − (Σc + (T−1)·max c))`` (0: none,
 1: the ideal pipeline) and ``stage_slowdown`` (a stage's busy time when
-overlapped / alone: contention for the host's cores and memory).
+overlapped / alone: contention for the host's cores and memory).  With ``one_program``,
+``cost_model`` is ``deinforeg_jax.pipeline.cost``'s prediction (what ``launch.aot`` prints for
+a TPU) with this machine as the chip: the one-program FLOP rate as the peak, a measured copy
+between two devices as the link (docs/performance.md compares it with the measured speedup).
 ``XLA_FLAGS`` is set for ``--devices`` fake CPU devices before JAX is imported
 (``--platform=gpu`` uses the real devices instead; see ``pipeline_gpu.sh``).
 
@@ -119,6 +122,7 @@ from jax.sharding import AxisType, Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from deinforeg_jax import parallel, pipeline
+from deinforeg_jax.pipeline import cost
 from deinforeg_jax.run import build_run
 from launch.configs import default
 
@@ -279,6 +283,39 @@ class SpmdPipeline:
     return [u(buf[i, :n]) for i, (u, n) in enumerate(zip(self.unravel, self.sizes))]
 
 
+# ------------------------------------------------------------------ cost model
+
+
+def _link_bytes_per_s(devices, nbytes: int, repeats: int = 5) -> float:
+  """Measured bytes/s of one ``nbytes`` array copied from ``devices[0]`` to ``devices[1]``."""
+  x = jax.device_put(np.ones(max(nbytes // 4, 1), np.float32), devices[0])
+  jax.block_until_ready(jax.device_put(x, devices[1]))
+  times = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    jax.block_until_ready(jax.device_put(x, devices[1]))
+    times.append(time.perf_counter() - start)
+  return x.nbytes / statistics.median(times)
+
+
+def predicted_cost(pipe, batch_size, one_program_s_per_batch) -> cost.PipelineCost:
+  """``pipeline.cost``'s model of ``pipe`` with this machine's rates as the chip's: the peak
+  is the one-program step's FLOP rate (its stages' XLA FLOPs over its measured time per batch)
+  and the link a measured copy of stage 0's output between the first two devices."""
+  states = pipe.abstract_states()
+  batch = jax.ShapeDtypeStruct((batch_size, *INPUT_SHAPE), jnp.float32)
+  inputs = cost.stage_inputs(pipe.train_steps, states, batch)
+  labels = jax.ShapeDtypeStruct((batch_size,), jnp.int32)
+  flops = []
+  for step, state, x in zip(pipe.train_steps, states, inputs):
+    analysis = step.lower(state, x, labels).cost_analysis()
+    analysis = analysis[0] if isinstance(analysis, (list, tuple)) else analysis
+    flops.append(float(analysis["flops"]))
+  sends = cost.sent_bytes(inputs)
+  link = _link_bytes_per_s(pipe.devices, sends[0]) if pipe.num_stages > 1 else float("inf")
+  return cost.PipelineCost(tuple(flops), sends, sum(flops) / one_program_s_per_batch, link)
+
+
 # ------------------------------------------------------------------ main
 
 
@@ -423,6 +460,9 @@ def main(argv=None):
   for method, wall in walls.items():
     if base:
       summary[f"speedup_{method}_vs_one_program"] = base / wall
+  if base:
+    model = predicted_cost(pipe, args.batch_size, base / args.batches)
+    summary["cost_model"] = {**model.as_dict(), "epoch_speedup": model.epoch_speedup(args.batches)}
   sync = results.get("pipeline_synchronous")
   if sync:
     per_batch = [
