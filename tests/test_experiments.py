@@ -417,7 +417,8 @@ def test_a_known_converged_cell_keeps_its_config():
 def test_a_dry_run_lists_the_ablation_cells_informative_variants_first(tmp_path, capsys):
   grid = noise_ablation_mnist.get_config()
   assert runner.run_grid(grid, str(tmp_path), dry_run=True) == []
-  names = [line.split()[1] for line in capsys.readouterr().out.splitlines()]
+  out = capsys.readouterr().out.splitlines()
+  names = [line.split()[1] for line in out if line.startswith("[todo]")]
   assert len(names) == 18 and names[:3] == [
     "mnist_local__deinforeg_lars__noise40__seed0",
     "mnist_local__deinforeg_ce0p1__noise40__seed0",

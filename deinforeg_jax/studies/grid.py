@@ -22,6 +22,10 @@ import ml_collections
 from deinforeg_jax import rules
 
 
+# One cell's Ray resources unless the grid sets ``cell_resources`` (``ray_executor``).
+DEFAULT_RESOURCES = {"CPU": 1.0}
+
+
 class GridError(ValueError):
   """The grid config, or a finished cell's saved config, does not fit (the message says how)."""
 
@@ -116,6 +120,21 @@ def cell_runs(grid, root: str) -> list[CellRun]:
     )
     for cell in cells(grid)
   ]
+
+
+def cell_resources(grid) -> dict[str, float]:
+  """The grid's ``cell_resources``: a mapping (``{"GPU": 1}``) or ``"GPU=1,CPU=4"`` (what a
+  ``--grid.cell_resources=...`` flag can give); ``DEFAULT_RESOURCES`` without it."""
+  value = grid.get("cell_resources", None) or DEFAULT_RESOURCES
+  if isinstance(value, str):
+    try:
+      value = {k.strip(): float(v) for k, v in (item.split("=") for item in value.split(","))}
+    except ValueError:
+      raise GridError(
+        f"grid.cell_resources={value!r}: write NAME=AMOUNT pairs joined by commas, e.g. "
+        "\"GPU=1\" or \"CPU=4,GPU=1\"."
+      ) from None
+  return {str(name): float(amount) for name, amount in dict(value).items()}
 
 
 def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:

@@ -4,7 +4,9 @@ Every cell trains in ``<root>/<dataset>/<rule>/noise<rate>/seed<seed>`` and gets
 ``<root>/cells/<name>.json`` (``report.summarize``), written atomically as soon as the cell
 finishes.  Running the grid again resumes it: a cell with a summary is not trained again, and
 an unfinished cell continues from its checkpoints; a finished cell whose config differs from
-the grid's is refused with the first differing field.
+the grid's is refused with the first differing field.  A cell that an executor reports failed
+(``executors.CellFailed``) does not stop the others: the table is written from the cells that
+finished, and the grid then ends with ``CellsFailedError`` naming each failed cell and why.
 """
 
 from __future__ import annotations
@@ -16,10 +18,14 @@ from collections.abc import Callable
 from typing import Any
 
 from deinforeg_jax import safe_files, user_errors
-from deinforeg_jax.studies import report
-from deinforeg_jax.studies.executors import Executor, LocalExecutor
-from deinforeg_jax.studies.grid import CellRun, cell_runs, check_same_config
+from deinforeg_jax.studies import cost, report
+from deinforeg_jax.studies.executors import CellFailed, Executor, LocalExecutor
+from deinforeg_jax.studies.grid import CellRun, GridError, cell_runs, check_same_config
 from deinforeg_jax.train import train_and_evaluate
+
+
+class CellsFailedError(GridError):
+  """Cells failed deterministically (the message names each with its reason); the others ran."""
 
 
 def train_cell(run: CellRun) -> dict[str, Any]:
@@ -77,17 +83,19 @@ def run_grid(
   """Train every unfinished cell (until ``grid.budget_minutes`` is spent; 0: no limit) with
   ``executor`` (default ``LocalExecutor``); write ``<root>/table.md`` and the plots.
 
-  ``dry_run``: list the cells, write nothing.  ``report_only``: train nothing, write table and
+  ``dry_run``: list the cells, where ``executor`` would train them and what they would cost
+  (``cost.estimate_lines``), write nothing.  ``report_only``: train nothing, write table and
   plots from the finished cells' summaries.  ``stop_requested() -> signal name | None`` is asked
   before each cell starts; a name raises ``user_errors.Interrupted`` (exit 75; the cells that
-  ran are saved).  Returns the summaries of the finished cells, in run order.
+  ran are saved).  Returns the summaries of the finished cells, in run order; cells that
+  failed raise ``CellsFailedError`` after the table is written.
   """
   executor = executor or LocalExecutor()
   os.makedirs(os.path.join(root, "cells"), exist_ok=True)
   budget_s = 60.0 * grid.budget_minutes
   start = time.perf_counter()
   runs = cell_runs(grid, root)
-  finished, todo, skipped = {}, [], []
+  finished, failed, todo, skipped = {}, {}, [], []
   for run in runs:
     summary = _finished_summary(run) if os.path.exists(run.summary_path) else None
     if summary is None:
@@ -117,10 +125,15 @@ def run_grid(
     for run in todo:
       print(f"[todo]    {run.name}", flush=True)
   else:
-    for run, summary in executor.run(todo, train_cell, may_start):
-      finished[run.name] = summary
+    for run, outcome in executor.run(todo, train_cell, may_start):
+      if isinstance(outcome, CellFailed):
+        failed[run.name] = outcome.reason
+      else:
+        finished[run.name] = outcome
   summaries = [finished[run.name] for run in runs if run.name in finished]
   if dry_run:
+    for line in executor.describe(todo) + cost.estimate_lines(grid, todo, summaries):
+      print(line, flush=True)
     return summaries
   table = report.markdown_table(grid, summaries)
   if skipped:
@@ -130,8 +143,17 @@ def run_grid(
       table += (
         f"\n{len(skipped)} cell(s) not run: the budget of {grid.budget_minutes} min was spent.\n"
       )
+  failures = [f"{name}: {reason}" for name, reason in failed.items()]
+  if failures:
+    table += f"\n{len(failures)} cell(s) failed:\n" + "".join(f"- {f}\n" for f in failures)
   safe_files.write_atomic(os.path.join(root, "table.md"), table)
   print(table)
   for path in report.make_plots(root, grid, summaries):
     print(f"wrote {path}")
+  if failures:
+    raise CellsFailedError(
+      f"{len(failures)} cell(s) failed ({'; '.join(failures)}); the {len(summaries)} finished "
+      f"cell(s) are in {os.path.join(root, 'table.md')}. Fix the grid and run the same command "
+      "again: finished cells are kept."
+    )
   return summaries
