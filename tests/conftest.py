@@ -137,8 +137,8 @@ def pytest_collection_modifyitems(config, items):
   share a module-scoped fixture (a trained run, a compiled report) are put in one group, so
   that one worker builds the fixture once; every other test is scheduled on its own.  A test
   marked with a group of its own (``helpers.TINY_RUNS``: runs of one config, whose programs a
-  worker builds once, ``steps.shared_programs``) keeps it; its module fixtures must then be used
-  only within that group.  Runs before xdist's own hook, which reads the groups."""
+  worker builds once, ``program_cache.shared_programs``) keeps it; its module fixtures must then
+  be used only within that group.  Runs before xdist's own hook, which reads the groups."""
   del config
   for item in items:
     fixtures = getattr(item, "_fixtureinfo", None)

@@ -39,7 +39,8 @@ CLASS_NAMES = ["ant", "bee", "cat", "dog"]
 # The words of ``toy_records``' texts: class c's texts mention ``TOY_WORDS[c]`` often.
 TOY_WORDS = ["alpha", "beta", "gamma", "delta", "epsilon", "zeta", "theta", "kappa"]
 # The tests that train runs of ``tiny_config(num_epochs=...)`` with loop settings changed
-# (``steps.LOOP_FIELDS``): under xdist one worker runs them all and builds their programs once.
+# (``config_fields.program_free_fields``): under xdist one worker runs them all and builds their
+# programs once.
 TINY_RUNS = pytest.mark.xdist_group("tiny_config runs")
 
 
@@ -64,9 +65,9 @@ def optimized_compiles():
   random initialisers take ~0.5 s each to compile.  Programs already compiled
   (jitted functions cached in memory) are not recompiled.
   """
-  from deinforeg_jax import pipeline, train  # pylint: disable=import-outside-toplevel
+  from deinforeg_jax import data_parallel, pipeline  # pylint: disable=import-outside-toplevel
 
-  engines = (train.DataParallelEngine, pipeline.PipelineEngine)
+  engines = (data_parallel.DataParallelEngine, pipeline.PipelineEngine)
   originals = [engine.init for engine in engines]
 
   def quick(init):

@@ -29,7 +29,7 @@ from helpers import (
   tiny_config,
 )
 
-from deinforeg_jax import checkpoint, train
+from deinforeg_jax import checkpoint, preemption, train
 from deinforeg_jax.configuration import validate_config
 from deinforeg_jax.reporting import NonFiniteLossError, RunLog
 from deinforeg_jax.workdir_lock import WorkdirLock, WorkdirLockedError
@@ -386,7 +386,7 @@ def test_sigterm_saves_at_the_step_it_arrived_and_the_resumed_run_is_bit_identic
 
   monkeypatch.setattr(train.ProgressBar, "update", update)
   with pytest.raises(
-    train.Preempted, match="SIGTERM received in epoch 1: saved a checkpoint at step 3, the last"
+    preemption.Preempted, match="SIGTERM received in epoch 1: saved a checkpoint at step 3, the last"
   ) as stopped:
     train.train_and_evaluate(short_config(6), workdir)
   assert stopped.value.saved_step == 3

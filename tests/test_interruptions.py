@@ -3,7 +3,7 @@
 SIGTERM (a scheduler's preemption) or SIGINT may arrive during start-up, the compile, an epoch,
 the evaluation at an epoch's end outside the checkpoint cadence, the final save or the final
 evaluation.  Each time the run must save the current step if no checkpoint holds it yet, say
-exactly what it saved, stop with ``train.Preempted`` (``launch.train``: exit 75), and the same
+exactly what it saved, stop with ``preemption.Preempted`` (``launch.train``: exit 75), and the same
 command must then finish with the parameters, metrics and results of a run never stopped.  The
 in-process cases inject the signal at the moment itself; the launched ones run ``launch.train`` in
 a user's environment (``helpers.launch_env``), as the README's commands do.
@@ -19,7 +19,7 @@ import time
 import pytest
 from helpers import TINY_RUNS, assert_trees_equal, saved_state, start_train, tiny_config
 
-from deinforeg_jax import inference, train
+from deinforeg_jax import data_parallel, inference, preemption, train
 from deinforeg_jax.checkpoint import RunCheckpointer
 
 STEPS_PER_EPOCH = 22  # 1437 digits training images, batch 64
@@ -86,10 +86,10 @@ def _signal_on_call(monkeypatch, owner, name, when=None, sig=signal.SIGTERM):
 #            saved on the way out, the checkpoint a rerun resumes from)
 MOMENTS = {
   "start-up": (train, "load_dataset", None, "during start-up", None, None),
-  "compile": (train.DataParallelEngine, "set_phase", None, "during start-up", None, None),
+  "compile": (data_parallel.DataParallelEngine, "set_phase", None, "during start-up", None, None),
   "mid-epoch": (train.ProgressBar, "update", 5, "in epoch 1", 5, 5),
   "epoch end outside the cadence": (
-    train.DataParallelEngine,
+    data_parallel.DataParallelEngine,
     "evaluate",
     None,
     "at the end of epoch 1",
@@ -124,7 +124,7 @@ def test_a_signal_at_any_moment_saves_what_is_unsaved_and_the_rerun_equals_no_st
   owner, name, when, said_when, saved_step, resume_step = MOMENTS[moment]
   workdir = str(tmp_path / "run")
   raised = _signal_on_call(monkeypatch, owner, name, when, sig)
-  with pytest.raises(train.Preempted) as stopped:
+  with pytest.raises(preemption.Preempted) as stopped:
     train.train_and_evaluate(two_epoch_config(), workdir)
   assert raised
   message = str(stopped.value)

@@ -28,7 +28,9 @@ from helpers import (
   to_host,
 )
 
-from deinforeg_jax import grad_norms, models, optim, pipeline, rules, stack, steps, train
+from deinforeg_jax import (
+  data_parallel, grad_norms, models, optim, pipeline, rules, stack, steps, train
+)
 from launch.configs import default
 
 BATCH = 32
@@ -313,7 +315,7 @@ def test_pipeline_checkpoint_is_a_one_program_checkpoint(tmp_path):
     raise AssertionError("a finished run compiled a train step")
 
   with pytest.MonkeyPatch.context() as patch:  # finished: it only evaluates
-    patch.setattr(train.DataParallelEngine, "_compile", refuse)
+    patch.setattr(data_parallel.DataParallelEngine, "_compile", refuse)
     again = train.train_and_evaluate(config, workdir)
   assert again["steps"] == results["steps"] == 3
   assert again["per_block_test_accuracy"] == pytest.approx(results["per_block_test_accuracy"])

@@ -13,7 +13,8 @@ import pytest
 from jax.sharding import PartitionSpec
 from helpers import saved_state, tiny_config
 
-from deinforeg_jax import parallel, train
+from deinforeg_jax import data_parallel, parallel, train
+from deinforeg_jax.run import build_run
 
 
 def _config(num_devices: int, shard: bool, max_steps: int = 3):
@@ -87,7 +88,6 @@ def test_sharded_training_equals_replicated_training(runs):
 
 
 def test_the_sharded_state_is_really_sharded_and_smaller_per_device(eight_devices):
-  from deinforeg_jax import models, optim, rules  # pylint: disable=import-outside-toplevel
   from deinforeg_jax.data import load_dataset  # pylint: disable=import-outside-toplevel
 
   del eight_devices
@@ -97,11 +97,9 @@ def test_the_sharded_state_is_really_sharded_and_smaller_per_device(eight_device
   try:
     for shard in (True, False):
       config = _config(8, shard)
-      info = load_dataset(config.data).info
-      model = models.create_model(config, info.num_classes)
-      tx = optim.make_optimizer(config.optim, optim.make_schedule(config.optim, 10, 10))
-      objective = rules.get_objective("deinforeg")
-      engines[shard] = train.DataParallelEngine(config, model, tx, objective, info)
+      engines[shard] = data_parallel.DataParallelEngine(
+        build_run(config, load_dataset(config.data).info)
+      )
   finally:
     parallel.SHARD_MIN_ELEMENTS = old
   state = engines[True].init(jax.random.key(0))

@@ -8,6 +8,7 @@ fake devices takes the same step as on 1.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import importlib
 
@@ -26,9 +27,11 @@ from helpers import (
   token_batch,
 )
 
-from deinforeg_jax import checkpoint, config_fields, models, optim, parallel, rules, steps, train
+from deinforeg_jax import checkpoint, config_fields, models, optim, parallel, rules, steps
 from deinforeg_jax.configuration import validate_config
+from deinforeg_jax.data import DatasetInfo
 from deinforeg_jax.modules import text
+from deinforeg_jax.run import build_run
 from deinforeg_jax.trained import loading
 from launch.configs import default
 
@@ -229,6 +232,7 @@ def test_text_stack_on_eight_devices_equals_one_device(eight_devices):
   tx = optim.make_optimizer(config.optim, lambda _: config.optim.base_lr)
   params = init_variables(model, (TEXT_MAX_LEN,))["params"]
   batch = token_batch(16, seed=5)
+  info = DatasetInfo("tiny_text", (TEXT_MAX_LEN,), TEXT_CLASSES, 1000, 100, (), (), kind="text")
   results = []
   for devices in (1, 8):
     mesh = parallel.make_data_mesh(devices)
@@ -236,9 +240,8 @@ def test_text_stack_on_eight_devices_equals_one_device(eight_devices):
       step=jnp.zeros((), jnp.int32), params=params, batch_stats={}, opt_state=tx.init(params)
     )
     state = jax.device_put(state, parallel.replicated(mesh))
-    step, _ = train.compile_steps(
-      model, rules.deinforeg_objective, tx, TEXT_CLASSES, config.loss, mesh
-    )
+    run = dataclasses.replace(build_run(config, info), model=model, tx=tx)
+    step = run.jit_steps(run.plan.final, mesh).train
     sharded = parallel.shard_batch(batch, mesh)
     new_state, metrics, _ = step(state, sharded["tokens"], sharded["label"])
     results.append((to_host(new_state.params), to_host(metrics)))

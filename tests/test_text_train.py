@@ -10,7 +10,7 @@ import pytest
 from helpers import text_data_config, toy_records, write_jsonl
 
 from deinforeg_jax import models, optim, steps, train
-from deinforeg_jax.data import load_dataset, text
+from deinforeg_jax.data import glove, load_dataset, text
 from deinforeg_jax.data.prepare import text as text_prepare
 
 
@@ -35,7 +35,7 @@ def test_glove_vectors_replace_the_initial_embedding_rows(toy):
   state = steps.create_train_state(
     model, optim.make_optimizer(config.optim, lambda _: 1e-3), jax.random.key(0), (6,)
   )
-  state, note = train._init_glove(config, state, data.vocabulary)  # pylint: disable=protected-access
+  state, note = glove.initialise_embedding(config, state, data.vocabulary)
   table = np.asarray(state.params["block_00"]["encoder"]["embedding"])
   assert table.shape == (config.data.vocab_size, 4)
   np.testing.assert_array_equal(table[data.vocabulary.id("alpha")], [1, 2, 3, 4])

@@ -19,8 +19,11 @@ import numpy as np
 import optax
 import pytest
 
-from deinforeg_jax import checkpoint, models, optim, parallel, rules, steps, train, xla_cpu
+from deinforeg_jax import (
+  checkpoint, models, optim, parallel, program_cache, rules, steps, train, xla_cpu
+)
 from deinforeg_jax.data import DatasetInfo
+from deinforeg_jax.run import build_run
 from helpers import (
   DIGITS_SHAPE,
   NUM_CLASSES,
@@ -31,6 +34,9 @@ from helpers import (
   tiny_config,
   to_host,
 )
+
+
+DIGITS_INFO = DatasetInfo("digits", DIGITS_SHAPE, NUM_CLASSES, 1437, 360, (0.0,), (1.0,))
 
 
 def _model(config):
@@ -166,9 +172,9 @@ def test_eight_fake_devices(eight_devices):
 
 def _run_on_mesh(num_devices, config, model, tx, variables, batches, eval_batch):
   mesh = parallel.make_data_mesh(num_devices)
-  train_step, eval_step = train.compile_steps(
-    model, rules.deinforeg_objective, tx, NUM_CLASSES, config.loss, mesh
-  )
+  run = dataclasses.replace(build_run(config, DIGITS_INFO), model=model, tx=tx)
+  programs = run.jit_steps(run.plan.final, mesh)
+  train_step, eval_step = programs.train, programs.eval
   state = parallel.replicate(_state(tx, variables), mesh)
   history = []
   for batch in batches:
@@ -255,7 +261,7 @@ def _capture_final_state(monkeypatch):
 
 def test_train_and_evaluate_is_deterministic(tmp_path, monkeypatch, capsys):
   """Two runs of one config, the second on the programs the first built
-  (``steps.shared_programs``): the same metrics and states, bit for bit."""
+  (``program_cache.shared_programs``): the same metrics and states, bit for bit."""
   config = tiny_config(num_blocks=2)
   config.train.num_epochs = 2
   config.data.batch_size = 128
@@ -292,8 +298,8 @@ def test_train_and_evaluate_is_deterministic(tmp_path, monkeypatch, capsys):
 
 
 def test_program_key_changes_with_the_programs_only():
-  info = DatasetInfo("digits", DIGITS_SHAPE, NUM_CLASSES, 1437, 360, (0.0,), (1.0,))
-  key = steps.program_key(tiny_config(), info)
+  info = DIGITS_INFO
+  key = program_cache.program_key(tiny_config(), info)
   loop_only = {
     "checkpoint.every_steps": 3,
     "checkpoint.keep": 5,
@@ -305,7 +311,7 @@ def test_program_key_changes_with_the_programs_only():
     config = tiny_config()
     section, name = field.split(".")
     config[section][name] = value
-    assert steps.program_key(config, info) == key, field
+    assert program_cache.program_key(config, info) == key, field
   program = {
     "model.width": 0.25,
     "optim.base_lr": 0.1,
@@ -318,17 +324,17 @@ def test_program_key_changes_with_the_programs_only():
     config = tiny_config()
     section, name = field.split(".")
     config[section][name] = value
-    assert steps.program_key(config, info) != key, field
+    assert program_cache.program_key(config, info) != key, field
   seeded = tiny_config()
   seeded.seed = 1  # dropout's key
-  assert steps.program_key(seeded, info) != key
+  assert program_cache.program_key(seeded, info) != key
   bigger = dataclasses.replace(info, num_train=2000)  # steps per epoch: the schedule
-  assert steps.program_key(tiny_config(), bigger) != key
+  assert program_cache.program_key(tiny_config(), bigger) != key
   with optimized_compiles():
-    assert steps.program_key(tiny_config(), info) != key
+    assert program_cache.program_key(tiny_config(), info) != key
   with pytest.MonkeyPatch.context() as patch:
     patch.setattr(parallel, "SHARD_MIN_ELEMENTS", 256)
-    assert steps.program_key(tiny_config(), info) != key
+    assert program_cache.program_key(tiny_config(), info) != key
 
 
 def test_initial_state_program_at_the_lower_cpu_level_draws_the_same_bits():

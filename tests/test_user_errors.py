@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 from helpers import run_launchers, start_launcher
 
-from deinforeg_jax import train
+from deinforeg_jax import preemption, train
 from deinforeg_jax.data import prepare
 from deinforeg_jax.workdir_lock import WorkdirLock
 from launch.configs import default
@@ -234,7 +234,7 @@ def test_a_signal_after_a_runs_last_safe_point_reaches_the_handler_it_replaced()
   received = []
   previous = signal.signal(signal.SIGTERM, lambda signum, frame: received.append(signum))
   try:
-    with train._StopRequests("unused") as stop:  # pylint: disable=protected-access
+    with preemption.StopRequests("unused") as stop:
       signal.raise_signal(signal.SIGTERM)
       assert stop.signal_name == "SIGTERM" and received == []
     assert received == [signal.SIGTERM]
