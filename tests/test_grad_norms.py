@@ -8,7 +8,7 @@ import numpy as np
 import optax
 from helpers import DIGITS_SHAPE, NUM_CLASSES, init_variables, random_batch, tiny_config
 
-from deinforeg_jax import grad_norms, models, rules, steps, train
+from deinforeg_jax import grad_norms, models, rules, steps
 from launch.configs import deep_plain
 
 
