@@ -26,7 +26,7 @@ import dataclasses
 import math
 from typing import Any, Callable
 
-from deinforeg_jax import baselines, inference, models, optim, precision, rules
+from deinforeg_jax import baselines, inference, models, optim, precision, profiling, rules
 from deinforeg_jax.data import augment, label_noise
 from deinforeg_jax.data import text as data_text
 from deinforeg_jax.modules import heads, layers, text
@@ -180,6 +180,12 @@ FIELDS = {
   "train.num_epochs": Field(POSITIVE_INT),
   "train.max_steps": Field(NON_NEGATIVE_INT, resumable=True, compiled=False),  # where to stop
   "train.log_grad_norms": Field(BOOL, resumable=True),
+  # How the run is compiled, measured and traced, not what it computes.
+  "train.compile_cache": Field(STR, resumable=True, compiled=False),
+  "train.peak_tflops": Field(NON_NEGATIVE_NUMBER, resumable=True, compiled=False),
+  "train.profile_steps": Field(
+    Kind("str", profiling.is_valid, profiling.SYNTAX), resumable=True, compiled=False
+  ),
   # checkpoint.*: when and how the loop saves, nothing the programs compute.
   "checkpoint.every_steps": Field(NON_NEGATIVE_INT, resumable=True, compiled=False),
   "checkpoint.every_epochs": Field(POSITIVE_INT, resumable=True, compiled=False),

@@ -13,7 +13,7 @@ import time
 import jax
 import jax.numpy as jnp
 
-from deinforeg_jax import parallel, program_cache, steps, xla_cpu
+from deinforeg_jax import parallel, program_cache, steps, throughput, xla_cpu
 from deinforeg_jax.run import Run
 
 
@@ -37,7 +37,7 @@ class DataParallelEngine:
     self.state_spec, self.state_sharding = program_cache.reuse(
       self._programs, "state", self._layout
     )
-    self._train = self._eval = self._check = None
+    self._train = self._eval = self._check = self._flops = None
     self._last_batch = None
 
   def _layout(self):
@@ -69,13 +69,14 @@ class DataParallelEngine:
   def set_phase(self, phase):
     name = ("phase", phase.key)
     new, start = name not in self._programs, time.perf_counter()
-    self._train, self._eval, self._check = program_cache.reuse(
+    self._train, self._eval, self._check, self._flops = program_cache.reuse(
       self._programs, name, lambda: self._compile(phase)
     )
     return time.perf_counter() - start if new else None
 
   def _compile(self, phase):
-    """``phase``'s compiled train step and jitted eval and check steps."""
+    """``phase``'s compiled train step, jitted eval and check steps, and the train step's FLOPs
+    on one device."""
     programs = self.run.jit_steps(phase, self.mesh, self.state_sharding)
     sharded = parallel.batch_sharding(self.mesh)
     batch, info = self.run.config.data.batch_size, self.run.info
@@ -83,7 +84,7 @@ class DataParallelEngine:
     inputs = jax.ShapeDtypeStruct((batch, *info.input_shape), dtype, sharding=sharded)
     labels = jax.ShapeDtypeStruct((batch,), jnp.int32, sharding=sharded)
     train = programs.train.lower(self.state_spec, inputs, labels).compile()
-    return train, programs.eval, programs.check
+    return train, programs.eval, programs.check, throughput.step_flops(train)
 
   def train_segment(self, state, batches, position, on_step):
     del position
@@ -117,6 +118,11 @@ class DataParallelEngine:
       f"{self.mesh.shape[parallel.DATA_AXIS]} device(s), state {kind}: "
       f"{parallel.bytes_per_device(self.state_spec) / 2**20:.1f} MiB per device"
     )
+
+  def step_cost(self):
+    device = self.mesh.devices.flat[0]
+    count = self.mesh.devices.size
+    return throughput.StepCost(self._flops * count, count, device.platform, device.device_kind)
 
   def report(self):
     return None

@@ -18,7 +18,7 @@ from typing import Any, Callable, Protocol
 import jax
 import numpy as np
 
-from deinforeg_jax import data_parallel, growth, pipeline, steps
+from deinforeg_jax import data_parallel, growth, pipeline, steps, throughput
 from deinforeg_jax.run import Run
 
 
@@ -56,6 +56,9 @@ class Engine(Protocol):
 
   def describe(self) -> str:
     """Where the run executes, for the start-up line."""
+
+  def step_cost(self) -> throughput.StepCost:
+    """The current phase's train step: XLA's FLOPs over all devices, and the devices."""
 
   def report(self) -> dict[str, Any] | None:
     """An entry for ``results.json`` (written also as ``<name>.json``), or None."""

@@ -8,13 +8,14 @@ Files written in the workdir:
   number is written as ``null``); only what a rerun reproduces bit for bit (no timings);
 * ``events.out.tfevents.*`` - the same epoch metrics for TensorBoard (one scalar tag per
   value: ``train/block_00/invariance``, ``test/block_00/accuracy``, ``train/learning_rate``
-  ...), plus ``train/steps_per_s`` per epoch and the adaptive-exit report
-  (``adaptive/accuracy`` ...) at the last step (``TensorBoardFile``);
+  ...), plus the epoch's throughput (``SPEED_TAGS``: steps/s, samples/s, the step's FLOPs,
+  TFLOP/s per device, MFU; ``throughput``) and the adaptive-exit report (``adaptive/accuracy``
+  ...) at the last step (``TensorBoardFile``);
 * ``grad_norms.json`` - with ``config.train.log_grad_norms``: the encoder layers
   and their gradient norms at initialisation (first step);
 * ``results.json`` - the final summary (``rule``, ``best_test_accuracy``,
   ``per_block_test_accuracy``, ``best_block``, ``wall_time_s``, ``steps_per_s``,
-  ``adaptive_inference``...).
+  ``throughput``, ``time_to_first_step_s``, ``adaptive_inference``...).
 
 Whole files (``results.json``, ``grad_norms.json``, a rewritten ``metrics.jsonl``) are
 replaced atomically and lines are appended with no-follow opens (``safe_files``): a link at
@@ -35,7 +36,7 @@ import jax
 import numpy as np
 from tqdm import tqdm
 
-from deinforeg_jax import safe_files, tensorboard_events
+from deinforeg_jax import safe_files, tensorboard_events, throughput
 
 
 class ProgressBar:
@@ -169,7 +170,11 @@ class MetricsFile:
 
 
 FINAL_TAGS = "adaptive/"  # the adaptive-exit report's tags
-SPEED_TAG = "train/steps_per_s"  # the only tag not rebuilt from metrics.jsonl on a resume
+# The tags not rebuilt from metrics.jsonl on a resume: timings, kept from the earlier event files.
+SPEED_TAGS = tuple(
+  f"train/{name}"
+  for name in ("steps_per_s", "samples_per_s", "flops_per_step", "tflops_per_s_per_device", "mfu")
+)
 
 
 def tensorboard_scalars(record: dict[str, Any]) -> dict[str, float]:
@@ -231,8 +236,9 @@ class TensorBoardFile:
         for event in tensorboard_events.read_events(path):
           if event.step <= step and event.scalars:
             wall_times.setdefault(event.step, event.wall_time)
-            if SPEED_TAG in event.scalars:
-              values[event.step, SPEED_TAG] = (event.wall_time, event.scalars[SPEED_TAG])
+            for tag in SPEED_TAGS:
+              if tag in event.scalars:
+                values[event.step, tag] = (event.wall_time, event.scalars[tag])
       now = time.time()
       for record in kept:
         if "event" not in record:
@@ -278,7 +284,11 @@ class RunLog:
     self._eval_time_s = 0.0
     self._label_noise = None
     self._adaptive_inference = None
-    self._speed_from = (0, 0.0)  # (step, train time) where the current speed count began
+    self._train_flops: float | None = 0.0  # None: a checkpoint from before it was counted
+    self._step_cost: throughput.StepCost | None = None
+    self._peak: throughput.Peak | None = None
+    self._facts: dict[str, Any] = {}
+    self._speed_from = (0, 0.0, 0.0)  # (step, train time, FLOPs) where the speed count began
 
   def start_fresh(self) -> None:
     """A run without a checkpoint: remove the metrics and event files an earlier attempt
@@ -293,7 +303,8 @@ class RunLog:
     self._best_epoch_accuracy = saved.get("best_epoch_test_accuracy", 0.0)
     self._train_time_s = saved.get("train_time_s", 0.0)
     self._eval_time_s = saved.get("eval_time_s", 0.0)
-    self._speed_from = (saved["step"], self._train_time_s)
+    self._train_flops = saved.get("train_flops")
+    self._speed_from = (saved["step"], self._train_time_s, self._train_flops or 0.0)
     if self._chief:
       kept = [r for r in self._metrics.read(self.info) if r["step"] <= saved["step"]]
       for sink in self._sinks:
@@ -337,8 +348,26 @@ class RunLog:
         f"{report['mean_exit_block']:.2f}, {report['compute_fraction']:.1%} of full-depth FLOPs"
       )
 
-  def add_train_time(self, seconds: float) -> None:
+  def set_step_cost(self, cost: throughput.StepCost) -> None:
+    """The train step from now on (its FLOPs and devices), and the peak for MFU."""
+    self._step_cost, self._peak = cost, throughput.peak(self.config, cost)
+
+  def add_train_time(self, seconds: float, steps: int = 0) -> None:
+    """``steps`` train steps took ``seconds`` (and the current step's FLOPs each)."""
     self._train_time_s += seconds
+    if self._train_flops is not None and self._step_cost is not None:
+      self._train_flops += steps * self._step_cost.flops
+
+  def record(self, **facts) -> None:
+    """Top-level ``results.json`` fields of this (re)start (e.g. ``time_to_first_step_s``)."""
+    self._facts.update(facts)
+
+  def _rates(self, steps: int, seconds: float, flops: float | None) -> dict[str, Any]:
+    """``throughput.rates`` of ``steps`` in ``seconds`` (``flops`` None: the current step's)."""
+    cost = self._step_cost or throughput.StepCost(0.0, 1, "", "")
+    flops = steps * cost.flops if flops is None else flops
+    peak = self._peak.tflops if self._peak else None
+    return throughput.rates(steps, seconds, flops, self.config.data.batch_size, cost, peak)
 
   def add_eval_time(self, seconds: float) -> None:
     self._eval_time_s += seconds
@@ -349,6 +378,7 @@ class RunLog:
       "best_epoch_test_accuracy": self._best_epoch_accuracy,
       "train_time_s": self._train_time_s,
       "eval_time_s": self._eval_time_s,
+      "train_flops": self._train_flops,
     }
 
   def info(self, message: str) -> None:
@@ -387,11 +417,14 @@ class RunLog:
     }
     record.update({f"train_{k}": v for k, v in train.items()})
     self._write(record, "epoch")
-    start_step, start_time = self._speed_from
+    start_step, start_time, start_flops = self._speed_from
+    flops = self._train_flops or 0.0
     if self._train_time_s > start_time and step > start_step:
-      speed = (step - start_step) / (self._train_time_s - start_time)
-      self._write({"step": step, "steps_per_s": speed}, "speed")  # not in metrics.jsonl
-    self._speed_from = (step, self._train_time_s)
+      steps, seconds = step - start_step, self._train_time_s - start_time
+      rates = self._rates(steps, seconds, flops - start_flops if self._train_flops else None)
+      speed = {"step": step, "steps_per_s": steps / seconds, **rates}
+      self._write({k: v for k, v in speed.items() if v is not None}, "speed")  # not in metrics
+    self._speed_from = (step, self._train_time_s, flops)
     blocks = " ".join(
       f"[{k}] {tr:.3f}/{te:.3f}"
       for k, (tr, te) in enumerate(zip(np.atleast_1d(train["accuracy"]), test_accuracy))
@@ -426,6 +459,8 @@ class RunLog:
       "train_time_s": train_time_s,
       "steps_per_s": steps / train_time_s if train_time_s > 0 else math.nan,
       "eval_time_s": self._eval_time_s,
+      "throughput": self._rates(steps, train_time_s, self._train_flops),
+      **self._facts,
       "config": self.config.to_dict(),
       **(extras or {}),
     }
@@ -435,9 +470,25 @@ class RunLog:
       for name, entry in {"results": results, **(extras or {})}.items():
         safe_files.write_atomic(os.path.join(self.workdir, f"{name}.json"),
                                 _dumps(entry, indent=2))
+    self.info(self._throughput_line(results["throughput"]))
     self.info(
       f"best block {best_block}: test accuracy {results['best_test_accuracy']:.4f} "
       f"({results['wall_time_s']:.1f} s, {results['steps_per_s']:.2f} steps/s); "
       f"results in {os.path.join(self.workdir, 'results.json')}"
     )
     return results
+
+  def _throughput_line(self, rates: dict[str, Any]) -> str:
+    """The throughput and MFU of the run, or why MFU is unknown."""
+    if rates["samples_per_s"] is None:
+      return "throughput: no train step timed in this run"
+    line = f"throughput: {rates['samples_per_s']:.1f} samples/s"
+    if rates["flops_per_step"]:
+      line += (
+        f", {rates['flops_per_step'] / 1e9:.3g} GFLOP per step (XLA), "
+        f"{rates['tflops_per_s_per_device']:.3g} TFLOP/s per device"
+      )
+    if rates["mfu"] is not None:
+      peak = self._peak
+      return f"{line}, MFU {rates['mfu']:.1%} of {peak.tflops:g} TFLOP/s ({peak.source})"
+    return line + (f"; MFU unknown: {self._peak.source}" if self._peak else "")

@@ -20,7 +20,8 @@ from typing import Any, Callable
 import jax
 import numpy as np
 
-from deinforeg_jax import checkpoint, grad_norms, inference, program_cache, steps
+from deinforeg_jax import checkpoint, grad_norms, inference, profiling, program_cache, steps
+from deinforeg_jax.startup import RunStart
 from deinforeg_jax.configuration import validate_config
 from deinforeg_jax.data import LoadedData, eval_batches, glove, load_dataset, make_augment, train_batches
 from deinforeg_jax.engine import Engine, create_engine
@@ -41,6 +42,8 @@ class Training:
   log: RunLog
   checkpointer: checkpoint.RunCheckpointer
   stop: StopRequests
+  start: RunStart
+  profiler: profiling.StepProfiler
 
   def test_batches(self, **process):
     """The test split in global evaluation batches (``process``: this process's share)."""
@@ -62,14 +65,15 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
   Raises:
     Preempted: SIGTERM/SIGINT arrived; a checkpoint at the current step was saved.
   """
+  start = RunStart(config.train.compile_cache)  # before anything compiles
   validate_config(config)
   workdir = os.path.expanduser(workdir)
   with StopRequests(workdir) as stop:
     with WorkdirLock(workdir) if jax.process_index() == 0 else contextlib.nullcontext():
-      return _train_and_evaluate(config, workdir, stop)
+      return _train_and_evaluate(config, workdir, stop, start)
 
 
-def _train_and_evaluate(config, workdir: str, stop: StopRequests) -> dict[str, Any]:
+def _train_and_evaluate(config, workdir: str, stop: StopRequests, start) -> dict[str, Any]:
   data = load_dataset(config.data, workdir=workdir)
   run = build_run(config, data.info)
   engine = create_engine(run)
@@ -77,7 +81,8 @@ def _train_and_evaluate(config, workdir: str, stop: StopRequests) -> dict[str, A
   checkpointer = checkpoint.RunCheckpointer(
     workdir, keep=config.checkpoint.keep, use_async=config.checkpoint.use_async, info=log.info
   )
-  training = Training(run, engine, data, log, checkpointer, stop)
+  profiler = profiling.StepProfiler(config.train.profile_steps, workdir, log.info)
+  training = Training(run, engine, data, log, checkpointer, stop, start, profiler)
   try:
     finished = _already_finished(training, workdir)
     if finished is not None:
@@ -100,9 +105,10 @@ def _train_and_evaluate(config, workdir: str, stop: StopRequests) -> dict[str, A
       )
       return inference.exit_accuracy(final_pass["cached"])
 
-    state, test_accuracy = run_epochs(
-      training, state, epoch_sums, final_test if one_process else None
-    )
+    with profiler:
+      state, test_accuracy = run_epochs(
+        training, state, epoch_sums, final_test if one_process else None
+      )
     checkpointer.wait()
     stop.check("after the last step, before the results", checkpointer.latest_step())
     if one_process:
@@ -122,6 +128,7 @@ def _train_and_evaluate(config, workdir: str, stop: StopRequests) -> dict[str, A
     checkpointer.close()
   step = int(engine.to_train_state(state).step)
   report = engine.report()
+  log.record(**start.report(log.info))
   return log.finish(test_accuracy, step, data.info, {engine.name: report} if report else {})
 
 
@@ -294,6 +301,7 @@ def run_epochs(
     if step >= total:
       break
     engine.set_phase(run.plan.at(epoch))  # a new phase when config.grow.schedule adds a block
+    log.set_step_cost(engine.step_cost())
     epoch_end = min((epoch + 1) * per_epoch, total)
     position = step % per_epoch
     if position == 0:
@@ -317,9 +325,10 @@ def run_epochs(
         segment_batches = _checked(
           stop.until_requested(itertools.islice(batches, stop_at - step), step), checkpointer
         )
-        state, segment = engine.train_segment(state, segment_batches, step % per_epoch, bar.update)
+        on_step = training.profiler.around(step, training.start.around(bar.update))
+        state, segment = engine.train_segment(state, segment_batches, step % per_epoch, on_step)
         segment = jax.device_get(segment)  # one wait per segment
-        log.add_train_time(time.perf_counter() - start)
+        log.add_train_time(time.perf_counter() - start, len(segment))
         if step == 0 and segment and "grad_norm" in segment[0]:  # the gradient at initialisation
           paths = grad_norms.layer_paths(engine.to_train_state(state).params)
           log.grad_norms_at_init(paths, segment[0]["grad_norm"])

@@ -82,13 +82,16 @@ def test_a_resume_may_change_exactly_the_resumable_fields():
 
 
 def test_program_free_fields_are_the_loop_settings():
-  """The fields the program cache drops: checkpointing, the adaptive exit, where to stop and
-  which run a grown stack starts from."""
+  """The fields the program cache drops: checkpointing, the adaptive exit, where to stop, the
+  compilation cache, the MFU peak, the profiled steps and which run a grown stack starts from."""
   free = config_fields.program_free_fields()
   assert {name.split(".")[0] for name in free} == {"checkpoint", "inference", "train", "grow"}
   assert set(free) == {
     name for name in FIELDS if name.startswith(("checkpoint.", "inference."))
-  } | {"train.max_steps", "grow.from_workdir"}
+  } | {
+    "train.max_steps", "train.compile_cache", "train.peak_tflops", "train.profile_steps",
+    "grow.from_workdir",
+  }
 
 
 def test_evaluate_may_override_data_and_inference_fields_only():

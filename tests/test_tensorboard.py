@@ -1,7 +1,7 @@
 """TensorBoard event files: written without TensorFlow, read back by TensorBoard's own reader.
 
 The event file is a view of ``metrics.jsonl``: the same epoch values under one tag each, plus
-``train/steps_per_s`` and the adaptive-exit report.  A fresh start clears a stale
+the epoch's throughput (``reporting.SPEED_TAGS``) and the adaptive-exit report.  A fresh start clears a stale
 ``metrics.jsonl`` and stale events; a resume rebuilds the event file so no step appears twice.
 """
 
@@ -54,6 +54,12 @@ def read_scalars(workdir) -> dict[str, list[tuple[int, float]]]:
     tag: [(event.step, event.value) for event in accumulator.Scalars(tag)]
     for tag in accumulator.Tags()[event_accumulator.SCALARS]
   }
+
+
+def pop_speed(scalars) -> list[tuple[int, float]]:
+  """Remove the throughput tags (``reporting.SPEED_TAGS``) from ``scalars``; the steps/s."""
+  speeds = {tag: scalars.pop(tag) for tag in reporting.SPEED_TAGS if tag in scalars}
+  return speeds["train/steps_per_s"]
 
 
 def expected_from_metrics(workdir) -> dict[str, list[tuple[int, float]]]:
@@ -167,7 +173,7 @@ def test_event_file_shows_what_metrics_jsonl_holds_plus_speed_and_adaptive_repor
   log.finish(np.array([0.5, 0.6]), 30, types.SimpleNamespace(name="digits"))
 
   scalars = read_scalars(tmp_path)
-  speed = scalars.pop("train/steps_per_s")
+  speed = pop_speed(scalars)
   adaptive = {tag: scalars.pop(tag) for tag in list(scalars) if tag.startswith("adaptive/")}
   assert scalars == expected_from_metrics(tmp_path)
   assert {"train/block_00/invariance", "train/block_01/covariance", "train/total_loss",
@@ -199,7 +205,7 @@ def test_tensorboard_logdir_of_workdirs_shows_one_run_per_workdir(tmp_path):
   assert sorted(scalars) == ["a", "b"]
   for name in ("a", "b"):
     shown = {tag: [(d.step, d.value) for d in data] for tag, data in scalars[name].items()}
-    shown.pop("train/steps_per_s")
+    pop_speed(shown)
     assert shown == expected_from_metrics(tmp_path / "runs" / name)
 
 
@@ -231,7 +237,7 @@ def test_fresh_start_clears_stale_metrics_and_events(tmp_path):
   assert metrics_epochs(tmp_path) == [1, 2, 3]
   assert only_event_file(tmp_path) != old_file
   scalars = read_scalars(tmp_path)
-  assert [step for step, _ in scalars.pop("train/steps_per_s")] == [10, 20, 30]
+  assert [step for step, _ in pop_speed(scalars)] == [10, 20, 30]
   assert scalars == expected_from_metrics(tmp_path)
   assert all([step for step, _ in values] == [10, 20, 30] for values in scalars.values())
 
@@ -258,7 +264,7 @@ def test_resume_rebuilds_the_event_file_without_duplicate_steps(tmp_path, torn):
   only_event_file(tmp_path)
   scalars = read_scalars(tmp_path)
   assert not any(tag.startswith("adaptive/") for tag in scalars)  # the rerun writes it again
-  speed = scalars.pop("train/steps_per_s")
+  speed = pop_speed(scalars)
   assert speed[:2] == before["train/steps_per_s"][:2]  # kept from the first run
   assert speed[2] == (30, float(np.float32(10 / 3.0)))  # 10 steps in 3 s of train time
   assert scalars == expected_from_metrics(tmp_path)  # the new epoch-3 values, once
@@ -297,7 +303,10 @@ def test_launch_train_over_a_stale_attempt_writes_exact_metrics_and_events(tmp_p
   assert metrics_epochs(workdir) == [1, 2]
   only_event_file(workdir)
   scalars = read_scalars(workdir)
-  assert [step for step, _ in scalars.pop("train/steps_per_s")] == [22, 44]
+  throughput = {tag: [step for step, _ in scalars[tag]] for tag in reporting.SPEED_TAGS[1:4]}
+  assert throughput == dict.fromkeys(reporting.SPEED_TAGS[1:4], [22, 44])  # every epoch
+  assert "train/mfu" not in scalars  # no peak known for the CPU
+  assert [step for step, _ in pop_speed(scalars)] == [22, 44]
   with open(workdir / "results.json") as f:
     report = json.load(f)["adaptive_inference"]
   assert scalars.pop("adaptive/accuracy") == [(44, float(np.float32(report["accuracy"])))]

@@ -7,8 +7,9 @@ from typing import Any
 import jax
 import numpy as np
 
-from deinforeg_jax import models, program_cache, steps
+from deinforeg_jax import models, program_cache, steps, throughput
 from deinforeg_jax.pipeline.balance import BALANCE_METHODS, plan_stages
+from deinforeg_jax.pipeline.cost import stage_inputs
 from deinforeg_jax.pipeline.executor import DISPATCH_MODES, LOCAL_RULES, SCHEDULES, Pipeline
 from deinforeg_jax.config_error import ConfigError
 from deinforeg_jax.run import Run
@@ -137,6 +138,9 @@ class PipelineEngine:
       ),
     )
     self.busy, self.wall_s, self.dispatch = np.zeros(self.pipe.num_stages), 0.0, None
+    self._flops = program_cache.reuse(
+      programs, ("stage flops", self.plan.bounds), lambda: self._stage_flops(run)
+    )
     self._last_batch = None
 
   def init(self, rng):
@@ -188,6 +192,31 @@ class PipelineEngine:
       f"{[str(d) for d in self.pipe.devices]}, {self.settings['schedule']} schedule; "
       f"{self.plan.cost_kind} cost per stage {[f'{c:.3g}' for c in self.plan.stage_costs]}, "
       f"ideal speedup {self.plan.ideal_speedup:.2f}"
+    )
+
+  def _stage_flops(self, run: Run) -> float:
+    """The FLOPs of one train step of every stage, summed (each compiled for its device, as its
+    first batch then runs it)."""
+    states = self.pipe.abstract_states()
+    batch = run.config.data.batch_size
+    dtype = jax.numpy.int32 if run.info.kind == "text" else jax.numpy.float32
+    inputs = stage_inputs(
+      self.pipe.train_steps, states, jax.ShapeDtypeStruct((batch, *run.info.input_shape), dtype)
+    )
+    total = 0.0
+    for step, state, x, device in zip(self.pipe.train_steps, states, inputs, self.pipe.devices):
+      place = jax.sharding.SingleDeviceSharding(device)
+      state, x, labels = jax.tree.map(
+        lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=place),
+        (state, x, jax.ShapeDtypeStruct((batch,), jax.numpy.int32)),
+      )
+      total += throughput.step_flops(step.lower(state, x, labels).compile())
+    return total
+
+  def step_cost(self):
+    device = self.pipe.devices[0]
+    return throughput.StepCost(
+      self._flops, self.pipe.num_stages, device.platform, device.device_kind
     )
 
   def report(self):

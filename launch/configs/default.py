@@ -12,6 +12,8 @@ with the budget instead: ``--config.train.num_epochs=3 --config.optim.eta=0.01``
 A warm-up would not help, as the schedule is not the limit: a constant 0.2 reaches 0.31-0.56.
 """
 
+import os
+
 import ml_collections
 
 
@@ -110,6 +112,13 @@ def get_config() -> ml_collections.ConfigDict:
   config.train.num_epochs = 20
   config.train.max_steps = 0  # stop after this many steps in all (0: every epoch); quick checks
   config.train.log_grad_norms = False  # per-layer encoder gradient norms in the step metrics
+  # JAX's persistent compilation cache ("": off; deinforeg_jax/compile_cache.py): a rerun reads its
+  # compiled programs. JAX's own JAX_COMPILATION_CACHE_DIR, when set, is the default.
+  config.train.compile_cache = os.environ.get("JAX_COMPILATION_CACHE_DIR") or (
+    "~/.cache/deinforeg_jax/jax_cache"
+  )
+  config.train.peak_tflops = 0.0  # a device's peak TFLOP/s for MFU (0: the table in throughput.py)
+  config.train.profile_steps = ""  # "A:B": a jax.profiler trace of steps A..B in <workdir>/profile
 
   config.checkpoint = ml_collections.ConfigDict()
   config.checkpoint.every_steps = 0  # also save every N steps inside an epoch (0: epoch ends only)
