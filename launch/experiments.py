@@ -21,7 +21,6 @@ from launch import cli  # absl and ml_collections only: quick
 if __name__ == "__main__":
   cli.remember_signals()  # a SIGTERM during the imports below (seconds): exit 75 before a cell
 
-import jax  # noqa: E402
 from absl import app, flags, logging  # noqa: E402
 
 from deinforeg_jax.studies import executors, ray_executor  # noqa: E402
@@ -58,16 +57,14 @@ def main(argv):
   if not flags.FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)
   grid = flags.FLAGS.grid
-  # Cells of one rule and dataset compile the same programs: reuse them across cells.
-  cache_dir = os.path.join(os.path.abspath(_ROOT.value), "jax_cache")
-  jax.config.update("jax_compilation_cache_dir", cache_dir)
-  jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+  # Cells of one rule and dataset compile the same programs: each cell reads those an earlier
+  # one wrote to its config.train.compile_cache (deinforeg_jax/compile_cache.py).
   root, executor = _ROOT.value, executors.LocalExecutor()
   if _EXECUTOR.value == "ray":
     root = os.path.abspath(root)  # the workers' working directory is not ours
     executor = ray_executor.RayExecutor(
       _RAY_ADDRESS.value, grids.cell_resources(grid), max_retries=_RAY_MAX_RETRIES.value,
-      metric=grid.metric, stop_requested=cli.pending_signal, compilation_cache_dir=cache_dir,
+      metric=grid.metric, stop_requested=cli.pending_signal,
     )
   run_grid(
     grid, root, executor=executor, dry_run=_DRY_RUN.value, report_only=_REPORT_ONLY.value,
