@@ -186,7 +186,7 @@ class RayExecutor:
     path = os.path.join(folder, f".shared-check-{token}")
     with open(path, "w", encoding="utf-8") as f:
       f.write(token)
-    see = ray.remote(_see_folder).options(num_cpus=0, max_retries=0)
+    see = ray.remote(num_cpus=0, max_retries=0)(_see_folder)
     try:
       answers = ray.get([
         see.options(
@@ -250,7 +250,7 @@ class RayExecutor:
       self._disconnect()
 
   def _run(self, ray, runs, train_cell, may_start) -> Iterator[tuple[CellRun, Outcome]]:
-    task = ray.remote(_cell_task).options(max_retries=0, **_task_resources(self.resources))
+    task = ray.remote(max_retries=0, **_task_resources(self.resources))(_cell_task)
     pending = collections.deque(runs)
     running: dict[Any, _Attempt] = {}
     tally = collections.Counter()
@@ -260,7 +260,7 @@ class RayExecutor:
         f"done {tally['done']}, running {len(running)}, failed {tally['failed']}, "
         f"pending {len(pending)}"
       )
-      print(f"[{tag}]{' ' * max(1, 9 - len(tag))}{text} ({counts})", flush=True)
+      print(f"[{tag}]{' ' * max(1, 8 - len(tag))}{text} ({counts})", flush=True)
 
     def submit(attempt: _Attempt) -> None:
       running[task.remote(train_cell, attempt.run, self.compilation_cache_dir)] = attempt
