@@ -30,9 +30,9 @@ from deinforeg_jax.run import build_run
 from deinforeg_jax.studies.grid import CellRun, cell_resources
 
 # Sustained FLOP/s of one device that the AOT estimate assumes unless the grid sets
-# ``sustained_tflops``: about 40 % of an A100's 312 TFLOP/s dense bf16 peak, a third of an
-# H100's (989); XLA runs fp32 matmuls at its default precision in bf16 / TF32 on these.
-SUSTAINED_TFLOPS = 125.0
+# ``sustained_tflops`` (``make_grid`` sets this): about 16 % of an A100's 312 TFLOP/s dense bf16
+# peak, 5 % of an H100's; small convolutions at batch 128 rarely run faster.
+SUSTAINED_TFLOPS = 50.0
 
 
 def train_flops(config) -> tuple[float, int]:

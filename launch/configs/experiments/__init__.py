@@ -28,4 +28,9 @@ def make_grid(base, rules, datasets, noise_rates=(0,), seeds=(0, 1)) -> ml_colle
   grid.extra_metrics = ()  # more summary fields tabulated and compared like grid.metric
   grid.dataset_overrides = ml_collections.ConfigDict()
   grid.rule_overrides = ml_collections.ConfigDict()
+  # --executor=ray: one cell's Ray resources, NAME=AMOUNT joined by commas ("GPU=1", "CPU=4,GPU=1").
+  grid.cell_resources = "CPU=1"
+  # --dry_run's cost from XLA's FLOPs: the sustained TFLOP/s assumed per device (about 16 % of an
+  # A100's dense bf16 peak; small convolutions at batch 128 rarely run faster).
+  grid.sustained_tflops = 50.0
   return grid
