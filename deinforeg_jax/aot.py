@@ -19,7 +19,7 @@ temporary, output, aliased (outputs reusing the donated state) and code bytes, a
 pipeline mode) and judges the fit: the largest step's bytes against ``(1 - headroom)`` of the
 chip's HBM.  In pipeline mode it also holds ``pipeline.cost``'s prediction: each stage's
 train-step FLOPs and the bytes it sends to the next stage, against the chip's peak and one ICI
-link (``CHIP_RATES``), give the steady-state speedup over one chip.  ``check_topologies`` is the
+link (``throughput.peak``, ``ICI``), give the steady-state speedup over one chip.  ``check_topologies`` is the
 ``launch.aot`` command: a report per topology, and one
 ``AotError`` naming the config fields to change for those that do not compile or fit.
 """
@@ -47,7 +47,7 @@ import numpy as np
 from jax.experimental import topologies
 from jax.sharding import AxisType, Mesh, SingleDeviceSharding
 
-from deinforeg_jax import parallel, pipeline, safe_files
+from deinforeg_jax import parallel, pipeline, safe_files, throughput
 from deinforeg_jax.config_error import ConfigError
 from deinforeg_jax.configuration import validate_config
 from deinforeg_jax.data.tfds_source import TEXT_MAX_LEN
@@ -66,28 +66,27 @@ HBM_GIB = {"TPU v4": 32, "TPU v5 lite": 16, "TPU v5": 95, "TPU v6 lite": 32}
 
 
 @dataclasses.dataclass(frozen=True)
-class ChipRates:
-  """A chip's datasheet rates for the pipeline cost model (``pipeline.cost``)."""
+class Interconnect:
+  """A chip's inter-chip interconnect (ICI), for the pipeline cost model (``pipeline.cost``)."""
 
-  peak_flops_per_s: float  # bf16 matmul peak (XLA's default precision runs fp32 dots in bf16)
-  ici_bytes_per_s: float  # bidirectional inter-chip interconnect, all ports together
-  ici_ports: int
+  bytes_per_s: float  # bidirectional, all ports together
+  ports: int
 
   @property
   def link_bytes_per_s(self) -> float:
     """One port, one direction: what a stage's send to its neighbour chip gets."""
-    return self.ici_bytes_per_s / (2 * self.ici_ports)
+    return self.bytes_per_s / (2 * self.ports)
 
 
-# Peak bf16 compute and bidirectional ICI bandwidth per chip, from the same Google Cloud pages as
-# HBM_GIB: v4 275 TFLOP/s and 2400 Gbps per direction (600 GB/s both ways; 6 ports, 3D mesh);
-# v5e 197 TFLOP/s, 400 GB/s, 4 ports; v5p 459 TFLOP/s, 1200 GB/s, 6 ports (3D torus);
-# v6e 918 TFLOP/s, 800 GB/s, 4 ports.
-CHIP_RATES = {
-  "TPU v4": ChipRates(275e12, 600e9, 6),
-  "TPU v5 lite": ChipRates(197e12, 400e9, 4),
-  "TPU v5": ChipRates(459e12, 1200e9, 6),
-  "TPU v6 lite": ChipRates(918e12, 800e9, 4),
+# Bidirectional ICI bandwidth and ports per chip, from the same Google Cloud pages as HBM_GIB:
+# v4 2400 Gbps each way (600 GB/s both ways), 6 ports (3D mesh); v5e 400 GB/s, 4 ports;
+# v5p 1200 GB/s, 6 ports (3D torus); v6e 800 GB/s, 4 ports.  The chips' peak FLOP/s are
+# ``throughput.PEAK_TFLOPS``'s.
+ICI = {
+  "TPU v4": Interconnect(600e9, 6),
+  "TPU v5 lite": Interconnect(400e9, 4),
+  "TPU v5": Interconnect(1200e9, 6),
+  "TPU v6 lite": Interconnect(800e9, 4),
 }
 
 # The chip configuration libtpu uses on Cloud TPU VMs, as in JAX's own AOT tests: v4 runs
@@ -174,7 +173,8 @@ class TopologyReport:
   headroom: float
   steps: list[StepReport]
   note: str = ""
-  pipeline_cost: PipelineCost | None = None  # pipeline mode on a chip in CHIP_RATES
+  pipeline_cost: PipelineCost | None = None  # pipeline mode, a chip with known rates
+  cost_source: str = ""  # where the cost model's peak comes from, or why there is no model
   batches_per_epoch: int = 0
 
   @property
@@ -373,6 +373,22 @@ def _pipeline(run: Run, devices) -> tuple[int, list[StepReport], str, tuple[int,
   return stages, reports, note, sent_bytes(inputs)
 
 
+def _pipeline_cost(
+  config, kind: str, reports: Sequence[StepReport], sends: tuple[int, ...]
+) -> tuple[PipelineCost | None, str]:
+  """The stages' cost model on chip ``kind`` (its peak for the run's dtype and precision, one ICI
+  link), and where the peak comes from; ``(None, why)`` when a rate is unknown."""
+  stage_flops = tuple(s.flops for s in reports if s.name.startswith("train"))
+  peak = throughput.peak(config, throughput.StepCost(sum(stage_flops), 1, "tpu", kind))
+  if peak.tflops is None:
+    return None, peak.source
+  if kind not in ICI:
+    return None, f"no ICI bandwidth known for {kind!r} (deinforeg_jax.aot.ICI)"
+  return PipelineCost(stage_flops, sends, peak.tflops * 1e12, ICI[kind].link_bytes_per_s), (
+    peak.source
+  )
+
+
 def check_topology(
   config,
   topology: str,
@@ -395,15 +411,12 @@ def check_topology(
   devices = topology_devices(topology)
   kind = devices[0].device_kind
   hbm = int(hbm_gib * GIB) if hbm_gib > 0 else (HBM_GIB[kind] * GIB if kind in HBM_GIB else None)
-  note, cost = "", None
+  note, cost, source = "", None, ""
   try:
     run = build_run(config, shapes, platform="tpu", num_old=0)
     if config.parallel.mode == "pipeline":
       used, reports, note, sends = _pipeline(run, devices)
-      if kind in CHIP_RATES:
-        trains = [s.flops for s in reports if s.name.startswith("train")]
-        rates = CHIP_RATES[kind]
-        cost = PipelineCost(tuple(trains), sends, rates.peak_flops_per_s, rates.link_bytes_per_s)
+      cost, source = _pipeline_cost(config, kind, reports, sends)
     else:
       used, reports = _data_parallel(run, devices)
   except ConfigError as e:
@@ -420,6 +433,7 @@ def check_topology(
     steps=reports,
     note=note,
     pipeline_cost=cost,
+    cost_source=source,
     batches_per_epoch=run.steps_per_epoch,
   )
 
@@ -522,11 +536,10 @@ def _pipeline_cost_lines(report: TopologyReport) -> list[str]:
   """The cost model's per-stage compute and transfer and its predicted speedup."""
   cost = report.pipeline_cost
   if cost is None:
-    return [f"  pipeline cost model: no peak FLOP/s or ICI bandwidth known for "
-            f"{report.device_kind!r} (deinforeg_jax.aot.CHIP_RATES)"]
+    return [f"  pipeline cost model: none, {report.cost_source}"]
   lines = [
-    f"  pipeline cost model, per batch ({cost.peak_flops_per_s / 1e12:.0f} TFLOP/s peak, one "
-    f"ICI link {cost.link_bytes_per_s / 1e9:.1f} GB/s each way):"
+    f"  pipeline cost model, per batch ({cost.peak_flops_per_s / 1e12:.0f} TFLOP/s, "
+    f"{report.cost_source}; one ICI link, {cost.link_bytes_per_s / 1e9:.0f} GB/s each way):"
   ]
   for k, (flops, sent, c, x, bound) in enumerate(
     zip(cost.stage_flops, cost.sent_bytes, cost.compute_s, cost.transfer_s, cost.bound)

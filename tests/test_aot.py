@@ -201,6 +201,10 @@ def test_pipeline_compiles_each_stage_for_its_own_chip():
   assert cost.stage_flops == tuple(s.flops for s in trains)
   assert cost.sent_bytes == (GLOBAL_BATCH * (math.prod(sent_shape) + 1) * 4, 0)
   assert (cost.peak_flops_per_s, cost.link_bytes_per_s) == (197e12, 50e9)
+  assert report.cost_source == "TPU v5 lite bf16 dense peak (datasheet)"
+  config.model.matmul_precision = "highest"  # 6 bf16 passes per float32 dot: no datasheet peak
+  none, why = aot._pipeline_cost(config, report.device_kind, report.steps, cost.sent_bytes)
+  assert none is None and "config.train.peak_tflops" in why
   assert report.batches_per_epoch == 1437 // GLOBAL_BATCH
   for k in range(2):
     assert f"stage {k}: {trains[k].flops:.3e} FLOPs" in text
