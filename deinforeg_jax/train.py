@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import itertools
-import json
 import os
 import time
 from typing import Any, Callable
@@ -20,7 +19,9 @@ from typing import Any, Callable
 import jax
 import numpy as np
 
-from deinforeg_jax import checkpoint, grad_norms, inference, profiling, program_cache, steps
+from deinforeg_jax import (
+  checkpoint, grad_norms, inference, profiling, program_cache, resume, steps
+)
 from deinforeg_jax.startup import RunStart
 from deinforeg_jax.configuration import validate_config
 from deinforeg_jax.data import LoadedData, eval_batches, glove, load_dataset, make_augment, train_batches
@@ -84,7 +85,7 @@ def _train_and_evaluate(config, workdir: str, stop: StopRequests, start) -> dict
   profiler = profiling.StepProfiler(config.train.profile_steps, workdir, log.info)
   training = Training(run, engine, data, log, checkpointer, stop, start, profiler)
   try:
-    finished = _already_finished(training, workdir)
+    finished = resume.already_finished(run, log, checkpointer, workdir)
     if finished is not None:
       return finished
     state, epoch_sums = _start(training)
@@ -132,31 +133,6 @@ def _train_and_evaluate(config, workdir: str, stop: StopRequests, start) -> dict
   return log.finish(test_accuracy, step, data.info, {engine.name: report} if report else {})
 
 
-def _already_finished(training: Training, workdir: str) -> dict[str, Any] | None:
-  """The results of a run that already ended with this very config (nothing is then trained,
-  evaluated or written), else None; a changed run is refused here, before anything compiles."""
-  run, log, checkpointer = training.run, training.log, training.checkpointer
-  if checkpointer.latest_step() is None:
-    log.start_fresh()
-    return None
-  expected = checkpoint.make_metadata(run.config, run.abstract_state(), run.info)
-  saved_step = checkpointer.check_latest(expected, _allowed_changes(run.config))
-  _check_not_past_the_end(run, saved_step, workdir)
-  finished = _finished_results(run, workdir, saved_step)
-  # Finished only if the final parameters read back verified, as ``load`` reads them; if not,
-  # ``restore`` (``_start``) sets that step aside and the run retrains from the previous one.
-  if finished is None or checkpointer.damage(saved_step) is not None:
-    return None
-  log.info(
-    f"already finished: the checkpoint at step {saved_step} is the end of this run and "
-    f"{os.path.join(workdir, 'results.json')} holds its results (best block "
-    f"{finished['best_block']}: test accuracy {finished['best_test_accuracy']:.4f}); "
-    "nothing was trained, evaluated or written. To train longer, raise "
-    "config.train.num_epochs with --config.checkpoint.allow_changed=train.num_epochs."
-  )
-  return finished
-
-
 def _start(training: Training) -> tuple[Any, EpochMetrics]:
   """The engine state to train from (initialised; GloVe, grown blocks and the latest checkpoint
   applied) and the running sums of its epoch, after the start-up line is logged."""
@@ -175,9 +151,9 @@ def _start(training: Training) -> tuple[Any, EpochMetrics]:
   epoch_sums = EpochMetrics()
   if checkpointer.latest_step() is not None:
     full, saved, changes = checkpointer.restore(
-      full, checkpoint.make_metadata(config, full, info), _allowed_changes(config)
+      full, checkpoint.make_metadata(config, full, info), resume.allowed_changes(config)
     )
-    _check_not_past_the_end(run, int(full.step), checkpointer.workdir)
+    resume.check_not_past_the_end(run, int(full.step), checkpointer.workdir)
     log.resume(saved, changes)
     epoch_sums = EpochMetrics.from_metadata(saved)
   state = engine.from_train_state(full)
@@ -195,38 +171,6 @@ def _start(training: Training) -> tuple[Any, EpochMetrics]:
   )
   training.stop.check("during start-up", checkpointer.latest_step())
   return state, epoch_sums
-
-
-def _allowed_changes(config) -> tuple[str, ...]:
-  return tuple(f for f in config.checkpoint.allow_changed.split(",") if f)
-
-
-def _finished_results(run: Run, workdir: str, step: int) -> dict | None:
-  """The ``results.json`` of a run that already ended at ``step`` with this very config, or
-  None (not at the end, no results written yet, or results of other settings: evaluate)."""
-  path = os.path.join(workdir, "results.json")
-  if step < run.total_steps or not os.path.exists(path):
-    return None
-  try:
-    with open(path) as f:
-      results = json.load(f)
-  except (OSError, json.JSONDecodeError):
-    return None
-  same_config = results.get("config") == json.loads(json.dumps(run.config.to_dict()))
-  return results if results.get("steps") == step and same_config else None
-
-
-def _check_not_past_the_end(run: Run, step: int, workdir: str) -> None:
-  """A resumed run must not already be past where ``config`` ends."""
-  config, per_epoch = run.config, run.steps_per_epoch
-  if step > run.total_steps:
-    raise checkpoint.CheckpointMismatchError(
-      f"the checkpoint in {workdir} is at step {step} ({step / per_epoch:.3g} epochs "
-      f"of {per_epoch} steps done), past the end of this run (config.train.num_epochs="
-      f"{config.train.num_epochs}, config.train.max_steps={config.train.max_steps}: "
-      f"{run.total_steps} steps). Raise them to at least what is done (allowing the change with "
-      "--config.checkpoint.allow_changed=train.num_epochs), or use a new --workdir."
-    )
 
 
 def run_epochs(
