@@ -7,6 +7,7 @@ import copy
 import importlib
 import json
 import os
+import re
 import shutil
 
 import ml_collections
@@ -178,6 +179,59 @@ def test_an_executor_may_finish_cells_in_any_order_and_the_summaries_keep_the_ru
   assert "| 0% | 89.5 ± 0.7 | 89.5 ± 0.7 |" in (tmp_path / "table.md").read_text()
   local = runner.run_grid(grid, str(tmp_path / "local"), executor=executors.LocalExecutor())
   assert [{**s, "workdir": None} for s in local] == [{**s, "workdir": None} for s in summaries]
+
+
+class _OneFailsExecutor:
+  """Reports the first cell failed, as a cluster executor does for a deterministic error."""
+
+  def run(self, runs, train_cell, may_start):
+    for run in runs:
+      if may_start(run):
+        failed = run is runs[0]
+        yield run, executors.CellFailed("config.optim.name: bad") if failed else train_cell(run)
+
+
+def test_a_failed_cell_is_reported_and_the_others_are_tabulated(tmp_path, fake_trainer):
+  grid = _grid(rules=("deinforeg",), noise_rates=(0,))
+  with pytest.raises(runner.CellsFailedError) as failed:
+    runner.run_grid(grid, str(tmp_path), executor=_OneFailsExecutor())
+  assert str(failed.value) == (
+    "1 cell(s) failed (digits__deinforeg__noise0__seed0: config.optim.name: bad); the 1 finished "
+    f"cell(s) are in {tmp_path / 'table.md'}. Fix the grid and run the same command again: "
+    "finished cells are kept."
+  )
+  table = (tmp_path / "table.md").read_text()
+  assert "| 0% | 89.0 (n=1) |" in table
+  assert table.endswith("1 cell(s) failed:\n- digits__deinforeg__noise0__seed0: config.optim.name: bad\n")
+  assert os.listdir(tmp_path / "cells") == ["digits__deinforeg__noise0__seed1.json"]
+
+
+def test_the_cost_of_a_dry_run_is_measured_where_cells_finished_else_from_aot_flops(
+  tmp_path, fake_trainer, capsys
+):
+  grid = _grid(noise_rates=(0,), seeds=(0,))
+  grid.base.train.max_steps = 4
+  runner.run_grid(grid, str(tmp_path))  # both cells (fake: 11 steps in 2 s each)
+  os.remove(tmp_path / "cells" / "digits__bp__noise0__seed0.json")
+  os.remove(tmp_path / "digits" / "bp" / "noise0" / "seed0" / "results.json")
+  grid.seeds = (0, 1)
+  grid.sustained_tflops = 2e-6
+  capsys.readouterr()
+  runner.run_grid(grid, str(tmp_path), dry_run=True)
+  lines = capsys.readouterr().out.splitlines()
+  start = lines.index("cost of the 3 unfinished cell(s), training steps only:")
+  flops, measured, total = lines[start + 1:]  # groups in run order: bp (seed 0) first
+  seconds = 2.0 / 11  # the finished deinforeg cell's train_time_s / steps
+  assert measured == (
+    f"  digits / deinforeg: 1 cell(s) x 4 steps: {4 * seconds / 3600:.3g} device-hours "
+    f"(measured, {seconds:.3g} s/step x 1 device(s) (1 finished))"
+  )
+  match = re.fullmatch(
+    r"  digits / bp: 2 cell\(s\) x 4 steps: (\S+) device-hours \(AOT FLOPs, (\S+) per step at "
+    r"2e-06 TFLOP/s sustained\)", flops,
+  )
+  assert match and float(match[1]) == pytest.approx(2 * 4 * float(match[2]) / 2e6 / 3600, rel=1e-2)
+  assert total.startswith("  total: ")
 
 
 def test_a_stop_request_between_cells_stops_the_grid_before_the_next_cell(tmp_path, fake_trainer):

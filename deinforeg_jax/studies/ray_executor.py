@@ -46,7 +46,7 @@ RAY_MISSING = (
   "--executor=ray needs Ray, an optional extra: pip install \"deinforeg-jax[cluster]\" (in a "
   "clone: pip install -e \".[cluster]\"), which pins ray==2.60.0."
 )
-POLL_S = 1.0  # how often the driver looks for a signal while cells run
+POLL_S = 0.25  # how often the driver looks for a signal while cells run
 STOP_TIMEOUT_S = 600.0  # how long stopped cells get to save before the driver gives up waiting
 
 
@@ -330,9 +330,10 @@ class RayExecutor:
         time.sleep(0.2)
     unsaved = f"; {', '.join(busy)} did not stop within {STOP_TIMEOUT_S:.0f} s" if busy else ""
     raise user_errors.Interrupted(
-      f"{signal_name} received: {len(names)} running cell(s) stopped at a checkpoint "
-      f"({', '.join(names) or 'none'}){unsaved}, {pending} cell(s) not started; finished cells "
-      "are kept. Run the same command again to continue."
+      f"{signal_name} received: stopped {len(names)} running cell(s) "
+      f"({', '.join(names) or 'none'}), each with a checkpoint of its last completed step"
+      f"{unsaved}; {pending} cell(s) not started, finished cells kept. Run the same command "
+      "again to continue."
     )
 
 
