@@ -35,7 +35,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from deinforeg_jax import stack
+from deinforeg_jax import precision, stack
 from deinforeg_jax.modules import vision
 from deinforeg_jax.modules.layers import DEFAULT_CONVENTIONS, Conventions
 
@@ -167,7 +167,7 @@ class ALStack(nn.Module):
       scores = bridge
       for j in range(k, -1, -1):
         scores = blocks[j].decode(scores)
-      outputs["logits"].append(scores)
+      outputs["logits"].append(precision.at_least_float32(scores))
       outputs["al_bridge"].append(bridge)
       outputs["al_code"].append(code)
       outputs["al_decoded"].append(decoded)

@@ -15,8 +15,9 @@
 
 ``model.num_blocks`` counts the exits, for vision and text.  ``model.init`` and
 ``model.bn_running_var`` choose Flax's or PyTorch's initialisers and BatchNorm
-running variance for every layer (``modules.layers.Conventions``).  Every error
-names the ``config`` field to change.
+running variance for every layer, ``model.dtype`` and ``model.matmul_precision`` how
+every layer computes (``modules.layers.Conventions``).  Every error names the
+``config`` field to change.
 """
 
 from __future__ import annotations
@@ -86,10 +87,15 @@ def parse_split(spec: str) -> tuple[int, int] | None:
 
 
 def conventions(model_cfg) -> Conventions:
-  """``config.model.init``, ``bn_running_var`` and ``conv_impl`` (``"auto"`` resolved for the
-  default backend, ``layers.resolve_conv_impl``) as a ``Conventions``."""
+  """``config.model.init``, ``bn_running_var``, ``conv_impl`` (``"auto"`` resolved for the
+  default backend, ``layers.resolve_conv_impl``), ``dtype`` and ``matmul_precision`` as a
+  ``Conventions``."""
   return Conventions(
-    model_cfg.init, model_cfg.bn_running_var, layers.resolve_conv_impl(model_cfg.conv_impl)
+    model_cfg.init,
+    model_cfg.bn_running_var,
+    layers.resolve_conv_impl(model_cfg.conv_impl),
+    model_cfg.dtype,
+    model_cfg.matmul_precision,
   )
 
 
@@ -127,12 +133,17 @@ def _resnet_encoders(model_cfg) -> list[stack.EncoderFactory]:
 def _text_encoders(config, vocab_size: int) -> list[stack.EncoderFactory]:
   """The embedding + ``config.model.num_blocks`` BiLSTM / Transformer encoder factories."""
   m = config.model
+  c = conventions(m)
   factories = [
-    functools.partial(text.Embedding, vocab_size, m.emb_dim, m.embedding_pool, m.freeze_embedding)
+    functools.partial(
+      text.Embedding, vocab_size, m.emb_dim, m.embedding_pool, m.freeze_embedding, c
+    )
   ]
   for k in range(m.num_blocks):
     if m.arch == "lstm":
-      factories.append(functools.partial(text.BiLSTM, m.hidden, m.lstm_padding, m.lstm_biases))
+      factories.append(
+        functools.partial(text.BiLSTM, m.hidden, m.lstm_padding, m.lstm_biases, c)
+      )
     else:
       factories.append(
         functools.partial(
@@ -141,7 +152,7 @@ def _text_encoders(config, vocab_size: int) -> list[stack.EncoderFactory]:
           m.ff_dim,
           m.dropout,
           m.positional_encoding and k == 0,
-          conventions=conventions(m),
+          conventions=c,
           layer_norm=m.layer_norm,
         )
       )

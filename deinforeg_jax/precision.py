@@ -20,7 +20,8 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+# None: Flax's default, the parameters' own dtype (float32, or float64 in an x64 replay).
+DTYPES = {"float32": None, "bfloat16": jnp.bfloat16}
 DTYPE_REQUIREMENT = (
   "must be 'float32' or 'bfloat16' (float16 would need loss scaling, which this project does "
   "not do)"
@@ -49,8 +50,13 @@ BFLOAT16_MATMULS = "bfloat16 operands, float32 sums (the same at every precision
 
 
 def compute_dtype(name: str) -> Any:
-  """``config.model.dtype`` -> the jnp dtype layers compute in."""
+  """``config.model.dtype`` -> the ``dtype=`` of every layer (None: the parameters')."""
   return DTYPES[name]
+
+
+def at_least_float32(x: jax.Array) -> jax.Array:
+  """``x`` as float32 if it is narrower (bf16), else unchanged (float32, float64)."""
+  return x.astype(jnp.promote_types(x.dtype, jnp.float32))
 
 
 def lax_precision(name: str) -> jax.lax.Precision | None:

@@ -36,7 +36,7 @@ import jax
 import numpy as np
 from tqdm import tqdm
 
-from deinforeg_jax import safe_files, tensorboard_events, throughput
+from deinforeg_jax import precision, safe_files, tensorboard_events, throughput
 
 
 class ProgressBar:
@@ -461,6 +461,10 @@ class RunLog:
       "eval_time_s": self._eval_time_s,
       "throughput": self._rates(steps, train_time_s, self._train_flops),
       **self._facts,
+      # model.dtype, model.matmul_precision and what they mean on this run's devices
+      "precision": precision.describe(
+        self.config.model.dtype, self.config.model.matmul_precision
+      ),
       "config": self.config.to_dict(),
       **(extras or {}),
     }

@@ -11,7 +11,8 @@ holds modules only; ``models.create_model`` builds them from a config.
 Shapes: input ``x`` ``[B, H, W, C]`` (vision) or ``tokens`` int32 ``[B, T]``
 (text); per block ``z`` ``[B, D]`` and ``logits`` ``[B, num_classes]``.
 A text stack's ``block_00`` is the embedding block (identity projector, no
-classifier; its ``z`` goes to ``outputs["extra_z"]``).
+classifier; its ``z`` goes to ``outputs["extra_z"]``).  Block outputs ``h`` and ``z`` are in
+the compute dtype (``model.dtype``: bf16 under mixed precision), ``logits`` float32.
 """
 
 from __future__ import annotations
@@ -174,7 +175,7 @@ class VGGHead(nn.Module):
   def __call__(self, h: jax.Array, train: bool) -> jax.Array:
     del train
     x = nn.relu(self.conventions.dense(vision.flatten(h), self.hidden))
-    return self.conventions.dense(x, self.num_classes)
+    return self.conventions.logits(x, self.num_classes)
 
 
 class ResNetHead(nn.Module):
@@ -186,7 +187,7 @@ class ResNetHead(nn.Module):
   @nn.compact
   def __call__(self, h: jax.Array, train: bool) -> jax.Array:
     del train
-    return self.conventions.dense(jnp.mean(h, axis=(1, 2)), self.num_classes)
+    return self.conventions.logits(jnp.mean(h, axis=(1, 2)), self.num_classes)
 
 
 # ------------------------------------------------------------------ new input features

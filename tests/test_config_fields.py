@@ -61,7 +61,10 @@ def test_choice_requirement_lists_the_values_sorted():
 def test_fields_added_later_are_the_rows_with_an_earlier_value():
   vision = checkpoint.fields_added_later({})
   text = checkpoint.fields_added_later({"data": {"kind": "text"}})
-  assert vision == {"model.init": "flax", "model.bn_running_var": "biased"}
+  assert vision == {
+    "model.init": "flax", "model.bn_running_var": "biased", "model.dtype": "float32",
+    "model.matmul_precision": "default",
+  }
   assert {f: v for f, v in text.items() if f not in vision} == {
     name: facts.added_later.earlier
     for name, facts in FIELDS.items()

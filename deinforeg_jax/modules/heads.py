@@ -16,6 +16,7 @@ from typing import Sequence
 import flax.linen as nn
 import jax
 
+from deinforeg_jax import precision
 from deinforeg_jax.modules.layers import DEFAULT_CONVENTIONS, Conventions
 from deinforeg_jax.config_error import ConfigError
 
@@ -72,6 +73,7 @@ class BlockClassifier(nn.Module):
   ``Tanh-Dense(C)`` (text, ``style="tanh"``).
   'unmerge': the input is the detached pooled block output, then an MLP with
   ``hidden`` widths ending in ``Dense(C)``; the stack does the detaching.
+  The logits are float32 ``[B, C]`` whatever the compute dtype.
   """
 
   num_classes: int
@@ -84,9 +86,9 @@ class BlockClassifier(nn.Module):
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
     c = self.conventions
     if self.mode == "unmerge":
-      return MLP(tuple(self.hidden[:-1]) + (self.num_classes,), c)(x, train)
+      return precision.at_least_float32(MLP((*self.hidden[:-1], self.num_classes), c)(x, train))
     if self.style == "bn_relu":
       x = nn.relu(c.batch_norm(train)(x))
     else:
       x = nn.tanh(x)
-    return c.dense(x, self.num_classes)
+    return c.logits(x, self.num_classes)

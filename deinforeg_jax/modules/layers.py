@@ -30,6 +30,11 @@ i.e. PyTorch's 0.1; normalisation always uses the biased batch variance
 ``"xla"`` computes every convolution with ``lax.conv_general_dilated``; ``"winograd"``
 computes the stride-1 3x3 ones with ``winograd.winograd_conv3x3`` (matmuls; the same
 parameters, equal results up to fp32 rounding).
+
+``dtype`` and ``matmul_precision`` (``config.model``, ``deinforeg_jax.precision``): every
+Dense and Conv computes in ``dtype`` (parameters float32, cast where read) with that
+``precision=``; BatchNorm normalises in ``dtype`` from float32 statistics; exit logits are
+cast back to float32 (``logits``).
 """
 
 from __future__ import annotations
@@ -42,7 +47,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from deinforeg_jax import xla_cpu
+from deinforeg_jax import precision, xla_cpu
 from deinforeg_jax.modules import winograd
 from deinforeg_jax.config_error import ConfigError
 
@@ -104,11 +109,13 @@ class BatchNorm(nn.BatchNorm):
 
 @dataclasses.dataclass(frozen=True)
 class Conventions:
-  """How Dense/Conv layers are initialised and BatchNorm keeps its running variance."""
+  """How Dense/Conv layers are initialised and compute, and BatchNorm keeps its running variance."""
 
   init: str = "flax"
   bn_running_var: str = "unbiased"
   conv_impl: str = "xla"
+  dtype: str = "float32"
+  matmul_precision: str = "default"
 
   def __post_init__(self):
     if self.init not in INITS:
@@ -118,10 +125,31 @@ class Conventions:
         f"config.model.bn_running_var={self.bn_running_var!r} must be one of "
         f"{list(BN_RUNNING_VARS)}."
       )
+    if self.dtype not in precision.DTYPES:
+      raise ConfigError(f"config.model.dtype={self.dtype!r} {precision.DTYPE_REQUIREMENT}.")
+    if self.matmul_precision not in precision.MATMUL_PRECISIONS:
+      raise ConfigError(
+        f"config.model.matmul_precision={self.matmul_precision!r} must be one of "
+        f"{list(precision.MATMUL_PRECISIONS)}."
+      )
     if self.conv_impl not in ("xla", "winograd"):
       raise ValueError(
         f"conv_impl={self.conv_impl!r} must be 'xla' or 'winograd' (resolve 'auto' first)."
       )
+
+  @property
+  def compute_dtype(self) -> Any:
+    """The ``dtype=`` of every layer: ``bfloat16``, or None (the parameters' own, float32)."""
+    return precision.compute_dtype(self.dtype)
+
+  def cast(self, x: jax.Array) -> jax.Array:
+    """``x`` in the compute dtype (unchanged unless that is ``bfloat16``)."""
+    return x if self.compute_dtype is None else x.astype(self.compute_dtype)
+
+  @property
+  def lax_precision(self) -> jax.lax.Precision | None:
+    """The ``precision=`` of every matmul and convolution (None: the backend's default)."""
+    return precision.lax_precision(self.matmul_precision)
 
   def bias_init(self, fan_in: int) -> Initializer:
     """Bias initialiser of a layer with ``fan_in`` inputs: 0 (flax) or ``torch_uniform``."""
@@ -134,19 +162,36 @@ class Conventions:
 
   def dense(self, x: jax.Array, features: int, **kwargs) -> jax.Array:
     """``nn.Dense(features, **kwargs)(x)`` initialised by the convention (in a compact scope)."""
-    return nn.Dense(features, **self._inits(x.shape[-1]), **kwargs)(x)
+    inits = self._inits(x.shape[-1])
+    layer = nn.Dense(
+      features, dtype=self.compute_dtype, precision=self.lax_precision, **inits, **kwargs
+    )
+    return layer(x)
+
+  def logits(self, x: jax.Array, num_classes: int) -> jax.Array:
+    """An exit's output layer: ``dense(x, num_classes)`` returned as float32 ``[B, C]`` (the
+    losses, the exit rule, predictions and exported models read float32 logits)."""
+    return precision.at_least_float32(self.dense(x, num_classes))
 
   def conv(self, x: jax.Array, features: int, kernel_size: tuple[int, ...], **kwargs) -> jax.Array:
     """``nn.Conv(features, kernel_size, **kwargs)(x)``, initialised by the convention."""
     fan_in = x.shape[-1] * math.prod(kernel_size)
     if self.conv_impl == "winograd":  # same parameters; 3x3 stride-1 layers by matmuls
       kwargs["conv_general_dilated"] = winograd.conv_general_dilated
-    return nn.Conv(features, kernel_size, **self._inits(fan_in), **kwargs)(x)
+    layer = nn.Conv(
+      features, kernel_size, dtype=self.compute_dtype, precision=self.lax_precision,
+      **self._inits(fan_in), **kwargs,
+    )
+    return layer(x)
 
   def batch_norm(self, train: bool, name: str | None = None) -> nn.BatchNorm:
-    """BatchNorm with PyTorch's defaults (momentum 0.1, i.e. Flax 0.9; epsilon 1e-5)."""
+    """BatchNorm with PyTorch's defaults (momentum 0.1, i.e. Flax 0.9; epsilon 1e-5); float32
+    statistics, output in the compute dtype."""
     cls = BatchNorm if self.bn_running_var == "unbiased" else nn.BatchNorm
-    return cls(use_running_average=not train, momentum=0.9, epsilon=1e-5, name=name)
+    return cls(
+      use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=self.compute_dtype,
+      name=name,
+    )
 
 
 DEFAULT_CONVENTIONS = Conventions()

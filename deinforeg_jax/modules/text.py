@@ -11,7 +11,8 @@ a *text state* dict that the next block reads::
   {"h": [B, T, D] sequence, "mask": bool [B, T], "pooled": [B, D'] local-loss input}
 
 and the LSTM adds ``"carry": (c, h)``, each ``[2, B, H]`` (forward, backward).
-``pooled`` is what the block's projector (identity for text) and classifier see:
+``pooled`` is what the block's projector (identity for text) and classifier see.  Under
+``conventions.dtype="bfloat16"`` ``h`` is bf16 and ``pooled`` float32 (a float32 mean):
 
 * embedding: the masked mean over real tokens (``pool="masked"``, the default) or
   the reference's plain mean over all ``T`` positions, padding included
@@ -29,6 +30,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from deinforeg_jax import precision
 from deinforeg_jax.modules.layers import DEFAULT_CONVENTIONS, Conventions
 from deinforeg_jax.config_error import ConfigError
 
@@ -44,8 +46,9 @@ TextState = dict[str, jax.Array]
 def masked_mean(h: jax.Array, mask: jax.Array) -> jax.Array:
   """``Σ_t mask_t h_t / max(Σ_t mask_t, 1)``: ``[B, T, D]``, ``[B, T]`` -> ``[B, D]``.
 
-  An all-padding row pools to zeros.
+  An all-padding row pools to zeros.  Summed in float32 whatever ``h``'s dtype.
   """
+  h = precision.at_least_float32(h)
   weights = mask.astype(h.dtype)[..., None]
   count = jnp.maximum(jnp.sum(weights, axis=1), 1.0)
   return jnp.sum(h * weights, axis=1) / count
@@ -63,13 +66,15 @@ class Embedding(nn.Module):
   with ``h = E[tokens]`` ``[B, T, emb_dim]``.  The table is the parameter
   ``embedding`` ``[vocab_size, emb_dim]``, initialised ``N(0, 1)`` (as
   ``torch.nn.Embedding``) and usually replaced by GloVe vectors after init
-  (``data.glove``).  ``freeze`` stops its gradient, so no loss trains it.
+  (``data.glove``).  ``freeze`` stops its gradient, so no loss trains it.  ``h`` is
+  cast to the compute dtype; ``pooled`` is pooled from the float32 rows.
   """
 
   vocab_size: int
   emb_dim: int
   pool: str = "masked"
   freeze: bool = False
+  conventions: Conventions = DEFAULT_CONVENTIONS
 
   @nn.compact
   def __call__(self, tokens: jax.Array, train: bool) -> TextState:
@@ -87,7 +92,7 @@ class Embedding(nn.Module):
       table = jax.lax.stop_gradient(table)
     h = jnp.take(table, tokens, axis=0)
     u = masked_mean(h, mask) if self.pool == "masked" else jnp.mean(h, axis=1)
-    return {"h": h, "mask": mask, "pooled": u}
+    return {"h": self.conventions.cast(h), "mask": mask, "pooled": u}
 
 
 def reverse_within_length(x: jax.Array, lengths: jax.Array) -> jax.Array:
@@ -116,7 +121,9 @@ class BiLSTM(nn.Module):
   update moves the sum twice as far as one bias would.  The input projection of
   every step is one matmul before the scan, and both directions run in one
   ``lax.scan`` over time with stacked ``[2, ...]`` weights.  ``biases=1`` keeps one
-  gate bias (``bias``), as runs saved before 2026-12-07 have.
+  gate bias (``bias``), as runs saved before 2026-12-07 have.  Both matmuls take the
+  compute dtype and ``conventions``' precision and sum in float32; the gates and the cell
+  state are float32, the output sequence ``h`` is in the compute dtype.
 
   ``padding``:
     * ``"masked"`` (default): each direction reads only the row's real tokens
@@ -131,6 +138,7 @@ class BiLSTM(nn.Module):
   hidden: int
   padding: str = "masked"
   biases: int = 2
+  conventions: Conventions = DEFAULT_CONVENTIONS
 
   @nn.compact
   def __call__(self, x: TextState, train: bool) -> TextState:
@@ -154,32 +162,41 @@ class BiLSTM(nn.Module):
       lengths = jnp.sum(mask, axis=1).astype(jnp.int32)
     else:
       lengths = jnp.full((batch,), steps, jnp.int32)
+    c = self.conventions
+    state_dtype = jnp.promote_types(inputs.dtype, jnp.float32)  # gates and (c, h): >= float32
+    matmul = functools.partial(  # bf16 products summed into float32
+      jnp.einsum,
+      precision=c.lax_precision,
+      preferred_element_type=None if c.compute_dtype is None else state_dtype,
+    )
     valid = jnp.arange(steps)[None, :] < lengths[:, None]  # [B, T]
     both = jnp.stack([inputs, reverse_within_length(inputs, lengths)])  # [2, B, T, D]
-    gates_in = jnp.einsum("nbtd,ndg->tnbg", both, w_input)
+    gates_in = matmul("nbtd,ndg->tnbg", c.cast(both), c.cast(w_input))
     gates_in = gates_in + bias[None, :, None, :]
+    w_recurrent = c.cast(w_recurrent)
 
     def step(carry, xs):
-      c, h = carry  # [2, B, H]
+      cell, h = carry  # [2, B, H]
       gates, keep = xs  # [2, B, 4H], [B]
-      gates = gates + jnp.einsum("nbh,nhg->nbg", h, w_recurrent)
+      gates = gates + matmul("nbh,nhg->nbg", c.cast(h), w_recurrent)
       i, f, g, o = jnp.split(gates, 4, axis=-1)
-      c_new = nn.sigmoid(f) * c + nn.sigmoid(i) * jnp.tanh(g)
+      c_new = nn.sigmoid(f) * cell + nn.sigmoid(i) * jnp.tanh(g)
       h_new = nn.sigmoid(o) * jnp.tanh(c_new)
       keep = keep[None, :, None]
       out = jnp.where(keep, h_new, 0.0)
-      return (jnp.where(keep, c_new, c), jnp.where(keep, h_new, h)), out
+      return (jnp.where(keep, c_new, cell), jnp.where(keep, h_new, h)), out
 
-    zeros = jnp.zeros((2, batch, size), inputs.dtype)
-    initial = x.get("initial", (zeros, zeros))
-    (c, h), outputs = jax.lax.scan(step, initial, (gates_in, valid.T))
+    zeros = jnp.zeros((2, batch, size), state_dtype)
+    initial = jax.tree.map(lambda a: a.astype(state_dtype), x.get("initial", (zeros, zeros)))
+    (cell, h), outputs = jax.lax.scan(step, initial, (gates_in, valid.T))
+    outputs = c.cast(outputs)
     forward = jnp.transpose(outputs[:, 0], (1, 0, 2))  # [B, T, H]
     backward = reverse_within_length(jnp.transpose(outputs[:, 1], (1, 0, 2)), lengths)
     return {
       "h": jnp.concatenate([forward, backward], axis=-1),
       "mask": mask,
       "pooled": (h[0] + h[1]) / 2.0,
-      "carry": (c, h),
+      "carry": (cell, h),
     }
 
 
@@ -199,6 +216,7 @@ class LayerNorm(nn.Module):
   ``std`` is the *unbiased* standard deviation and ``eps`` (1e-6) is added to it, not to the
   variance (``nlp/model/transformer/layer_norm.py`` of the reference code); parameters
   ``scale`` (``a``, ones) and ``bias`` (``b``, zeros), named as ``flax.linen.LayerNorm``'s.
+  Computed in float32; the result has ``x``'s dtype.
   """
 
   epsilon: float = 1e-6
@@ -208,9 +226,10 @@ class LayerNorm(nn.Module):
     features = x.shape[-1]
     scale = self.param("scale", nn.initializers.ones_init(), (features,), jnp.float32)
     bias = self.param("bias", nn.initializers.zeros_init(), (features,), jnp.float32)
-    mean = jnp.mean(x, axis=-1, keepdims=True)
-    std = jnp.std(x, axis=-1, keepdims=True, ddof=1)
-    return scale * (x - mean) / (std + self.epsilon) + bias
+    y = precision.at_least_float32(x)
+    mean = jnp.mean(y, axis=-1, keepdims=True)
+    std = jnp.std(y, axis=-1, keepdims=True, ddof=1)
+    return (scale * (y - mean) / (std + self.epsilon) + bias).astype(x.dtype)
 
 
 class TransformerEncoder(nn.Module):
@@ -226,6 +245,8 @@ class TransformerEncoder(nn.Module):
   saved before 2026-12-07 have; the parameters are the same either way.  Biases are
   0, or with ``conventions.init="torch"`` ``U(+-1/sqrt(fan_in))`` as the
   reference's ``nn.Linear`` layers (their weights are Xavier-uniform either way).
+  Attention and Dense layers compute in the conventions' dtype and precision (the softmax in
+  float32); LayerNorm statistics are float32.
   """
 
   heads: int
@@ -246,25 +267,32 @@ class TransformerEncoder(nn.Module):
       )
     if self.positional:
       h = h + sinusoidal_positions(h.shape[1], d_model)[None].astype(h.dtype)
+    c = self.conventions
     xavier = nn.initializers.xavier_uniform()
-    bias = self.conventions.bias_init
+    dense = functools.partial(
+      nn.Dense, kernel_init=xavier, dtype=c.compute_dtype, precision=c.lax_precision
+    )
     drop = lambda y: nn.Dropout(self.dropout)(y, deterministic=not train)
     if self.layer_norm == "unbiased_std":
       norm = LayerNorm
     else:  # parameters named as LayerNorm's: LayerNorm_0/scale, ...
-      norm = functools.partial(nn.LayerNorm, epsilon=1e-6)
+      norm = functools.partial(nn.LayerNorm, epsilon=1e-6, dtype=c.compute_dtype)
+    h = c.cast(h)
     y = norm()(h)
     y = nn.MultiHeadDotProductAttention(
       num_heads=self.heads,
+      dtype=c.compute_dtype,
+      precision=c.lax_precision,
       kernel_init=xavier,
-      bias_init=bias(d_model),
+      bias_init=c.bias_init(d_model),
       dropout_rate=self.dropout,
       deterministic=not train,
+      force_fp32_for_softmax=c.compute_dtype is not None,
     )(y, y, mask=mask[:, None, None, :])
     h = h + drop(y)
     y = norm()(h)
-    y = nn.Dense(d_model, kernel_init=xavier, bias_init=bias(self.ff_dim))(
-      drop(nn.relu(nn.Dense(self.ff_dim, kernel_init=xavier, bias_init=bias(d_model))(y)))
+    y = dense(d_model, bias_init=c.bias_init(self.ff_dim))(
+      drop(nn.relu(dense(self.ff_dim, bias_init=c.bias_init(d_model))(y)))
     )
     h = norm()(h + drop(y))
     return {"h": h, "mask": mask, "pooled": masked_mean(h, mask)}
@@ -279,4 +307,4 @@ class TextHead(nn.Module):
   @nn.compact
   def __call__(self, x: TextState, train: bool) -> jax.Array:
     del train
-    return self.conventions.dense(jnp.tanh(x["pooled"]), self.num_classes)
+    return self.conventions.logits(jnp.tanh(x["pooled"]), self.num_classes)

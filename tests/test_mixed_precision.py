@@ -1,0 +1,213 @@
+"""bfloat16 mixed precision (``config.model.dtype``) and ``config.model.matmul_precision``.
+
+Most checks trace the real train step (``jax.make_jaxpr``: nothing is compiled): the layers
+compute in bf16 while parameters, gradients, optimizer state, BatchNorm statistics and every
+loss stay float32.  A few short runs cover the launcher, resuming and the parallel modes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import types
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from deinforeg_jax import checkpoint, configuration, pipeline, precision, steps, train, trained
+from deinforeg_jax.config_error import ConfigError
+from deinforeg_jax.run import build_run
+from deinforeg_jax.trained import export
+from helpers import (
+  DIGITS_SHAPE, NUM_CLASSES, TEXT_CLASSES, TEXT_MAX_LEN, run_launcher, saved_state, short_config,
+  tiny_config, tiny_text_config,
+)
+
+F32, BF16 = jnp.dtype(jnp.float32), jnp.dtype(jnp.bfloat16)
+CASES = [  # every rule and architecture
+  ("vgg", "deinforeg"), ("vgg", "bp"), ("vgg", "scpl"), ("vgg", "al"), ("resnet18", "deinforeg"),
+  ("resnet18", "bp"), ("lstm", "deinforeg"), ("lstm", "scpl"), ("transformer", "deinforeg"),
+  ("transformer", "al"),
+]
+
+
+def _config_and_info(arch: str, rule: str, **model):
+  if arch in ("lstm", "transformer"):
+    config = tiny_text_config(arch, rule, **model)
+    shape, classes, kind = (TEXT_MAX_LEN,), TEXT_CLASSES, "text"
+  else:
+    config = tiny_config(arch, rule, **model)
+    shape, classes, kind = (16, 16, 3) if arch == "resnet18" else DIGITS_SHAPE, NUM_CLASSES, "image"
+  config.data.batch_size = 8
+  info = types.SimpleNamespace(input_shape=shape, num_classes=classes, num_train=64, kind=kind)
+  return config, info
+
+
+def _inputs(info) -> jax.ShapeDtypeStruct:
+  dtype = jnp.int32 if info.kind == "text" else jnp.float32
+  return jax.ShapeDtypeStruct((8, *info.input_shape), dtype)
+
+
+def _equations(jaxpr):
+  """Every equation of ``jaxpr`` and of the jaxprs nested in it (scan, pjit, custom_vjp ...)."""
+  for eqn in jaxpr.eqns:
+    yield eqn
+    for value in eqn.params.values():
+      for sub in value if isinstance(value, (tuple, list)) else (value,):
+        sub = getattr(sub, "jaxpr", sub)
+        if isinstance(sub, jax.extend.core.Jaxpr):
+          yield from _equations(sub)
+
+
+def _products(jaxpr) -> list:
+  """The matmuls and convolutions of ``jaxpr`` (nested ones too)."""
+  names = ("dot_general", "conv_general_dilated")
+  return [e for e in _equations(jaxpr) if e.primitive.name in names]
+
+
+def _float_dtypes(tree) -> set:
+  leaves = jax.tree.leaves(tree)
+  return {jnp.dtype(x.dtype) for x in leaves if jnp.issubdtype(x.dtype, jnp.inexact)}
+
+
+@pytest.mark.parametrize("arch,rule", CASES, ids=lambda v: v)
+def test_bf16_layers_keep_state_gradients_and_losses_float32(arch, rule):
+  config, info = _config_and_info(arch, rule, dtype="bfloat16")
+  run = build_run(config, info)
+  seen = {}
+
+  def objective(outputs, labels, num_classes, loss_cfg):
+    seen["outputs"] = {k: _float_dtypes(v) for k, v in outputs.items()}
+    total, metrics = run.objective(outputs, labels, num_classes, loss_cfg)
+    seen["losses"] = _float_dtypes((total, metrics))
+    return total, metrics
+
+  def update(grads, state, params=None):
+    seen["grads"] = _float_dtypes(grads)
+    return run.tx.update(grads, state, params)
+
+  tx = optax.GradientTransformation(run.tx.init, update)
+  step = steps.make_train_step(run.model, objective, tx, info.num_classes, config.loss)
+  state = run.abstract_state()
+  labels = jax.ShapeDtypeStruct((8,), jnp.int32)
+  closed, (new_state, _, _) = jax.make_jaxpr(step, return_shape=True)(state, _inputs(info), labels)
+
+  assert _float_dtypes(state) == _float_dtypes(new_state) == {F32}  # params, opt state, BN
+  assert seen["grads"] == {F32} and seen["losses"] == {F32}
+  assert seen["outputs"]["logits"] == {F32}
+  for name in ("z", "contrastive", "al_bridge"):  # vision heads' outputs (text: identity heads)
+    if name in seen["outputs"] and info.kind == "image":
+      assert seen["outputs"][name] == {BF16}, name
+  products = _products(closed.jaxpr)
+  assert any(e.invars[0].aval.dtype == BF16 for e in products)  # the layers compute in bf16
+  loss_products = [e for e in products if "HIGHEST" in str(e.params.get("precision"))]
+  assert all(v.aval.dtype == F32 for e in loss_products for v in e.invars)
+  assert bool(loss_products) == (rule in ("deinforeg", "scpl"))  # similarity, covariance, SupCon
+
+  # Every encoder's output (the next block's input) is bf16; so is a pipeline stage's carry.
+  variables = {"params": state.params, "batch_stats": state.batch_stats}
+  _, captured = jax.eval_shape(
+    lambda v, x: run.model.apply(
+      v, x, train=False, mutable=["intermediates"],
+      capture_intermediates=lambda module, method: module.name == "encoder",
+    ),
+    variables, _inputs(info),
+  )
+  block_outputs = [
+    leaf for path, leaf in jax.tree_util.tree_flatten_with_path(captured)[0]
+    if info.kind == "image" or "'h'" in jax.tree_util.keystr(path)
+  ]
+  assert len(block_outputs) >= 2 and {jnp.dtype(h.dtype) for h in block_outputs} == {BF16}
+  if rule == "deinforeg":
+    stage = pipeline.stage_model(run.model, 0, 1)
+    outputs = jax.eval_shape(lambda v, x: stage.apply(v, x, train=False), variables, _inputs(info))
+    assert jax.tree.leaves(outputs["carry"])[0].dtype == BF16
+
+
+def test_matmul_precision_reaches_every_layer_and_is_described():
+  config, info = _config_and_info("vgg", "deinforeg", matmul_precision="highest")
+  run = build_run(config, info)
+  state = run.abstract_state()
+  closed = jax.make_jaxpr(lambda s, x: run.model.apply(
+    {"params": s.params, "batch_stats": s.batch_stats}, x, train=False
+  ))(state, _inputs(info))
+  products = _products(closed.jaxpr)
+  assert len(products) >= 8  # 4 conv stages + projectors + classifiers
+  assert all("HIGHEST" in str(e.params["precision"]) for e in products)
+
+  cpu = precision.describe("float32", "default")
+  assert cpu == {
+    "dtype": "float32", "matmul_precision": "default", "platform": "cpu",
+    "device_kind": jax.devices()[0].device_kind, "layer_matmuls": "float32",
+  }
+  tpu = types.SimpleNamespace(platform="tpu", device_kind="TPU v5 lite")
+  assert precision.describe("float32", "high", tpu)["layer_matmuls"].startswith("3 bfloat16")
+  gpu = lambda kind, capability: types.SimpleNamespace(
+    platform="gpu", device_kind=kind, compute_capability=capability
+  )
+  old_gpu, h100 = gpu("Tesla V100", "7.0"), gpu("NVIDIA H100", "9.0")
+  assert precision.describe("float32", "default", old_gpu)["layer_matmuls"] == "float32"
+  assert precision.describe("float32", "default", h100)["layer_matmuls"].startswith("TF32")
+  bf16 = precision.describe("bfloat16", "highest", h100)
+  assert bf16["layer_matmuls"] == precision.BFLOAT16_MATMULS
+
+
+def test_float16_is_refused_in_one_line():
+  config = tiny_config(dtype="float16")
+  with pytest.raises(ConfigError) as error:
+    configuration.validate_config(config)
+  message = str(error.value)
+  assert message.startswith("config.model.dtype='float16' must be 'float32' or 'bfloat16'")
+  assert "loss scaling" in message and "\n" not in message
+
+
+def test_a_float32_checkpoint_resumes_under_bf16_only_when_allowed_and_pipelined(tmp_path):
+  """A float32 run's checkpoint; bf16 refused on resume; allowed, it continues as a pipeline
+  (the next stage reads the previous one's bf16 output) and saves float32 state."""
+  workdir = str(tmp_path / "run")
+  train.train_and_evaluate(short_config(2), workdir)
+  refused = r"config\.model\.dtype: saved 'float32', now 'bfloat16'"
+  with pytest.raises(checkpoint.CheckpointMismatchError, match=refused):
+    train.train_and_evaluate(short_config(3, model__dtype="bfloat16"), workdir)
+  allowed = short_config(
+    3, model__dtype="bfloat16", checkpoint__allow_changed="model.dtype",
+    parallel__mode="pipeline", parallel__num_stages=2,
+  )
+  results = train.train_and_evaluate(allowed, workdir)
+  assert results["steps"] == 3 and results["precision"]["dtype"] == "bfloat16"
+  assert len(results["pipeline"]["stage_blocks"]) == 2
+  state, step = saved_state(workdir)
+  assert step == 3 and _float_dtypes(state) == {F32}
+
+
+def test_default_digits_job_trains_in_bf16_through_the_launcher_and_loads(tmp_path):
+  """The default job, narrowed, in bf16 with the state sharded over 2 devices; then loaded,
+  asked for adaptive predictions and exported: float32 logits throughout."""
+  workdir = str(tmp_path / "run")
+  done = run_launcher(
+    "launch.train", f"--workdir={workdir}", "--config.model.width=0.25",
+    "--config.model.projector=32-32", "--config.model.dtype=bfloat16",
+    "--config.model.matmul_precision=high", "--config.train.max_steps=2",
+    "--config.parallel.shard_state=True", num_devices=2,
+  )
+  assert done.returncode == 0, done.stderr[-2000:]
+  with open(os.path.join(workdir, "results.json")) as f:
+    results = json.load(f)
+  assert results["precision"] == {
+    "dtype": "bfloat16", "matmul_precision": "high", "platform": "cpu",
+    "device_kind": jax.devices()[0].device_kind, "layer_matmuls": precision.BFLOAT16_MATMULS,
+  }
+  assert len(results["adaptive_inference"]["exit_fractions"]) == 4
+
+  model = trained.load(workdir)
+  assert model.config.model.dtype == "bfloat16" and _float_dtypes(model.variables) == {F32}
+  images = np.random.default_rng(0).uniform(0, 1, (5, *DIGITS_SHAPE)).astype(np.float32)
+  logits = model.logits(images)
+  assert logits.dtype == np.float32 and logits.shape == (4, 5, NUM_CLASSES)
+  assert model.predict(images, exit="adaptive").probabilities.dtype == np.float32
+  out, _ = export.export(model, str(tmp_path / "model.jaxexport"), platforms=("cpu",))
+  with open(out, "rb") as f:
+    assert jax.export.deserialize(f.read()).out_avals[0].dtype == F32
