@@ -45,7 +45,8 @@ _RAY_ADDRESS = flags.DEFINE_string(
   "instance sized to this machine.",
 )
 _RAY_MAX_RETRIES = flags.DEFINE_integer(
-  "ray_max_retries", 3, "--executor=ray: restarts of a cell whose worker or node died.", lower_bound=0
+  "ray_max_retries", 3, "--executor=ray: restarts of a cell whose worker or node died.",
+  lower_bound=0,
 )
 
 

@@ -202,7 +202,9 @@ def test_a_failed_cell_is_reported_and_the_others_are_tabulated(tmp_path, fake_t
   )
   table = (tmp_path / "table.md").read_text()
   assert "| 0% | 89.0 (n=1) |" in table
-  assert table.endswith("1 cell(s) failed:\n- digits__deinforeg__noise0__seed0: config.optim.name: bad\n")
+  assert table.endswith(
+    "1 cell(s) failed:\n- digits__deinforeg__noise0__seed0: config.optim.name: bad\n"
+  )
   assert os.listdir(tmp_path / "cells") == ["digits__deinforeg__noise0__seed1.json"]
 
 

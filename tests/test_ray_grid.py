@@ -161,13 +161,13 @@ def test_a_worker_killed_mid_cell_is_retried_and_its_cell_resumes(
     target=_kill_the_worker_after_its_first_checkpoint, args=(workdir, killed)
   )
   killer.start()
-  summaries = runner.run_grid(grid(), str(tmp_path), executor=RayExecutor(ray_address))
+  summaries = runner.run_grid(grid(seeds=(0,)), str(tmp_path), executor=RayExecutor(ray_address))
   killer.join()
   assert killed, "the cell ended before its worker could be killed"
   out = capsys.readouterr().out
   assert "[retry]   digits__bp__noise0__seed0: the worker was lost (" in out
   assert "attempt 2 of 4 resumes from its checkpoint" in out
-  assert reproducible(summaries) == local_summaries
+  assert reproducible(summaries) == {name: local_summaries[name] for name in CELLS[:2]}
 
 
 def test_a_cell_with_an_invalid_override_fails_alone_with_its_reason(

@@ -70,9 +70,10 @@ def cells_per_node(node_resources: Mapping[str, float], cell: Mapping[str, float
 
 
 def _cell_task(train_cell, run: CellRun, compilation_cache_dir: str | None) -> Iterator[Any]:
-  """A Ray generator task: first where it runs, then the cell's summary."""
+  """A Ray generator task: first where it runs, then the cell's summary.  JAX's persistent
+  cache is ``compilation_cache_dir`` unless the node sets ``JAX_COMPILATION_CACHE_DIR``."""
   yield {"node": socket.gethostname(), "pid": os.getpid()}
-  if compilation_cache_dir:
+  if compilation_cache_dir and not os.environ.get("JAX_COMPILATION_CACHE_DIR"):
     import jax  # pylint: disable=import-outside-toplevel
 
     jax.config.update("jax_compilation_cache_dir", compilation_cache_dir)
