@@ -19,7 +19,11 @@ mean ± std over seeds), and (with ``base.train.log_grad_norms``) gradient norm 
 summary carries its per-epoch curves, so ``report_only`` rebuilds table and plots from
 committed summaries alone (no workdirs needed), and a grid can be extended later.
 
-Modules: ``grid`` (cells, their names, workdirs and configs), ``executors`` (where cells train),
-``runner`` (``run_grid``: resume, budget, stop), ``report`` (summaries, table, plots),
-``welch`` (win / tie / loss).
+For ``--executor=ray``: ``cell_resources`` (one cell's Ray resources, ``"GPU=1"``); for the
+``--dry_run`` cost: ``sustained_tflops`` (the TFLOP/s assumed per device).
+
+Modules: ``grid`` (cells, their names, workdirs and configs), ``executors`` (the interface and
+the local executor), ``ray_executor`` (cells as Ray tasks on a cluster), ``runner``
+(``run_grid``: resume, budget, stop, failed cells), ``report`` (summaries, table, plots),
+``welch`` (win / tie / loss), ``cost`` (device-hours of the unfinished cells).
 """

@@ -135,7 +135,7 @@ class RayExecutor:
     self.stop_requested = stop_requested
     self.compilation_cache_dir = compilation_cache_dir
     self._ray = None
-    self._started_ray = False
+    self._connected_here = False  # then ray.shutdown at the end (a cluster stays up)
 
   # ---------------------------------------------------------------- the cluster
 
@@ -148,14 +148,14 @@ class RayExecutor:
       for sig, handler in handlers.items():
         if handler is not None:
           signal.signal(sig, handler)
-      self._started_ray = True
+      self._connected_here = True
     self._ray = ray
     return ray
 
   def _disconnect(self) -> None:
-    if self._started_ray:
+    if self._connected_here:
       self._ray.shutdown()
-      self._started_ray = False
+      self._connected_here = False
 
   def _nodes(self) -> list[dict]:
     return [node for node in self._ray.nodes() if node.get("Alive")]
