@@ -17,9 +17,12 @@ crash of every user's run), with this session's compilation cache.
   the session, removed at its end, unless ``JAX_COMPILATION_CACHE_DIR`` is already set (then
   that directory is used and kept, e.g. for faster reruns).  Runs of the same config in the
   session (a determinism pair, a killed and a resumed run, a checkpoint reused by several
-  tests) compile once.  Only programs that took ``CACHE_MIN_COMPILE_S`` or longer to compile
-  are written: serialising and compressing the ~2,000 small ones (eager ops, tiny test
-  programs) cost ~10 % of their compile time and they are rarely compiled twice (four test
+  tests) compile once.  It is also every run's default ``config.train.compile_cache``
+  (``launch/configs/default.py`` reads the variable), in this process and in those tests
+  launch, so the suite never writes to the users' ``~/.cache/deinforeg_jax``; the threshold
+  below holds there too (``compile_cache.use`` keeps what JAX's variables set).  Only programs
+  that took ``CACHE_MIN_COMPILE_S`` or longer to compile are written: serialising and
+  compressing the ~2,000 small ones (eager ops, tiny test programs) cost ~10 % of their compile time and they are rarely compiled twice (four test
   files: 839 writes, 2.1 CPU-s, against 15 writes, 0.7 CPU-s, at 0.1 s).
 * ``JAX_DISABLE_MOST_OPTIMIZATIONS=1``: XLA skips most of its optimisation passes, so
   programs compile several times faster (random initialisers ~7x, train steps
