@@ -22,8 +22,9 @@ crash of every user's run), with this session's compilation cache.
   launch, so the suite never writes to the users' ``~/.cache/deinforeg_jax``; the threshold
   below holds there too (``compile_cache.use`` keeps what JAX's variables set).  Only programs
   that took ``CACHE_MIN_COMPILE_S`` or longer to compile are written: serialising and
-  compressing the ~2,000 small ones (eager ops, tiny test programs) cost ~10 % of their compile time and they are rarely compiled twice (four test
-  files: 839 writes, 2.1 CPU-s, against 15 writes, 0.7 CPU-s, at 0.1 s).
+  compressing the ~2,000 small ones (eager ops, tiny test programs) cost ~10 % of their
+  compile time and they are rarely compiled twice (four test files: 839 writes, 2.1 CPU-s,
+  against 15 writes, 0.7 CPU-s, at 0.1 s).
 * ``JAX_DISABLE_MOST_OPTIMIZATIONS=1``: XLA skips most of its optimisation passes, so
   programs compile several times faster (random initialisers ~7x, train steps
   ~2x) and run slower (a tiny model's step ~2x, the default width's ~8x).  That
