@@ -2,8 +2,8 @@
 
 ``results.json`` holds ``throughput`` (samples/s, XLA's FLOPs per step, TFLOP/s per device,
 MFU against a known or given peak), ``time_to_first_step_s`` and the cache's counts, while
-``metrics.jsonl`` stays free of timings; a fresh process reads the programs an earlier one
-wrote to ``config.train.compile_cache``; ``config.train.profile_steps`` writes an XProf trace.
+``metrics.jsonl`` stays free of timings; ``config.train.profile_steps`` writes an XProf trace;
+a fresh process reads the programs an earlier one wrote to ``config.train.compile_cache``.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import os
 import types
 
 import pytest
-from helpers import TINY_RUNS, TINY_TRAIN_FLAGS, run_launcher, short_config
+from helpers import TINY_RUNS, TINY_TRAIN_FLAGS, run_launchers, short_config
 
 from deinforeg_jax import profiling, throughput
 from deinforeg_jax.config_error import ConfigError
@@ -26,14 +26,18 @@ def _metrics_lines(workdir) -> list[str]:
 
 
 @TINY_RUNS
-def test_results_hold_throughput_and_mfu_and_metrics_jsonl_no_timings(tmp_path):
-  unknown = train_and_evaluate(short_config(4), str(tmp_path / "cpu"))
+def test_results_hold_throughput_and_mfu_and_metrics_jsonl_no_timings_and_a_profile(tmp_path):
+  unknown = train_and_evaluate(
+    short_config(4, train__profile_steps="2:3"), str(tmp_path / "cpu")
+  )
   rates = unknown["throughput"]
   assert rates["flops_per_step"] > 0 and rates["samples_per_s"] > 0
   assert rates["tflops_per_s_per_device"] > 0
   assert rates["mfu"] is None  # no peak known for the CPU
   assert unknown["time_to_first_step_s"] > 0
   assert unknown["compile_cache"]["dir"] == os.environ["JAX_COMPILATION_CACHE_DIR"]  # the suite's
+  traces = [f for _, _, files in os.walk(tmp_path / "cpu" / "profile") for f in files]
+  assert any(name.endswith(".xplane.pb") for name in traces), traces
 
   given = train_and_evaluate(
     short_config(4, train__peak_tflops=2e-4), str(tmp_path / "given")
@@ -77,24 +81,23 @@ def test_a_bad_profile_steps_is_one_config_error(spec):
   assert str(error.value) == f"config.train.profile_steps={spec!r} {profiling.SYNTAX}."
 
 
-def test_cache_filled_by_one_process_is_read_by_the_next_and_profile_written(tmp_path):
-  """Two fresh processes (``launch.train``) of one tiny run on an empty cache folder: the
-  first compiles and writes its programs and traces steps 3-5; the second reads them all."""
-  cache = tmp_path / "cache"
-  flags = [*TINY_TRAIN_FLAGS, "--config.train.max_steps=5", f"--config.train.compile_cache={cache}"]
-  first = run_launcher(
-    "launch.train", f"--workdir={tmp_path / 'cold'}", *flags, "--config.train.profile_steps=3:5"
-  )
-  assert first.returncode == 0, first.stderr[-3000:]
-  entries = sorted(os.listdir(cache))
-  assert entries and "profile of train steps 3-5 in" in first.stdout
-  traces = [f for _, _, files in os.walk(tmp_path / "cold" / "profile") for f in files]
-  assert any(name.endswith(".xplane.pb") for name in traces), traces
+COLD_WARM = ("cold", "warm")
 
-  second = run_launcher("launch.train", f"--workdir={tmp_path / 'warm'}", *flags)
-  assert second.returncode == 0, second.stderr[-3000:]
-  assert sorted(os.listdir(cache)) == entries  # nothing new to write
-  results = [json.load(open(tmp_path / name / "results.json")) for name in ("cold", "warm")]
+
+def test_cache_filled_by_one_process_is_read_by_the_next(tmp_path):
+  """Two fresh processes (``launch.train``, one after the other) of one tiny run on an empty
+  cache folder: the first compiles and writes its programs, the second reads them all."""
+  cache = tmp_path / "cache"
+  flags = (*TINY_TRAIN_FLAGS, "--config.train.max_steps=2", f"--config.train.compile_cache={cache}")
+  runs = {name: ["launch.train", f"--workdir={tmp_path / name}", *flags] for name in COLD_WARM}
+  launched = run_launchers(runs, tmp_path, parallel=1)
+  assert [launched[name].code for name in runs] == [0, 0], launched["cold"].stderr[-3000:]
+  entries = os.listdir(cache)
+  assert entries and f"{cache}: {len(entries)} programs read" in launched["warm"].stdout
+  results = []
+  for name in runs:
+    with open(tmp_path / name / "results.json") as f:
+      results.append(json.load(f))
   assert results[0]["compile_cache"]["compiled"] >= len(entries)
   assert results[1]["compile_cache"]["read"] == len(entries)
   assert all(r["time_to_first_step_s"] > 0 for r in results)  # present; never compared
