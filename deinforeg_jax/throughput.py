@@ -91,8 +91,7 @@ def peak(config, cost: StepCost) -> Peak:
   given = config.train.peak_tflops
   if given:
     return Peak(float(given), "config.train.peak_tflops")
-  dtype = config.model.get("dtype", "float32")
-  precision = config.model.get("matmul_precision", "default")
+  dtype, precision = config.model.dtype, config.model.matmul_precision
   kind = arithmetic(cost.platform, dtype, precision)
   known = next((peaks for key, peaks in PEAK_TFLOPS.items() if key in cost.device_kind), None)
   if known is None or kind not in known:

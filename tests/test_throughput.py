@@ -54,7 +54,7 @@ def test_peak_table_by_device_dtype_and_precision():
   def peak(kind, platform, dtype="float32", precision="default", given=0.0):
     config = types.SimpleNamespace(
       train=types.SimpleNamespace(peak_tflops=given),
-      model={"dtype": dtype, "matmul_precision": precision},
+      model=types.SimpleNamespace(dtype=dtype, matmul_precision=precision),
     )
     return throughput.peak(config, throughput.StepCost(1.0, 1, platform, kind))
 
