@@ -363,9 +363,10 @@ class RunLog:
     self._facts.update(facts)
 
   def _rates(self, steps: int, seconds: float, flops: float | None) -> dict[str, Any]:
-    """``throughput.rates`` of ``steps`` in ``seconds`` (``flops`` None: the current step's)."""
+    """``throughput.rates`` of ``steps`` in ``seconds`` (``flops`` None: the current step's);
+    without a step cost (nothing compiled in this process) only samples/s."""
     cost = self._step_cost or throughput.StepCost(0.0, 1, "", "")
-    flops = steps * cost.flops if flops is None else flops
+    flops = 0.0 if self._step_cost is None else steps * cost.flops if flops is None else flops
     peak = self._peak.tflops if self._peak else None
     return throughput.rates(steps, seconds, flops, self.config.data.batch_size, cost, peak)
 
