@@ -31,8 +31,8 @@ import tempfile
 TRAJECTORY_FIELDS = (
   "loss_max_rel_diff", "loss_block_max_abs_diff", "params_rel_l2", "bn_stats_rel_l2",
   "eval_logits_max_abs_diff", "f64_loss_max_rel_diff", "f64_params_rel_l2",
-  "f64_eval_logits_max_abs_diff", "noise_loss_max_rel_diff", "noise_params_rel_l2",
-  "noise_eval_logits_max_abs_diff",
+  "f64_eval_logits_max_abs_diff", "noise_loss_max_rel", "noise_params_rel_l2",
+  "noise_eval_logits_max_abs",
 )
 DTYPES = ("float32", "bfloat16")
 
