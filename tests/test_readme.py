@@ -151,7 +151,7 @@ def test_quick_start_is_what_ci_runs():
   train, test = (_commands(f"```bash\n{b}```") for b in blocks[:2])
   assert train[0] == ["python3", "-m", "venv", ".venv"] == test[0]
   assert train[-1][:3] == ["python", "-m", "launch.train"]
-  assert ["pip", "install", "-r", "requirements.txt", "-e", ".[test,tpu]"] in test
+  assert ["pip", "install", "-r", "requirements.txt", "-e", ".[test,tpu,cluster]"] in test
   assert test[-1][:3] == ["python", "-m", "pytest"] and test[-1][-1] == "tests"
   with open(os.path.join(REPO, ".ci", "run")) as f:
     ci = f.read()
