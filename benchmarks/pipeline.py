@@ -4,7 +4,8 @@
   python -m benchmarks.pipeline --devices=4 --spmd
 
 Model: the reference VGG (4 blocks) scaled by ``--width`` with a ``--projector`` head,
-on synthetic ``[batch, 32, 32, 3]`` images, LARS, the default loss.  Every
+on synthetic ``[batch, 32, 32, 3]`` images, LARS, the default loss, computing in ``--dtype``
+(``config.model.dtype``; every method builds from the same ``run.build_run``).  Every
 method trains the same model on the same ``--batches`` batches (one "epoch",
 fill and drain included for the pipeline), ``--repeats`` times round-robin
 after one untimed warm-up epoch each; the median wall time gives samples/s.
@@ -78,6 +79,9 @@ def _parser() -> argparse.ArgumentParser:
   parser.add_argument("--batch_size", type=int, default=64)
   parser.add_argument("--width", type=float, default=0.25, help="reference VGG channel multiplier")
   parser.add_argument("--projector", default="512-512-512")
+  parser.add_argument(
+    "--dtype", default="float32", choices=("float32", "bfloat16"), help="config.model.dtype"
+  )
   parser.add_argument("--batches", type=int, default=12, help="batches per timed epoch (T)")
   parser.add_argument("--repeats", type=int, default=3, help="timed epochs per method")
   parser.add_argument("--balance", default="flops", choices=("flops", "time", "uniform"))
@@ -139,6 +143,7 @@ def make_config(args):
       "num_blocks": 4,
       "width": args.width,
       "projector": args.projector,
+      "dtype": args.dtype,
     }
   )
   config.data.batch_size = args.batch_size
@@ -240,7 +245,8 @@ class SpmdPipeline:
         y = y0 if j == 0 else labels
         new, metrics, h = stage_steps[j](state, x, y)
         new_vec = jnp.pad(ravel_pytree(new)[0], (0, width - self.sizes[j]))
-        h = jnp.ravel(h)[:act] if j + 1 < k else jnp.zeros((act,), jnp.float32)
+        h = jnp.ravel(h)[:act] if j + 1 < k else jnp.zeros((act,))
+        h = h.astype(jnp.float32)  # the activation buffer's dtype, in every branch (bf16 runs)
         return new_vec, jnp.pad(h, (0, act - h.size)), y, metrics["total_loss"]
 
       return run
@@ -359,6 +365,7 @@ def main(argv=None):
     "batch_size": args.batch_size,
     "width": args.width,
     "projector": args.projector,
+    "dtype": args.dtype,
     "batches": args.batches,
   }
 
