@@ -29,7 +29,7 @@ from deinforeg_jax import aot, pipeline, steps
 from deinforeg_jax.pipeline import cost as pipeline_cost
 from deinforeg_jax.run import build_run
 
-from helpers import tiny_config
+from helpers import tiny_config, tiny_text_config
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GLOBAL_BATCH, EVAL_BATCH, CHIPS = 64, 360, 4  # the default digits batches over v5e:2x2
@@ -231,6 +231,20 @@ def test_pipeline_cost_model_arithmetic():
   inputs = [jax.ShapeDtypeStruct((8, 4), jnp.float32),
             jax.ShapeDtypeStruct((8, 16), jnp.bfloat16), jax.ShapeDtypeStruct((8, 3), jnp.float32)]
   assert pipeline_cost.sent_bytes(inputs) == (8 * 16 * 2 + 8 * 4, 0)
+
+
+@needs_libtpu
+def test_bfloat16_keeps_the_state_and_shrinks_the_temporaries():
+  """``config.model.dtype="bfloat16"`` on a tiny BiLSTM stack: the float32 state is passed and
+  donated as before (the same argument and aliased bytes), the train step's temporaries shrink."""
+  train = {}
+  for dtype in ("float32", "bfloat16"):
+    config = tiny_text_config()
+    config.model.dtype = dtype
+    train[dtype] = aot.check_topology(config, "v5e:2x2", num_classes=2).steps[0]
+  fp32, bf16 = train["float32"], train["bfloat16"]
+  assert (bf16.argument_bytes, bf16.alias_bytes) == (fp32.argument_bytes, fp32.alias_bytes)
+  assert bf16.temp_bytes < fp32.temp_bytes
 
 
 @needs_libtpu
