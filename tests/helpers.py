@@ -470,15 +470,17 @@ DRIVER_PRELOAD = (
 )
 
 
-def run_launchers(commands: dict[str, list[str]], out_dir, parallel: int = 2) -> dict:
+def run_launchers(
+  commands: dict[str, list[str]], out_dir, parallel: int = 2, unset: tuple[str, ...] = ()
+) -> dict:
   """``{name: Launched}`` of each command ``[module, *flags]`` run as ``python -m module
-  flags`` (``runpy`` as ``__main__``, in ``launch_env``) by one driver process, which imports
-  ``DRIVER_PRELOAD`` once and forks a child per command, ``parallel`` at a time: 20 launches
-  cost one set of imports (~5 s) instead of 20."""
+  flags`` (``runpy`` as ``__main__``, in ``launch_env`` less the variables ``unset``) by one
+  driver process, which imports ``DRIVER_PRELOAD`` once and forks a child per command,
+  ``parallel`` at a time: 20 launches cost one set of imports (~5 s) instead of 20."""
   spec = os.path.join(out_dir, "commands.json")
   with open(spec, "w") as f:
     json.dump(commands, f)
-  env = launch_env(num_devices=1)
+  env = {k: v for k, v in launch_env(num_devices=1).items() if k not in unset}
   env["PYTHONPATH"] = os.pathsep.join([REPO, os.path.join(REPO, "tests")])
   code = f"import helpers; helpers._drive({spec!r}, {parallel})"
   result = subprocess.run(

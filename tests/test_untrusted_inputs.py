@@ -281,10 +281,14 @@ def _state(step: int):
 
 def _metadata(step: int):
   """Just what ``check_compatible`` compares (the fields added later at their old values)."""
+  config = {"seed": 0}
+  for field, value in checkpoint.fields_added_later(config).items():
+    section, name = field.split(".")
+    config.setdefault(section, {})[name] = value
   return {
     "step": step, "rule": "deinforeg", "num_blocks": 0, "parameter_shapes": {"w": [4]},
     "optimizer": "sgd", "optimizer_state_shapes": {},
-    "config": {"seed": 0, "model": {"init": "flax", "bn_running_var": "biased"}},
+    "config": config,
     "dataset": {"name": "toy", "num_train": 4, "num_test": 4, "input_shape": [4], "num_classes": 2},
   }
 
