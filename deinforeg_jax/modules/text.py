@@ -122,8 +122,9 @@ class BiLSTM(nn.Module):
   every step is one matmul before the scan, and both directions run in one
   ``lax.scan`` over time with stacked ``[2, ...]`` weights.  ``biases=1`` keeps one
   gate bias (``bias``), as runs saved before 2026-12-07 have.  Both matmuls take the
-  compute dtype and ``conventions``' precision and sum in float32; the gates and the cell
-  state are float32, the output sequence ``h`` is in the compute dtype.
+  compute dtype and ``conventions``' precision (their products in the compute dtype, as a
+  Dense layer's); the gates and the cell state are float32, the output sequence ``h`` is in the
+  compute dtype.
 
   ``padding``:
     * ``"masked"`` (default): each direction reads only the row's real tokens
@@ -164,11 +165,11 @@ class BiLSTM(nn.Module):
       lengths = jnp.full((batch,), steps, jnp.int32)
     c = self.conventions
     state_dtype = jnp.promote_types(inputs.dtype, jnp.float32)  # gates and (c, h): >= float32
-    matmul = functools.partial(  # bf16 products summed into float32
-      jnp.einsum,
-      precision=c.lax_precision,
-      preferred_element_type=None if c.compute_dtype is None else state_dtype,
-    )
+    def matmul(spec, a, b):  # in the compute dtype, then float32 for the gates
+      # No bf16 x bf16 -> f32 dot (``preferred_element_type``): XLA:CPU cannot run the one its
+      # gradient needs ("Unsupported element type for DotThunk: BF16 x BF16 = F32").
+      return jnp.einsum(spec, a, b, precision=c.lax_precision).astype(state_dtype)
+
     valid = jnp.arange(steps)[None, :] < lengths[:, None]  # [B, T]
     both = jnp.stack([inputs, reverse_within_length(inputs, lengths)])  # [2, B, T, D]
     gates_in = matmul("nbtd,ndg->tnbg", c.cast(both), c.cast(w_input))
