@@ -34,3 +34,17 @@ def make_grid(base, rules, datasets, noise_rates=(0,), seeds=(0, 1)) -> ml_colle
   # A100's dense bf16 peak; small convolutions at batch 128 rarely run faster).
   grid.sustained_tflops = 50.0
   return grid
+
+
+def paper_grid(make_base, rules, archs, datasets) -> ml_collections.ConfigDict:
+  """The thesis's grid: every ``<rule>_<arch>`` variant of ``make_base(dataset, arch)`` x
+  ``datasets`` x noise 0/20/40/60 % x seeds 0-2, one GPU per cell, DeInfoReg of each backbone
+  compared with the other rules of its column (``paper_vision.py``, ``paper_text.py``)."""
+  labels = [f"{rule}_{arch}" for arch in archs for rule in rules]
+  grid = make_grid(make_base(datasets[0], archs[0]), labels, datasets, (0, 20, 40, 60), (0, 1, 2))
+  for arch in archs:
+    for rule in rules:
+      grid.rule_overrides[f"{rule}_{arch}"] = {"rule": rule, "model": {"arch": arch}}
+  grid.compare_to = ",".join(f"deinforeg_{arch}" for arch in archs)
+  grid.cell_resources = "GPU=1"
+  return grid

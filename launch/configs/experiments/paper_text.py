@@ -16,7 +16,7 @@ Cells are named ``<dataset>__<rule>_<arch>__noise<rate>__seed<seed>``:
 """
 
 from deinforeg_jax.data.tfds_source import TEXT_MAX_LEN
-from launch.configs.experiments import make_grid
+from launch.configs.experiments import paper_grid
 from launch.configs.spec_text import spec_text_config
 
 RULES = ("deinforeg", "bp", "scpl", "al")
@@ -25,15 +25,7 @@ DATASETS = ("imdb_reviews", "ag_news_subset", "dbpedia")
 
 
 def get_config():
-  labels = [f"{rule}_{arch}" for arch in ARCHS for rule in RULES]
-  grid = make_grid(
-    spec_text_config(DATASETS[0], ARCHS[0]), labels, DATASETS, (0, 20, 40, 60), (0, 1, 2)
-  )
+  grid = paper_grid(spec_text_config, RULES, ARCHS, DATASETS)
   for dataset in DATASETS:
     grid.dataset_overrides[dataset] = {"data": {"max_len": TEXT_MAX_LEN[dataset]}}
-  for arch in ARCHS:
-    for rule in RULES:
-      grid.rule_overrides[f"{rule}_{arch}"] = {"rule": rule, "model": {"arch": arch}}
-  grid.compare_to = ",".join(f"deinforeg_{arch}" for arch in ARCHS)
-  grid.cell_resources = "GPU=1"
   return grid

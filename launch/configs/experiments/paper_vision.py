@@ -16,7 +16,7 @@ __seed<seed>``, e.g. ``cifar10__deinforeg_resnet18__noise40__seed2``:
       --executor=ray --ray_address=auto --dry_run
 """
 
-from launch.configs.experiments import make_grid
+from launch.configs.experiments import paper_grid
 from launch.configs.spec_vision import spec_vision_config
 
 RULES = ("deinforeg", "bp", "scpl", "al")
@@ -25,13 +25,4 @@ DATASETS = ("cifar10", "cifar100", "tiny_imagenet")
 
 
 def get_config():
-  labels = [f"{rule}_{arch}" for arch in ARCHS for rule in RULES]
-  grid = make_grid(
-    spec_vision_config(DATASETS[0], ARCHS[0]), labels, DATASETS, (0, 20, 40, 60), (0, 1, 2)
-  )
-  for arch in ARCHS:
-    for rule in RULES:
-      grid.rule_overrides[f"{rule}_{arch}"] = {"rule": rule, "model": {"arch": arch}}
-  grid.compare_to = ",".join(f"deinforeg_{arch}" for arch in ARCHS)
-  grid.cell_resources = "GPU=1"
-  return grid
+  return paper_grid(spec_vision_config, RULES, ARCHS, DATASETS)
