@@ -2,7 +2,7 @@
 SCPL and AL x symmetric label noise 0/20/40/60 % x seeds 0-2, 50 epochs each (288 cells;
 ``--dry_run`` prints their cost in device-hours).
 
-From the paper and its code (``launch/configs/spec_text.py``, /work/shared/SPEC.md §5): the
+From the paper and its code (``launch/configs/spec_text.py``, the project spec, SPEC.md §5): the
 datasets and their ``max_len`` (IMDB 350, AG News 60, DBpedia 350), the embedding block plus 4
 BiLSTM or Transformer blocks, the four rules, 50 epochs, Adam 1e-3 constant, batch 128 (test
 1024), a 30,000-word vocabulary, and its noise (``add_noise``: uniform over all classes,

@@ -2,7 +2,7 @@
 DeInfoReg, BP, SCPL and AL x symmetric label noise 0/20/40/60 % x seeds 0-2, 200 epochs each
 (288 cells; ``--dry_run`` prints their cost in device-hours).
 
-From the paper and its code (``launch/configs/spec_vision.py``, /work/shared/SPEC.md §5): the
+From the paper and its code (``launch/configs/spec_vision.py``, the project spec, SPEC.md §5): the
 datasets (Tiny-ImageNet resized to 32x32, ``launch.prepare_data --resize=32``), the two
 backbones, the four rules, 200 epochs, LARS 0.2 -> 0.002 cosine, batch 128 (test 1024),
 2048-2048-2048 projectors, the reference's augmentation, and its noise (``add_noise_cifar``:
