@@ -125,7 +125,7 @@ from jax.flatten_util import ravel_pytree
 from jax.sharding import AxisType, Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from deinforeg_jax import parallel, pipeline
+from deinforeg_jax import parallel, pipeline, steps
 from deinforeg_jax.pipeline import cost
 from deinforeg_jax.run import build_run
 from launch.configs import default
@@ -208,11 +208,18 @@ class SpmdPipeline:
   sharded over the ``stage`` axis (padded to the largest stage); activations
   into a ``[K, A]`` buffer.  Each tick every device runs ``lax.switch`` on its
   stage index (its own stage's step, only where its batch is valid: fill and
-  drain), then ``ppermute`` sends activations and labels to the next stage.
+  drain), then ``ppermute`` sends activations and labels to the next stage.  The stage steps
+  are built here unjitted (``steps.make_train_step`` of ``pipe.stages``, as ``pipe`` builds
+  them): ``pipe.train_steps`` are top-level programs with their own ``compiler_options``, which
+  ``jax.jit`` refuses inside another program.
   """
 
-  def __init__(self, pipe: pipeline.Pipeline, states, batches):
+  def __init__(self, pipe: pipeline.Pipeline, states, batches, objective, loss_cfg):
     self.pipe, self.batches, k = pipe, batches, pipe.num_stages
+    self.stage_steps = [
+      steps.make_train_step(stage, objective, pipe.tx, pipe.num_classes, loss_cfg)
+      for stage in pipe.stages
+    ]
     self.mesh = Mesh(np.asarray(pipe.devices), ("stage",), axis_types=(AxisType.Auto,))
     host = jax.device_get(states)
     flats = [ravel_pytree(s) for s in host]
@@ -234,8 +241,7 @@ class SpmdPipeline:
     self.tick = jax.jit(self._make_tick(), donate_argnums=(0, 1, 2))
 
   def _make_tick(self):
-    pipe, k, width, act = self.pipe, self.pipe.num_stages, max(self.sizes), self.act
-    stage_steps = pipe.train_steps
+    k, width, act, stage_steps = self.pipe.num_stages, max(self.sizes), self.act, self.stage_steps
 
     def branch(j):
 
@@ -401,7 +407,9 @@ def main(argv=None):
     elif method == "data_parallel":
       runs[method] = OneProgram(run, args.devices, batches)
     elif method == "pipeline_spmd":
-      runs[method] = SpmdPipeline(pipe, pipe.init(jax.random.key(0)), batches)
+      runs[method] = SpmdPipeline(
+        pipe, pipe.init(jax.random.key(0)), batches, objective, config.loss
+      )
     elif method.startswith("pipeline_"):
       mode = method.removeprefix("pipeline_")
       schedule = "synchronous" if mode == "synchronous" else "pipelined"

@@ -1,9 +1,11 @@
-"""``benchmarks.step_time`` on a reference text model: one row per dtype, with MFU."""
+"""``benchmarks.step_time`` on a reference text model: one row per dtype, with MFU;
+``benchmarks.pipeline``'s SPMD prototype against the MPMD pipeline."""
 
 import json
 
 import pytest
 
+from benchmarks import pipeline as pipeline_benchmark
 from benchmarks import step_time
 
 
@@ -37,3 +39,17 @@ def test_step_time_mfu_is_null_without_a_known_peak():
   assert fields["peak_source"].startswith("no peak known for bf16 on cpu device")
   assert (config.data.max_len, config.data.vocab_size, config.model.emb_dim) == (16, 30000, 300)
   assert (config.model.arch, config.model.num_blocks, config.model.dtype) == ("lstm", 4, "bfloat16")
+
+
+def test_pipeline_spmd_prototype_trains_as_the_mpmd_pipeline(capsys):
+  """``--spmd`` nests each stage's train step in one ``shard_map`` program (the pipeline's own
+  jitted steps carry ``compiler_options``, which a nested ``jax.jit`` refuses)."""
+  pipeline_benchmark.main([
+    "--devices=2", "--width=0.0625", "--projector=16", "--batch_size=8", "--batches=1",
+    "--repeats=1", "--balance=uniform", "--methods=pipeline_threads", "--spmd",
+  ])
+  rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+  throughput = [r["method"] for r in rows if r["benchmark"] == "pipeline_throughput"]
+  assert throughput == ["pipeline_threads", "pipeline_spmd"]
+  (check,) = [r for r in rows if r["benchmark"] == "pipeline_spmd_check"]
+  assert check["rel_l2_diff_vs_mpmd"] < 1e-5
