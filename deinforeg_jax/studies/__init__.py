@@ -25,5 +25,5 @@ For ``--executor=ray``: ``cell_resources`` (one cell's Ray resources, ``"GPU=1"`
 Modules: ``grid`` (cells, their names, workdirs and configs), ``executors`` (the interface and
 the local executor), ``ray_executor`` (cells as Ray tasks on a cluster), ``runner``
 (``run_grid``: resume, budget, stop, failed cells), ``report`` (summaries, table, plots),
-``welch`` (win / tie / loss), ``cost`` (device-hours of the unfinished cells).
+``welch`` (win / tie / loss), ``grid_cost`` (device-hours of the unfinished cells).
 """

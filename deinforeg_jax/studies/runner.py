@@ -18,7 +18,7 @@ from collections.abc import Callable
 from typing import Any
 
 from deinforeg_jax import safe_files, user_errors
-from deinforeg_jax.studies import cost, report
+from deinforeg_jax.studies import grid_cost, report
 from deinforeg_jax.studies.executors import CellFailed, Executor, LocalExecutor
 from deinforeg_jax.studies.grid import CellRun, GridError, cell_runs, check_same_config
 from deinforeg_jax.train import train_and_evaluate
@@ -84,7 +84,7 @@ def run_grid(
   ``executor`` (default ``LocalExecutor``); write ``<root>/table.md`` and the plots.
 
   ``dry_run``: list the cells, where ``executor`` would train them and what they would cost
-  (``cost.estimate_lines``), write nothing.  ``report_only``: train nothing, write table and
+  (``grid_cost.estimate_lines``), write nothing.  ``report_only``: train nothing, write table and
   plots from the finished cells' summaries.  ``stop_requested() -> signal name | None`` is asked
   before each cell starts; a name raises ``user_errors.Interrupted`` (exit 75; the cells that
   ran are saved).  Returns the summaries of the finished cells, in run order; cells that
@@ -132,7 +132,7 @@ def run_grid(
         finished[run.name] = outcome
   summaries = [finished[run.name] for run in runs if run.name in finished]
   if dry_run:
-    for line in executor.describe(todo) + cost.estimate_lines(grid, todo, summaries):
+    for line in executor.describe(todo) + grid_cost.estimate_lines(grid, todo, summaries):
       print(line, flush=True)
     return summaries
   table = report.markdown_table(grid, summaries)
