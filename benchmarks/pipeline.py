@@ -59,7 +59,6 @@ import re
 import statistics
 import sys
 import time
-import types
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -127,7 +126,7 @@ from jax.sharding import PartitionSpec as P
 
 from deinforeg_jax import parallel, pipeline, steps
 from deinforeg_jax.pipeline import cost
-from deinforeg_jax.run import build_run
+from deinforeg_jax.run import DatasetShape, build_run
 from launch.configs import default
 
 INPUT_SHAPE = (32, 32, 3)
@@ -356,10 +355,7 @@ def main(argv=None):
   num_stages = args.stages or args.devices
   config = make_config(args)
   config.train.num_epochs = args.repeats + 1  # the schedule: one epoch per repeat (and warm-up)
-  info = types.SimpleNamespace(
-    input_shape=INPUT_SHAPE, num_classes=NUM_CLASSES,
-    num_train=args.batches * args.batch_size, kind="image",
-  )
+  info = DatasetShape(INPUT_SHAPE, NUM_CLASSES, num_train=args.batches * args.batch_size)
   run = build_run(config, info)
   model, objective, tx = run.model, run.objective, run.tx
   batches = synthetic_batches(args.batches, args.batch_size, args.seed)

@@ -27,7 +27,6 @@ import resource
 import statistics
 import sys
 import time
-import types
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -99,7 +98,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from deinforeg_jax import parallel, throughput, train
-from deinforeg_jax.run import build_run
+from deinforeg_jax.run import DatasetShape, build_run
 from deinforeg_jax.configuration import validate_config
 from deinforeg_jax.modules import layers
 from launch.configs import default
@@ -224,9 +223,8 @@ class StepRunner:
   ):
     config = config.copy_and_resolve_references()
     config.train.num_epochs = 1  # the schedule: one epoch of the timed steps
-    info = types.SimpleNamespace(
-      input_shape=input_shape, num_classes=num_classes,
-      num_train=total_steps * config.data.batch_size, kind=config.data.kind,
+    info = DatasetShape(
+      input_shape, num_classes, total_steps * config.data.batch_size, config.data.kind
     )
     run = build_run(config, info)
     state_sharding = parallel.state_shardings(

@@ -60,7 +60,6 @@ import importlib
 import json
 import math
 import sys
-import types
 from typing import Any, Callable
 
 import numpy as np
@@ -228,7 +227,7 @@ def replay(
   # pylint: disable=import-outside-toplevel
   from benchmarks import oracle_data
   from deinforeg_jax import growth, optim, parallel, rules, steps
-  from deinforeg_jax.run import Run
+  from deinforeg_jax.run import DatasetShape, Run
 
   try:
     with np.load(oracle_path) as npz:
@@ -268,9 +267,8 @@ def replay(
   phase = growth.Phase(0, model, frozenset(r.frozen))
   run = Run(
     config=config,
-    info=types.SimpleNamespace(
-      input_shape=tuple(r.x[0].shape[1:]), num_classes=num_classes,
-      num_train=steps_total * len(r.x[0]), kind=config.data.kind,
+    info=DatasetShape(
+      tuple(r.x[0].shape[1:]), num_classes, steps_total * len(r.x[0]), config.data.kind
     ),
     model=model,
     plan=growth.GrowthPlan((phase,)),

@@ -19,9 +19,9 @@ temporary, output, aliased (outputs reusing the donated state) and code bytes, a
 pipeline mode) and judges the fit: the largest step's bytes against ``(1 - headroom)`` of the
 chip's HBM.  In pipeline mode it also holds ``pipeline.cost``'s prediction: each stage's
 train-step FLOPs and the bytes it sends to the next stage, against the chip's peak and one ICI
-link (``throughput.peak``, ``ICI``), give the steady-state speedup over one chip.  ``check_topologies`` is the
-``launch.aot`` command: a report per topology, and one
-``AotError`` naming the config fields to change for those that do not compile or fit.
+link (``throughput.peak``, ``ICI``), give the steady-state speedup over one chip.
+``check_topologies`` is the ``launch.aot`` command: a report per topology, and one ``AotError``
+naming the config fields to change for those that do not compile or fit.
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ from deinforeg_jax.config_error import ConfigError
 from deinforeg_jax.configuration import validate_config
 from deinforeg_jax.data.tfds_source import TEXT_MAX_LEN
 from deinforeg_jax.pipeline.cost import PipelineCost, sent_bytes, stage_inputs
-from deinforeg_jax.run import Run, build_run
+from deinforeg_jax.run import DatasetShape, Run, build_run
 
 GIB = 2**30
 
@@ -122,20 +122,6 @@ CHANGE_FIELDS = (
 
 class AotError(Exception):
   """A run that cannot be compiled or checked; the message says what to change."""
-
-
-@dataclasses.dataclass(frozen=True)
-class RunShapes:
-  """What the steps need to know about the data, without reading it (a ``run.DatasetShape``)."""
-
-  input_shape: tuple[int, ...]
-  num_classes: int
-  num_train: int
-  kind: str  # "image" | "text"
-
-  @property
-  def dtype(self):
-    return jnp.int32 if self.kind == "text" else jnp.float32
 
 
 @dataclasses.dataclass(frozen=True)
@@ -228,7 +214,7 @@ def topology_devices(name: str) -> list[jax.Device]:
 
 def run_shapes(
   config, num_classes: int = 0, input_shape: tuple[int, ...] = ()
-) -> RunShapes:
+) -> DatasetShape:
   """Input shape, classes and training size of ``config``'s dataset from ``DATASETS`` or the
   overrides (``--num_classes``, ``--input_shape``); never reads the data."""
   name = config.data.name
@@ -249,7 +235,7 @@ def run_shapes(
       f"config.data.name={name!r} is not a dataset launch.aot knows ({sorted(DATASETS)}); give "
       f"{what} and --num_classes=N (launch.aot never reads the data)."
     )
-  return RunShapes(shape, classes, num_train, config.data.kind)
+  return DatasetShape(shape, classes, num_train, config.data.kind)
 
 
 # ------------------------------------------------------------------ compiling

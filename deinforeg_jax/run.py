@@ -15,26 +15,39 @@ shapes and dtypes of the one-program ``steps.TrainState`` that checkpoints hold.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Protocol
+from typing import Any
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 import optax
 
 from deinforeg_jax import growth, models, optim, parallel, rules, steps, xla_cpu
 from deinforeg_jax.config_error import ConfigError
-from deinforeg_jax.data.loader import steps_per_epoch
+from deinforeg_jax.data.loader import DatasetInfo, steps_per_epoch
 from deinforeg_jax.modules import layers
 
 
-class DatasetShape(Protocol):
-  """What a run reads of its dataset (``data.DatasetInfo`` has it, and so does a stand-in
-  that describes a dataset without reading it, as the fit check and the loader use)."""
+@dataclasses.dataclass(frozen=True)
+class DatasetShape:
+  """What a run reads of its dataset, for a run that does not read it (the fit check, the
+  trained-model loader, the benchmarks); training passes the full ``data.DatasetInfo``,
+  which has these fields too.
+
+  ``input_shape``: one example, ``(H, W, C)`` pixels or ``(max_len,)`` token ids;
+  ``num_train``: the training split's size (with ``data.batch_size``, the epoch's steps and so
+  the schedule's length); ``kind``: ``"image"`` or ``"text"``.
+  """
 
   input_shape: tuple[int, ...]
   num_classes: int
   num_train: int
-  kind: str
+  kind: str = "image"
+
+  @property
+  def dtype(self):
+    """The inputs' dtype: int32 token ids or float32 pixels."""
+    return jnp.int32 if self.kind == "text" else jnp.float32
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,7 +65,7 @@ class Run:
   """Everything ``config`` builds for ``info``'s dataset (``build_run``)."""
 
   config: Any
-  info: DatasetShape
+  info: DatasetShape | DatasetInfo
   model: nn.Module
   plan: growth.GrowthPlan
   objective: rules.Objective
@@ -115,7 +128,11 @@ class Run:
 
 
 def build_run(
-  config, info: DatasetShape, *, platform: str | None = None, num_old: int | None = None
+  config,
+  info: DatasetShape | DatasetInfo,
+  *,
+  platform: str | None = None,
+  num_old: int | None = None,
 ) -> Run:
   """The ``Run`` of ``config`` (checked first by ``configuration.validate_config``) on ``info``'s
   dataset.

@@ -27,7 +27,7 @@ import pytest
 
 from deinforeg_jax import aot, pipeline, steps
 from deinforeg_jax.pipeline import cost as pipeline_cost
-from deinforeg_jax.run import build_run
+from deinforeg_jax.run import DatasetShape, build_run
 
 from helpers import tiny_config, tiny_text_config
 
@@ -91,7 +91,7 @@ def test_dataset_table_and_overrides():
   config = tiny_config()
   assert aot.run_shapes(config).input_shape == (8, 8, 1)
   config.data.name = "cifar100"
-  assert aot.run_shapes(config) == aot.RunShapes((32, 32, 3), 100, 50000, "image")
+  assert aot.run_shapes(config) == DatasetShape((32, 32, 3), 100, 50000, "image")
   config.data.name = "my_images"
   with pytest.raises(aot.AotError, match="--input_shape"):
     aot.run_shapes(config)

@@ -19,7 +19,6 @@ import os
 import shutil
 import subprocess
 import sys
-import types
 
 import jax
 import numpy as np
@@ -38,7 +37,7 @@ from deinforeg_jax import inference, train, trained
 from deinforeg_jax.trained import evaluation, export, inputs, loading, prediction_csv
 from deinforeg_jax.data import load_digits, load_dataset
 from deinforeg_jax.data.prepare import text as text_prepare
-from deinforeg_jax.run import build_run
+from deinforeg_jax.run import DatasetShape, build_run
 from deinforeg_jax.user_errors import UserError
 
 # One worker trains the module's runs once (conftest groups by fixture name otherwise).
@@ -195,7 +194,7 @@ def test_interrupted_run_best_exit_falls_back_to_metrics_then_the_last_exit(digi
 def test_schedule_run_uses_only_the_blocks_added_by_its_step():
   config = _digits_config(3, schedule="1,2")
   config.train.num_epochs = 3
-  shape = types.SimpleNamespace(input_shape=(8, 8, 1), num_classes=10, num_train=1437, kind="image")
+  shape = DatasetShape(input_shape=(8, 8, 1), num_classes=10, num_train=1437)
   run = build_run(config, shape, num_old=0)
   assert run.steps_per_epoch == 22
   active = loading._active_blocks  # pylint: disable=protected-access

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import types
 from typing import Any
 
 import flax
@@ -19,7 +18,7 @@ import numpy as np
 
 from deinforeg_jax import checkpoint, inference, stack
 from deinforeg_jax.data import text as text_data
-from deinforeg_jax.run import build_run
+from deinforeg_jax.run import DatasetShape, build_run
 from deinforeg_jax.trained.model import TrainedModel
 from deinforeg_jax.trained.preprocessing import Preprocessing
 
@@ -186,7 +185,7 @@ def load(workdir: str) -> TrainedModel:
   variables = flax.core.unfreeze(variables)
   config = saved_config(metadata)
   saved = metadata["dataset"]
-  shape = types.SimpleNamespace(
+  shape = DatasetShape(
     input_shape=tuple(saved["input_shape"]),
     num_classes=saved["num_classes"],
     num_train=saved["num_train"],
