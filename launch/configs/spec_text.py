@@ -19,7 +19,10 @@ per batch), scikit-learn's stop-word list (reference: NLTK's), equally frequent 
 ordered alphabetically in the vocabulary (reference: by first occurrence), one
 ``model.heads`` for every rule (reference: BP ``--heads`` 4, the others 6), and AL's
 Transformer layers mask the padding at evaluation too (the reference's
-``Transformer_AL.inference`` passes the mask to layers 1-3 as ``label``).
+``Transformer_AL.inference`` passes the mask to layers 1-3 as ``label``), and IMDB is
+TFDS's ``imdb_reviews``, 25,000 training and 25,000 test reviews (reference: a random 80/20
+split of Kaggle's 50,000, 40,000 / 10,000; ``launch.prepare_data --jsonl=... --test_fraction=0.2``
+makes such a split, stratified by class).
 Step-for-step replays of the reference's eight text classes: ``tests/oracles``.
 """
 
