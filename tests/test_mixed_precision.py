@@ -19,6 +19,8 @@ import pytest
 
 from deinforeg_jax import checkpoint, configuration, pipeline, precision, steps, train, trained
 from deinforeg_jax.config_error import ConfigError
+from deinforeg_jax.modules.layers import Conventions
+from deinforeg_jax.modules.text import BiLSTM
 from deinforeg_jax.run import build_run
 from deinforeg_jax.trained import export
 from helpers import (
@@ -125,6 +127,42 @@ def test_bf16_layers_keep_state_gradients_and_losses_float32(arch, rule):
     stage = pipeline.stage_model(run.model, 0, 1)
     outputs = jax.eval_shape(lambda v, x: stage.apply(v, x, train=False), variables, _inputs(info))
     assert jax.tree.leaves(outputs["carry"])[0].dtype == BF16
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_bilstm_gates_take_the_compute_dtype_and_its_gradient_keeps_only_the_float32_carry(dtype):
+  """The BiLSTM's gates and their sigmoid/tanh compute in the compute dtype while the carry
+  (c, h) stays float32 (c sums over up to 350 steps); its scan step is rematerialised, so the
+  forward scan of the gradient stacks only the output sequence and the float32 carry."""
+  compute = BF16 if dtype == "bfloat16" else F32
+  lstm = BiLSTM(hidden=4, conventions=Conventions(dtype=dtype))
+  batch, length, hidden = 3, 5, 4
+  inputs = jax.random.normal(jax.random.key(1), (batch, length, 6))
+  mask = jnp.arange(length)[None, :] < jnp.array([[5], [3], [1]])
+  x = {"h": inputs.astype(compute), "mask": mask}
+  params = lstm.init(jax.random.key(0), x, True)
+
+  def loss(p):
+    out = lstm.apply(p, x, True)
+    return jnp.sum(out["h"].astype(F32)) + jnp.sum(out["pooled"])
+
+  jaxpr = jax.make_jaxpr(jax.grad(loss))(params).jaxpr
+  forward = next(e for e in jaxpr.eqns if e.primitive.name == "scan")
+  carry, stacked = forward.outvars[:2], forward.outvars[2:]
+  assert [(v.aval.dtype, v.aval.shape) for v in carry] == [(F32, (2, batch, hidden))] * 2
+  step = (2, batch, hidden)
+  assert [(v.aval.dtype, v.aval.shape) for v in stacked] == (
+    [(compute, (length, *step))] + [(F32, (length, *step))] * 2
+  )
+  body = forward.params["jaxpr"].jaxpr
+  gates = [e for e in _equations(body) if e.primitive.name in ("logistic", "tanh")]
+  assert len(gates) == 5 and {e.outvars[0].aval.dtype for e in gates} == {compute}
+
+  # bf16 gates stay near float32's: the float32 cell state accumulates no bf16 rounding.
+  reference = BiLSTM(hidden=4).apply(params, {"h": inputs, "mask": mask}, True)["pooled"]
+  pooled = lstm.apply(params, x, True)["pooled"]
+  assert pooled.dtype == F32
+  np.testing.assert_allclose(pooled, reference, atol=0.03 if dtype == "bfloat16" else 0)
 
 
 def test_matmul_precision_reaches_every_layer_and_is_described():

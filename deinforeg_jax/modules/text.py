@@ -122,9 +122,13 @@ class BiLSTM(nn.Module):
   every step is one matmul before the scan, and both directions run in one
   ``lax.scan`` over time with stacked ``[2, ...]`` weights.  ``biases=1`` keeps one
   gate bias (``bias``), as runs saved before 2026-12-07 have.  Both matmuls take the
-  compute dtype and ``conventions``' precision (their products in the compute dtype, as a
-  Dense layer's); the gates and the cell state are float32, the output sequence ``h`` is in the
-  compute dtype.
+  compute dtype and ``conventions``' precision, and the gates, their sigmoid/tanh and ``h`` are
+  in the compute dtype (as Flax's LSTM cells with ``dtype=bfloat16``), while the carry
+  ``(c, h)`` is float32: ``c_t = f_t c_{t-1} + i_t g_t``, a running sum over time, is updated in
+  float32 so that bf16 rounding does not accumulate over the steps.  The scan's step is
+  rematerialised (``jax.checkpoint``): the backward pass recomputes each step's gates from the
+  saved carry, so the train step keeps two float32 ``[T, 2, B, H]`` arrays per layer for the
+  gradient instead of every gate and activation (docs/results.md, "bfloat16").
 
   ``padding``:
     * ``"masked"`` (default): each direction reads only the row's real tokens
@@ -164,33 +168,31 @@ class BiLSTM(nn.Module):
     else:
       lengths = jnp.full((batch,), steps, jnp.int32)
     c = self.conventions
-    state_dtype = jnp.promote_types(inputs.dtype, jnp.float32)  # gates and (c, h): >= float32
-    def matmul(spec, a, b):  # in the compute dtype, then float32 for the gates
+    state_dtype = jnp.promote_types(inputs.dtype, jnp.float32)  # the carry (c, h): >= float32
+    def matmul(spec, a, b):  # operands and product in the compute dtype, as a Dense layer's
       # No bf16 x bf16 -> f32 dot (``preferred_element_type``): XLA:CPU cannot run the one its
       # gradient needs ("Unsupported element type for DotThunk: BF16 x BF16 = F32").
-      return jnp.einsum(spec, a, b, precision=c.lax_precision).astype(state_dtype)
+      return jnp.einsum(spec, c.cast(a), c.cast(b), precision=c.lax_precision)
 
     valid = jnp.arange(steps)[None, :] < lengths[:, None]  # [B, T]
     both = jnp.stack([inputs, reverse_within_length(inputs, lengths)])  # [2, B, T, D]
-    gates_in = matmul("nbtd,ndg->tnbg", c.cast(both), c.cast(w_input))
-    gates_in = gates_in + bias[None, :, None, :]
+    gates_in = matmul("nbtd,ndg->tnbg", both, w_input) + c.cast(bias)[None, :, None, :]
     w_recurrent = c.cast(w_recurrent)
 
     def step(carry, xs):
-      cell, h = carry  # [2, B, H]
-      gates, keep = xs  # [2, B, 4H], [B]
-      gates = gates + matmul("nbh,nhg->nbg", c.cast(h), w_recurrent)
+      cell, h = carry  # [2, B, H], float32
+      gates, keep = xs  # [2, B, 4H] in the compute dtype, [B]
+      gates = gates + matmul("nbh,nhg->nbg", h, w_recurrent)
       i, f, g, o = jnp.split(gates, 4, axis=-1)
-      c_new = nn.sigmoid(f) * cell + nn.sigmoid(i) * jnp.tanh(g)
-      h_new = nn.sigmoid(o) * jnp.tanh(c_new)
+      c_new = nn.sigmoid(f) * cell + nn.sigmoid(i) * jnp.tanh(g)  # float32: f * cell promotes
+      h_new = nn.sigmoid(o) * jnp.tanh(c.cast(c_new))
       keep = keep[None, :, None]
       out = jnp.where(keep, h_new, 0.0)
       return (jnp.where(keep, c_new, cell), jnp.where(keep, h_new, h)), out
 
     zeros = jnp.zeros((2, batch, size), state_dtype)
     initial = jax.tree.map(lambda a: a.astype(state_dtype), x.get("initial", (zeros, zeros)))
-    (cell, h), outputs = jax.lax.scan(step, initial, (gates_in, valid.T))
-    outputs = c.cast(outputs)
+    (cell, h), outputs = jax.lax.scan(jax.checkpoint(step), initial, (gates_in, valid.T))
     forward = jnp.transpose(outputs[:, 0], (1, 0, 2))  # [B, T, H]
     backward = reverse_within_length(jnp.transpose(outputs[:, 1], (1, 0, 2)), lengths)
     return {
