@@ -132,8 +132,9 @@ def test_bf16_layers_keep_state_gradients_and_losses_float32(arch, rule):
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 def test_bilstm_gates_take_the_compute_dtype_and_its_gradient_keeps_only_the_float32_carry(dtype):
   """The BiLSTM's gates and their sigmoid/tanh compute in the compute dtype while the carry
-  (c, h) stays float32 (c sums over up to 350 steps); its scan step is rematerialised, so the
-  forward scan of the gradient stacks only the output sequence and the float32 carry."""
+  (c, h) and the recurrent kernel's gradient, both sums over up to 350 steps, stay float32; its
+  scan step is rematerialised, so the forward scan of the gradient stacks only the output
+  sequence and the float32 carry."""
   compute = BF16 if dtype == "bfloat16" else F32
   lstm = BiLSTM(hidden=4, conventions=Conventions(dtype=dtype))
   batch, length, hidden = 3, 5, 4
@@ -147,7 +148,7 @@ def test_bilstm_gates_take_the_compute_dtype_and_its_gradient_keeps_only_the_flo
     return jnp.sum(out["h"].astype(F32)) + jnp.sum(out["pooled"])
 
   jaxpr = jax.make_jaxpr(jax.grad(loss))(params).jaxpr
-  forward = next(e for e in jaxpr.eqns if e.primitive.name == "scan")
+  forward, backward = [e for e in jaxpr.eqns if e.primitive.name == "scan"]
   carry, stacked = forward.outvars[:2], forward.outvars[2:]
   assert [(v.aval.dtype, v.aval.shape) for v in carry] == [(F32, (2, batch, hidden))] * 2
   step = (2, batch, hidden)
@@ -157,6 +158,8 @@ def test_bilstm_gates_take_the_compute_dtype_and_its_gradient_keeps_only_the_flo
   body = forward.params["jaxpr"].jaxpr
   gates = [e for e in _equations(body) if e.primitive.name in ("logistic", "tanh")]
   assert len(gates) == 5 and {e.outvars[0].aval.dtype for e in gates} == {compute}
+  kernel_grads = [v for v in backward.outvars if v.aval.shape == (2, hidden, 4 * hidden)]
+  assert [v.aval.dtype for v in kernel_grads] == [F32]
 
   # bf16 gates stay near float32's: the float32 cell state accumulates no bf16 rounding.
   reference = BiLSTM(hidden=4).apply(params, {"h": inputs, "mask": mask}, True)["pooled"]

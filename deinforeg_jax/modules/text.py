@@ -177,11 +177,11 @@ class BiLSTM(nn.Module):
     valid = jnp.arange(steps)[None, :] < lengths[:, None]  # [B, T]
     both = jnp.stack([inputs, reverse_within_length(inputs, lengths)])  # [2, B, T, D]
     gates_in = matmul("nbtd,ndg->tnbg", both, w_input) + c.cast(bias)[None, :, None, :]
-    w_recurrent = c.cast(w_recurrent)
 
     def step(carry, xs):
       cell, h = carry  # [2, B, H], float32
       gates, keep = xs  # [2, B, 4H] in the compute dtype, [B]
+      # cast here, not before the scan: the kernel's gradient then sums over the steps in float32
       gates = gates + matmul("nbh,nhg->nbg", h, w_recurrent)
       i, f, g, o = jnp.split(gates, 4, axis=-1)
       c_new = nn.sigmoid(f) * cell + nn.sigmoid(i) * jnp.tanh(g)  # float32: f * cell promotes
