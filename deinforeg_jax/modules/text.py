@@ -181,7 +181,7 @@ class BiLSTM(nn.Module):
     def step(carry, xs):
       cell, h = carry  # [2, B, H], float32
       gates, keep = xs  # [2, B, 4H] in the compute dtype, [B]
-      # cast here, not before the scan: the kernel's gradient then sums over the steps in float32
+      # the float32 kernel is cast here, in the step: its gradient sums over the steps in float32
       gates = gates + matmul("nbh,nhg->nbg", h, w_recurrent)
       i, f, g, o = jnp.split(gates, 4, axis=-1)
       c_new = nn.sigmoid(f) * cell + nn.sigmoid(i) * jnp.tanh(g)  # float32: f * cell promotes
