@@ -21,7 +21,7 @@ from deinforeg_jax import checkpoint, configuration, pipeline, precision, steps,
 from deinforeg_jax.config_error import ConfigError
 from deinforeg_jax.modules.layers import Conventions
 from deinforeg_jax.modules.text import BiLSTM
-from deinforeg_jax.run import build_run
+from deinforeg_jax.run import DatasetShape, build_run
 from deinforeg_jax.trained import export
 from helpers import (
   DIGITS_SHAPE, NUM_CLASSES, TEXT_CLASSES, TEXT_MAX_LEN, run_launcher, saved_state, short_config,
@@ -44,13 +44,11 @@ def _config_and_info(arch: str, rule: str, **model):
     config = tiny_config(arch, rule, **model)
     shape, classes, kind = (16, 16, 3) if arch == "resnet18" else DIGITS_SHAPE, NUM_CLASSES, "image"
   config.data.batch_size = 8
-  info = types.SimpleNamespace(input_shape=shape, num_classes=classes, num_train=64, kind=kind)
-  return config, info
+  return config, DatasetShape(shape, classes, num_train=64, kind=kind)
 
 
-def _inputs(info) -> jax.ShapeDtypeStruct:
-  dtype = jnp.int32 if info.kind == "text" else jnp.float32
-  return jax.ShapeDtypeStruct((8, *info.input_shape), dtype)
+def _inputs(info: DatasetShape) -> jax.ShapeDtypeStruct:
+  return jax.ShapeDtypeStruct((8, *info.input_shape), info.dtype)
 
 
 def _equations(jaxpr):
