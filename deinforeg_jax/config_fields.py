@@ -153,6 +153,11 @@ FIELDS = {
   "model.lstm_biases": Field(
     choice(text.LSTM_BIASES), text_only=True, added_later=AddedLater("2026-12-07", 1)
   ),
+  # How the BiLSTM's gradient is computed, not what: the state is the same.
+  "model.lstm_remat": Field(
+    choice(text.LSTM_REMATS), text_only=True, resumable=True,
+    added_later=AddedLater("2026-12-07", "off"),
+  ),
   "model.heads": Field(POSITIVE_INT, text_only=True),
   "model.ff_dim": Field(POSITIVE_INT, text_only=True),
   "model.dropout": Field(NUMBER, text_only=True),

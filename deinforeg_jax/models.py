@@ -142,7 +142,10 @@ def _text_encoders(config, vocab_size: int) -> list[stack.EncoderFactory]:
   for k in range(m.num_blocks):
     if m.arch == "lstm":
       factories.append(
-        functools.partial(text.BiLSTM, m.hidden, m.lstm_padding, m.lstm_biases, c)
+        functools.partial(
+          text.BiLSTM, m.hidden, m.lstm_padding, m.lstm_biases, c,
+          text.resolve_lstm_remat(m.lstm_remat),
+        )
       )
     else:
       factories.append(

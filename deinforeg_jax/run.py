@@ -25,7 +25,7 @@ import optax
 from deinforeg_jax import growth, models, optim, parallel, rules, steps, xla_cpu
 from deinforeg_jax.config_error import ConfigError
 from deinforeg_jax.data.loader import DatasetInfo, steps_per_epoch
-from deinforeg_jax.modules import layers
+from deinforeg_jax.modules import layers, text
 
 
 @dataclasses.dataclass(frozen=True)
@@ -137,10 +137,11 @@ def build_run(
   """The ``Run`` of ``config`` (checked first by ``configuration.validate_config``) on ``info``'s
   dataset.
 
-  ``platform``: resolve ``config.model.conv_impl="auto"`` for this platform instead of the
-  default backend (the fit check compiles for ``"tpu"`` on a CPU host).  ``num_old``: the
-  restored blocks a ``config.grow.from_workdir`` run freezes (default: read from that run's
-  checkpoint metadata, ``growth.make_plan``; 0 builds the plan without reading it).
+  ``platform``: resolve ``config.model.conv_impl`` and ``lstm_remat`` ``"auto"`` for this
+  platform instead of the default backend (the fit check compiles for ``"tpu"`` on a CPU host).
+  ``num_old``: the restored blocks a ``config.grow.from_workdir`` run freezes (default: read
+  from that run's checkpoint metadata, ``growth.make_plan``; 0 builds the plan without reading
+  it).
 
   Raises:
     ConfigError: the training split holds fewer examples than one global batch.
@@ -148,6 +149,8 @@ def build_run(
   if platform is not None:
     config = config.copy_and_resolve_references()
     config.model.conv_impl = layers.resolve_conv_impl(config.model.conv_impl, platform)
+    remat = text.resolve_lstm_remat(config.model.lstm_remat, platform)
+    config.model.lstm_remat = "on" if remat else "off"
   model = models.create_model(config, info.num_classes)
   if info.num_train < config.data.batch_size:
     raise ConfigError(

@@ -129,6 +129,40 @@ def test_backward_direction_reads_the_sequence_in_reverse():
   assert np.all(np.asarray(out["h"])[~np.asarray(state["mask"])] == 0.0)
 
 
+def _equations(jaxpr):
+  """Every equation of ``jaxpr`` and of the jaxprs nested in it (scan, pjit, remat ...)."""
+  for eqn in jaxpr.eqns:
+    yield eqn
+    for value in eqn.params.values():
+      for sub in value if isinstance(value, (list, tuple)) else [value]:
+        inner = getattr(sub, "jaxpr", sub)
+        if hasattr(inner, "eqns"):
+          yield from _equations(inner)
+
+
+def test_lstm_remat_recomputes_the_step_for_the_same_values_and_auto_is_off_on_the_cpu():
+  """``model.lstm_remat``: the rematerialised scan step (``jax.checkpoint``) gives the plain
+  step's outputs and gradients; ``"auto"`` rematerialises on GPU/TPU only."""
+  assert [text.resolve_lstm_remat("auto", p) for p in ("cpu", "gpu", "tpu")] == [False, True, True]
+  assert text.resolve_lstm_remat("on", "cpu") and not text.resolve_lstm_remat("off", "tpu")
+  state = _embedded(seed=2, min_len=3)
+  params = host_init(text.BiLSTM(5), state)
+
+  def loss_and_grads(remat):
+    lstm = text.BiLSTM(5, remat=remat)
+    loss = lambda p: jnp.sum(lstm.apply(p, state, train=True)["h"] ** 2)
+    gradient = jax.make_jaxpr(jax.grad(loss))(params).jaxpr
+    primitives = {e.primitive.name for e in _equations(gradient)}
+    return jax.jit(jax.value_and_grad(loss))(params), primitives
+
+  (loss, grads), plain = loss_and_grads(False)
+  (remat_loss, remat_grads), recomputed = loss_and_grads(True)
+  assert "remat2" in recomputed - plain  # jax.checkpoint's primitive, inside the scan's backward
+  np.testing.assert_allclose(remat_loss, loss, rtol=1e-6)
+  for a, b in zip(jax.tree.leaves(remat_grads), jax.tree.leaves(grads)):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
 # ------------------------------------------------------------------ stacks
 
 
