@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 
 from deinforeg_jax import parallel, program_cache, steps, throughput, xla_cpu
-from deinforeg_jax.run import Run
+from deinforeg_jax.run import Run, input_dtype
 
 
 class DataParallelEngine:
@@ -80,8 +80,9 @@ class DataParallelEngine:
     programs = self.run.jit_steps(phase, self.mesh, self.state_sharding)
     sharded = parallel.batch_sharding(self.mesh)
     batch, info = self.run.config.data.batch_size, self.run.info
-    dtype = jnp.int32 if info.kind == "text" else jnp.float32
-    inputs = jax.ShapeDtypeStruct((batch, *info.input_shape), dtype, sharding=sharded)
+    inputs = jax.ShapeDtypeStruct(
+      (batch, *info.input_shape), input_dtype(info.kind), sharding=sharded
+    )
     labels = jax.ShapeDtypeStruct((batch,), jnp.int32, sharding=sharded)
     train = programs.train.lower(self.state_spec, inputs, labels).compile()
     return train, programs.eval, programs.check, throughput.step_flops(train)

@@ -6,8 +6,9 @@ statistics and every loss stay float32 (parameters are cast to bf16 where a laye
 the losses cast what they read).  The gradient a parameter receives is a float32 array, but
 its values are those of the bf16 cast's gradient: the weight-gradient matmul or convolution sums
 in float32 and returns bf16, and under data parallelism XLA all-reduces it in bf16 before the
-float32 update (docs/results.md, "bfloat16"; not yet computed as float32 end to end).  Block outputs, which the
-next block or pipeline stage reads, are bf16; the exits' logits leave the model as float32.
+float32 update (docs/results.md, "bfloat16"; not yet computed as float32 end to end).  Block
+outputs, which the next block or pipeline stage reads, are bf16; the exits' logits leave the
+model as float32.
 There is no ``"float16"``: its 5-bit exponent needs loss scaling, which this project does not do.
 
 ``matmul_precision`` is the ``jax.lax.Precision`` of every layer's matmul and convolution

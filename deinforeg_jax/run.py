@@ -46,8 +46,14 @@ class DatasetShape:
 
   @property
   def dtype(self):
-    """The inputs' dtype: int32 token ids or float32 pixels."""
-    return jnp.int32 if self.kind == "text" else jnp.float32
+    """The inputs' dtype (``input_dtype``)."""
+    return input_dtype(self.kind)
+
+
+def input_dtype(kind: str):
+  """A batch's input dtype for a dataset of ``kind``: int32 token ids (``"text"``) or float32
+  pixels."""
+  return jnp.int32 if kind == "text" else jnp.float32
 
 
 @dataclasses.dataclass(frozen=True)

@@ -39,6 +39,9 @@ EMBEDDING_POOLS = ("masked", "all")
 LSTM_PADDING = ("masked", "read")
 LSTM_BIASES = (2, 1)  # PyTorch's b_ih and b_hh | one gate bias (runs saved before 2026-12-07)
 LSTM_REMATS = ("auto", "on", "off")
+LAYER_NORMS = ("unbiased_std", "flax")  # the reference's | Flax's (runs before 2026-12-07)
+
+TextState = dict[str, jax.Array]
 
 
 def resolve_lstm_remat(name: str, platform: str | None = None) -> bool:
@@ -49,9 +52,6 @@ def resolve_lstm_remat(name: str, platform: str | None = None) -> bool:
   if name != "auto":
     return name == "on"
   return (platform or jax.default_backend()) != "cpu"
-LAYER_NORMS = ("unbiased_std", "flax")  # the reference's | Flax's (runs before 2026-12-07)
-
-TextState = dict[str, jax.Array]
 
 
 def masked_mean(h: jax.Array, mask: jax.Array) -> jax.Array:

@@ -12,7 +12,7 @@ from deinforeg_jax.pipeline.balance import BALANCE_METHODS, plan_stages
 from deinforeg_jax.pipeline.cost import stage_inputs
 from deinforeg_jax.pipeline.executor import DISPATCH_MODES, LOCAL_RULES, SCHEDULES, Pipeline
 from deinforeg_jax.config_error import ConfigError
-from deinforeg_jax.run import Run
+from deinforeg_jax.run import Run, input_dtype
 
 
 def pipeline_settings(config, num_blocks: int) -> dict[str, Any]:
@@ -199,9 +199,9 @@ class PipelineEngine:
     first batch then runs it)."""
     states = self.pipe.abstract_states()
     batch = run.config.data.batch_size
-    dtype = jax.numpy.int32 if run.info.kind == "text" else jax.numpy.float32
     inputs = stage_inputs(
-      self.pipe.train_steps, states, jax.ShapeDtypeStruct((batch, *run.info.input_shape), dtype)
+      self.pipe.train_steps, states,
+      jax.ShapeDtypeStruct((batch, *run.info.input_shape), input_dtype(run.info.kind)),
     )
     total = 0.0
     for step, state, x, device in zip(self.pipe.train_steps, states, inputs, self.pipe.devices):
