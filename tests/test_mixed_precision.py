@@ -16,9 +16,11 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from flax import linen as nn
 
 from deinforeg_jax import checkpoint, configuration, pipeline, precision, steps, train, trained
 from deinforeg_jax.config_error import ConfigError
+from deinforeg_jax.modules import winograd
 from deinforeg_jax.modules.layers import Conventions
 from deinforeg_jax.modules.text import BiLSTM
 from deinforeg_jax.run import DatasetShape, build_run
@@ -125,6 +127,123 @@ def test_bf16_layers_keep_state_gradients_and_losses_float32(arch, rule):
     stage = pipeline.stage_model(run.model, 0, 1)
     outputs = jax.eval_shape(lambda v, x: stage.apply(v, x, train=False), variables, _inputs(info))
     assert jax.tree.leaves(outputs["carry"])[0].dtype == BF16
+
+
+_SHAPE_OPS = ("reshape", "broadcast_in_dim", "transpose", "squeeze", "expand_dims")
+
+
+def _casts_to_bf16(jaxpr, var) -> bool:
+  """Whether ``var`` (or a reshaped / broadcast view of it, also inside nested jit, scan and
+  remat bodies) is cast to bf16 outside a ``custom_vjp`` product."""
+  for eqn in jaxpr.eqns:
+    if var not in eqn.invars:
+      continue
+    name = eqn.primitive.name
+    if name == "convert_element_type" and eqn.params["new_dtype"] == BF16:
+      return True
+    if name in _SHAPE_OPS and _casts_to_bf16(jaxpr, eqn.outvars[0]):
+      return True
+    if name.startswith("custom_vjp"):
+      continue
+    for value in eqn.params.values():  # a nested body reads its operands in order
+      body = getattr(value, "jaxpr", value)
+      if isinstance(body, jax.extend.core.Jaxpr) and len(body.invars) == len(eqn.invars):
+        inner = body.invars[eqn.invars.index(var)]
+        if _casts_to_bf16(body, inner):
+          return True
+  return False
+
+
+@pytest.mark.parametrize("arch,rule", CASES, ids=lambda v: v)
+def test_no_bf16_layer_casts_a_parameter_outside_its_float32_gradient_product(arch, rule):
+  """Flax's bf16 layers cast the float32 kernel and bias to bf16, which rounds their gradients to
+  bf16; here every parameter reaches a bf16 product only inside ``mixed``'s ``custom_vjp``, and
+  every kernel does reach one (the embedding table is gathered, in float32)."""
+  config, info = _config_and_info(arch, rule, dtype="bfloat16")
+  run = build_run(config, info)
+  state = run.abstract_state()
+  closed = jax.make_jaxpr(lambda p, b, x: run.model.apply(
+    {"params": p, "batch_stats": b}, x, train=True, mutable=["batch_stats"],
+    rngs={"dropout": jax.random.key(0)},
+  ))(state.params, state.batch_stats, _inputs(info))
+  leaves = jax.tree_util.tree_flatten_with_path(state.params)[0]
+  products = [e for e in _equations(closed.jaxpr) if e.primitive.name.startswith("custom_vjp")]
+  kernels = [path for path, _ in leaves if str(path[-1].key).endswith("kernel")]
+  assert len(products) >= len(kernels) > 0
+  for (path, _), var in zip(leaves, closed.jaxpr.invars):
+    assert not _casts_to_bf16(closed.jaxpr, var), jax.tree_util.keystr(path)
+
+
+class _Layer(nn.Module):
+  """One layer of ``kind`` (``_LAYER_KINDS``) made by ``conventions``, or with ``flax`` as
+  Flax's own ``dtype=`` layers make it (the same parameters)."""
+
+  kind: str
+  conventions: Conventions
+  flax: bool = False
+
+  @nn.compact
+  def __call__(self, x):
+    c = self.conventions
+    dtype = c.compute_dtype
+    if self.kind == "einsum":  # the BiLSTM's
+      w = self.param("w", nn.initializers.normal(), (x.shape[-1], 5))
+      if self.flax:
+        return jnp.einsum("btd,dg->btg", c.cast(x), c.cast(w))
+      return c.einsum("btd,dg->btg", x, w)
+    if self.flax:
+      if self.kind == "dense":
+        return nn.Dense(5, dtype=dtype)(x)
+      if self.kind == "dense_general":
+        return nn.DenseGeneral((2, 3), dtype=dtype)(x)
+      conv = winograd.conv_general_dilated if c.conv_impl == "winograd" else None
+      return nn.Conv(5, (3, 3), padding=1, dtype=dtype, conv_general_dilated=conv)(x)
+    if self.kind == "dense":
+      return c.dense(x, 5)
+    if self.kind == "dense_general":  # attention's q/k/v projections
+      return c.dense_general(x, (2, 3), -1)
+    return c.conv(x, 5, (3, 3), padding=1)  # "conv" / "winograd"
+
+
+_LAYER_KINDS = {  # kind -> input shape, conv_impl
+  "dense": ((6, 7, 11), "xla"), "dense_general": ((6, 7, 11), "xla"),
+  "einsum": ((6, 7, 11), "xla"), "conv": ((2, 6, 6, 11), "xla"),
+  "winograd": ((1, 4, 4, winograd.MIN_CHANNELS), "winograd"),
+}
+
+
+@pytest.mark.parametrize("kind", list(_LAYER_KINDS))
+def test_bf16_layers_give_float32_weight_gradients_of_the_bf16_products(kind):
+  """Under bf16, ``dW`` and ``db`` are the float32 sums of the exact products of the bf16 input
+  and output gradient (a float64 reference, to float32 rounding), not those sums rounded to
+  bf16 as Flax's ``dtype=bfloat16`` matmuls give them (checked to miss the reference, so that
+  this test can fail; XLA:CPU happens not to round a bf16 convolution's, so the test above
+  guards those); ``dx`` is Flax's."""
+  shape, conv_impl = _LAYER_KINDS[kind]
+  rng = np.random.default_rng(0)
+  conventions = Conventions(dtype="bfloat16", conv_impl=conv_impl)
+  x = jnp.asarray(rng.normal(size=shape), BF16)
+  params = _Layer(kind, conventions).init(jax.random.key(0), x)["params"]
+  out_shape = jax.eval_shape(_Layer(kind, conventions).apply, {"params": params}, x).shape
+  cotangent = jnp.asarray(rng.normal(size=out_shape), BF16)
+
+  def gradients(layer, params, x):
+    loss = lambda p, x: jnp.sum(layer.apply({"params": p}, x) * cotangent.astype(x.dtype))
+    return jax.grad(loss, argnums=(0, 1))(params, x)
+
+  d_params, d_x = gradients(_Layer(kind, conventions), params, x)
+  flax_params, flax_x = gradients(_Layer(kind, conventions, flax=True), params, x)
+  assert _float_dtypes(d_params) == {F32} and d_x.dtype == BF16
+  np.testing.assert_allclose(np.asarray(d_x, np.float32), np.asarray(flax_x, np.float32))
+  with jax.enable_x64(True):  # the same products and sums in float64
+    exact = lambda a: jnp.asarray(jnp.asarray(a, BF16), jnp.float64)
+    expected, _ = gradients(_Layer(kind, Conventions()), jax.tree.map(exact, params), exact(x))
+  for got, flax, want in zip(*map(jax.tree.leaves, (d_params, flax_params, expected))):
+    tolerance = dict(rtol=1e-5, atol=1e-6 * float(np.abs(want).max()))
+    np.testing.assert_allclose(got, want, **tolerance)
+    if kind in ("dense", "dense_general", "einsum"):
+      with pytest.raises(AssertionError):
+        np.testing.assert_allclose(flax, want, **tolerance)
 
 
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])

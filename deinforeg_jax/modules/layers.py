@@ -32,9 +32,10 @@ computes the stride-1 3x3 ones with ``winograd.winograd_conv3x3`` (matmuls; the 
 parameters, equal results up to fp32 rounding).
 
 ``dtype`` and ``matmul_precision`` (``config.model``, ``deinforeg_jax.precision``): every
-Dense and Conv computes in ``dtype`` (parameters float32, cast where read) with that
-``precision=``; BatchNorm normalises in ``dtype`` from float32 statistics; exit logits are
-cast back to float32 (``logits``).
+Dense and Conv computes in ``dtype`` with that ``precision=``, its float32 kernel cast where the
+product reads it and its gradient float32 (``mixed``), the float32 bias added before the output
+is cast to ``dtype``; BatchNorm normalises from float32 statistics and returns ``dtype``; exit
+logits are float32 (``logits``).
 """
 
 from __future__ import annotations
@@ -46,9 +47,10 @@ from typing import Any, Callable
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from jax import lax
 
 from deinforeg_jax import precision, xla_cpu
-from deinforeg_jax.modules import winograd
+from deinforeg_jax.modules import mixed, winograd
 from deinforeg_jax.config_error import ConfigError
 
 INITS = ("flax", "torch")
@@ -160,29 +162,56 @@ class Conventions:
       return {}
     return {"kernel_init": torch_uniform(fan_in), "bias_init": torch_uniform(fan_in)}
 
+  def _products(self, conv_base: Callable[..., jax.Array] | None = None) -> dict[str, Any]:
+    """A Flax Dense/DenseGeneral's (or, with ``conv_base``, a Conv's) keyword arguments for the
+    conventions' dtype and precision: under bf16 the kernel and bias stay float32 and their
+    gradients float32 (``mixed``); the output is then cast by ``cast``."""
+    hooks: dict[str, Any] = {"dtype": self.compute_dtype, "precision": self.lax_precision}
+    if conv_base is not None:
+      hooks["conv_general_dilated"] = conv_base
+    if self.compute_dtype is None:
+      return hooks
+    hooks["promote_dtype"] = mixed.promote_inputs
+    if conv_base is None:
+      hooks["dot_general"] = mixed.dot_general
+    else:
+      hooks["conv_general_dilated"] = mixed.conv_general_dilated(conv_base)
+    return hooks
+
   def dense(self, x: jax.Array, features: int, **kwargs) -> jax.Array:
-    """``nn.Dense(features, **kwargs)(x)`` initialised by the convention (in a compact scope)."""
-    inits = self._inits(x.shape[-1])
-    layer = nn.Dense(
-      features, dtype=self.compute_dtype, precision=self.lax_precision, **inits, **kwargs
-    )
-    return layer(x)
+    """``nn.Dense(features, **kwargs)(x)`` initialised by the convention (``kwargs`` first) and
+    computed in its dtype (in a compact scope)."""
+    return self.cast(self._dense(x, features, **kwargs))
+
+  def _dense(self, x: jax.Array, features: int, **kwargs) -> jax.Array:
+    inits = {**self._inits(x.shape[-1]), **kwargs}
+    return nn.Dense(features, **self._products(), **inits)(x)
+
+  def dense_general(self, x: jax.Array, features, axis, **kwargs) -> jax.Array:
+    """``nn.DenseGeneral(features, axis, **kwargs)(x)`` in the conventions' dtype and precision
+    (initialisers from ``kwargs``)."""
+    return self.cast(nn.DenseGeneral(features, axis=axis, **self._products(), **kwargs)(x))
 
   def logits(self, x: jax.Array, num_classes: int) -> jax.Array:
     """An exit's output layer: ``dense(x, num_classes)`` returned as float32 ``[B, C]`` (the
     losses, the exit rule, predictions and exported models read float32 logits)."""
-    return precision.at_least_float32(self.dense(x, num_classes))
+    return precision.at_least_float32(self._dense(x, num_classes))
 
   def conv(self, x: jax.Array, features: int, kernel_size: tuple[int, ...], **kwargs) -> jax.Array:
-    """``nn.Conv(features, kernel_size, **kwargs)(x)``, initialised by the convention."""
+    """``nn.Conv(features, kernel_size, **kwargs)(x)``, initialised by the convention and computed
+    in its dtype (3x3 stride-1 layers by Winograd's matmuls with ``conv_impl="winograd"``)."""
     fan_in = x.shape[-1] * math.prod(kernel_size)
-    if self.conv_impl == "winograd":  # same parameters; 3x3 stride-1 layers by matmuls
-      kwargs["conv_general_dilated"] = winograd.conv_general_dilated
+    winograd_path = self.conv_impl == "winograd"
+    base = winograd.conv_general_dilated if winograd_path else lax.conv_general_dilated
     layer = nn.Conv(
-      features, kernel_size, dtype=self.compute_dtype, precision=self.lax_precision,
-      **self._inits(fan_in), **kwargs,
+      features, kernel_size, **self._products(base), **self._inits(fan_in), **kwargs
     )
-    return layer(x)
+    return self.cast(layer(x))
+
+  def einsum(self, spec: str, x: jax.Array, w: jax.Array) -> jax.Array:
+    """``jnp.einsum(spec, x, w)`` of an input ``x`` and a float32 parameter ``w``, computed in
+    the conventions' dtype and precision (``w``'s gradient float32)."""
+    return mixed.einsum(spec, x, w, self.compute_dtype, precision=self.lax_precision)
 
   def batch_norm(self, train: bool, name: str | None = None) -> nn.BatchNorm:
     """BatchNorm with PyTorch's defaults (momentum 0.1, i.e. Flax 0.9; epsilon 1e-5); float32

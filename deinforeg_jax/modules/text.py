@@ -133,7 +133,8 @@ class BiLSTM(nn.Module):
   every step is one matmul before the scan, and both directions run in one
   ``lax.scan`` over time with stacked ``[2, ...]`` weights.  ``biases=1`` keeps one
   gate bias (``bias``), as runs saved before 2026-12-07 have.  Both matmuls take the
-  compute dtype and ``conventions``' precision, and the gates, their sigmoid/tanh and ``h`` are
+  compute dtype and ``conventions``' precision (``Conventions.einsum``: the kernels' gradients
+  float32; the biases are added in float32), and the gates, their sigmoid/tanh and ``h`` are
   in the compute dtype (as Flax's LSTM cells with ``dtype=bfloat16``), while the carry
   ``(c, h)`` is float32: ``c_t = f_t c_{t-1} + i_t g_t``, a running sum over time, is updated in
   float32 so that bf16 rounding does not accumulate over the steps.  With ``remat``
@@ -182,20 +183,15 @@ class BiLSTM(nn.Module):
       lengths = jnp.full((batch,), steps, jnp.int32)
     c = self.conventions
     state_dtype = jnp.promote_types(inputs.dtype, jnp.float32)  # the carry (c, h): >= float32
-    def matmul(spec, a, b):  # operands and product in the compute dtype, as a Dense layer's
-      # No bf16 x bf16 -> f32 dot (``preferred_element_type``): XLA:CPU cannot run the one its
-      # gradient needs ("Unsupported element type for DotThunk: BF16 x BF16 = F32").
-      return jnp.einsum(spec, c.cast(a), c.cast(b), precision=c.lax_precision)
-
     valid = jnp.arange(steps)[None, :] < lengths[:, None]  # [B, T]
     both = jnp.stack([inputs, reverse_within_length(inputs, lengths)])  # [2, B, T, D]
-    gates_in = matmul("nbtd,ndg->tnbg", both, w_input) + c.cast(bias)[None, :, None, :]
+    gates_in = c.cast(c.einsum("nbtd,ndg->tnbg", both, w_input) + bias[None, :, None, :])
 
     def step(carry, xs):
       cell, h = carry  # [2, B, H], float32
       gates, keep = xs  # [2, B, 4H] in the compute dtype, [B]
-      # the float32 kernel is cast here, in the step: its gradient sums over the steps in float32
-      gates = gates + matmul("nbh,nhg->nbg", h, w_recurrent)
+      # the float32 kernel is cast in the step: its gradient sums over the steps in float32
+      gates = gates + c.einsum("nbh,nhg->nbg", h, w_recurrent)
       i, f, g, o = jnp.split(gates, 4, axis=-1)
       c_new = nn.sigmoid(f) * cell + nn.sigmoid(i) * jnp.tanh(g)  # float32: f * cell promotes
       h_new = nn.sigmoid(o) * jnp.tanh(c.cast(c_new))
@@ -250,6 +246,39 @@ class LayerNorm(nn.Module):
     return (scale * (y - mean) / (std + self.epsilon) + bias).astype(x.dtype)
 
 
+class SelfAttention(nn.Module):
+  """Multi-head self-attention with ``nn.MultiHeadDotProductAttention``'s parameters (``query``,
+  ``key``, ``value`` kernels ``[D, heads, D/heads]``, ``out`` ``[heads, D/heads, D]``, biases)
+  whose projections are ``Conventions.dense_general``, so that under bf16 their kernels' gradients
+  are float32.  ``h [B, T, D]``, ``mask [B, 1, 1, T]`` (True: attend) -> ``[B, T, D]``:
+  ``softmax(q k^T / sqrt(D/heads))`` (float32 under bf16) with dropout on the weights, then ``v``.
+  """
+
+  heads: int
+  dropout: float
+  conventions: Conventions
+
+  @nn.compact
+  def __call__(self, h: jax.Array, mask: jax.Array, train: bool) -> jax.Array:
+    c = self.conventions
+    d_model = h.shape[-1]
+    kernel_init = nn.initializers.xavier_uniform()
+    project = lambda name: c.dense_general(
+      h, (self.heads, d_model // self.heads), -1, kernel_init=kernel_init,
+      bias_init=c.bias_init(d_model), name=name,
+    )
+    query, key, value = project("query"), project("key"), project("value")
+    dropout = self.dropout > 0.0 and train
+    y = nn.dot_product_attention(
+      query, key, value, mask=mask, dropout_rng=self.make_rng("dropout") if dropout else None,
+      dropout_rate=self.dropout, deterministic=not dropout, dtype=c.compute_dtype,
+      precision=c.lax_precision, force_fp32_for_softmax=c.compute_dtype is not None,
+    )
+    return c.dense_general(
+      y, d_model, (-2, -1), kernel_init=kernel_init, bias_init=c.bias_init(d_model), name="out"
+    )
+
+
 class TransformerEncoder(nn.Module):
   """One pre-LayerNorm Transformer encoder layer with a final LayerNorm (reference encoder).
 
@@ -287,9 +316,6 @@ class TransformerEncoder(nn.Module):
       h = h + sinusoidal_positions(h.shape[1], d_model)[None].astype(h.dtype)
     c = self.conventions
     xavier = nn.initializers.xavier_uniform()
-    dense = functools.partial(
-      nn.Dense, kernel_init=xavier, dtype=c.compute_dtype, precision=c.lax_precision
-    )
     drop = lambda y: nn.Dropout(self.dropout)(y, deterministic=not train)
     if self.layer_norm == "unbiased_std":
       norm = LayerNorm
@@ -297,21 +323,16 @@ class TransformerEncoder(nn.Module):
       norm = functools.partial(nn.LayerNorm, epsilon=1e-6, dtype=c.compute_dtype)
     h = c.cast(h)
     y = norm()(h)
-    y = nn.MultiHeadDotProductAttention(
-      num_heads=self.heads,
-      dtype=c.compute_dtype,
-      precision=c.lax_precision,
-      kernel_init=xavier,
-      bias_init=c.bias_init(d_model),
-      dropout_rate=self.dropout,
-      deterministic=not train,
-      force_fp32_for_softmax=c.compute_dtype is not None,
-    )(y, y, mask=mask[:, None, None, :])
+    y = SelfAttention(
+      self.heads, self.dropout, c, name="MultiHeadDotProductAttention_0"
+    )(y, mask[:, None, None, :], train)
     h = h + drop(y)
     y = norm()(h)
-    y = dense(d_model, bias_init=c.bias_init(self.ff_dim))(
-      drop(nn.relu(dense(self.ff_dim, bias_init=c.bias_init(d_model))(y)))
-    )
+    # named as when Flax numbered them: the outer (second) layer was created first
+    hidden = c.dense(y, self.ff_dim, kernel_init=xavier, bias_init=c.bias_init(d_model),
+                     name="Dense_1")
+    y = c.dense(drop(nn.relu(hidden)), d_model, kernel_init=xavier,
+                bias_init=c.bias_init(self.ff_dim), name="Dense_0")
     h = norm()(h + drop(y))
     return {"h": h, "mask": mask, "pooled": masked_mean(h, mask)}
 
