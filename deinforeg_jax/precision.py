@@ -2,13 +2,12 @@
 
 ``dtype="bfloat16"`` is mixed precision: every Conv, Dense, LSTM and attention layer computes
 in bfloat16 (``layers.Conventions.dtype``), while parameters, optimizer state, BatchNorm
-statistics and every loss stay float32 (parameters are cast to bf16 where a layer reads them;
-the losses cast what they read).  The gradient a parameter receives is a float32 array, but
-its values are those of the bf16 cast's gradient: the weight-gradient matmul or convolution sums
-in float32 and returns bf16, and under data parallelism XLA all-reduces it in bf16 before the
-float32 update (docs/results.md, "bfloat16"; not yet computed as float32 end to end).  Block
-outputs, which the next block or pipeline stage reads, are bf16; the exits' logits leave the
-model as float32.
+statistics and every loss stay float32 (parameters are cast to bf16 where a product reads them;
+the losses cast what they read).  Parameter gradients are float32 sums of exact products
+(``modules.mixed``: a layer's weight gradient is computed from its bf16 input and output gradient
+widened to float32; biases are added in float32), so they are all-reduced in float32 under data
+parallelism.  Block outputs, which the next block or pipeline stage reads, are bf16; the exits'
+logits leave the model as float32.
 There is no ``"float16"``: its 5-bit exponent needs loss scaling, which this project does not do.
 
 ``matmul_precision`` is the ``jax.lax.Precision`` of every layer's matmul and convolution
