@@ -432,23 +432,29 @@ def run_launcher(
   )
 
 
-# ``launch.train`` flags of a tiny run on one device (``start_train``).
+# ``launch.train`` flags of the one tiny launched run: two epochs of 22 steps of a tiny stack on one
+# device.  Launched runs take these and add only fields that change no compiled program
+# (``config_fields``: ``compiled=False``, e.g. ``train.max_steps``, ``checkpoint.every_steps``),
+# so that their programs, compiled with every optimisation, are compiled once per session and
+# read from its compilation cache by every later launch (each miss costs a launch ~10 CPU-s).
 TINY_TRAIN_FLAGS = (
   "--config.model.width=0.25",
   "--config.model.projector=32-32",
   "--config.parallel.num_devices=1",
+  "--config.train.num_epochs=2",
 )
 
 
-def start_train(workdir: str, *flags: str) -> subprocess.Popen:
-  """``launch.train`` of a tiny run (``TINY_TRAIN_FLAGS``) into ``workdir``, its errors in
-  ``stdout``, in a process with as many fake CPU devices as this one: XLA:CPU's convolutions
-  split their work by the threads each device gets, and a run compared bit for bit with one in
-  this process must get the same split."""
-  return start_launcher(
-    "launch.train", f"--workdir={workdir}", *TINY_TRAIN_FLAGS, *flags,
-    num_devices=jax.device_count(), stderr=subprocess.STDOUT,
-  )
+def train_command(workdir, *flags: str) -> list[str]:
+  """``[module, *flags]`` of ``launch.train`` of the tiny launched run (``TINY_TRAIN_FLAGS``) into
+  ``workdir`` with ``flags`` added, for ``run_launcher``, ``start_launcher`` and
+  ``run_launchers``."""
+  return ["launch.train", f"--workdir={workdir}", *TINY_TRAIN_FLAGS, *flags]
+
+
+def start_train(workdir, *flags: str) -> subprocess.Popen:
+  """``train_command(workdir, *flags)`` started, its errors in ``stdout``."""
+  return start_launcher(*train_command(workdir, *flags), stderr=subprocess.STDOUT)
 
 
 @dataclasses.dataclass(frozen=True)

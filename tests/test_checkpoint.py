@@ -19,11 +19,7 @@ from helpers import TINY_RUNS, assert_trees_equal, saved_state, start_train, tin
 
 def test_killed_run_resumes_to_the_uninterrupted_parameters(tmp_path):
   """kill -9 after a mid-epoch checkpoint; the same command finishes with identical state."""
-  args = (
-    "--config.train.num_epochs=2",
-    "--config.checkpoint.every_steps=10",
-    "--config.checkpoint.use_async=False",
-  )
+  args = ("--config.checkpoint.every_steps=10", "--config.checkpoint.use_async=False")
   interrupted_dir = str(tmp_path / "interrupted")
   victim = start_train(interrupted_dir, *args)
   ckpt_dir = os.path.join(interrupted_dir, "checkpoints")

@@ -20,7 +20,7 @@ import warnings
 
 import orbax.checkpoint as ocp
 import pytest
-from helpers import TINY_RUNS, run_launcher, saved_state, saved_steps, tiny_config
+from helpers import TINY_RUNS, run_launcher, saved_state, saved_steps, tiny_config, train_command
 
 from deinforeg_jax import checkpoint, train
 from deinforeg_jax.workdir_lock import LOCK_NAME, WorkdirError
@@ -134,9 +134,12 @@ def test_tensorstore_value_errors_are_read_as_the_os_errors_they_report(message,
     assert (cause.errno, cause.strerror) == (code, os.strerror(code))
 
 
-def launch(workdir, *flags: str, file_size_limit: int | None = None) -> subprocess.CompletedProcess:
-  """``python -m launch.train --workdir=<workdir> <flags>`` (one step unless ``flags`` say
-  otherwise), stderr into stdout, under ``RLIMIT_FSIZE`` = ``file_size_limit`` bytes when
+def launch(
+  workdir, *flags: str, file_size_limit: int | None = None, tiny: bool = True
+) -> subprocess.CompletedProcess:
+  """``python -m launch.train`` of the tiny launched run (``helpers.train_command``; ``tiny=False``:
+  of the default model on one device) into ``workdir``, one step unless ``flags`` say otherwise,
+  stderr into stdout, under ``RLIMIT_FSIZE`` = ``file_size_limit`` bytes when
   given (Python ignores SIGXFSZ: a write past it fails with EFBIG instead of killing it)."""
 
   def limit_file_size():
@@ -144,9 +147,12 @@ def launch(workdir, *flags: str, file_size_limit: int | None = None) -> subproce
 
   with warnings.catch_warnings():  # JAX's warning about fork: the child only calls setrlimit
     warnings.filterwarnings("ignore", r"os\.fork\(\) was called", RuntimeWarning)
+    command = (
+      train_command(workdir) if tiny
+      else ["launch.train", f"--workdir={workdir}", "--config.parallel.num_devices=1"]
+    )
     return run_launcher(
-      "launch.train", f"--workdir={workdir}", "--config.train.max_steps=1",
-      "--config.parallel.num_devices=1", *flags, stderr=subprocess.STDOUT,
+      *command, "--config.train.max_steps=1", *flags, stderr=subprocess.STDOUT,
       preexec_fn=None if file_size_limit is None else limit_file_size,
     )
 
@@ -212,12 +218,12 @@ def test_the_launcher_says_in_one_line_that_a_file_size_limit_stopped_it(tmp_pat
 
 
 def test_a_file_size_limit_that_a_checkpoint_file_passes_stops_the_launcher_in_one_line(tmp_path):
-  """1 MiB: the lock, metrics and events fit, the default model's checkpoint files (up to ~4 MB
-  each, 6 MB in all) do not; tensorstore reports that as OUT_OF_RANGE (EFBIG)."""
+  """64 KiB: the lock, metrics and events fit, the tiny model's checkpoint files (up to 160-220
+  KiB each, ~0.5 MiB in all) do not; tensorstore reports that as OUT_OF_RANGE (EFBIG)."""
   workdir = tmp_path / "run"
   proc = launch(
     workdir, "--config.train.max_steps=3", "--config.checkpoint.every_steps=1",
-    file_size_limit=2**20,
+    file_size_limit=2**16,
   )
   assert proc.returncode == 1, proc.stdout
   assert error_line(proc.stdout) == (
@@ -262,15 +268,17 @@ def test_a_really_full_filesystem_stops_the_launcher_in_one_line_and_the_same_co
   tmpfs, use_async
 ):
   """The default model's checkpoint is ~6 MiB (its parameters and LARS momentum): a 15 MiB tmpfs
-  holds the two kept ones (steps 1 and 2), and the third fills it.  Once there is room, the same
-  command resumes from step 2, the last good one."""
+  holds the two kept ones (steps 1 and 2), and the third fills it (not the tiny launched run:
+  in a 1200 KiB tmpfs its ~0.5 MiB checkpoints failed 3 tries in 5, at another step or with
+  tracebacks after the error line).  Once there is room, the same command resumes from step 2,
+  the last good one."""
   workdir = tmpfs("15m") / "run"
   flags = (
     "--config.train.max_steps=5",  # step 3's failure is raised by the save of step 4 at the latest
     "--config.checkpoint.every_steps=1",
     f"--config.checkpoint.use_async={use_async}",
   )
-  proc = launch(workdir, *flags)
+  proc = launch(workdir, *flags, tiny=False)
   assert proc.returncode == 1, proc.stdout
   directory = workdir / "checkpoints"
   assert error_line(proc.stdout) == (
@@ -282,7 +290,7 @@ def test_a_really_full_filesystem_stops_the_launcher_in_one_line_and_the_same_co
   assert saved_steps(str(workdir)) == [1, 2] and not os.path.exists(workdir / LOCK_NAME)
 
   tmpfs("64m")
-  proc = launch(workdir, *flags)
+  proc = launch(workdir, *flags, tiny=False)
   assert proc.returncode == 0, proc.stdout
   assert "from step 2;" in proc.stdout and "Traceback" not in proc.stdout
   assert sorted(os.listdir(directory)) == ["4", "5"]  # the failed save's partial folder is gone

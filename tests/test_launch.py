@@ -1,7 +1,7 @@
 """End-to-end: the ``launch.train`` command line on the embedded digits, and the console
 scripts (``deinforeg-train`` ...) that ``setup.cfg`` declares.
 
-Runs in a subprocess with one CPU device (``helpers.launch_env``: the session's XLA flags
+Runs in a subprocess with one CPU device (``helpers.run_launcher``: the session's XLA flags
 less ``conftest``'s eight devices), exactly as a user would start it from the repository root.
 """
 
@@ -16,29 +16,15 @@ import sys
 
 import numpy as np
 import pytest
-from helpers import launch_env
+from helpers import launch_env, run_launcher, train_command
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def _launch(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-  env = launch_env(num_devices=1)
-  env["PYTHONPATH"] = os.pathsep.join(filter(None, [REPO_ROOT, env.get("PYTHONPATH")]))
-  env["JAX_PLATFORMS"] = "cpu"
-  return subprocess.run(
-    [sys.executable, "-m", "launch.train", *args],
-    cwd=REPO_ROOT,
-    env=env,
-    capture_output=True,
-    text=True,
-    timeout=timeout,
-    check=False,
-  )
-
-
 def test_launch_train_writes_results_and_metrics(tmp_path):
   workdir = tmp_path / "run"
-  proc = _launch(f"--workdir={workdir}", "--config.train.num_epochs=1", "--config.model.width=0.25")
+  # The first of the tiny launched run's two epochs.
+  proc = run_launcher(*train_command(workdir, f"--config.train.max_steps={1437 // 64}"))
   assert proc.returncode == 0, proc.stderr[-3000:]
 
   with open(workdir / "results.json") as f:
@@ -85,7 +71,7 @@ def test_launch_train_writes_results_and_metrics(tmp_path):
 
 def test_launch_train_rejects_an_unknown_rule(tmp_path):
   workdir = tmp_path / "bad"
-  proc = _launch(f"--workdir={workdir}", "--config.rule=nope", timeout=120)
+  proc = run_launcher("launch.train", f"--workdir={workdir}", "--config.rule=nope", timeout=120)
   assert proc.returncode != 0
   assert "config.rule" in proc.stderr
   assert not (workdir / "results.json").exists()

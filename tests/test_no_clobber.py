@@ -18,7 +18,7 @@ import types
 import ml_collections
 import numpy as np
 import pytest
-from helpers import run_launcher, tiny_config
+from helpers import run_launcher, tiny_config, train_command
 
 from deinforeg_jax import reporting, safe_files, tensorboard_events
 from deinforeg_jax.data import prepare
@@ -45,9 +45,7 @@ def _link(path, target) -> None:
 
 def _launch_train(workdir) -> subprocess.CompletedProcess:
   return run_launcher(
-    "launch.train", f"--workdir={workdir}", "--config.train.num_epochs=1",
-    "--config.train.max_steps=2", "--config.model.width=0.125", "--config.model.num_blocks=2",
-    "--config.model.projector=32-32", "--config.checkpoint.use_async=False",
+    *train_command(workdir, "--config.train.max_steps=2", "--config.checkpoint.use_async=False")
   )
 
 

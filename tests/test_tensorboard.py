@@ -14,7 +14,7 @@ import types
 import jax
 import numpy as np
 import pytest
-from helpers import run_launcher, tiny_config
+from helpers import run_launcher, tiny_config, train_command
 
 # TensorBoard's own reader (the test extra installs tensorboard; TensorFlow is not needed).
 from tensorboard import context
@@ -294,10 +294,7 @@ def test_launch_train_over_a_stale_attempt_writes_exact_metrics_and_events(tmp_p
   with open(workdir / "metrics.jsonl", "w") as f:
     f.write(json.dumps({"epoch": 1, "step": 22, "learning_rate": 9.0}) + "\n")
   tensorboard_events.EventFileWriter(str(workdir)).add(22, {"train/learning_rate": 9.0})
-  proc = run_launcher(
-    "launch.train", f"--workdir={workdir}", "--config.train.num_epochs=2",
-    "--config.model.width=0.125", "--config.model.projector=32-32", timeout=600,
-  )
+  proc = run_launcher(*train_command(workdir), timeout=600)  # two epochs
   assert proc.returncode == 0, proc.stderr[-3000:]
 
   assert metrics_epochs(workdir) == [1, 2]

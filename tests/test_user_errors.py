@@ -51,6 +51,7 @@ CONFIG_CHECKS = {
   ),
 }
 
+# One cell; with two epochs, the tiny launched run's programs (``helpers.TINY_TRAIN_FLAGS``).
 GRID = '''
 from launch.configs import default
 from launch.configs.experiments import make_grid
@@ -58,7 +59,7 @@ from launch.configs.experiments import make_grid
 
 def get_config():
   base = default.get_config()
-  base.model.width = 0.125
+  base.model.width = 0.25
   base.model.projector = "32-32"
   base.train.num_epochs = {epochs}
   base.checkpoint.every_steps = 5
