@@ -26,6 +26,7 @@ import pytest
 from helpers import (
   REPO,
   launch_env,
+  run_launchers,
   text_data_config,
   tiny_config,
   toy_records,
@@ -347,31 +348,42 @@ def test_predict_and_evaluate_commands(digits_run, tmp_path):
   _, test, _ = load_digits(seed=0)
   np.savez(tmp_path / "x.npz", x=test.images[:20])
   out = tmp_path / "preds.csv"
-  done = _launch("launch.predict", f"--workdir={workdir}", f"--input={tmp_path}/x.npz",
-                 f"--out={out}", "--exit=adaptive")
-  assert done.returncode == 0, done.stderr[-2000:]
+  (tmp_path / "launched").mkdir()
+  launched = run_launchers(
+    {
+      "predict": ["launch.predict", f"--workdir={workdir}", f"--input={tmp_path}/x.npz",
+                  f"--out={out}", "--exit=adaptive"],
+      "evaluate": ["launch.evaluate", f"--workdir={workdir}", "--config.inference.patience=2"],
+      "predict_no_run": ["launch.predict", f"--workdir={tmp_path}", f"--input={tmp_path}/x.npz"],
+      "evaluate_model": ["launch.evaluate", f"--workdir={workdir}", "--config.model.width=2"],
+      "evaluate_typo": ["launch.evaluate", f"--workdir={workdir}", "--config.data.nme=x"],
+    },
+    tmp_path / "launched",
+  )
+  done = launched["predict"]
+  assert done.code == 0, done.stderr[-2000:]
   with open(out) as f:
     rows = list(csv.DictReader(f))
   expected = model.predict(test.images[:20], exit="adaptive")
   assert [int(r["label"]) for r in rows] == expected.labels.tolist()
   assert [r["class_name"] for r in rows] == expected.names
-  done = _launch("launch.evaluate", f"--workdir={workdir}", "--config.inference.patience=2")
-  assert done.returncode == 0, done.stderr[-2000:]
+  done = launched["evaluate"]
+  assert done.code == 0, done.stderr[-2000:]
   with open(os.path.join(workdir, "evaluation", "digits.json")) as f:
     report = json.load(f)
   assert report["adaptive_inference"]["patience"] == 2 and report["exit"] == "best"
   assert os.path.exists(os.path.join(workdir, "evaluation", "digits_confusion.png"))
-  bad = _launch("launch.predict", f"--workdir={tmp_path}", f"--input={tmp_path}/x.npz")
-  assert bad.returncode == 1
+  bad = launched["predict_no_run"]
+  assert bad.code == 1
   assert bad.stderr.strip().splitlines() == [
     f"error: cannot load {tmp_path}: no checkpoint in {tmp_path}/checkpoints (train with "
     "`python -m launch.train --workdir=...` first, and point --workdir at that run)."
   ]
-  bad = _launch("launch.evaluate", f"--workdir={workdir}", "--config.model.width=2")
-  assert bad.returncode == 1 and len(bad.stderr.strip().splitlines()) == 1
+  bad = launched["evaluate_model"]
+  assert bad.code == 1 and len(bad.stderr.strip().splitlines()) == 1
   assert "evaluate takes only --config.data.* and --config.inference.*" in bad.stderr
-  bad = _launch("launch.evaluate", f"--workdir={workdir}", "--config.data.nme=x")
-  assert bad.returncode == 1 and bad.stderr.strip().splitlines() == [
+  bad = launched["evaluate_typo"]
+  assert bad.code == 1 and bad.stderr.strip().splitlines() == [
     "error: --config.data.nme: the config has no field 'nme'. Did you mean \"name\" instead of "
     '"nme"? The fields and their defaults are in launch/configs/default.py.'
   ]
