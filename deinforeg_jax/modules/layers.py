@@ -211,7 +211,7 @@ class Conventions:
   def einsum(self, spec: str, x: jax.Array, w: jax.Array) -> jax.Array:
     """``jnp.einsum(spec, x, w)`` of an input ``x`` and a float32 parameter ``w``, computed in
     the conventions' dtype and precision (``w``'s gradient float32)."""
-    return mixed.einsum(spec, x, w, self.compute_dtype, precision=self.lax_precision)
+    return mixed.einsum(spec, x, w, self.compute_dtype, self.lax_precision)
 
   def batch_norm(self, train: bool, name: str | None = None) -> nn.BatchNorm:
     """BatchNorm with PyTorch's defaults (momentum 0.1, i.e. Flax 0.9; epsilon 1e-5); float32

@@ -12,10 +12,11 @@ convolution, an einsum) a ``jax.custom_vjp`` whose weight gradient is float32 th
             dW = (d/dW op(f32(x), W))^T f32(g)  float32
 
 ``f32(x)`` and ``f32(g)`` hold bf16 values exactly, so each product in ``dW`` is exact (8 x 8
-significant bits fit in float32's 24) and only the float32 sum rounds: the values of a bf16 x bf16
--> float32 product (XLA:CPU cannot run that one, "Unsupported element type for DotThunk").  On a
-TPU, ``matmul_precision="default"`` multiplies float32 operands in one bf16 pass (exact here); on
-an NVIDIA GPU in TF32 (exact here too, at TF32's rate rather than bf16's).
+significant bits fit in float32's 24) and only the float32 sum rounds.  Matmuls (``einsum``,
+``dot_general``) compute that ``dW`` as one bf16 x bf16 einsum with float32 results
+(``preferred_element_type``), without widened copies; convolutions (``conv_general_dilated``)
+through the widened operands, which a TPU at ``matmul_precision="default"`` multiplies in one
+bf16 pass (exact here) and an NVIDIA GPU in TF32 (exact too, at TF32's rate, not bf16's).
 
 Biases stay float32 where they are added: ``promote_inputs`` casts only a layer's input to the
 compute dtype, so ``y + b`` is float32 and the layer's output is cast back to the compute dtype
@@ -28,14 +29,16 @@ from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
-from jax import lax
 
 Product = Callable[[jax.Array, jax.Array], jax.Array]
 
 
-def float32_weight_gradient(op: Product, x: jax.Array, w: jax.Array) -> jax.Array:
-  """``op(x, w.astype(x.dtype))`` whose gradient for ``w`` is computed in ``w``'s dtype (float32)
-  from the widened ``x`` and output gradient (module doc); ``op`` is closed over, not traced."""
+def float32_weight_gradient(
+  op: Product, x: jax.Array, w: jax.Array, weight_gradient: Product | None = None
+) -> jax.Array:
+  """``op(x, w.astype(x.dtype))`` whose gradient for ``w`` is float32 (module doc):
+  ``weight_gradient(x, g)`` where given, else ``op``'s transpose on the widened ``x`` and ``g``.
+  ``op`` and ``weight_gradient`` are closed over, not traced."""
   narrow = x.dtype
   if jnp.dtype(w.dtype) == jnp.dtype(narrow):
     return op(x, w)
@@ -50,6 +53,8 @@ def float32_weight_gradient(op: Product, x: jax.Array, w: jax.Array) -> jax.Arra
   def backward(saved, g):
     x, w = saved
     _, x_vjp = jax.vjp(lambda x: op(x, w.astype(narrow)), x)
+    if weight_gradient is not None:
+      return x_vjp(g)[0], weight_gradient(x, g)
     _, w_vjp = jax.vjp(lambda w: op(x.astype(w.dtype), w), w)
     return x_vjp(g)[0], w_vjp(g.astype(w.dtype))[0]
 
@@ -63,14 +68,27 @@ def promote_inputs(inputs, kernel, bias, dtype=None) -> tuple[Any, Any, Any]:
   return jnp.asarray(inputs, dtype), kernel, bias
 
 
-def dot_general(lhs: jax.Array, rhs: jax.Array, *args, **kwargs) -> jax.Array:
-  """``lax.dot_general`` of a bf16 ``lhs`` and a float32 kernel ``rhs``, with a float32 ``dW``."""
-  return float32_weight_gradient(lambda x, w: lax.dot_general(x, w, *args, **kwargs), lhs, rhs)
+def dot_general(lhs: jax.Array, rhs: jax.Array, dimension_numbers, precision=None,
+                preferred_element_type=None) -> jax.Array:
+  """``lax.dot_general`` of a bf16 ``lhs`` and a float32 kernel ``rhs`` (no batch dimensions,
+  as Flax's Dense and DenseGeneral call it), as ``einsum``."""
+  (lhs_contracting, rhs_contracting), batch = dimension_numbers
+  if batch != ((), ()) or preferred_element_type is not None:
+    raise NotImplementedError(f"mixed.dot_general: {dimension_numbers}, {preferred_element_type}")
+  letters = iter("abcdefghijklmnopqrstuvwxyz")
+  lhs_spec = [next(letters) for _ in range(lhs.ndim)]
+  rhs_spec = [next(letters) for _ in range(rhs.ndim)]
+  for i, j in zip(lhs_contracting, rhs_contracting):
+    rhs_spec[j] = lhs_spec[i]
+  out_spec = [c for i, c in enumerate(lhs_spec) if i not in lhs_contracting]
+  out_spec += [c for j, c in enumerate(rhs_spec) if j not in rhs_contracting]
+  spec = f"{''.join(lhs_spec)},{''.join(rhs_spec)}->{''.join(out_spec)}"
+  return einsum(spec, lhs, rhs, lhs.dtype, precision=precision)
 
 
 def conv_general_dilated(base: Callable[..., jax.Array]) -> Callable[..., jax.Array]:
   """``base`` (``lax.conv_general_dilated`` or ``winograd.conv_general_dilated``) of a bf16
-  input and a float32 kernel, with a float32 ``dW``."""
+  input and a float32 kernel, with a float32 ``dW`` (by the widened operands)."""
 
   def conv(lhs: jax.Array, rhs: jax.Array, *args, **kwargs) -> jax.Array:
     return float32_weight_gradient(lambda x, w: base(x, w, *args, **kwargs), lhs, rhs)
@@ -78,11 +96,20 @@ def conv_general_dilated(base: Callable[..., jax.Array]) -> Callable[..., jax.Ar
   return conv
 
 
-def einsum(spec: str, x: jax.Array, w: jax.Array, dtype: Any, **kwargs) -> jax.Array:
-  """``jnp.einsum(spec, x, w)`` computed in ``dtype`` (None: unchanged), a float32 ``w`` receiving
-  a float32 gradient."""
+def einsum(spec: str, x: jax.Array, w: jax.Array, dtype: Any, precision=None) -> jax.Array:
+  """``jnp.einsum(spec, x, w)`` (``spec`` explicit: ``"xs,ws->outs"``) computed in ``dtype``
+  (None: unchanged); a float32 ``w`` gets the float32 gradient ``einsum("xs,outs->ws", x, g)``
+  of the bf16 ``x`` and output gradient ``g``."""
   if dtype is None:
-    return jnp.einsum(spec, x, w, **kwargs)
+    return jnp.einsum(spec, x, w, precision=precision)
+  operands, out_spec = spec.split("->")
+  x_spec, w_spec = operands.split(",")
   return float32_weight_gradient(
-    lambda a, b: jnp.einsum(spec, a, b, **kwargs), x.astype(dtype), w
+    lambda a, b: jnp.einsum(spec, a, b, precision=precision),
+    x.astype(dtype),
+    w,
+    lambda a, g: jnp.einsum(
+      f"{x_spec},{out_spec}->{w_spec}", a, g, precision=precision,
+      preferred_element_type=w.dtype,
+    ),
   )
