@@ -6,7 +6,8 @@ evaluation.  Each time the run must save the current step if no checkpoint holds
 exactly what it saved, stop with ``preemption.Preempted`` (``launch.train``: exit 75), and the same
 command must then finish with the parameters, metrics and results of a run never stopped.  The
 in-process cases inject the signal at the moment itself; the launched ones run ``launch.train`` in
-a user's environment (``helpers.launch_env``), as the README's commands do.
+a user's environment (``helpers.launch_env``), as the README's commands do, SIGTERM and kill -9
+alike, and end where one launched run never stopped (``launched_reference``) ends.
 """
 
 from __future__ import annotations
@@ -14,10 +15,13 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
 import time
 
 import pytest
-from helpers import TINY_RUNS, assert_trees_equal, saved_state, start_train, tiny_config
+from helpers import (
+  TINY_RUNS, assert_trees_equal, run_launcher, saved_state, start_train, tiny_config, train_command,
+)
 
 from deinforeg_jax import data_parallel, inference, preemption, train
 from deinforeg_jax.checkpoint import RunCheckpointer
@@ -181,13 +185,27 @@ def _wait_for_checkpoint(process, workdir: str, timeout: float = 240) -> None:
   raise AssertionError(f"no checkpoint in {directory} after {timeout} s")
 
 
-def test_launched_run_stopped_by_sigterm_exits_75_and_the_rerun_equals_no_stop(tmp_path):
+# The launched runs' flags besides ``helpers.TINY_TRAIN_FLAGS``' (two epochs).
+LAUNCHED_FLAGS = ("--config.checkpoint.every_steps=10",)
+
+
+@pytest.fixture(scope="module")
+def launched_reference(tmp_path_factory):
+  """The launched run never stopped (``train_command(..., *LAUNCHED_FLAGS)``)."""
+  workdir = str(tmp_path_factory.mktemp("launched") / "reference")
+  done = run_launcher(*train_command(workdir, *LAUNCHED_FLAGS), stderr=subprocess.STDOUT)
+  assert done.returncode == 0, done.stdout[-3000:]
+  return workdir
+
+
+def test_launched_run_stopped_by_sigterm_exits_75_and_the_rerun_equals_no_stop(
+  launched_reference, tmp_path
+):
   """As a user runs it (no test-only environment): SIGTERM mid-run, exit 75, the same command
   resumes (the restore path that crashed every user's resume) and ends where a run never
   stopped ends; rerunning the finished run then changes nothing."""
-  args = ("--config.checkpoint.every_steps=10",)
-  stopped_dir, reference_dir = str(tmp_path / "stopped"), str(tmp_path / "reference")
-  victim = start_train(stopped_dir, *args)
+  stopped_dir, reference_dir = str(tmp_path / "stopped"), launched_reference
+  victim = start_train(stopped_dir, *LAUNCHED_FLAGS)
   _wait_for_checkpoint(victim, stopped_dir)
   victim.send_signal(signal.SIGTERM)
   out, _ = victim.communicate(timeout=240)
@@ -196,12 +214,9 @@ def test_launched_run_stopped_by_sigterm_exits_75_and_the_rerun_equals_no_stop(t
   _, stopped_at = saved_state(stopped_dir)
   assert 10 <= stopped_at < 2 * STEPS_PER_EPOCH
 
-  resumed = start_train(stopped_dir, *args)
-  reference = start_train(reference_dir, *args)
+  resumed = start_train(stopped_dir, *LAUNCHED_FLAGS)
   resumed_out, _ = resumed.communicate(timeout=300)
-  reference_out, _ = reference.communicate(timeout=300)
   assert resumed.returncode == 0, resumed_out
-  assert reference.returncode == 0, reference_out
   assert f"resuming from the checkpoint at step {stopped_at}" in resumed_out
   final, step = saved_state(stopped_dir)
   expected, expected_step = saved_state(reference_dir)
@@ -213,11 +228,33 @@ def test_launched_run_stopped_by_sigterm_exits_75_and_the_rerun_equals_no_stop(t
 
   before = {name: (stopped_dir + "/" + name) for name in ("results.json", "metrics.jsonl")}
   contents = {name: open(path).read() for name, path in before.items()}
-  again = start_train(stopped_dir, *args)
+  again = start_train(stopped_dir, *LAUNCHED_FLAGS)
   again_out, _ = again.communicate(timeout=300)
   assert again.returncode == 0, again_out
   assert f"already finished: the checkpoint at step {2 * STEPS_PER_EPOCH}" in again_out
   assert {name: open(path).read() for name, path in before.items()} == contents
+
+
+def test_launched_run_killed_resumes_to_the_parameters_of_no_stop(launched_reference, tmp_path):
+  """kill -9 after a mid-epoch checkpoint (saved synchronously); the same command finishes with
+  the state of the run never stopped."""
+  flags = (*LAUNCHED_FLAGS, "--config.checkpoint.use_async=False")
+  killed_dir = str(tmp_path / "killed")
+  victim = start_train(killed_dir, *flags)
+  _wait_for_checkpoint(victim, killed_dir)  # the first committed checkpoint (step 10)
+  victim.send_signal(signal.SIGKILL)
+  victim.wait()
+  _, killed_at = saved_state(killed_dir)
+  assert 0 < killed_at < 2 * STEPS_PER_EPOCH, "the kill must land before the end of the run"
+
+  resumed = start_train(killed_dir, *flags)
+  resumed_out, _ = resumed.communicate(timeout=300)
+  assert resumed.returncode == 0, resumed_out
+  assert f"resuming from the checkpoint at step {killed_at}" in resumed_out
+  final, step = saved_state(killed_dir)
+  expected, expected_step = saved_state(launched_reference)
+  assert step == expected_step == 2 * STEPS_PER_EPOCH
+  assert_trees_equal(final, expected)
 
 
 def test_launched_run_stopped_while_starting_exits_75_and_saves_nothing(tmp_path):
