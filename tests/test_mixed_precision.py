@@ -7,6 +7,7 @@ loss stay float32.  A few short runs cover the launcher, resuming and the parall
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import types
@@ -197,17 +198,26 @@ class _Layer(nn.Module):
       if self.kind == "dense_general":
         return nn.DenseGeneral((2, 3), dtype=dtype)(x)
       conv = winograd.conv_general_dilated if c.conv_impl == "winograd" else None
-      return nn.Conv(5, (3, 3), padding=1, dtype=dtype, conv_general_dilated=conv)(x)
+      shape = dict(conv_1x1_stride_2=((1, 1), 2, "SAME"), conv_stride_2=((3, 3), 2, 1))
+      size, strides, padding = shape.get(self.kind, ((3, 3), 1, 1))
+      return nn.Conv(
+        5, size, strides=strides, padding=padding, dtype=dtype, conv_general_dilated=conv
+      )(x)
     if self.kind == "dense":
       return c.dense(x, 5)
     if self.kind == "dense_general":  # attention's q/k/v projections
       return c.dense_general(x, (2, 3), -1)
+    if self.kind == "conv_1x1_stride_2":  # ResNet-18's shortcut
+      return c.conv(x, 5, (1, 1), strides=2)
+    if self.kind == "conv_stride_2":
+      return c.conv(x, 5, (3, 3), strides=2, padding=1)
     return c.conv(x, 5, (3, 3), padding=1)  # "conv" / "winograd"
 
 
 _LAYER_KINDS = {  # kind -> input shape, conv_impl
   "dense": ((6, 7, 11), "xla"), "dense_general": ((6, 7, 11), "xla"),
   "einsum": ((6, 7, 11), "xla"), "conv": ((2, 6, 6, 11), "xla"),
+  "conv_stride_2": ((2, 7, 7, 11), "xla"), "conv_1x1_stride_2": ((2, 6, 6, 11), "xla"),
   "winograd": ((1, 4, 4, winograd.MIN_CHANNELS), "winograd"),
 }
 
@@ -218,7 +228,8 @@ def test_bf16_layers_give_float32_weight_gradients_of_the_bf16_products(kind):
   and output gradient (a float64 reference, to float32 rounding), not those sums rounded to
   bf16 as Flax's ``dtype=bfloat16`` matmuls give them (checked to miss the reference, so that
   this test can fail; XLA:CPU happens not to round a bf16 convolution's, so the test above
-  guards those); ``dx`` is Flax's."""
+  guards those); ``dx`` is Flax's.  Every product reads bf16 operands (``dW``: bf16 x bf16 with
+  float32 results), except Winograd's ``dW``, computed from widened operands."""
   shape, conv_impl = _LAYER_KINDS[kind]
   rng = np.random.default_rng(0)
   conventions = Conventions(dtype="bfloat16", conv_impl=conv_impl)
@@ -232,6 +243,9 @@ def test_bf16_layers_give_float32_weight_gradients_of_the_bf16_products(kind):
     return jax.grad(loss, argnums=(0, 1))(params, x)
 
   d_params, d_x = gradients(_Layer(kind, conventions), params, x)
+  traced = jax.make_jaxpr(functools.partial(gradients, _Layer(kind, conventions)))(params, x)
+  operands = {v.aval.dtype for e in _products(traced.jaxpr) for v in e.invars}
+  assert operands == ({BF16, F32} if kind == "winograd" else {BF16})  # Winograd's dW: widened
   flax_params, flax_x = gradients(_Layer(kind, conventions, flax=True), params, x)
   assert _float_dtypes(d_params) == {F32} and d_x.dtype == BF16
   np.testing.assert_allclose(np.asarray(d_x, np.float32), np.asarray(flax_x, np.float32))

@@ -12,11 +12,12 @@ convolution, an einsum) a ``jax.custom_vjp`` whose weight gradient is float32 th
             dW = (d/dW op(f32(x), W))^T f32(g)  float32
 
 ``f32(x)`` and ``f32(g)`` hold bf16 values exactly, so each product in ``dW`` is exact (8 x 8
-significant bits fit in float32's 24) and only the float32 sum rounds.  Matmuls (``einsum``,
-``dot_general``) compute that ``dW`` as one bf16 x bf16 einsum with float32 results
-(``preferred_element_type``), without widened copies; convolutions (``conv_general_dilated``)
-through the widened operands, which a TPU at ``matmul_precision="default"`` multiplies in one
-bf16 pass (exact here) and an NVIDIA GPU in TF32 (exact too, at TF32's rate, not bf16's).
+significant bits fit in float32's 24) and only the float32 sum rounds.  The matmuls (``einsum``,
+``dot_general``) and the vision stacks' convolutions compute that ``dW`` as one bf16 x bf16
+einsum or convolution with float32 results (``preferred_element_type``), without widened copies;
+other convolutions (Winograd's, dilated, grouped) through the widened operands, which a TPU at
+``matmul_precision="default"`` multiplies in one bf16 pass (exact here) and an NVIDIA GPU in TF32
+(exact too, at TF32's rate).
 
 Biases stay float32 where they are added: ``promote_inputs`` casts only a layer's input to the
 compute dtype, so ``y + b`` is float32 and the layer's output is cast back to the compute dtype
@@ -29,6 +30,7 @@ from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
+from jax import lax
 
 Product = Callable[[jax.Array, jax.Array], jax.Array]
 
@@ -86,12 +88,62 @@ def dot_general(lhs: jax.Array, rhs: jax.Array, dimension_numbers, precision=Non
   return einsum(spec, lhs, rhs, lhs.dtype, precision=precision)
 
 
-def conv_general_dilated(base: Callable[..., jax.Array]) -> Callable[..., jax.Array]:
-  """``base`` (``lax.conv_general_dilated`` or ``winograd.conv_general_dilated``) of a bf16
-  input and a float32 kernel, with a float32 ``dW`` (by the widened operands)."""
+_NHWC_HWIO = lax.ConvDimensionNumbers(
+  lhs_spec=(0, 3, 1, 2), rhs_spec=(3, 2, 0, 1), out_spec=(0, 3, 1, 2)
+)
+# dW [kh, kw, I, O] = sum over n, y, x of x_pad[n, y s + kh, x s + kw, i] g[n, y, x, o]: a
+# convolution of x (batch i, features n) with g (out features o, in features n) dilated by s.
+_WEIGHT_GRADIENT = lax.ConvDimensionNumbers(
+  lhs_spec=(3, 0, 1, 2), rhs_spec=(3, 0, 1, 2), out_spec=(2, 3, 0, 1)
+)
 
-  def conv(lhs: jax.Array, rhs: jax.Array, *args, **kwargs) -> jax.Array:
-    return float32_weight_gradient(lambda x, w: base(x, w, *args, **kwargs), lhs, rhs)
+
+def _conv_weight_gradient(window_strides, padding, precision, kernel: jax.ShapeDtypeStruct):
+  """``(x, g) -> dW`` of a 2-D NHWC x HWIO convolution (``window_strides``, ``padding``; no
+  dilation, one group) as one convolution of the bf16 ``x`` and ``g`` with float32 results."""
+
+  def weight_gradient(x: jax.Array, g: jax.Array) -> jax.Array:
+    pads = padding
+    if isinstance(padding, str):
+      pads = lax.padtype_to_pads(x.shape[1:3], kernel.shape[:2], window_strides, padding)
+    cropped = [  # the high side padded to what the last window reads (negative: cropped)
+      (low, size + (out - 1) * stride - x_size - low)
+      for (low, _), size, out, stride, x_size in zip(
+        pads, kernel.shape[:2], g.shape[1:3], window_strides, x.shape[1:3]
+      )
+    ]
+    return lax.conv_general_dilated(
+      x, g, (1, 1), cropped, rhs_dilation=window_strides, dimension_numbers=_WEIGHT_GRADIENT,
+      precision=precision, preferred_element_type=kernel.dtype,
+    )
+
+  return weight_gradient
+
+
+def conv_general_dilated(base: Callable[..., jax.Array]) -> Callable[..., jax.Array]:
+  """``base`` (``lax.conv_general_dilated`` or ``winograd.conv_general_dilated``, with
+  ``lax.conv_general_dilated``'s signature) of a bf16 input and a float32 kernel, with a float32
+  ``dW``: one bf16 convolution with float32 results for ``lax``'s 2-D NHWC convolutions without
+  dilation or groups (every convolution of ``modules.vision``), else by the widened operands."""
+
+  def conv(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
+           dimension_numbers=None, feature_group_count=1, precision=None, **kwargs):
+    args = dict(
+      lhs_dilation=lhs_dilation, rhs_dilation=rhs_dilation, dimension_numbers=dimension_numbers,
+      feature_group_count=feature_group_count, precision=precision, **kwargs,
+    )
+    op = lambda x, w: base(x, w, window_strides, padding, **args)
+    plain = (
+      base is lax.conv_general_dilated and not kwargs and feature_group_count == 1
+      and dimension_numbers == _NHWC_HWIO and lhs.ndim == 4
+      and all(d in (None, (1, 1)) for d in (lhs_dilation, rhs_dilation))
+    )
+    if not plain:
+      return float32_weight_gradient(op, lhs, rhs)
+    kernel = jax.ShapeDtypeStruct(rhs.shape, rhs.dtype)
+    return float32_weight_gradient(
+      op, lhs, rhs, _conv_weight_gradient(tuple(window_strides), padding, precision, kernel)
+    )
 
   return conv
 
