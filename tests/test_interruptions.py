@@ -198,6 +198,19 @@ def launched_reference(tmp_path_factory):
   return workdir
 
 
+def _resume_equals_no_stop(workdir: str, flags, stopped_at: int, reference_dir: str) -> None:
+  """The same command rerun in ``workdir`` resumes from ``stopped_at`` and ends with the state of
+  the launched run never stopped (``reference_dir``)."""
+  resumed = start_train(workdir, *flags)
+  resumed_out, _ = resumed.communicate(timeout=300)
+  assert resumed.returncode == 0, resumed_out
+  assert f"resuming from the checkpoint at step {stopped_at}" in resumed_out
+  final, step = saved_state(workdir)
+  expected, expected_step = saved_state(reference_dir)
+  assert step == expected_step == 2 * STEPS_PER_EPOCH
+  assert_trees_equal(final, expected)
+
+
 def test_launched_run_stopped_by_sigterm_exits_75_and_the_rerun_equals_no_stop(
   launched_reference, tmp_path
 ):
@@ -214,14 +227,7 @@ def test_launched_run_stopped_by_sigterm_exits_75_and_the_rerun_equals_no_stop(
   _, stopped_at = saved_state(stopped_dir)
   assert 10 <= stopped_at < 2 * STEPS_PER_EPOCH
 
-  resumed = start_train(stopped_dir, *LAUNCHED_FLAGS)
-  resumed_out, _ = resumed.communicate(timeout=300)
-  assert resumed.returncode == 0, resumed_out
-  assert f"resuming from the checkpoint at step {stopped_at}" in resumed_out
-  final, step = saved_state(stopped_dir)
-  expected, expected_step = saved_state(reference_dir)
-  assert step == expected_step == 2 * STEPS_PER_EPOCH
-  assert_trees_equal(final, expected)
+  _resume_equals_no_stop(stopped_dir, LAUNCHED_FLAGS, stopped_at, reference_dir)
   got, want = results(stopped_dir), results(reference_dir)
   assert {k: got[k] for k in RESULT_FIELDS} == {k: want[k] for k in RESULT_FIELDS}
   assert metric_lines(stopped_dir) == metric_lines(reference_dir)
@@ -247,14 +253,7 @@ def test_launched_run_killed_resumes_to_the_parameters_of_no_stop(launched_refer
   _, killed_at = saved_state(killed_dir)
   assert 0 < killed_at < 2 * STEPS_PER_EPOCH, "the kill must land before the end of the run"
 
-  resumed = start_train(killed_dir, *flags)
-  resumed_out, _ = resumed.communicate(timeout=300)
-  assert resumed.returncode == 0, resumed_out
-  assert f"resuming from the checkpoint at step {killed_at}" in resumed_out
-  final, step = saved_state(killed_dir)
-  expected, expected_step = saved_state(launched_reference)
-  assert step == expected_step == 2 * STEPS_PER_EPOCH
-  assert_trees_equal(final, expected)
+  _resume_equals_no_stop(killed_dir, flags, killed_at, launched_reference)
 
 
 def test_launched_run_stopped_while_starting_exits_75_and_saves_nothing(tmp_path):
