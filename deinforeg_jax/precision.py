@@ -5,9 +5,9 @@ in bfloat16 (``layers.Conventions.dtype``), while parameters, optimizer state, B
 statistics and every loss stay float32 (parameters are cast to bf16 where a product reads them;
 the losses cast what they read).  Parameter gradients are float32 sums of exact products
 (``modules.mixed``: a layer's weight gradient is a bf16 x bf16 product of its input and output
-gradient with float32 results; biases are added in float32), so they are all-reduced in float32 under data
-parallelism.  Block outputs, which the next block or pipeline stage reads, are bf16; the exits'
-logits leave the model as float32.
+gradient with float32 results; biases are added in float32), so they are all-reduced in float32
+under data parallelism.  Block outputs, which the next block or pipeline stage reads, are bf16;
+the exits' logits leave the model as float32.
 There is no ``"float16"``: its 5-bit exponent needs loss scaling, which this project does not do.
 
 ``matmul_precision`` is the ``jax.lax.Precision`` of every layer's matmul and convolution
